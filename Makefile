@@ -1,0 +1,43 @@
+# chat-system: `make run` starts everything locally, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PYTHONPATH := $(CURDIR)/common:$(CURDIR)/services/api:$(CURDIR)/services/chat-writer:$(CURDIR)/services/message-writer:$(CURDIR)/services/counter-cron:$(CURDIR)/operator
+export COUNT_SYNC_EVERY_SECONDS ?= 30
+
+.PHONY: help venv migrate run sync-counts test test-fast lint format bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(BIN)/.installed ## create the virtualenv and install pinned dependencies
+
+migrate: venv ## create the database if missing and apply migrations
+	$(BIN)/python -m chat_common.migrate
+
+run: migrate ## start API (127.0.0.1:$$PORT), both writers and the periodic count sync; Ctrl-C stops all
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile
+
+sync-counts: venv ## run one count sync and exit
+	$(BIN)/python -m counter_cron
+
+test: venv ## the whole test suite (needs MariaDB, Redis and RabbitMQ running)
+	$(BIN)/python -m pytest
+
+lint: venv ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: venv ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+-include mk/*.mk

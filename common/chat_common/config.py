@@ -1,0 +1,79 @@
+"""Settings read once from the environment, with defaults that match a local developer machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+
+def _env_str(name: str, default: str | None) -> str | None:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if not value else int(value)
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if not value else float(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the system. Build it with :meth:`from_env`; pass it down, never re-read the environment."""
+
+    database_url: str = "mysql+pymysql://root@127.0.0.1:3306/chat_system?charset=utf8mb4"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    elasticsearch_url: str | None = None
+    port: int = 8080
+    admin_api_key: str | None = field(default=None, repr=False)
+    # Namespaces, so that tests, benchmarks and `make run` can share one Redis and one broker.
+    redis_key_prefix: str = "chat:"
+    queue_prefix: str = "chat_system"
+    search_index: str = "chat_system_messages"
+    # Limits of the public API.
+    max_request_bytes: int = 64 * 1024
+    max_name_chars: int = 255
+    max_body_chars: int = 10_000
+    max_query_chars: int = 200
+    default_page_size: int = 20
+    max_page_size: int = 100
+    rate_limit_per_second: int = 0  # per token; 0 disables
+    # Hand-off to RabbitMQ.
+    publish_timeout_seconds: float = 5.0
+    # Writers.
+    writer_batch_size: int = 500
+    writer_max_wait_seconds: float = 0.2
+    writer_retry_delays_seconds: tuple[int, ...] = (1, 5, 30)
+    writer_max_attempts: int = 40
+    metrics_port: int = 0  # writers and the operator serve /metrics here when non-zero
+    # Count sync.
+    counts_batch_size: int = 1000
+    pushgateway_url: str | None = None
+    # After Redis lost its data: how long writers must have been seen idle before numbering resumes.
+    recovery_quiet_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Read every setting from its upper-case environment variable (e.g. ``DATABASE_URL``)."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            env_name = f.name.upper()
+            default = f.default
+            if f.name == "writer_retry_delays_seconds":
+                raw = os.environ.get(env_name)
+                values[f.name] = tuple(int(x) for x in raw.split(",")) if raw else default
+            elif isinstance(default, bool):
+                values[f.name] = os.environ.get(env_name, str(default)).lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                values[f.name] = _env_int(env_name, default)
+            elif isinstance(default, float):
+                values[f.name] = _env_float(env_name, default)
+            else:
+                values[f.name] = _env_str(env_name, default)  # type: ignore[arg-type]
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,97 @@
+"""Queue message contracts between the API (producer) and the writers (consumers).
+
+Each message is one versioned upsert: creates carry version 0, edits the Redis clock's microseconds, and a
+writer applies a row only when its version is newer than what is stored — so redelivery, retries and
+out-of-order delivery can never duplicate a row or let an old edit win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import orjson
+
+SCHEMA_VERSION = 1
+MAX_NUMBER = 2**32 - 1
+MAX_VERSION = 2**63 - 1
+MAX_ID = 2**64 - 1
+
+
+class ContractError(ValueError):
+    """A queue message that no writer can ever apply (it goes to the dead-letter queue)."""
+
+
+def _int_field(data: dict, name: str, low: int, high: int) -> int:
+    value = data.get(name)
+    if type(value) is not int or not low <= value <= high:
+        raise ContractError(f"{name} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _text_field(data: dict, name: str, max_chars: int) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip() or len(value) > max_chars:
+        raise ContractError(f"{name} must be a non-blank string of at most {max_chars} characters")
+    return value
+
+
+def _decode(raw: bytes) -> dict:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
+        raise ContractError(f"not a v{SCHEMA_VERSION} message object")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class ChatUpsert:
+    """Create (version 0) or rename a chat."""
+
+    application_id: int
+    chat_number: int
+    name: str
+    version: int = 0
+
+    def encode(self) -> bytes:
+        """Serialise for the wire."""
+        return orjson.dumps({"v": SCHEMA_VERSION, **asdict(self)})
+
+    @classmethod
+    def decode(cls, raw: bytes, max_name_chars: int = 255) -> ChatUpsert:
+        """Parse and validate; raises :class:`ContractError` for anything malformed."""
+        data = _decode(raw)
+        return cls(
+            application_id=_int_field(data, "application_id", 1, MAX_ID),
+            chat_number=_int_field(data, "chat_number", 1, MAX_NUMBER),
+            name=_text_field(data, "name", max_name_chars),
+            version=_int_field(data, "version", 0, MAX_VERSION),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageUpsert:
+    """Create (version 0) or edit a message."""
+
+    application_id: int
+    chat_number: int
+    message_number: int
+    body: str
+    version: int = 0
+
+    def encode(self) -> bytes:
+        """Serialise for the wire."""
+        return orjson.dumps({"v": SCHEMA_VERSION, **asdict(self)})
+
+    @classmethod
+    def decode(cls, raw: bytes, max_body_chars: int = 10_000) -> MessageUpsert:
+        """Parse and validate; raises :class:`ContractError` for anything malformed."""
+        data = _decode(raw)
+        return cls(
+            application_id=_int_field(data, "application_id", 1, MAX_ID),
+            chat_number=_int_field(data, "chat_number", 1, MAX_NUMBER),
+            message_number=_int_field(data, "message_number", 1, MAX_NUMBER),
+            body=_text_field(data, "body", max_body_chars),
+            version=_int_field(data, "version", 0, MAX_VERSION),
+        )

@@ -1,0 +1,69 @@
+"""Prometheus metrics shared by the services, and the helpers that expose them.
+
+Metric names are part of the contract with the Helm chart's alerts and Grafana dashboard
+(tests/chart checks that every name used there is defined here or in a service).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    push_to_gateway,
+    start_http_server,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# Writers (the shared consumer loop records these; `queue` tells the chat and message writers apart).
+WRITER_CONSUMED = Counter("chat_writer_consumed_total", "Queue messages taken from the broker", ["queue"])
+WRITER_WRITTEN = Counter("chat_writer_applied_total", "Queue messages applied to the database", ["queue"])
+WRITER_BATCH_SIZE = Histogram("chat_writer_batch_size", "Messages per written batch", ["queue"], buckets=BATCH_BUCKETS)
+WRITER_WRITE_SECONDS = Histogram(
+    "chat_writer_write_duration_seconds", "Time to apply and commit one batch", ["queue"], buckets=LATENCY_BUCKETS
+)
+WRITER_REDELIVERED = Counter("chat_writer_redelivered_total", "Deliveries the broker marked as redelivered", ["queue"])
+WRITER_RETRIED = Counter("chat_writer_retried_total", "Messages sent to a delayed-retry queue", ["queue"])
+WRITER_DEAD_LETTERED = Counter(
+    "chat_writer_dead_lettered_total", "Messages sent to the dead-letter queue", ["queue", "reason"]
+)
+WRITER_BATCH_FAILURES = Counter(
+    "chat_writer_batch_failures_total", "Batch attempts that failed and were retried", ["queue"]
+)
+
+# Search indexing (message-writer) and search queries (API).
+SEARCH_BACKLOG = Gauge("chat_search_backlog", "Messages whose search document is waiting to be written")
+SEARCH_BULK_FAILURES = Counter("chat_search_bulk_failures_total", "Search documents a bulk request failed to write")
+SEARCH_SECONDS = Histogram(
+    "chat_search_duration_seconds", "Time to answer one search", ["backend"], buckets=LATENCY_BUCKETS
+)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose this process's metrics on ``port`` (writers, operator); 0 means do not serve."""
+    if port:
+        start_http_server(port)
+        log.info("metrics on :%d/metrics", port)
+
+
+def push_metrics(registry: CollectorRegistry, gateway: str | None, job: str) -> None:
+    """Push a one-shot job's registry to a Pushgateway when one is configured; never fail the job for it."""
+    if not gateway:
+        return
+    try:
+        push_to_gateway(gateway, job=job, registry=registry, timeout=5)
+    except OSError as exc:  # the job's work is done; losing its metrics must not fail it
+        log.warning("could not push metrics to %s: %s", gateway, exc)
+
+
+def multiprocess_dir() -> str | None:
+    """Directory of gunicorn's multi-process metric files, when running under gunicorn."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")

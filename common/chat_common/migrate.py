@@ -1,0 +1,41 @@
+"""`python -m chat_common.migrate`: create the database if missing and apply every Alembic revision."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from chat_common.config import Settings
+from chat_common.db import create_database_if_missing, make_engine
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+log = logging.getLogger("chat_common.migrate")
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Bring the database at ``database_url`` to ``revision`` (creating the database first if needed)."""
+    if create_database_if_missing(database_url):
+        log.info("created database")
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        with engine.begin() as connection:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def main() -> None:
+    """Entry point of the migration command (also the Helm pre-install/pre-upgrade hook)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    upgrade(Settings.from_env().database_url)
+    log.info("database is at the latest revision")
+
+
+if __name__ == "__main__":
+    main()

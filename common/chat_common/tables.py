@@ -1,0 +1,91 @@
+"""The three tables of the product, as SQLAlchemy Core metadata (the migrations create the same shape).
+
+Why each index exists is written down in docs/schema.md.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects import mysql
+
+metadata = MetaData()
+
+TABLE_OPTIONS = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    # unicode_520 tells supplementary characters (emoji) apart, unlike general_ci, and exists on MySQL 8 and MariaDB.
+    "mysql_collate": "utf8mb4_unicode_520_ci",
+}
+
+Id = BigInteger().with_variant(mysql.BIGINT(unsigned=True), "mysql", "mariadb")
+Number = Integer().with_variant(mysql.INTEGER(unsigned=True), "mysql", "mariadb")
+# Tokens are case-sensitive base64url: a case-insensitive collation would make distinct tokens collide.
+TokenType = String(64).with_variant(mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), "mysql", "mariadb")
+KeyType = String(128).with_variant(mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql", "mariadb")
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+BodyType = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+def _timestamps() -> list[Column]:
+    return [
+        Column("created_at", Timestamp, nullable=False, server_default=func.now(6)),
+        Column("updated_at", Timestamp, nullable=False, server_default=func.now(6)),
+    ]
+
+
+applications = Table(
+    "applications",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("token", TokenType, nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("idempotency_key", KeyType, nullable=True),
+    Column("chats_count", Number, nullable=False, server_default="0"),
+    *_timestamps(),
+    UniqueConstraint("token", name="uq_applications_token"),
+    UniqueConstraint("idempotency_key", name="uq_applications_idempotency_key"),
+    **TABLE_OPTIONS,
+)
+
+chats = Table(
+    "chats",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("application_id", Id, ForeignKey("applications.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Number, nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("messages_count", Number, nullable=False, server_default="0"),
+    # Microsecond stamp of the write that set `name`; older writes never overwrite newer ones.
+    Column("version", BigInteger, nullable=False, server_default="0"),
+    *_timestamps(),
+    UniqueConstraint("application_id", "number", name="uq_chats_application_number"),
+    **TABLE_OPTIONS,
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("chat_id", Id, ForeignKey("chats.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Number, nullable=False),
+    Column("body", BodyType, nullable=False),
+    Column("version", BigInteger, nullable=False, server_default="0"),
+    *_timestamps(),
+    UniqueConstraint("chat_id", "number", name="uq_messages_chat_number"),
+    **TABLE_OPTIONS,
+)
+
+Index("ix_applications_created_at", applications.c.created_at)

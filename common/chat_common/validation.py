@@ -1,0 +1,42 @@
+"""Rules for the text clients send (names, bodies), shared by the API and the operator."""
+
+from __future__ import annotations
+
+import re
+
+NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+# Bodies may carry tabs and line breaks; other control characters are refused.
+BODY_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class Invalid(ValueError):
+    """Input that breaks a rule of the product (blank name, body too long, …)."""
+
+
+def clean_text(value: object, field: str, max_chars: int, forbidden: re.Pattern = NAME_FORBIDDEN) -> str:
+    """Validate a text field; the text is kept exactly as given (no trimming, no normalisation)."""
+    if value is None:
+        raise Invalid(f"{field} is required")
+    if not isinstance(value, str):
+        raise Invalid(f"{field} must be a string")
+    if not value.strip():
+        raise Invalid(f"{field} must not be blank")
+    if len(value) > max_chars:
+        raise Invalid(f"{field} must be at most {max_chars} characters")
+    if forbidden.search(value):
+        raise Invalid(f"{field} must not contain control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"{field} must be valid Unicode text") from None
+    return value
+
+
+def clean_name(value: object, max_chars: int = 255) -> str:
+    """A valid application or chat name."""
+    return clean_text(value, "name", max_chars)
+
+
+def clean_body(value: object, max_chars: int = 10_000) -> str:
+    """A valid message body."""
+    return clean_text(value, "body", max_chars, BODY_FORBIDDEN)

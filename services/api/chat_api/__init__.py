@@ -1,0 +1,1 @@
+"""The chat-system REST API (Falcon, served by gunicorn)."""

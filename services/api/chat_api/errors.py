@@ -1,0 +1,54 @@
+"""Error handling: every error leaves the API as ``{"error": "..."}`` with the right status, never a trace."""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+import orjson
+from sqlalchemy.exc import DBAPIError
+
+from chat_api.model import Invalid, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """Falcon error serializer: JSON for every HTTP error, whatever the client accepts."""
+    message = exc.description or exc.title or "error"
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = orjson.dumps({"error": message})
+
+
+def _not_found(req, resp, exc, params) -> None:
+    raise falcon.HTTPNotFound(description=str(exc))
+
+
+def _invalid(req, resp, exc, params) -> None:
+    raise falcon.HTTPUnprocessableEntity(description=str(exc))
+
+
+def _unavailable(req, resp, exc, params) -> None:
+    raise falcon.HTTPServiceUnavailable(description=str(exc), retry_after=exc.retry_after)
+
+
+def _database_unavailable(req, resp, exc, params) -> None:
+    log.warning("database error on %s %s: %s", req.method, req.path, exc.__class__.__name__)
+    raise falcon.HTTPServiceUnavailable(description="database unavailable", retry_after=1)
+
+
+def _unexpected(req, resp, exc, params) -> None:
+    if isinstance(exc, falcon.HTTPError):
+        raise exc
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    raise falcon.HTTPInternalServerError(description="internal error")
+
+
+def register(app: falcon.App) -> None:
+    """Wire the domain exceptions to HTTP statuses (most specific last: Falcon picks the nearest match)."""
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(DBAPIError, _database_unavailable)
+    app.add_error_handler(NotFound, _not_found)
+    app.add_error_handler(Invalid, _invalid)
+    app.add_error_handler(Unavailable, _unavailable)
+    app.set_error_serializer(serialize_error)

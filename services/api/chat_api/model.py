@@ -1,0 +1,57 @@
+"""What the API's service layer hands back and the errors it raises; no HTTP and no I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chat_common.tenancy import Application
+from chat_common.validation import Invalid
+
+__all__ = ["Application", "Chat", "Invalid", "Message", "NotFound", "Page", "Unavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """A chat as clients see it."""
+
+    chat_number: int
+    name: str
+    messages_count: int
+
+    def public(self) -> dict:
+        """The JSON shape of a chat."""
+        return {"chat_number": self.chat_number, "name": self.name, "messages_count": self.messages_count}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as clients see it."""
+
+    message_number: int
+    body: str
+
+    def public(self) -> dict:
+        """The JSON shape of a message."""
+        return {"message_number": self.message_number, "body": self.body}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list: ``has_next`` tells whether a further page exists."""
+
+    items: list
+    page: int
+    per_page: int
+    has_next: bool
+
+
+class NotFound(Exception):
+    """The token, chat or message does not exist (or is not visible to this token)."""
+
+
+class Unavailable(Exception):
+    """A dependency is down or recovering: the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,1 @@
+"""Falcon resources: parse the request, call one service function, shape the answer."""

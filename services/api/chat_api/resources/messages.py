@@ -1,0 +1,44 @@
+"""``…/chats/{chat_number}/messages``, ``…/messages/{message_number}`` and ``…/messages/search``."""
+
+from __future__ import annotations
+
+import falcon
+
+from chat_api.resources.params import add_page_links, body_field, page_params
+from chat_api.services import ChatService
+
+
+class MessagesResource:
+    """A chat's messages."""
+
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
+        """List messages in number order."""
+        page, per_page = page_params(req, self.service.limits.max_page_size)
+        result = self.service.list_messages(token, chat_number, page, per_page)
+        resp.media = [m.public() for m in result.items]
+        add_page_links(req, resp, result.page, result.per_page, result.has_next)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
+        """Create a message; the row is written asynchronously, the number is final."""
+        number = self.service.create_message(token, chat_number, body_field(req, "message", "body"))
+        resp.status = falcon.HTTP_201
+        resp.location = f"{req.prefix}{req.path}/{number}"
+        resp.media = {"message_number": number}
+
+    def on_get_item(
+        self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int, message_number: int
+    ) -> None:
+        """Show one message."""
+        resp.media = self.service.get_message(token, chat_number, message_number).public()
+
+    def on_patch_item(
+        self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int, message_number: int
+    ) -> None:
+        """Edit a message's body."""
+        body = body_field(req, "message", "body")
+        resp.media = self.service.edit_message(token, chat_number, message_number, body).public()
+
+    on_put_item = on_patch_item

@@ -1,0 +1,62 @@
+"""Reading request parameters the way existing clients send them: flat or Rails-nested, JSON or form."""
+
+from __future__ import annotations
+
+import hmac
+
+import falcon
+
+MAX_PAGE = 100_000
+
+
+def body_field(req: falcon.Request, root: str, field: str) -> object:
+    """One field of the body: ``{"field": v}``, ``{"root": {"field": v}}`` or form ``root[field]=v`` / ``field=v``."""
+    if not req.content_length:
+        return None
+    media = req.get_media()
+    if not isinstance(media, dict):
+        raise falcon.HTTPBadRequest(description="request body must be an object")
+    nested = media.get(root)
+    if isinstance(nested, dict) and field in nested:
+        return nested[field]
+    bracketed = f"{root}[{field}]"
+    if bracketed in media:
+        return media[bracketed]
+    return media.get(field)
+
+
+def page_params(req: falcon.Request, max_page_size: int) -> tuple[int, int | None]:
+    """``page`` (1-based) and ``per_page`` from the query string; 400 when malformed or out of range."""
+    page = req.get_param_as_int("page", min_value=1, max_value=MAX_PAGE, default=1)
+    per_page = req.get_param_as_int("per_page", min_value=1, max_value=max_page_size)
+    return page, per_page
+
+
+def add_page_links(req: falcon.Request, resp: falcon.Response, page: int, per_page: int, has_next: bool) -> None:
+    """RFC 8288 ``Link`` header with first/prev/next pages."""
+    base = f"{req.prefix}{req.path}"
+    extra = "".join(
+        f"&{k}={v}" for k, v in sorted(req.params.items()) if k not in ("page", "per_page") and isinstance(v, str)
+    )
+
+    def link(number: int) -> str:
+        return f"{base}?page={number}&per_page={per_page}{extra}"
+
+    resp.append_link(link(1), "first")
+    if page > 1:
+        resp.append_link(link(page - 1), "prev")
+    if has_next:
+        resp.append_link(link(page + 1), "next")
+
+
+def require_admin(req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+    """Falcon hook: when an admin key is configured, demand it as a Bearer token (compared in constant time)."""
+    expected = resource.admin_api_key
+    if not expected:
+        return
+    scheme, _, given = (req.get_header("Authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise falcon.HTTPUnauthorized(
+            description="this operation needs the admin API key as a Bearer token",
+            challenges=['Bearer realm="chat-system"'],
+        )

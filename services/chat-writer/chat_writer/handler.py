@@ -1,0 +1,65 @@
+"""Apply a batch of chat upserts: one multi-row ``INSERT … ON DUPLICATE KEY UPDATE`` per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import case, func, literal_column, select
+from sqlalchemy.dialects.mysql import insert
+
+from chat_common.consumer import BatchResult, Delivery
+from chat_common.contracts import ChatUpsert, ContractError
+from chat_common.tables import applications, chats
+from chat_common.writer import WriterContext
+
+# A literal, not a bound parameter: pymysql only batches rows when the ON DUPLICATE suffix has none.
+NOW_6 = literal_column("NOW(6)")
+_upsert = insert(chats)
+# MySQL applies these left to right, so `version` must be assigned last: the others compare against the old one.
+UPSERT_CHATS = _upsert.on_duplicate_key_update(
+    [
+        ("name", case((_upsert.inserted.version > chats.c.version, _upsert.inserted.name), else_=chats.c.name)),
+        ("updated_at", case((_upsert.inserted.version > chats.c.version, NOW_6), else_=chats.c.updated_at)),
+        ("version", func.greatest(chats.c.version, _upsert.inserted.version)),
+    ]
+)
+
+
+class ChatBatchWriter:
+    """Batch handler of the chat-writer."""
+
+    def __init__(self, context: WriterContext) -> None:
+        self.context = context
+
+    def __call__(self, deliveries: Sequence[Delivery]) -> BatchResult:
+        """Write every valid chat upsert of the batch in one transaction; mark the applications dirty."""
+        result = BatchResult()
+        changes: list[tuple[Delivery, ChatUpsert]] = []
+        for delivery in deliveries:
+            try:
+                changes.append((delivery, ChatUpsert.decode(delivery.body, self.context.settings.max_name_chars)))
+            except ContractError as exc:
+                result.dead.append((delivery, f"invalid: {exc}"))
+        if not changes:
+            return result
+        with self.context.engine.begin() as conn:
+            wanted = {c.application_id for _, c in changes}
+            existing = set(conn.execute(select(applications.c.id).where(applications.c.id.in_(wanted))).scalars())
+            rows = []
+            for delivery, change in changes:
+                if change.application_id in existing:
+                    rows.append(
+                        {
+                            "application_id": change.application_id,
+                            "number": change.chat_number,
+                            "name": change.name,
+                            "version": change.version,
+                        }
+                    )
+                else:
+                    result.dead.append((delivery, "application gone: it was deleted before this write"))
+            if rows:
+                conn.execute(UPSERT_CHATS, rows)
+        if existing:
+            self.context.redis.sadd(self.context.keys.dirty_applications, *existing)
+        return result

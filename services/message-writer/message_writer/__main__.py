@@ -1,0 +1,7 @@
+"""`python -m message_writer`: consume the messages queue until SIGTERM."""
+
+from chat_common.writer import run_writer
+from message_writer.handler import MessageBatchWriter
+
+if __name__ == "__main__":
+    run_writer(lambda topology: topology.messages, MessageBatchWriter)

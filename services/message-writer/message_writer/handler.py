@@ -1,0 +1,127 @@
+"""Apply a batch of message upserts: resolve chat ids, one multi-row upsert, then mark chats dirty.
+
+A message can arrive before its chat's row (the chat-writer is a separate consumer): it goes to a
+delayed-retry queue, never dropped. A message for an application that no longer exists is dead-lettered.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import case, func, literal_column, select, tuple_
+from sqlalchemy.dialects.mysql import insert
+from sqlalchemy.exc import IntegrityError
+
+from chat_common.consumer import BatchResult, Delivery
+from chat_common.contracts import ContractError, MessageUpsert
+from chat_common.tables import applications, chats, messages
+from chat_common.writer import WriterContext
+
+# A literal, not a bound parameter: pymysql only batches rows when the ON DUPLICATE suffix has none.
+NOW_6 = literal_column("NOW(6)")
+_upsert = insert(messages)
+# Assigned left to right: `version` last, because the others compare the incoming version with the stored one.
+UPSERT_MESSAGES = _upsert.on_duplicate_key_update(
+    [
+        ("body", case((_upsert.inserted.version > messages.c.version, _upsert.inserted.body), else_=messages.c.body)),
+        ("updated_at", case((_upsert.inserted.version > messages.c.version, NOW_6), else_=messages.c.updated_at)),
+        ("version", func.greatest(messages.c.version, _upsert.inserted.version)),
+    ]
+)
+
+ChatKey = tuple[int, int]  # (application id, chat number)
+AfterCommit = Callable[[list[tuple[int, MessageUpsert]]], None]
+
+
+class ChatIdCache:
+    """Bounded LRU of (application id, chat number) -> chat row id; chat ids never change while they exist."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[ChatKey, int] = OrderedDict()
+
+    def get(self, key: ChatKey) -> int | None:  # noqa: D102
+        chat_id = self._ids.get(key)
+        if chat_id is not None:
+            self._ids.move_to_end(key)
+        return chat_id
+
+    def put(self, key: ChatKey, chat_id: int) -> None:  # noqa: D102
+        self._ids[key] = chat_id
+        self._ids.move_to_end(key)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+    def clear(self) -> None:  # noqa: D102
+        self._ids.clear()
+
+
+class MessageBatchWriter:
+    """Batch handler of the message-writer."""
+
+    def __init__(self, context: WriterContext, after_commit: AfterCommit | None = None) -> None:
+        self.context = context
+        self.chat_ids = ChatIdCache()
+        self.after_commit = after_commit
+
+    def _resolve(self, conn, keys: set[ChatKey]) -> dict[ChatKey, int]:
+        found = {k: cid for k in keys if (cid := self.chat_ids.get(k)) is not None}
+        missing = list(keys - found.keys())
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            query = select(chats.c.id, chats.c.application_id, chats.c.number).where(
+                tuple_(chats.c.application_id, chats.c.number).in_(chunk)
+            )
+            for row in conn.execute(query):
+                key = (row.application_id, row.number)
+                found[key] = row.id
+                self.chat_ids.put(key, row.id)
+        return found
+
+    def __call__(self, deliveries: Sequence[Delivery]) -> BatchResult:
+        """Write every applicable message of the batch in one transaction."""
+        result = BatchResult()
+        changes: list[tuple[Delivery, MessageUpsert]] = []
+        for delivery in deliveries:
+            try:
+                changes.append((delivery, MessageUpsert.decode(delivery.body, self.context.settings.max_body_chars)))
+            except ContractError as exc:
+                result.dead.append((delivery, f"invalid: {exc}"))
+        if not changes:
+            return result
+        applied: list[tuple[int, MessageUpsert]] = []
+        try:
+            with self.context.engine.begin() as conn:
+                chat_ids = self._resolve(conn, {(c.application_id, c.chat_number) for _, c in changes})
+                unresolved = [(d, c) for d, c in changes if (c.application_id, c.chat_number) not in chat_ids]
+                if unresolved:
+                    wanted = {c.application_id for _, c in unresolved}
+                    alive = set(conn.execute(select(applications.c.id).where(applications.c.id.in_(wanted))).scalars())
+                    for delivery, change in unresolved:
+                        if change.application_id in alive:
+                            result.retry.append((delivery, "chat not written yet"))
+                        else:
+                            result.dead.append((delivery, "application gone: it was deleted before this write"))
+                applied = [
+                    (chat_ids[(c.application_id, c.chat_number)], c)
+                    for _, c in changes
+                    if (c.application_id, c.chat_number) in chat_ids
+                ]
+                if applied:
+                    conn.execute(
+                        UPSERT_MESSAGES,
+                        [
+                            {"chat_id": cid, "number": c.message_number, "body": c.body, "version": c.version}
+                            for cid, c in applied
+                        ],
+                    )
+        except IntegrityError:
+            # A cached chat id whose application was deleted meanwhile: forget the cache, let the loop retry.
+            self.chat_ids.clear()
+            raise
+        if applied:
+            self.context.redis.sadd(self.context.keys.dirty_chats, *{cid for cid, _ in applied})
+            if self.after_commit is not None:
+                self.after_commit(applied)
+        return result
