@@ -80,6 +80,7 @@ class BatchConsumer:
         self._buffer: list[Delivery] = []
         self._first_at = 0.0
         self._last_beat = 0.0
+        self._last_depth = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -133,6 +134,7 @@ class BatchConsumer:
                 ):
                     self._flush(connection, channel, retry_channel)
                 self._beat()
+                self._sample_depth(connection)
             if self._buffer:
                 self._flush(connection, channel, retry_channel)
             self._beat(force=True)
@@ -161,6 +163,23 @@ class BatchConsumer:
                 self.heartbeat(self.consumer_id, len(self._buffer))
             except self.transient_errors as exc:
                 log.debug("heartbeat not recorded: %s", exc)
+
+    def _sample_depth(self, connection, every: float = 5.0) -> None:
+        """Export the ready count of the work, retry and dead-letter queues (for autoscaling views and alerts)."""
+        now = time.monotonic()
+        if now - self._last_depth < every:
+            return
+        self._last_depth = now
+        names = [(self.queue.name, "work"), (self.queue.dead_letter, "dead")]
+        names += [(name, "retry") for name in self.queue.retry_queues]
+        channel = connection.channel()
+        try:
+            for name, kind in names:
+                ok = channel.queue_declare(name, passive=True).method
+                metrics.QUEUE_DEPTH.labels(name, kind).set(ok.message_count)
+        finally:
+            if channel.is_open:
+                channel.close()
 
     def _flush(self, connection, channel, retry_channel) -> None:
         batch, self._buffer = self._buffer, []

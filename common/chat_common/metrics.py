@@ -39,6 +39,19 @@ WRITER_BATCH_FAILURES = Counter(
     "chat_writer_batch_failures_total", "Batch attempts that failed and were retried", ["queue"]
 )
 
+QUEUE_DEPTH = Gauge(
+    "chat_queue_messages",
+    "Ready messages in a queue, sampled by the writer consuming it",
+    ["queue", "kind"],  # kind: work, retry or dead
+    multiprocess_mode="max",
+)
+
+# API hand-off to the broker.
+API_PUBLISHED = Counter("chat_api_published_total", "Messages the broker confirmed", ["queue"])
+API_PUBLISH_FAILURES = Counter(
+    "chat_api_publish_failures_total", "Publishes answered with 503 (nack, unroutable, timeout, broker down)", ["queue"]
+)
+
 # Search indexing (message-writer) and search queries (API).
 SEARCH_BACKLOG = Gauge("chat_search_backlog", "Messages whose search document is waiting to be written")
 SEARCH_BULK_FAILURES = Counter("chat_search_bulk_failures_total", "Search documents a bulk request failed to write")

@@ -170,3 +170,17 @@ class Applications:
         for cleanup in self.cleanups:
             cleanup(application.id)
         return deleted
+
+
+def build_applications(settings, engine: Engine, client: redis.Redis) -> Applications:
+    """The application lifecycle wired with the configured search backend's cleanup (API and operator use this)."""
+    from chat_common.search import build_search
+
+    search = build_search(settings, engine)
+    return Applications(
+        engine,
+        client,
+        RedisKeys(settings.redis_key_prefix),
+        max_name_chars=settings.max_name_chars,
+        cleanups=[search.delete_application],
+    )

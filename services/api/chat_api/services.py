@@ -19,6 +19,7 @@ from chat_api.adapters.publisher import ConfirmingPublisher, PublishError
 from chat_api.adapters.recovery import NumberingRecovery
 from chat_api.adapters.repository import SqlRepository
 from chat_api.model import Application, Chat, Invalid, Message, NotFound, Page, Unavailable
+from chat_common import metrics
 from chat_common.contracts import ChatUpsert, MessageUpsert
 from chat_common.tenancy import Applications
 from chat_common.topology import Topology
@@ -115,7 +116,9 @@ class ChatService:
         try:
             self.publisher.publish(queue, body)
         except PublishError as exc:
+            metrics.API_PUBLISH_FAILURES.labels(queue).inc()
             raise Unavailable(str(exc), retry_after=1) from None
+        metrics.API_PUBLISHED.labels(queue).inc()
 
     # -- applications ----------------------------------------------------------------------------------------
     def create_application(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:

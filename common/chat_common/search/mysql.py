@@ -1,0 +1,59 @@
+"""The embedded default: search one chat's messages inside MySQL/MariaDB with ``LIKE '%fragment%'``.
+
+Scoped to one chat, the (chat_id, number) unique index narrows the scan to that chat's rows; the
+``utf8mb4_unicode_520_ci`` collation makes the match case-insensitive and keeps emoji distinct. Ranking:
+messages where the fragment starts a word first, then shorter bodies (the fragment is a larger share),
+then newest first. Fine for chats of up to ~10^5 messages; use Elasticsearch beyond that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Engine, and_, case, func, literal, or_, select
+
+from chat_common.search.base import IndexedMessage, SearchHit, escape_like
+from chat_common.tables import chats, messages
+
+
+class MySqlSearch:
+    """Search backend reading the messages table directly."""
+
+    name = "mysql"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def search(self, application_id: int, chat_number: int, query: str, offset: int, limit: int) -> list[SearchHit]:
+        """Messages of the chat whose body contains ``query`` (case-insensitive)."""
+        fragment = escape_like(query)
+        chat_id = (
+            select(chats.c.id)
+            .where(chats.c.application_id == application_id, chats.c.number == chat_number)
+            .scalar_subquery()
+        )
+        word_start = or_(
+            messages.c.body.like(fragment + "%", escape="\\"), messages.c.body.like("% " + fragment + "%", escape="\\")
+        )
+        statement = (
+            select(messages.c.number, messages.c.body)
+            .where(and_(messages.c.chat_id == chat_id, messages.c.body.like("%" + fragment + "%", escape="\\")))
+            .order_by(
+                case((word_start, literal(0)), else_=literal(1)),
+                func.char_length(messages.c.body),
+                messages.c.number.desc(),
+            )
+            .offset(offset)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [SearchHit(row.number, row.body) for row in conn.execute(statement)]
+
+    def index(self, messages: Sequence[IndexedMessage]) -> None:
+        """Nothing to do: the rows are the index."""
+
+    def delete_application(self, application_id: int) -> None:
+        """Nothing to do: deleting the rows deleted the "documents"."""
+
+    def ensure_ready(self) -> None:
+        """Nothing to create."""

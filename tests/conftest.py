@@ -1,0 +1,71 @@
+"""Fixtures shared by every test package: an isolated namespace and, for HTTP tests, the real running system."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from chat_common.db import make_engine
+from tests.support.namespace import Namespace
+from tests.support.processes import System
+
+LOG_ROOT = Path(os.environ.get("TEST_LOG_DIR", "/tmp/chat-system-test-logs"))
+
+
+@pytest.fixture(scope="session")
+def namespace() -> Iterator[Namespace]:
+    """One migrated database, key prefix and queue prefix for the whole session."""
+    ns = Namespace.create("s")
+    yield ns
+    ns.destroy()
+
+
+@pytest.fixture
+def fresh_namespace() -> Iterator[Namespace]:
+    """A namespace of a test's own, for tests that break or count things."""
+    ns = Namespace.create("f")
+    yield ns
+    ns.destroy()
+
+
+@pytest.fixture(scope="session")
+def engine(namespace: Namespace) -> Iterator[Engine]:
+    """Engine on the session namespace's database."""
+    eng = make_engine(namespace.settings.database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client(namespace: Namespace) -> Iterator[redis.Redis]:
+    """Redis client (use the namespace's key prefix)."""
+    client = redis.Redis.from_url(namespace.settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def system(namespace: Namespace) -> Iterator[System]:
+    """The API under gunicorn and both writers, as real processes, for the session namespace.
+
+    Set ``API_BASE_URL`` to run the HTTP tests against a system started elsewhere (kind ingress, `make run`).
+    """
+    if os.environ.get("API_BASE_URL"):
+        pytest.skip("API_BASE_URL is set: tests that need local processes run only against a local system")
+    sys_ = System(namespace, LOG_ROOT / namespace.name).start()
+    yield sys_
+    sys_.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(request) -> str:
+    """Where the HTTP tests send requests: ``API_BASE_URL`` if set, else the local system."""
+    external = os.environ.get("API_BASE_URL")
+    if external:
+        return external.rstrip("/")
+    return request.getfixturevalue("system").base_url

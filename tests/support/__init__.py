@@ -1,0 +1,1 @@
+"""Test support: isolated namespaces and a launcher for the real processes."""
