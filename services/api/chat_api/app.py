@@ -20,12 +20,13 @@ from chat_api.middleware import BodyLimit, RequestMetrics, SecurityHeaders
 from chat_api.resources.applications import ApplicationsResource
 from chat_api.resources.chats import ChatsResource
 from chat_api.resources.health import HealthResource, MetricsResource, ReadinessResource
-from chat_api.resources.messages import MessagesResource
+from chat_api.resources.messages import MessageSearchResource, MessagesResource
 from chat_api.services import ChatService, Limits
 from chat_common.config import Settings
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
-from chat_common.tenancy import Applications
+from chat_common.search import build_search
+from chat_common.tenancy import build_applications
 from chat_common.topology import Topology
 
 NUMBER = "int(min=1, max=4294967295)"
@@ -51,6 +52,9 @@ def create_app(service: ChatService, settings: Settings, readiness: dict) -> fal
     app.add_route(f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}", chats, suffix="item")
     app.add_route(f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}/messages", messages)
     app.add_route(
+        f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}/messages/search", MessageSearchResource(service)
+    )
+    app.add_route(
         f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}/messages/{{message_number:{NUMBER}}}",
         messages,
         suffix="item",
@@ -75,14 +79,19 @@ def build_service(settings: Settings) -> tuple[ChatService, dict]:
     repository = SqlRepository(engine)
     numbering = Numbering(client, keys)
     service = ChatService(
-        applications=Applications(engine, client, keys, max_name_chars=settings.max_name_chars),
+        applications=build_applications(settings, engine, client),
         repository=repository,
         numbering=numbering,
         recovery=NumberingRecovery(client, keys, settings.rabbitmq_url, topology, settings.publish_timeout_seconds),
         publisher=publisher,
         topology=topology,
+        search=build_search(settings, engine),
         limits=Limits(
-            settings.max_name_chars, settings.max_body_chars, settings.default_page_size, settings.max_page_size
+            max_name_chars=settings.max_name_chars,
+            max_body_chars=settings.max_body_chars,
+            default_page_size=settings.default_page_size,
+            max_page_size=settings.max_page_size,
+            max_query_chars=settings.max_query_chars,
         ),
     )
     readiness = {"database": repository.ping, "redis": numbering.ping, "rabbitmq": lambda: publisher.is_ready}

@@ -7,6 +7,7 @@ return — so a number is reported only for a write the broker has durably accep
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from chat_api.adapters.repository import SqlRepository
 from chat_api.model import Application, Chat, Invalid, Message, NotFound, Page, Unavailable
 from chat_common import metrics
 from chat_common.contracts import ChatUpsert, MessageUpsert
+from chat_common.search import SearchBackend, SearchUnavailable
 from chat_common.tenancy import Applications
 from chat_common.topology import Topology
 from chat_common.validation import clean_body, clean_name
@@ -36,6 +38,7 @@ class Limits:
     max_body_chars: int = 10_000
     default_page_size: int = 20
     max_page_size: int = 100
+    max_query_chars: int = 200
 
 
 class ChatService:
@@ -51,6 +54,7 @@ class ChatService:
         publisher: ConfirmingPublisher,
         topology: Topology,
         limits: Limits,
+        search: SearchBackend,
     ) -> None:
         self.applications = applications
         self.repository = repository
@@ -59,6 +63,7 @@ class ChatService:
         self.publisher = publisher
         self.topology = topology
         self.limits = limits
+        self.search = search
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _name(self, value: object) -> str:
@@ -210,3 +215,24 @@ class ChatService:
         change = MessageUpsert(allocation.application_id, chat_number, message_number, body, allocation.value)
         self._publish(self.topology.messages.name, change.encode())
         return Message(message_number, body)
+
+    def search_messages(
+        self, token: str, chat_number: int, query: str, page: int = 1, per_page: int | None = None
+    ) -> Page:
+        """Messages of one chat containing ``query`` (a fragment, case-insensitive), best matches first."""
+        if not query or not query.strip():
+            raise Invalid("query must not be blank")
+        if len(query) > self.limits.max_query_chars:
+            raise Invalid(f"query must be at most {self.limits.max_query_chars} characters")
+        application_id = self._application(token).id
+        if self.repository.find_chat(application_id, chat_number) is None:
+            raise NotFound("chat not found")
+        started = time.perf_counter()
+        try:
+            result = self._page(
+                lambda o, n: self.search.search(application_id, chat_number, query, o, n), page, per_page
+            )
+        except SearchUnavailable as exc:
+            raise Unavailable(f"search unavailable: {exc}", retry_after=5) from None
+        metrics.SEARCH_SECONDS.labels(self.search.name).observe(time.perf_counter() - started)
+        return result

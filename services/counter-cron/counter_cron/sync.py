@@ -68,11 +68,19 @@ class SyncReport:
 class CountSync:
     """One count-sync run over a database and a Redis namespace."""
 
-    def __init__(self, engine: Engine, client: redis.Redis, keys: RedisKeys, batch_size: int = 1000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        client: redis.Redis,
+        keys: RedisKeys,
+        batch_size: int = 1000,
+        stale_claim_seconds: float = STALE_CLAIM_SECONDS,
+    ) -> None:
         self.engine = engine
         self.client = client
         self.keys = keys
         self.batch_size = batch_size
+        self.stale_claim_seconds = stale_claim_seconds
         self.run_id = uuid.uuid4().hex
         self._claim = client.register_script(_CLAIM)
         self._finish_full = client.register_script(_FINISH_FULL)
@@ -119,7 +127,7 @@ class CountSync:
         now = time.time()
         for name, stamp in self.client.hgetall(self._claims).items():
             name = name.decode()
-            if now - float(stamp) < STALE_CLAIM_SECONDS:
+            if now - float(stamp) < self.stale_claim_seconds:
                 continue
             dirty_key = name.split(":claim:", 1)[0]
             if self.client.exists(name):

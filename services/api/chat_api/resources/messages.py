@@ -42,3 +42,27 @@ class MessagesResource:
         resp.media = self.service.edit_message(token, chat_number, message_number, body).public()
 
     on_put_item = on_patch_item
+
+
+class MessageSearchResource:
+    """``GET …/messages/search?query=…``: fragments of words, case-insensitive, within one chat."""
+
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
+        """Search; a missing, blank or over-long query is a malformed request (400)."""
+        query = req.get_param("query")
+        if query is None or not query.strip():
+            raise falcon.HTTPBadRequest(description="query parameter 'query' is required and must not be blank")
+        if len(query) > self.service.limits.max_query_chars:
+            raise falcon.HTTPBadRequest(
+                description=f"query must be at most {self.service.limits.max_query_chars} characters"
+            )
+        page, per_page = page_params(req, self.service.limits.max_page_size)
+        result = self.service.search_messages(token, chat_number, query, page, per_page)
+        resp.media = [
+            {"message_number": h.message_number, "body": h.body, **({"score": h.score} if h.score is not None else {})}
+            for h in result.items
+        ]
+        add_page_links(req, resp, result.page, result.per_page, result.has_next)

@@ -1,0 +1,99 @@
+"""Writer failure paths: invalid payloads dead-lettered, early messages retried, deleted applications dropped."""
+
+import time
+
+import pika
+import pytest
+
+from chat_common.contracts import ChatUpsert, MessageUpsert
+from chat_common.topology import Topology
+from tests.support.http import wait_for
+
+
+def _channel(namespace):
+    connection = pika.BlockingConnection(pika.URLParameters(namespace.settings.rabbitmq_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    return connection, channel
+
+
+def _ready(namespace, queue: str) -> int:
+    connection, channel = _channel(namespace)
+    try:
+        return channel.queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
+
+
+def _publish(namespace, queue: str, *bodies: bytes) -> None:
+    connection, channel = _channel(namespace)
+    try:
+        for body in bodies:
+            channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def topology(fresh_namespace):
+    return Topology(fresh_namespace.settings.queue_prefix, fresh_namespace.settings.writer_retry_delays_seconds)
+
+
+@pytest.mark.parametrize("which", ["chats", "messages"])
+def test_unparseable_and_invalid_payloads_go_to_the_dead_letter_queue(private_system, fresh_namespace, topology, which):
+    queue = getattr(topology, which)
+    bad = [
+        b"\x00\xff not json",
+        b"[1, 2]",
+        b'{"v": 99}',
+        b'{"v": 1, "application_id": "1", "chat_number": 1, "message_number": 1, "body": "x", "name": "x"}',
+        b'{"v": 1, "application_id": 1, "chat_number": -4, "message_number": 1, "body": "x", "name": "x"}',
+        b'{"v": 1, "application_id": 1, "chat_number": 1, "message_number": 1, "body": "", "name": ""}',
+    ]
+    _publish(fresh_namespace, queue.name, *bad)
+    wait_for(lambda: _ready(fresh_namespace, queue.dead_letter) == len(bad), timeout=20, what="dead-lettered")
+    # The writer is still alive and consuming.
+    assert private_system.message_writer.popen.poll() is None and private_system.chat_writer.popen.poll() is None
+
+
+def test_message_before_its_chat_row_is_retried_not_dropped(
+    private_system, private_api, private_db, fresh_namespace, topology
+):
+    token = private_api.new_application("early")
+    app_id = private_db.scalar("SELECT id FROM applications WHERE token = :t", t=token)
+    # The message arrives first; its chat row is only written 2 s later.
+    _publish(fresh_namespace, topology.messages.name, MessageUpsert(app_id, 1, 1, "I was early").encode())
+    time.sleep(2)
+    assert private_db.messages_of(token, 1) == []
+    _publish(fresh_namespace, topology.chats.name, ChatUpsert(app_id, 1, "late chat").encode())
+    wait_for(lambda: private_db.messages_of(token, 1) == [(1, "I was early")], timeout=20, what="retried message")
+    assert _ready(fresh_namespace, topology.messages.dead_letter) == 0
+
+
+def test_writes_for_a_deleted_application_are_dead_lettered(private_system, private_db, fresh_namespace, topology):
+    _publish(fresh_namespace, topology.chats.name, ChatUpsert(987654, 1, "orphan").encode())
+    _publish(fresh_namespace, topology.messages.name, MessageUpsert(987654, 1, 1, "orphan").encode())
+    wait_for(lambda: _ready(fresh_namespace, topology.chats.dead_letter) == 1, timeout=20, what="chat dead-lettered")
+    wait_for(lambda: _ready(fresh_namespace, topology.messages.dead_letter) == 1, timeout=20, what="msg dead-lettered")
+    assert private_db.scalar("SELECT COUNT(*) FROM chats") == 0
+
+
+def test_older_edit_never_overwrites_a_newer_one(private_system, private_api, private_db, fresh_namespace, topology):
+    token = private_api.new_application("versions")
+    chat = private_api.new_chat(token)
+    number = private_api.new_message(token, chat, "v0")
+    private_api.wait_message(token, chat, number)
+    app_id = private_db.scalar("SELECT id FROM applications WHERE token = :t", t=token)
+    newer = MessageUpsert(app_id, chat, number, "newer", version=2_000_000_000_000_000)
+    older = MessageUpsert(app_id, chat, number, "older", version=1_000_000_000_000_000)
+    _publish(fresh_namespace, topology.messages.name, newer.encode(), older.encode())
+    wait_for(lambda: private_db.messages_of(token, chat) == [(number, "newer")], timeout=10, what="newer edit")
+    time.sleep(0.5)
+    assert private_db.messages_of(token, chat) == [(number, "newer")]
+
+
+def test_writer_stops_cleanly_on_sigterm(private_system):
+    assert private_system.message_writer.stop() == 0
+    assert private_system.chat_writer.stop() == 0
+    log = private_system.message_writer.log_path.read_text()
+    assert "consumer stopped" in log

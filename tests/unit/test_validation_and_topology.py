@@ -1,0 +1,44 @@
+"""Text rules, retry tiers and recovery heartbeats: pure logic."""
+
+import pytest
+
+from chat_api.adapters.recovery import writer_heartbeat_fresh
+from chat_common.search import escape_like
+from chat_common.topology import Topology
+from chat_common.validation import Invalid, clean_body, clean_name
+
+
+@pytest.mark.parametrize("bad", [None, "", "  ", 3, "a\x00b", "tab\tname", "x" * 256, "\ud800"])
+def test_bad_names(bad):
+    with pytest.raises(Invalid):
+        clean_name(bad)
+
+
+def test_text_is_kept_verbatim():
+    assert clean_name("  spaced  ") == "  spaced  "
+    assert clean_body("a\n\tb\r\n") == "a\n\tb\r\n"
+    with pytest.raises(Invalid):
+        clean_body("bell\x07")
+
+
+def test_retry_tiers_grow_then_stay():
+    queue = Topology("p", (1, 5, 30)).messages
+    assert [queue.retry(a) for a in (1, 2, 3, 9)] == [
+        "p.messages.retry.1s",
+        "p.messages.retry.5s",
+        "p.messages.retry.30s",
+        "p.messages.retry.30s",
+    ]
+    assert queue.dead_letter == "p.messages.dead"
+
+
+def test_heartbeat_parsing():
+    assert writer_heartbeat_fresh(b"0:100.5", since=100.0, now=101.0) == (True, 0)
+    assert writer_heartbeat_fresh("3:100.5", since=100.0, now=101.0) == (True, 3)
+    assert writer_heartbeat_fresh("0:99.0", since=100.0, now=101.0)[0] is False  # from before the loss
+    assert writer_heartbeat_fresh("0:100.5", since=100.0, now=110.0)[0] is False  # stale
+    assert writer_heartbeat_fresh("garbage", since=0, now=1) == (False, 0)
+
+
+def test_like_escaping():
+    assert escape_like("50%_off\\") == "50\\%\\_off\\\\"
