@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/common:$(CURDIR)/services/api:$(CURDIR)/services/chat-writer:$(CURDIR)/services/message-writer:$(CURDIR)/services/counter-cron:$(CURDIR)/operator
 export COUNT_SYNC_EVERY_SECONDS ?= 30
 
-.PHONY: help venv migrate run sync-counts test test-fast lint format bench clean
+.PHONY: help venv migrate run sync-counts reindex test test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ run: migrate ## start API (127.0.0.1:$$PORT), both writers and the periodic coun
 
 sync-counts: venv ## run one count sync and exit
 	$(BIN)/python -m counter_cron
+
+reindex: venv ## rebuild the Elasticsearch index from MySQL (no-op with the embedded MySQL search)
+	$(BIN)/python -m message_writer.reindex
 
 test: venv ## the whole test suite (needs MariaDB, Redis and RabbitMQ running)
 	$(BIN)/python -m pytest

@@ -34,7 +34,9 @@ class Settings:
     # Namespaces, so that tests, benchmarks and `make run` can share one Redis and one broker.
     redis_key_prefix: str = "chat:"
     queue_prefix: str = "chat_system"
-    search_index: str = "chat_system_messages"
+    search_index: str = "chat_system_messages"  # an alias; the index behind it is versioned for rebuilds
+    search_shards: int = 1
+    search_replicas: int = 1
     # Limits of the public API.
     max_request_bytes: int = 64 * 1024
     max_name_chars: int = 255

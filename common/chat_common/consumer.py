@@ -48,6 +48,7 @@ class BatchResult:
 
 BatchHandler = Callable[[Sequence[Delivery]], BatchResult]
 Heartbeat = Callable[[str, int], None]
+Tick = Callable[[], None]
 
 
 class BatchConsumer:
@@ -65,6 +66,8 @@ class BatchConsumer:
         max_attempts: int = 40,
         heartbeat: Heartbeat | None = None,
         declare: Callable[[object], None] | None = None,
+        tick: Tick | None = None,
+        tick_every: float = 2.0,
     ) -> None:
         self.amqp_url = amqp_url
         self.queue = queue
@@ -75,6 +78,9 @@ class BatchConsumer:
         self.max_attempts = max_attempts
         self.heartbeat = heartbeat
         self.declare = declare or queue.declare
+        self.tick = tick
+        self.tick_every = tick_every
+        self._last_tick = 0.0
         self.consumer_id = f"{queue.name}|{uuid.uuid4().hex[:12]}"
         self.should_stop = False
         self._buffer: list[Delivery] = []
@@ -135,6 +141,7 @@ class BatchConsumer:
                     self._flush(connection, channel, retry_channel)
                 self._beat()
                 self._sample_depth(connection)
+                self._run_tick()
             if self._buffer:
                 self._flush(connection, channel, retry_channel)
             self._beat(force=True)
@@ -163,6 +170,17 @@ class BatchConsumer:
                 self.heartbeat(self.consumer_id, len(self._buffer))
             except self.transient_errors as exc:
                 log.debug("heartbeat not recorded: %s", exc)
+
+    def _run_tick(self) -> None:
+        """The writer's periodic chore (the message-writer drains its search backlog here)."""
+        now = time.monotonic()
+        if self.tick is None or now - self._last_tick < self.tick_every:
+            return
+        self._last_tick = now
+        try:
+            self.tick()
+        except self.transient_errors as exc:
+            log.warning("periodic task failed: %s", exc)
 
     def _sample_depth(self, connection, every: float = 5.0) -> None:
         """Export the ready count of the work, retry and dead-letter queues (for autoscaling views and alerts)."""

@@ -65,13 +65,14 @@ def build_consumer(
     consumer = BatchConsumer(
         amqp_url=settings.rabbitmq_url,
         queue=pick_queue(topology),
-        handler=make_handler(context),
+        handler=(handler := make_handler(context)),
         transient_errors=TRANSIENT_ERRORS,
         batch_size=settings.writer_batch_size,
         max_wait=settings.writer_max_wait_seconds,
         max_attempts=settings.writer_max_attempts,
         heartbeat=heartbeat,
         declare=topology.declare,
+        tick=getattr(handler, "tick", None),
     )
     return consumer, context
 

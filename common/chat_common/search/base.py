@@ -52,6 +52,10 @@ class SearchBackend(Protocol):
         """Create indices, templates and aliases if missing (idempotent)."""
         ...
 
+    def refresh(self) -> None:
+        """Make recent writes visible to searches."""
+        ...
+
 
 def escape_like(fragment: str, escape: str = "\\") -> str:
     """Escape LIKE wildcards so a fragment matches literally."""

@@ -57,3 +57,6 @@ class MySqlSearch:
 
     def ensure_ready(self) -> None:
         """Nothing to create."""
+
+    def refresh(self) -> None:
+        """Nothing to refresh: reads see committed rows."""

@@ -4,4 +4,4 @@ from chat_common.writer import run_writer
 from message_writer.handler import MessageBatchWriter
 
 if __name__ == "__main__":
-    run_writer(lambda topology: topology.messages, MessageBatchWriter)
+    run_writer(lambda topology: topology.messages, MessageBatchWriter.with_search)

@@ -6,8 +6,9 @@ delayed-retry queue, never dropped. A message for an application that no longer 
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import case, func, literal_column, select, tuple_
 from sqlalchemy.dialects.mysql import insert
@@ -15,11 +16,15 @@ from sqlalchemy.exc import IntegrityError
 
 from chat_common.consumer import BatchResult, Delivery
 from chat_common.contracts import ContractError, MessageUpsert
+from chat_common.search import SearchUnavailable, build_search
 from chat_common.tables import applications, chats, messages
 from chat_common.writer import WriterContext
+from message_writer.indexing import SearchIndexer
 
 # A literal, not a bound parameter: pymysql only batches rows when the ON DUPLICATE suffix has none.
 NOW_6 = literal_column("NOW(6)")
+log = logging.getLogger(__name__)
+
 _upsert = insert(messages)
 # Assigned left to right: `version` last, because the others compare the incoming version with the stored one.
 UPSERT_MESSAGES = _upsert.on_duplicate_key_update(
@@ -31,7 +36,6 @@ UPSERT_MESSAGES = _upsert.on_duplicate_key_update(
 )
 
 ChatKey = tuple[int, int]  # (application id, chat number)
-AfterCommit = Callable[[list[tuple[int, MessageUpsert]]], None]
 
 
 class ChatIdCache:
@@ -60,10 +64,25 @@ class ChatIdCache:
 class MessageBatchWriter:
     """Batch handler of the message-writer."""
 
-    def __init__(self, context: WriterContext, after_commit: AfterCommit | None = None) -> None:
+    def __init__(self, context: WriterContext, indexer: SearchIndexer | None = None) -> None:
         self.context = context
         self.chat_ids = ChatIdCache()
-        self.after_commit = after_commit
+        self.indexer = indexer
+
+    @classmethod
+    def with_search(cls, context: WriterContext) -> MessageBatchWriter:
+        """The production handler: the configured search backend kept in step after each commit."""
+        backend = build_search(context.settings, context.engine)
+        try:
+            backend.ensure_ready()
+        except SearchUnavailable as exc:  # keep writing MySQL; the backlog drain creates the index later
+            log.warning("search backend not ready at start: %s", exc)
+        return cls(context, SearchIndexer(backend, context.engine, context.redis, context.keys))
+
+    def tick(self) -> None:
+        """Periodic chore run by the consumer loop: drain the search backlog."""
+        if self.indexer is not None:
+            self.indexer.drain()
 
     def _resolve(self, conn, keys: set[ChatKey]) -> dict[ChatKey, int]:
         found = {k: cid for k in keys if (cid := self.chat_ids.get(k)) is not None}
@@ -122,6 +141,6 @@ class MessageBatchWriter:
             raise
         if applied:
             self.context.redis.sadd(self.context.keys.dirty_chats, *{cid for cid, _ in applied})
-            if self.after_commit is not None:
-                self.after_commit(applied)
+            if self.indexer is not None:
+                self.indexer.after_commit(applied)
         return result
