@@ -8,6 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from chat_common import logs
 from chat_common.config import Settings
 from chat_common.db import create_database_if_missing, make_engine
 
@@ -32,7 +33,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def main() -> None:
     """Entry point of the migration command (also the Helm pre-install/pre-upgrade hook)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     upgrade(Settings.from_env().database_url)
     log.info("database is at the latest revision")
 

@@ -15,6 +15,7 @@ import redis
 import sqlalchemy.exc
 from sqlalchemy import Engine
 
+from chat_common import logs
 from chat_common.config import Settings
 from chat_common.consumer import BatchConsumer, BatchHandler
 from chat_common.db import make_engine
@@ -81,7 +82,7 @@ def run_writer(
     pick_queue: Callable[[Topology], WorkQueue], make_handler: Callable[[WriterContext], BatchHandler]
 ) -> None:
     """Run a writer process until SIGTERM/SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     settings = Settings.from_env()
     serve_metrics(settings.metrics_port)
     consumer, context = build_consumer(settings, pick_queue, make_handler)

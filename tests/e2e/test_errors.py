@@ -89,6 +89,17 @@ def test_oversized_body_is_413(api, token):
     assert_error(resp, 413)
 
 
+def test_413_keeps_the_keep_alive_connection_usable(base_url):
+    import requests
+
+    with requests.Session() as session:
+        for _ in range(3):
+            resp = session.post(f"{base_url}/applications", json={"name": "x" * 200_000}, timeout=10)
+            assert_error(resp, 413)
+            # The next request on the same pooled connection must not hit a connection the server dropped.
+            assert session.get(f"{base_url}/healthz", timeout=10).status_code == 200
+
+
 def test_wrong_method_is_405(api, token):
     assert_error(api.request("DELETE", f"/applications/{token}/chats/1"), 405)
     assert_error(api.request("POST", f"/applications/{token}/chats/1"), 405)

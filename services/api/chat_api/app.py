@@ -5,8 +5,6 @@ gunicorn starts ``chat_api.app:get_app()`` (see gunicorn.conf.py).
 
 from __future__ import annotations
 
-import logging
-
 import falcon
 import redis
 
@@ -16,12 +14,14 @@ from chat_api.adapters.publisher import ConfirmingPublisher
 from chat_api.adapters.recovery import NumberingRecovery
 from chat_api.adapters.repository import SqlRepository
 from chat_api.media import media_handlers
-from chat_api.middleware import BodyLimit, RequestMetrics, SecurityHeaders
+from chat_api.middleware import BodyLimit, RateLimit, RequestMetrics, SecurityHeaders, TokenShape
 from chat_api.resources.applications import ApplicationsResource
 from chat_api.resources.chats import ChatsResource
 from chat_api.resources.health import HealthResource, MetricsResource, ReadinessResource
 from chat_api.resources.messages import MessageSearchResource, MessagesResource
+from chat_api.resources.openapi import DocsResource, OpenApiResource
 from chat_api.services import ChatService, Limits
+from chat_common import logs
 from chat_common.config import Settings
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
@@ -35,7 +35,13 @@ NUMBER = "int(min=1, max=4294967295)"
 def create_app(service: ChatService, settings: Settings, readiness: dict) -> falcon.App:
     """Routes, media handlers, error handlers and middleware; nothing here opens a connection."""
     app = falcon.App(
-        middleware=[RequestMetrics(), BodyLimit(settings.max_request_bytes), SecurityHeaders()],
+        middleware=[
+            RequestMetrics(),
+            BodyLimit(settings.max_request_bytes),
+            TokenShape(),
+            RateLimit(service.numbering.client, RedisKeys(settings.redis_key_prefix), settings.rate_limit_per_second),
+            SecurityHeaders(),
+        ],
     )
     handlers = media_handlers()
     app.req_options.media_handlers = handlers
@@ -62,6 +68,8 @@ def create_app(service: ChatService, settings: Settings, readiness: dict) -> fal
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadinessResource(readiness))
     app.add_route("/metrics", MetricsResource())
+    app.add_route("/openapi.json", OpenApiResource())
+    app.add_route("/docs", DocsResource())
     return app
 
 
@@ -100,7 +108,7 @@ def build_service(settings: Settings) -> tuple[ChatService, dict]:
 
 def get_app() -> falcon.App:
     """Entry point for gunicorn: settings from the environment, one set of connections per worker."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     settings = Settings.from_env()
     service, readiness = build_service(settings)
     service.recovery.start_watchdog()  # gunicorn loads the app in each worker, after the fork

@@ -10,6 +10,7 @@ import time
 import redis
 from prometheus_client import CollectorRegistry, Gauge
 
+from chat_common import logs
 from chat_common.config import Settings
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
@@ -47,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--every", type=float, default=0, help="repeat every N seconds until interrupted")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     settings = Settings.from_env()
     engine = make_engine(settings.database_url, pool_size=1)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, func, select
 from tqdm import tqdm
 
+from chat_common import logs
 from chat_common.config import Settings
 from chat_common.db import make_engine
 from chat_common.search import IndexedMessage, build_search
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     settings = Settings.from_env()
     engine = make_engine(settings.database_url, pool_size=1)
     search = build_search(settings, engine)

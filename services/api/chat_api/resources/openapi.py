@@ -1,0 +1,111 @@
+"""``/openapi.json`` (the API contract, served byte for byte from the repository) and ``/docs`` (it, readable).
+
+The document lives beside the code (``chat_api/openapi.json``); tests check it against the routes the app
+really has, validate it, and fuzz the running API from it. The docs page is rendered here from the same
+document, as plain HTML: no scripts and nothing fetched from elsewhere, so it works offline and keeps a
+strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import falcon
+import orjson
+
+DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
+METHODS = ("get", "post", "put", "patch", "delete")
+DOCS_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+code, .path { font-family: ui-monospace, monospace; }
+section { border-top: 1px solid #ddd; padding: .6rem 0; }
+.method { display: inline-block; min-width: 4.5rem; font-weight: 700; text-transform: uppercase; }
+table { border-collapse: collapse; margin: .3rem 0; } td, th { text-align: left; padding: .15rem .8rem .15rem 0; }
+.muted { color: #666; }
+"""
+
+
+def load_document() -> dict:
+    """The OpenAPI document as a dict."""
+    return orjson.loads(DOCUMENT_PATH.read_bytes())
+
+
+def _resolve(document: dict, node: dict) -> dict:
+    """Follow one local ``$ref`` (the document only uses ``#/components/...``)."""
+    ref = node.get("$ref")
+    if not ref:
+        return node
+    target = document
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    return target
+
+
+def render_html(document: dict) -> str:
+    """A readable page of every operation: parameters, request body types and responses."""
+    esc = html.escape
+    info = document["info"]
+    out = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>{esc(info['title'])} API</title><style>{STYLE}</style></head><body>",
+        f"<h1>{esc(info['title'])} API <span class=muted>{esc(info['version'])}</span></h1>",
+        f"<p>{esc(info.get('description', ''))}</p>",
+        '<p>Machine-readable: <a href="openapi.json">openapi.json</a> (OpenAPI 3).</p>',
+    ]
+    for path, item in document["paths"].items():
+        shared = item.get("parameters", [])
+        for method in METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            admin = " <span class=muted>(admin key)</span>" if operation.get("security") else ""
+            out.append(f"<section><h3><span class=method>{method}</span> <span class=path>{esc(path)}</span></h3>")
+            out.append(f"<p>{esc(operation.get('summary', ''))}{admin}</p>")
+            if operation.get("description"):
+                out.append(f"<p>{esc(operation['description'])}</p>")
+            parameters = [_resolve(document, p) for p in [*shared, *operation.get("parameters", [])]]
+            if parameters:
+                out.append("<table><tr><th>parameter</th><th>in</th><th></th></tr>")
+                for p in parameters:
+                    required = "" if p.get("required") else " <span class=muted>(optional)</span>"
+                    out.append(
+                        f"<tr><td><code>{esc(p['name'])}</code>{required}</td><td>{esc(p['in'])}</td>"
+                        f"<td>{esc(p.get('description', ''))}</td></tr>"
+                    )
+                out.append("</table>")
+            if "requestBody" in operation:
+                types = ", ".join(f"<code>{esc(t)}</code>" for t in operation["requestBody"]["content"])
+                schema = _resolve(document, next(iter(operation["requestBody"]["content"].values()))["schema"])
+                out.append(f"<p>Body ({types}): {esc(schema.get('description', ''))}</p>")
+            out.append("<table>")
+            for status, response in operation["responses"].items():
+                response = _resolve(document, response)
+                out.append(f"<tr><td><code>{esc(status)}</code></td><td>{esc(response['description'])}</td></tr>")
+            out.append("</table></section>")
+    out.append("</body></html>")
+    return "".join(out)
+
+
+class OpenApiResource:
+    """``GET /openapi.json``."""
+
+    def __init__(self, document: bytes | None = None) -> None:
+        self.document = document if document is not None else DOCUMENT_PATH.read_bytes()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.document
+
+
+class DocsResource:
+    """``GET /docs``: the document as one HTML page, rendered once."""
+
+    def __init__(self, document: dict | None = None) -> None:
+        self.page = render_html(document if document is not None else load_document()).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
+        resp.content_type = falcon.MEDIA_HTML
+        resp.set_header("Content-Security-Policy", DOCS_CSP)
+        resp.data = self.page
