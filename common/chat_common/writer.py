@@ -36,6 +36,24 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+STALE_HEARTBEAT_SECONDS = 600
+
+
+def prune_heartbeats(client: redis.Redis, keys: RedisKeys, now: float) -> int:
+    """Forget heartbeats of writers that died without saying goodbye (SIGKILL, OOM); returns how many."""
+    stale = []
+    for field, raw in client.hgetall(keys.writer_heartbeats).items():
+        try:
+            at = float(raw.decode().partition(":")[2])
+        except ValueError:
+            at = 0.0
+        if now - at > STALE_HEARTBEAT_SECONDS:
+            stale.append(field)
+    if stale:
+        client.hdel(keys.writer_heartbeats, *stale)
+    return len(stale)
+
+
 @dataclass(frozen=True)
 class WriterContext:
     """What a batch handler may use: settings and the connections of this process."""
@@ -60,8 +78,14 @@ def build_consumer(
     )
     topology = Topology(settings.queue_prefix, settings.writer_retry_delays_seconds)
 
+    last_prune = [0.0]
+
     def heartbeat(consumer_id: str, unacked: int) -> None:
-        context.redis.hset(context.keys.writer_heartbeats, consumer_id, f"{unacked}:{time.time():.3f}")
+        now = time.time()
+        context.redis.hset(context.keys.writer_heartbeats, consumer_id, f"{unacked}:{now:.3f}")
+        if now - last_prune[0] > STALE_HEARTBEAT_SECONDS:
+            last_prune[0] = now
+            prune_heartbeats(context.redis, context.keys, now)
 
     consumer = BatchConsumer(
         amqp_url=settings.rabbitmq_url,

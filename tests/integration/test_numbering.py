@@ -78,3 +78,12 @@ def test_concurrent_allocation_never_duplicates(numbering):
     for t in threads:
         t.join()
     assert sorted(results) == list(range(1, 1601))
+
+
+def test_stale_writer_heartbeats_are_pruned(numbering):
+    from chat_common.writer import STALE_HEARTBEAT_SECONDS, prune_heartbeats
+
+    _, client, keys = numbering
+    client.hset(keys.writer_heartbeats, mapping={"q|dead": "0:100.0", "q|alive": "0:5000.0", "q|junk": "x"})
+    assert prune_heartbeats(client, keys, now=5000.0 + STALE_HEARTBEAT_SECONDS / 2) == 2
+    assert list(client.hkeys(keys.writer_heartbeats)) == [b"q|alive"]
