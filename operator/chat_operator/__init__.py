@@ -1,0 +1,1 @@
+"""The chat-system operator: ``Application`` custom resources provisioned as tenants by kopf handlers."""

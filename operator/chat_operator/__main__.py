@@ -1,0 +1,91 @@
+"""`python -m chat_operator`: run the operator until SIGTERM.
+
+Watches ``WATCH_NAMESPACES`` (comma-separated; empty: every namespace), peers with its other replicas through
+the ``chat-system`` (Cluster)KopfPeering, answers liveness probes on ``LIVENESS_ENDPOINT`` and serves
+Prometheus metrics on ``METRICS_PORT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import kopf
+import redis
+from kubernetes import client
+from sqlalchemy import create_engine, text
+
+from chat_common.db import make_engine
+from chat_common.metrics import serve_metrics
+from chat_common.tenancy import build_applications
+from chat_operator import handlers
+from chat_operator.config import ConfigError, OperatorConfig
+from chat_operator.kube import KubeSecrets
+from chat_operator.provisioning import Provisioner
+from chat_operator.reconciler import Reconciler
+
+log = logging.getLogger("chat_operator")
+
+
+def main() -> None:
+    """Read the configuration, wire the collaborators, and hand over to kopf."""
+    try:
+        config = OperatorConfig.from_env()
+    except (ConfigError, ValueError) as exc:
+        sys.exit(f"chat-operator: {exc}")
+    kopf.configure(log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL)
+    settings = config.settings
+    engine = make_engine(settings.database_url, pool_size=config.workers)
+    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    reconciler = Reconciler(
+        Provisioner(build_applications(settings, engine, redis_client)),
+        KubeSecrets(client.CoreV1Api),
+        config.api_internal_url,
+    )
+
+    # Its own tiny engine with short timeouts: the liveness endpoint waits for this answer, and a database that
+    # does not answer must not make the probe time out (and the operator restart).
+    probe_engine = create_engine(
+        settings.database_url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=1,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 1, "read_timeout": 2},
+    )
+
+    def ping_database() -> bool:
+        try:
+            with probe_engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, reconciler, config, ping_database)
+    serve_metrics(config.metrics_port)
+    log.info(
+        "watching %s with peering %r (priority %d)",
+        ", ".join(config.namespaces) or "all namespaces",
+        config.peering_name,
+        config.priority,
+    )
+    try:
+        kopf.run(
+            registry=registry,
+            clusterwide=config.clusterwide,
+            namespaces=config.namespaces,
+            standalone=False,
+            peering_name=config.peering_name,  # also makes the peering object mandatory
+            priority=config.priority,
+            liveness_endpoint=config.liveness_endpoint,
+        )
+    finally:
+        engine.dispose()
+        probe_engine.dispose()
+        redis_client.close()
+
+
+if __name__ == "__main__":
+    main()

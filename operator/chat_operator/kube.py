@@ -1,0 +1,248 @@
+"""Everything the operator sends to Kubernetes besides kopf's own traffic: the token Secret and status bodies.
+
+Kept in one small module so the rest of the operator is plain Python. Bodies are plain dicts (checked offline
+against the Kubernetes schemas and the CRD); :class:`KubeSecrets` is the only code that calls the API server.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+GROUP = "chat-system.io"
+VERSION = "v1"
+KIND = "Application"
+PLURAL = "applications"
+FINALIZER = f"{GROUP}/application-cleanup"
+SECRET_SUFFIX = "-chat-token"
+MANAGED_BY = "chat-operator"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_APPLICATION = f"{GROUP}/application"
+ANNOTATION_RETAINED = f"{GROUP}/retained-from"
+REQUEST_TIMEOUT = 10  # seconds per API call; kopf retries the handler when one times out
+
+READY = "Ready"  # the tenant works: application exists, token Secret written
+SYNCED = "Synced"  # the current generation of the spec was applied
+
+SecretChange = Literal["created", "updated", "adopted", "unchanged"]
+
+
+class SecretConflict(Exception):
+    """A Secret of the name the operator needs exists and is not this resource's to overwrite."""
+
+
+def secret_name(resource_name: str) -> str:
+    """Name of the Secret holding a resource's token."""
+    return resource_name + SECRET_SUFFIX
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def secret_body(owner: Mapping, token: str, api_url: str) -> dict:
+    """The token Secret of an ``Application``: keys ``token`` and ``apiUrl``, owned by the resource.
+
+    Owned (``ownerReferences``) so that Kubernetes garbage-collects it with the resource. Unlike
+    ``kopf.adopt``, the owner's labels are not copied: GitOps tools track resources by such labels and
+    would prune a Secret that carries them but is not in their repository.
+    """
+    meta = owner["metadata"]
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": secret_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {
+                LABEL_MANAGED_BY: MANAGED_BY,
+                "app.kubernetes.io/part-of": "chat-system",
+                LABEL_APPLICATION: meta["name"],
+            },
+        },
+        "data": {"token": _b64(token), "apiUrl": _b64(api_url)},
+    }
+    kopf.append_owner_reference(body, owner=owner)
+    return body
+
+
+def secret_token(secret: Mapping) -> str | None:
+    """The token a Secret holds, if any."""
+    raw = (secret.get("data") or {}).get("token")
+    return base64.b64decode(raw).decode() if raw else None
+
+
+def _owned_by(secret: Mapping, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in secret.get("metadata", {}).get("ownerReferences") or [])
+
+
+@dataclass(frozen=True)
+class SecretPlan:
+    """What to do to bring an existing Secret (or none) in line with the desired one."""
+
+    change: SecretChange
+    patch: dict | None = None
+
+
+def plan_secret(current: Mapping | None, desired: Mapping) -> SecretPlan:
+    """Decide between create, merge-patch and leaving alone; raise :class:`SecretConflict` when it is not ours.
+
+    A Secret is ours when it is owned by the resource, or when the operator left it behind under the
+    ``Retain`` policy and it holds the very token being provisioned (re-adoption with ``existingToken``).
+    An owned Secret holding another token is refused too: a resource never changes tenant.
+    """
+    if current is None:
+        return SecretPlan("created")
+    owner_ref = desired["metadata"]["ownerReferences"][0]
+    meta = current.get("metadata", {})
+    same_token = secret_token(current) == secret_token(desired)
+    name = meta.get("name")
+    if _owned_by(current, owner_ref["uid"]):
+        if not same_token:
+            raise SecretConflict(f"Secret {name} holds another application's token; refusing to switch tenants")
+        change: SecretChange = "updated"
+        refs = None
+    elif meta.get("labels", {}).get(LABEL_MANAGED_BY) == MANAGED_BY and same_token:
+        change = "adopted"
+        refs = [*(meta.get("ownerReferences") or []), owner_ref]
+    else:
+        raise SecretConflict(f"Secret {name} already exists and does not belong to this Application")
+    labels = {**meta.get("labels", {}), **desired["metadata"]["labels"]}
+    if refs is None and current.get("data") == desired["data"] and labels == meta.get("labels", {}):
+        return SecretPlan("unchanged")
+    patch_meta: dict = {"labels": labels, "resourceVersion": meta.get("resourceVersion")}
+    if refs is not None:
+        patch_meta["ownerReferences"] = refs
+        patch_meta["annotations"] = {ANNOTATION_RETAINED: None}
+    return SecretPlan(change, {"metadata": patch_meta, "data": desired["data"]})
+
+
+def detach_patch(current: Mapping, owner_uid: str) -> dict | None:
+    """Merge patch that orphans a Secret from its ``Application`` (``Retain``), or None if not owned."""
+    meta = current.get("metadata", {})
+    refs = meta.get("ownerReferences") or []
+    if not any(ref.get("uid") == owner_uid for ref in refs):
+        return None
+    return {
+        "metadata": {
+            "resourceVersion": meta.get("resourceVersion"),
+            "ownerReferences": [ref for ref in refs if ref.get("uid") != owner_uid] or None,
+            "annotations": {ANNOTATION_RETAINED: owner_uid},
+        }
+    }
+
+
+class KubeSecrets:
+    """Token Secrets through the official Kubernetes client: get, create and merge-patch only."""
+
+    def __init__(self, api_factory: Callable[[], client.CoreV1Api]) -> None:
+        # Built on first use: the client is configured by kopf's login, which runs after the handlers exist.
+        self._api_factory = api_factory
+        self._api: client.CoreV1Api | None = None
+
+    @property
+    def api(self) -> client.CoreV1Api:
+        """The CoreV1 API client."""
+        if self._api is None:
+            self._api = self._api_factory()
+        return self._api
+
+    def read(self, namespace: str, name: str) -> dict | None:
+        """A Secret as a plain dict (camelCase, as on the wire), or None."""
+        try:
+            secret = self.api.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self.api.api_client.sanitize_for_serialization(secret)
+
+    def apply(self, desired: dict) -> SecretChange:
+        """Create the Secret or bring it in line; optimistic concurrency makes a racing writer retry the handler."""
+        meta = desired["metadata"]
+        current = self.read(meta["namespace"], meta["name"])
+        plan = plan_secret(current, desired)
+        if plan.change == "created":
+            self.api.create_namespaced_secret(
+                meta["namespace"],
+                client.V1Secret.from_dict(desired),
+                _content_type="application/json",  # the generated client leaves it out on POST
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        elif plan.patch is not None:
+            self._merge_patch(meta["namespace"], meta["name"], plan.patch)
+        return plan.change
+
+    def detach(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Remove the resource's owner reference so the Secret outlives it; False when there is nothing to do."""
+        current = self.read(namespace, name)
+        patch = detach_patch(current, owner_uid) if current else None
+        if patch is None:
+            return False
+        self._merge_patch(namespace, name, patch)
+        return True
+
+    def _merge_patch(self, namespace: str, name: str, patch: dict) -> None:
+        self.api.patch_namespaced_secret(
+            name,
+            namespace,
+            patch,
+            _content_type="application/merge-patch+json",
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+
+
+# -- status ----------------------------------------------------------------------------------------------------
+
+
+def now_rfc3339() -> str:
+    """The current time as Kubernetes writes timestamps."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find_condition(status: Mapping, type_: str) -> Mapping | None:
+    """The condition of a type in a status, if present."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+
+
+def set_condition(
+    conditions: list[dict],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> list[dict]:
+    """Conditions with one of them set; ``lastTransitionTime`` moves only when the status flips."""
+    value = "True" if status else "False"
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    moved = previous is None or previous.get("status") != value
+    condition = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": now if moved else previous.get("lastTransitionTime", now),
+    }
+    if previous is None:
+        return [*conditions, condition]
+    # In place: a reordered list would read as a change and cost a status patch.
+    return [condition if c is previous else c for c in conditions]
+
+
+def status_changes(current: Mapping, desired: Mapping) -> dict:
+    """The fields of ``desired`` that differ from ``current`` (what a status merge patch needs to carry)."""
+    return {key: value for key, value in desired.items() if current.get(key) != value}

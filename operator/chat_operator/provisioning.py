@@ -1,0 +1,160 @@
+"""What an ``Application`` resource means for the chat system, as plain functions over the shared service layer.
+
+Nothing here knows Kubernetes: the create/rename/delete implementation is :class:`chat_common.tenancy.Applications`
+(the one the API uses); this module only decides which of those to call for a resource's spec, so it can be
+tested against the real MariaDB and Redis without an API server.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from chat_common.tables import chats
+from chat_common.tenancy import Application, Applications
+from chat_common.validation import Invalid
+
+# Idempotency keys share one column with the REST API's Idempotency-Key header; the prefix keeps a client's
+# key from ever meaning "the application of resource <uid>".
+KEY_PREFIX = "k8s:"
+MISSING = "the application was deleted outside the operator; delete and re-apply this resource for a new tenant"
+
+
+class Policy(enum.StrEnum):
+    """What deleting the resource does to the application (like a PersistentVolume's reclaim policy)."""
+
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class Rejected(Exception):
+    """The spec cannot be provisioned as it stands; retrying will not help until it changes."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The parts of an ``Application``'s spec the operator acts on."""
+
+    name: object
+    deletion_policy: Policy = Policy.RETAIN
+    existing_token: str | None = None
+
+    @classmethod
+    def parse(cls, spec: Mapping) -> Spec:
+        """Read a resource's ``spec``; the CRD schema already rejects most bad input, this catches the rest."""
+        policy = spec.get("deletionPolicy") or Policy.RETAIN.value
+        try:
+            deletion_policy = Policy(policy)
+        except ValueError:
+            raise Rejected("InvalidSpec", f"spec.deletionPolicy must be Retain or Delete, not {policy!r}") from None
+        token = spec.get("existingToken") or None
+        if token is not None and not isinstance(token, str):
+            raise Rejected("InvalidSpec", "spec.existingToken must be a string")
+        return cls(name=spec.get("name"), deletion_policy=deletion_policy, existing_token=token)
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """The application a resource stands for, and what it took to get there."""
+
+    application: Application
+    created: bool = False
+    adopted: bool = False
+    renamed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Released:
+    """What deleting a resource did to its application."""
+
+    policy: Policy
+    found: bool
+    messages_deleted: int = 0
+
+
+def idempotency_key(uid: str) -> str:
+    """The key an application is created under for the resource with this uid."""
+    return KEY_PREFIX + uid
+
+
+class Provisioner:
+    """Provision, locate, measure and release the application behind an ``Application`` resource."""
+
+    def __init__(self, applications: Applications) -> None:
+        self.applications = applications
+
+    def provision(self, uid: str, spec: Spec, *, provisioned_before: bool = False) -> Provisioned:
+        """Make the application exist with the spec's name; safe to repeat any number of times.
+
+        Keyed on the resource's uid, so a retry after a crash, a resumed operator or a second replica finds
+        the application created before instead of creating another one. ``provisioned_before`` (the resource
+        was ready once) means the application must already exist: one deleted behind the operator's back is
+        reported, never silently replaced by an empty tenant with a new token.
+        """
+        try:
+            if spec.existing_token is not None:
+                application = self.applications.find(spec.existing_token)
+                if application is None:
+                    raise Rejected("ApplicationNotFound", "no application has the token given in spec.existingToken")
+                created, adopted = False, True
+            elif provisioned_before:
+                application = self.locate(uid, spec)
+                if application is None:
+                    raise Rejected("ApplicationMissing", MISSING)
+                created, adopted = False, False
+            else:
+                application, created = self.applications.create(spec.name, idempotency_key=idempotency_key(uid))
+                adopted = False
+            renamed_from = None
+            if application.name != spec.name:
+                renamed_from = application.name
+                application = self.applications.rename(application.token, spec.name)
+                if application is None:  # deleted by someone else between the two statements
+                    raise Rejected("ApplicationMissing", MISSING)
+        except Invalid as exc:
+            raise Rejected("InvalidSpec", f"spec.{exc}") from None
+        return Provisioned(application, created=created, adopted=adopted, renamed_from=renamed_from)
+
+    def locate(self, uid: str, spec: Spec) -> Application | None:
+        """The application of a resource, if it exists (one indexed lookup)."""
+        if spec.existing_token is not None:
+            return self.applications.find(spec.existing_token)
+        return self.applications.find_by_idempotency_key(idempotency_key(uid))
+
+    def rename(self, application: Application, name: object) -> Application | None:
+        """Give an application the spec's name again (after someone renamed it through the REST API)."""
+        try:
+            return self.applications.rename(application.token, name)
+        except Invalid as exc:
+            raise Rejected("InvalidSpec", f"spec.{exc}") from None
+
+    def messages_count(self, application_id: int) -> int:
+        """Messages of an application, from the per-chat counts the count sync maintains.
+
+        Summing ``chats.messages_count`` reads one index range of the application's chats; counting the
+        messages table instead would scan every message on every refresh of every resource.
+        """
+        query = select(func.coalesce(func.sum(chats.c.messages_count), 0)).where(
+            chats.c.application_id == application_id
+        )
+        with self.applications.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def release(self, uid: str, spec: Spec) -> Released:
+        """Apply the deletion policy: ``Delete`` removes the application and everything in it, ``Retain`` nothing.
+
+        Repeating it is harmless: an application already gone counts as deleted.
+        """
+        application = self.locate(uid, spec)
+        if spec.deletion_policy is Policy.RETAIN or application is None:
+            return Released(spec.deletion_policy, found=application is not None)
+        deleted = self.applications.delete(application.token)
+        return Released(Policy.DELETE, found=deleted is not None, messages_deleted=deleted or 0)

@@ -1,0 +1,330 @@
+"""The decisions behind each kopf handler, returned as plain outcomes (status fields, events, retry or give up).
+
+:class:`Reconciler` ties the provisioning logic to the token Secret and the status, and never raises for
+expected trouble: the kopf handlers translate an :class:`Outcome` into a status patch, Kubernetes Events and
+kopf's retry exceptions. That keeps every branch testable without an API server or kopf's runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import redis
+import urllib3
+from kubernetes.client.exceptions import ApiException
+from sqlalchemy.exc import DBAPIError
+
+from chat_operator import kube
+from chat_operator.provisioning import MISSING, Policy, Provisioner, Rejected, Spec
+
+log = logging.getLogger(__name__)
+
+PENDING, READY, FAILED, DELETING = "Pending", "Ready", "Failed", "Deleting"
+MAX_RETRY_DELAY = 300.0
+# Failures that mean there is no working tenant behind the resource (others leave a working one as it was).
+TENANT_GONE = frozenset({"ApplicationMissing", "ApplicationNotFound"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the resource."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler invocation should leave behind."""
+
+    status: dict = field(default_factory=dict)  # status fields to merge-patch (only the changed ones)
+    events: tuple[Event, ...] = ()
+    retry_after: float | None = None  # set: run the handler again after this many seconds
+    failure: str | None = None  # reason, when the invocation failed (for metrics and the handler's exception)
+    permanent: bool = False  # the failure needs a spec change, not a retry
+    became_ready: bool = False  # first time this resource's tenant is ready (provisioning latency)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """The parts of an ``Application`` object a decision needs."""
+
+    body: Mapping  # the whole object, for owner references
+    uid: str
+    name: str
+    namespace: str
+    generation: int
+    spec: Mapping
+    status: Mapping
+
+    @classmethod
+    def from_body(cls, body: Mapping) -> Resource:
+        """Wrap a raw object (as kopf passes it)."""
+        meta = body["metadata"]
+        return cls(
+            body=body,
+            uid=meta["uid"],
+            name=meta["name"],
+            namespace=meta["namespace"],
+            generation=int(meta.get("generation") or 0),
+            spec=body.get("spec") or {},
+            status=body.get("status") or {},
+        )
+
+
+def backoff(retry: int) -> float:
+    """Seconds before the next attempt after ``retry`` failed ones: 5, 10, 20 … capped at five minutes."""
+    return min(5.0 * 2 ** min(retry, 10), MAX_RETRY_DELAY)
+
+
+# Errors worth retrying: the database, Redis or the Kubernetes API is unreachable or said no for now.
+TRANSIENT = (DBAPIError, redis.RedisError, ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
+class Reconciler:
+    """Create/resume/update, refresh and finalize decisions for ``Application`` resources."""
+
+    def __init__(
+        self,
+        provisioner: Provisioner,
+        secrets: kube.KubeSecrets,
+        api_url: str,
+        clock: Callable[[], str] = kube.now_rfc3339,
+    ) -> None:
+        self.provisioner = provisioner
+        self.secrets = secrets
+        self.api_url = api_url
+        self.clock = clock
+
+    # -- create, resume, spec update --------------------------------------------------------------------------
+    def apply(self, resource: Resource, retry: int = 0) -> Outcome:
+        """Provision the tenant for the current spec and write its token Secret. Idempotent."""
+        events: list[Event] = []
+        try:
+            spec = Spec.parse(resource.spec)
+            if len(kube.secret_name(resource.name)) > 253:
+                raise Rejected("InvalidName", "metadata.name is too long for the token Secret's name")
+            # secretName is only ever written once the tenant was ready.
+            provisioned_before = bool(resource.status.get("secretName"))
+            provisioned = self.provisioner.provision(resource.uid, spec, provisioned_before=provisioned_before)
+            application = provisioned.application
+            secret = kube.secret_body(resource.body, application.token, self.api_url)
+            change = self.secrets.apply(secret)
+            messages = self.provisioner.messages_count(application.id)
+        except Rejected as exc:
+            return self._failed(resource, exc.reason, exc.message, permanent=True)
+        except kube.SecretConflict as exc:
+            # Heals once someone removes or renames the other Secret, so keep trying, slowly.
+            return self._failed(resource, "SecretConflict", str(exc), retry_after=backoff(retry + 3))
+        except TRANSIENT as exc:
+            return self._failed(resource, "Unavailable", _describe(exc), retry_after=backoff(retry))
+
+        if provisioned.created:
+            events.append(Event("Normal", "Created", f"created application {application.name!r}"))
+        if provisioned.adopted and not _is_true(resource.status, kube.READY):
+            events.append(Event("Normal", "Adopted", f"adopted existing application {application.name!r}"))
+        if provisioned.renamed_from is not None:
+            events.append(
+                Event("Normal", "Renamed", f"renamed application {provisioned.renamed_from!r} to {application.name!r}")
+            )
+        if change != "unchanged":
+            events.append(Event("Normal", "SecretWritten", f"Secret {secret['metadata']['name']} {change}"))
+
+        now = self.clock()
+        conditions = list(resource.status.get("conditions") or [])
+        conditions = kube.set_condition(
+            conditions, kube.READY, True, "Provisioned", "token Secret is written", resource.generation, now
+        )
+        conditions = kube.set_condition(conditions, kube.SYNCED, True, "Applied", "", resource.generation, now)
+        desired = {
+            "phase": READY,
+            "secretName": secret["metadata"]["name"],
+            "observedGeneration": resource.generation,
+            "chatsCount": application.chats_count,
+            "messagesCount": messages,
+            "conditions": conditions,
+        }
+        return Outcome(
+            status=kube.status_changes(resource.status, desired),
+            events=tuple(events),
+            became_ready=not _is_true(resource.status, kube.READY),
+        )
+
+    # -- timer ---------------------------------------------------------------------------------------------------
+    def refresh(self, resource: Resource) -> Outcome:
+        """Refresh counts and readiness; restore the name and the Secret if someone changed them behind our back.
+
+        Only for resources whose current generation was applied: while a spec change is pending or was
+        rejected, the change handlers own the status.
+        """
+        synced = kube.find_condition(resource.status, kube.SYNCED)
+        if not synced or synced.get("status") != "True" or synced.get("observedGeneration") != resource.generation:
+            return Outcome()
+        events: list[Event] = []
+        try:
+            spec = Spec.parse(resource.spec)
+            application = self.provisioner.locate(resource.uid, spec)
+            if application is None:
+                return self._missing(resource)
+            if application.name != spec.name:
+                previous = application.name
+                application = self.provisioner.rename(application, spec.name)
+                if application is None:
+                    return self._missing(resource)
+                events.append(Event("Normal", "Renamed", f"restored the name {spec.name!r} (was {previous!r})"))
+            secret = kube.secret_body(resource.body, application.token, self.api_url)
+            change = self.secrets.apply(secret)
+            messages = self.provisioner.messages_count(application.id)
+        except (Rejected, kube.SecretConflict) as exc:
+            log.warning("refresh of %s/%s skipped: %s", resource.namespace, resource.name, exc)
+            return Outcome(failure=getattr(exc, "reason", "SecretConflict"))
+        except TRANSIENT as exc:
+            # Counts going stale for a while is fine; the next tick tries again.
+            log.warning("refresh of %s/%s failed: %s", resource.namespace, resource.name, _describe(exc))
+            return Outcome(failure="Unavailable")
+        if change != "unchanged":
+            events.append(Event("Normal", "SecretRestored", f"Secret {secret['metadata']['name']} {change}"))
+        now = self.clock()
+        desired = {
+            "phase": READY,
+            "chatsCount": application.chats_count,
+            "messagesCount": messages,
+            "conditions": kube.set_condition(
+                list(resource.status.get("conditions") or []),
+                kube.READY,
+                True,
+                "Provisioned",
+                "token Secret is written",
+                resource.generation,
+                now,
+            ),
+        }
+        return Outcome(status=kube.status_changes(resource.status, desired), events=tuple(events))
+
+    def _missing(self, resource: Resource) -> Outcome:
+        message = MISSING
+        ready = kube.find_condition(resource.status, kube.READY)
+        reported = ready is not None and ready.get("reason") == "ApplicationMissing"
+        events = () if reported else (Event("Warning", "ApplicationMissing", message),)
+        desired = {
+            "phase": FAILED,
+            "conditions": kube.set_condition(
+                list(resource.status.get("conditions") or []),
+                kube.READY,
+                False,
+                "ApplicationMissing",
+                message,
+                resource.generation,
+                self.clock(),
+            ),
+        }
+        return Outcome(status=kube.status_changes(resource.status, desired), events=events)
+
+    # -- deletion ------------------------------------------------------------------------------------------------
+    def mark_deleting(self, resource: Resource) -> Outcome:
+        """First step of a deletion under ``Delete``: show ``Deleting`` while a large tenant goes in batches."""
+        try:
+            policy = Spec.parse(resource.spec).deletion_policy
+        except Rejected:
+            policy = Policy.RETAIN
+        if policy is not Policy.DELETE or resource.status.get("phase") == DELETING:
+            return Outcome()
+        message = "deleting the application with all its chats and messages"
+        desired = {
+            "phase": DELETING,
+            "conditions": kube.set_condition(
+                list(resource.status.get("conditions") or []),
+                kube.READY,
+                False,
+                "Deleting",
+                message,
+                resource.generation,
+                self.clock(),
+            ),
+        }
+        return Outcome(
+            status=kube.status_changes(resource.status, desired), events=(Event("Normal", "Deleting", message),)
+        )
+
+    def finalize(self, resource: Resource, retry: int = 0) -> Outcome:
+        """Honour ``deletionPolicy`` before the finalizer lets the resource go. Idempotent.
+
+        ``Delete`` removes the application with its chats, messages, counters and search documents (the token
+        Secret goes with the resource, which owns it). ``Retain`` keeps the data and orphans the token Secret,
+        so the tenant stays reachable and can be adopted again with ``spec.existingToken``.
+        """
+        try:
+            spec = Spec.parse(resource.spec)
+        except Rejected:
+            spec = Spec(name=resource.spec.get("name"))  # an unreadable policy gets the safe default, Retain
+        try:
+            if spec.deletion_policy is Policy.DELETE:
+                released = self.provisioner.release(resource.uid, spec)
+                if released.found:
+                    message = f"deleted the application and its {released.messages_deleted} messages"
+                else:
+                    message = "no application to delete"
+                return Outcome(events=(Event("Normal", "Deleted", message),))
+            # Retain needs no database: the data simply stays where it is.
+            detached = self.secrets.detach(resource.namespace, kube.secret_name(resource.name), resource.uid)
+        except TRANSIENT as exc:
+            message = f"cannot apply deletionPolicy {spec.deletion_policy.value} yet: {_describe(exc)}"
+            return Outcome(
+                events=(Event("Warning", "DeleteFailed", message),),
+                retry_after=backoff(retry),
+                failure="Unavailable",
+            )
+        kept = f"; Secret {kube.secret_name(resource.name)} kept for re-adoption" if detached else ""
+        return Outcome(events=(Event("Normal", "Retained", "application data kept" + kept),))
+
+    # -- failures ------------------------------------------------------------------------------------------------
+    def _failed(
+        self,
+        resource: Resource,
+        reason: str,
+        message: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+    ) -> Outcome:
+        """Record a failed apply in the ``Synced`` condition; the tenant itself may well still be working."""
+        now = self.clock()
+        status = resource.status
+        synced = kube.find_condition(status, kube.SYNCED)
+        conditions = kube.set_condition(
+            list(status.get("conditions") or []), kube.SYNCED, False, reason, message, resource.generation, now
+        )
+        if reason in TENANT_GONE or not _is_true(status, kube.READY):
+            conditions = kube.set_condition(conditions, kube.READY, False, reason, message, resource.generation, now)
+        if permanent or reason == "SecretConflict":
+            phase = FAILED
+        else:
+            phase = READY if status.get("phase") == READY else PENDING
+        desired = {"phase": phase, "observedGeneration": resource.generation, "conditions": conditions}
+        # One event per distinct problem, not one per retry.
+        repeated = synced is not None and synced.get("reason") == reason and synced.get("message") == message
+        events = () if repeated else (Event("Warning", reason, message),)
+        return Outcome(
+            status=kube.status_changes(status, desired),
+            events=events,
+            retry_after=retry_after,
+            failure=reason,
+            permanent=permanent,
+        )
+
+
+def _is_true(status: Mapping, type_: str) -> bool:
+    condition = kube.find_condition(status, type_)
+    return condition is not None and condition.get("status") == "True"
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of an infrastructure error."""
+    if isinstance(exc, ApiException):
+        return f"Kubernetes API answered {exc.status} {exc.reason}"
+    if isinstance(exc, DBAPIError):
+        return f"database unavailable ({type(exc.orig).__name__})"
+    return f"{type(exc).__name__}: {exc}"

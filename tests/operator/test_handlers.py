@@ -1,0 +1,85 @@
+"""The kopf glue, as far as it runs without an API server: settings, registration, outcome delivery, config."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+from chat_operator import handlers, kube
+from chat_operator.config import ConfigError, OperatorConfig
+from chat_operator.reconciler import Outcome
+
+ENV = {"API_INTERNAL_URL": "http://chat-system-api.chat.svc:8080/"}
+
+
+def test_config_reads_the_environment():
+    config = OperatorConfig.from_env({**ENV, "WATCH_NAMESPACES": " team-a, team-b ,", "OPERATOR_PRIORITY": "7"})
+    assert config.api_internal_url == "http://chat-system-api.chat.svc:8080"
+    assert config.namespaces == ("team-a", "team-b") and not config.clusterwide
+    assert config.priority == 7
+    assert (config.metrics_port, config.liveness_endpoint) == (9090, "http://0.0.0.0:8080/healthz")
+    assert OperatorConfig.from_env(ENV).clusterwide
+
+
+def test_replicas_get_distinct_priorities_by_default():
+    # kopf freezes every replica that sees a peer of the same priority.
+    assert len({OperatorConfig.from_env(ENV).priority for _ in range(20)}) > 1
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"API_INTERNAL_URL": "chat-system-api:8080"},
+        {**ENV, "LOG_FORMAT": "xml"},
+        {**ENV, "STATUS_REFRESH_SECONDS": "1"},
+    ],
+    ids=["no-api-url", "no-scheme", "bad-log-format", "refresh-too-often"],
+)
+def test_config_refuses_nonsense(env):
+    with pytest.raises(ConfigError):
+        OperatorConfig.from_env(env)
+
+
+def test_production_settings():
+    settings = kopf.OperatorSettings()
+    handlers.configure_settings(settings, OperatorConfig.from_env(ENV))
+    assert settings.persistence.finalizer == kube.FINALIZER
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert settings.scanning.disabled
+    assert settings.posting.reporting_component == "chat-operator"
+    assert settings.execution.max_workers == 4
+
+
+def test_every_handler_is_registered():
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, reconciler=None, config=OperatorConfig.from_env(ENV), ping_database=lambda: True)
+    # kopf has no public way to list a registry; its internal collections are the only view.
+    changing = {(h.id, h.reason) for h in registry._changing.get_all_handlers()}
+    assert {i for i, _ in changing} == {"provision", "update/spec", "mark-deleting", "finalize"}
+    timers = list(registry._spawning.get_all_handlers())
+    assert [(t.id, t.interval) for t in timers] == [("refresh", 60.0)]
+    activities = {h.activity.value for h in registry._activities.get_all_handlers()}
+    assert {"startup", "authentication", "probe"} <= activities
+    for handler in registry._changing.get_all_handlers():
+        assert handler.selector.group == kube.GROUP and handler.selector.plural == kube.PLURAL
+
+
+def test_delivering_success_patches_only_the_status():
+    patch = kopf.Patch()
+    handlers.deliver(Outcome(status={"phase": "Ready", "chatsCount": 2}), {}, patch, "apply")
+    assert dict(patch) == {"status": {"phase": "Ready", "chatsCount": 2}}
+
+
+def test_delivering_a_permanent_failure_stops_retries_but_keeps_the_status():
+    patch = kopf.Patch()
+    with pytest.raises(kopf.PermanentError):
+        handlers.deliver(Outcome(status={"phase": "Failed"}, failure="InvalidSpec", permanent=True), {}, patch, "apply")
+    assert patch["status"] == {"phase": "Failed"}
+
+
+def test_delivering_a_retry_asks_kopf_to_come_back_later():
+    with pytest.raises(kopf.TemporaryError) as info:
+        handlers.deliver(Outcome(failure="Unavailable", retry_after=20), {}, kopf.Patch(), "apply")
+    assert info.value.delay == 20

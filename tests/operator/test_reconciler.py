@@ -1,0 +1,359 @@
+"""Handler decisions end to end: real MariaDB and Redis, the real Kubernetes client against a stand-in API server.
+
+Each test drives an ``Application`` object through what kopf would do: call the handler's decision, merge
+the status it returns into the object, let the "garbage collector" act on deletion.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import jsonschema
+import kubernetes_validate
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from chat_common.tables import applications as table
+from chat_common.tenancy import Applications
+from chat_operator import kube
+from chat_operator.provisioning import Provisioner, idempotency_key
+from chat_operator.reconciler import DELETING, FAILED, PENDING, READY, Outcome, Reconciler, Resource
+from counter_cron.sync import CountSync
+from tests.operator.conftest import API_URL, application
+from tests.operator.rows import add_chats, rows_of
+
+
+def run(step, body: dict, **kwargs) -> Outcome:
+    """Call a decision on an object and merge the status it asks for, as kopf's patch would."""
+    outcome = step(Resource.from_body(body), **kwargs)
+    body["status"] = {**body.get("status", {}), **outcome.status}
+    return outcome
+
+
+def bump(body: dict, **spec: object) -> dict:
+    """A spec change, as the API server records it."""
+    body["spec"].update(spec)
+    body["metadata"]["generation"] += 1
+    return body
+
+
+def condition(body: dict, type_: str) -> dict:
+    return kube.find_condition(body["status"], type_)
+
+
+def token_in_secret(apiserver, body: dict) -> str:
+    secret = apiserver.get(body["metadata"]["namespace"], kube.secret_name(body["metadata"]["name"]))
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def reasons(outcome: Outcome) -> list[str]:
+    return [e.reason for e in outcome.events]
+
+
+def test_create_provisions_writes_the_secret_and_reports_ready(reconciler, apiserver, applications, crd_schema):
+    body = application("acme", name="ACME support")
+    outcome = run(reconciler.apply, body)
+
+    assert outcome.failure is None and outcome.became_ready
+    assert reasons(outcome) == ["Created", "SecretWritten"]
+    status = body["status"]
+    assert status["phase"] == READY
+    assert status["secretName"] == "acme-chat-token"
+    assert status["observedGeneration"] == 1
+    assert (status["chatsCount"], status["messagesCount"]) == (0, 0)
+    assert condition(body, kube.READY)["status"] == "True"
+    assert condition(body, kube.SYNCED)["status"] == "True"
+
+    secret = apiserver.get("tenants", "acme-chat-token")
+    token = token_in_secret(apiserver, body)
+    assert applications.find(token).name == "ACME support"
+    assert base64.b64decode(secret["data"]["apiUrl"]).decode() == API_URL
+    [owner] = secret["metadata"]["ownerReferences"]
+    assert owner["uid"] == body["metadata"]["uid"] and owner["kind"] == "Application" and owner["controller"]
+    # What the operator sent is a valid Secret, and the status it wrote fits the CRD's schema.
+    kubernetes_validate.validate(secret, "1.30.0", strict=True)
+    jsonschema.validate(body, crd_schema)
+
+
+def test_resume_of_a_provisioned_resource_changes_nothing(reconciler, apiserver):
+    body = application()
+    run(reconciler.apply, body)
+    before = apiserver.get("tenants", kube.secret_name(body["metadata"]["name"]))
+    outcome = run(reconciler.apply, body)
+    assert outcome == Outcome()  # no status change, no events
+    assert apiserver.get("tenants", kube.secret_name(body["metadata"]["name"])) == before
+
+
+def test_crash_before_the_secret_is_retried_with_the_same_application(reconciler, apiserver, applications, op_engine):
+    body = application()
+    apiserver.fail_next.append(("POST", 500))  # the row is committed, the Secret write fails
+    failed = run(reconciler.apply, body)
+    assert failed.failure == "Unavailable" and failed.retry_after and not failed.permanent
+    assert body["status"]["phase"] == PENDING
+    assert condition(body, kube.SYNCED)["reason"] == "Unavailable"
+
+    retried = run(reconciler.apply, body, retry=1)
+
+    assert retried.failure is None and body["status"]["phase"] == READY
+    token = token_in_secret(apiserver, body)
+    assert applications.find(token) is not None
+    assert rows_of(op_engine, applications.find(token).id)[0] == 1
+    assert "Created" not in reasons(retried)  # the application came from the first attempt
+
+
+def test_rename_follows_the_spec(reconciler, apiserver, applications):
+    body = application(name="First")
+    run(reconciler.apply, body)
+    outcome = run(reconciler.apply, bump(body, name="Second"))
+    assert reasons(outcome) == ["Renamed"]
+    assert applications.find(token_in_secret(apiserver, body)).name == "Second"
+    assert body["status"]["observedGeneration"] == 2
+    assert condition(body, kube.SYNCED)["observedGeneration"] == 2
+
+
+def test_an_invalid_rename_is_refused_once_and_the_tenant_keeps_working(reconciler, apiserver, applications):
+    body = application(name="Good")
+    run(reconciler.apply, body)
+    ready_since = condition(body, kube.READY)["lastTransitionTime"]
+
+    outcome = run(reconciler.apply, bump(body, name="\u00a0"))  # passes the CRD pattern, not the API's rule
+
+    assert outcome.permanent and outcome.failure == "InvalidSpec"
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "InvalidSpec")]
+    assert body["status"]["phase"] == FAILED
+    assert condition(body, kube.SYNCED)["status"] == "False"
+    assert "spec.name" in condition(body, kube.SYNCED)["message"]
+    assert condition(body, kube.READY)["status"] == "True"
+    assert condition(body, kube.READY)["lastTransitionTime"] == ready_since
+    assert applications.find(token_in_secret(apiserver, body)).name == "Good"
+    # The same problem again (operator restart) posts no second event.
+    assert run(reconciler.apply, body).events == ()
+    # Fixing the spec heals it.
+    fixed = run(reconciler.apply, bump(body, name="Better"))
+    assert fixed.failure is None and body["status"]["phase"] == READY
+
+
+def test_an_invalid_name_at_creation_fails_without_creating_anything(reconciler, apiserver, crd_schema):
+    body = application(name="\u2003")
+    outcome = run(reconciler.apply, body)
+    assert outcome.permanent
+    assert body["status"]["phase"] == FAILED
+    assert condition(body, kube.READY)["status"] == "False"
+    assert apiserver.get("tenants", kube.secret_name(body["metadata"]["name"])) is None
+    jsonschema.validate(body, crd_schema)
+
+
+def test_adopting_an_existing_application(reconciler, apiserver, applications):
+    existing, _ = applications.create("from the REST API")
+    body = application(name="Adopted", existingToken=existing.token)
+    outcome = run(reconciler.apply, body)
+    assert reasons(outcome) == ["Adopted", "Renamed", "SecretWritten"]
+    assert token_in_secret(apiserver, body) == existing.token
+    assert applications.find(existing.token).name == "Adopted"
+
+
+def test_adopting_a_token_nobody_has_fails_permanently(reconciler):
+    body = application(existingToken="unknown-token")
+    outcome = run(reconciler.apply, body)
+    assert outcome.permanent and outcome.failure == "ApplicationNotFound"
+    assert body["status"]["phase"] == FAILED
+
+
+def test_a_foreign_secret_of_the_same_name_is_never_overwritten(reconciler, apiserver):
+    body = application()
+    name = kube.secret_name(body["metadata"]["name"])
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "tenants"},
+        "data": {"token": base64.b64encode(b"someone else's").decode()},
+    }
+    apiserver.put(foreign)
+    outcome = run(reconciler.apply, body)
+    assert outcome.failure == "SecretConflict" and outcome.retry_after and not outcome.permanent
+    assert body["status"]["phase"] == FAILED
+    assert apiserver.get("tenants", name)["data"] == foreign["data"]
+    # Once the other Secret is gone, the retry provisions.
+    apiserver.delete("tenants", name)
+    assert run(reconciler.apply, body, retry=1).failure is None
+    assert body["status"]["phase"] == READY
+
+
+def test_the_database_being_down_is_retried_not_failed(apiserver, op_namespace, op_redis, keys, secrets):
+    dead = create_engine("mysql+pymysql://root@127.0.0.1:1/nothing", connect_args={"connect_timeout": 2})
+    reconciler = Reconciler(Provisioner(Applications(dead, op_redis, keys)), secrets, API_URL)
+    body = application()
+    outcome = run(reconciler.apply, body, retry=2)
+    assert outcome.failure == "Unavailable" and not outcome.permanent
+    assert outcome.retry_after == 20
+    assert body["status"]["phase"] == PENDING
+    assert "database unavailable" in condition(body, kube.SYNCED)["message"]
+    assert run(reconciler.apply, body, retry=3).events == ()  # one event per problem, not per retry
+
+
+# -- timer -------------------------------------------------------------------------------------------------------
+
+
+def test_refresh_reports_counts_after_the_count_sync(reconciler, apiserver, applications, op_engine, op_redis, keys):
+    body = application()
+    run(reconciler.apply, body)
+    app = applications.find(token_in_secret(apiserver, body))
+    add_chats(op_engine, op_redis, keys, app.id, [2, 9, 0])
+    assert run(reconciler.refresh, body).status == {}  # not synced yet: nothing changed, nothing patched
+
+    CountSync(op_engine, op_redis, keys).run()
+    outcome = run(reconciler.refresh, body)
+
+    assert outcome.status == {"chatsCount": 3, "messagesCount": 11}
+    assert outcome.events == ()
+
+
+def test_refresh_restores_a_name_changed_through_the_rest_api(reconciler, apiserver, applications):
+    body = application(name="Declared")
+    run(reconciler.apply, body)
+    token = token_in_secret(apiserver, body)
+    applications.rename(token, "Changed by hand")
+    outcome = run(reconciler.refresh, body)
+    assert reasons(outcome) == ["Renamed"]
+    assert applications.find(token).name == "Declared"
+
+
+def test_refresh_restores_a_deleted_secret(reconciler, apiserver):
+    body = application()
+    run(reconciler.apply, body)
+    token = token_in_secret(apiserver, body)
+    apiserver.delete("tenants", kube.secret_name(body["metadata"]["name"]))
+    outcome = run(reconciler.refresh, body)
+    assert reasons(outcome) == ["SecretRestored"]
+    assert token_in_secret(apiserver, body) == token
+
+
+def test_refresh_reports_an_application_deleted_behind_its_back(reconciler, apiserver, applications, crd_schema):
+    body = application()
+    run(reconciler.apply, body)
+    applications.delete(token_in_secret(apiserver, body))
+
+    outcome = run(reconciler.refresh, body)
+
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "ApplicationMissing")]
+    assert body["status"]["phase"] == FAILED
+    assert condition(body, kube.READY)["reason"] == "ApplicationMissing"
+    assert run(reconciler.refresh, body) == Outcome()  # reported once
+    jsonschema.validate(body, crd_schema)
+
+
+def test_a_tenant_deleted_behind_its_back_is_never_silently_replaced(reconciler, apiserver, applications, op_engine):
+    body = application()
+    run(reconciler.apply, body)
+    token = token_in_secret(apiserver, body)
+    applications.delete(token)
+
+    # A resumed operator or a spec change must not create an empty tenant with a new token.
+    outcome = run(reconciler.apply, bump(body, name="Renamed after deletion"))
+
+    assert outcome.permanent and outcome.failure == "ApplicationMissing"
+    assert body["status"]["phase"] == FAILED
+    assert condition(body, kube.READY)["status"] == "False"
+    assert provisioner_rows(op_engine, body["metadata"]["uid"]) == 0
+    assert token_in_secret(apiserver, body) == token
+
+
+def provisioner_rows(engine, resource_uid: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(func.count()).select_from(table).where(table.c.idempotency_key == idempotency_key(resource_uid))
+        ).scalar_one()
+
+
+def test_refresh_leaves_resources_with_a_pending_change_alone(reconciler):
+    body = application()
+    run(reconciler.apply, body)
+    bump(body, name="not applied yet")
+    assert run(reconciler.refresh, body) == Outcome()
+    failed = application(existingToken="unknown-token")
+    run(reconciler.apply, failed)
+    assert run(reconciler.refresh, failed) == Outcome()
+
+
+# -- deletion ----------------------------------------------------------------------------------------------------
+
+
+def test_delete_policy_removes_the_tenant_and_its_secret(
+    reconciler, apiserver, applications, op_engine, op_redis, keys, crd_schema
+):
+    body = application(deletionPolicy="Delete")
+    run(reconciler.apply, body)
+    token = token_in_secret(apiserver, body)
+    app = applications.find(token)
+    add_chats(op_engine, op_redis, keys, app.id, [5, 5])
+    op_redis.hset(keys.application(token), mapping={"id": app.id, "chats": 2})
+
+    marked = run(reconciler.mark_deleting, body)
+    assert body["status"]["phase"] == DELETING and reasons(marked) == ["Deleting"]
+    jsonschema.validate(body, crd_schema)
+    outcome = run(reconciler.finalize, body)
+    assert reasons(outcome) == ["Deleted"] and "10 messages" in outcome.events[0].message
+
+    assert rows_of(op_engine, app.id) == (0, 0, 0)
+    assert not op_redis.exists(keys.application(token))
+    assert apiserver.collect_garbage(body["metadata"]["uid"]) == [kube.secret_name(body["metadata"]["name"])]
+    # A finalizer that runs again (operator restarted mid-way) finds nothing left to do.
+    assert run(reconciler.finalize, body).failure is None
+
+
+def test_retain_policy_keeps_the_data_and_the_token_secret(
+    reconciler, apiserver, applications, op_engine, op_redis, keys
+):
+    body = application("keeper", name="Keeper")
+    run(reconciler.apply, body)
+    token = token_in_secret(apiserver, body)
+    app = applications.find(token)
+    add_chats(op_engine, op_redis, keys, app.id, [3])
+
+    assert run(reconciler.mark_deleting, body) == Outcome()
+    outcome = run(reconciler.finalize, body)
+
+    assert reasons(outcome) == ["Retained"]
+    assert rows_of(op_engine, app.id) == (1, 1, 3)
+    assert apiserver.collect_garbage(body["metadata"]["uid"]) == []  # detached: the Secret outlives the resource
+    secret = apiserver.get("tenants", "keeper-chat-token")
+    assert not secret["metadata"].get("ownerReferences")
+    assert secret["metadata"]["annotations"][kube.ANNOTATION_RETAINED] == body["metadata"]["uid"]
+
+    # The tenant can be brought back under management with the retained token.
+    again = application("keeper", name="Keeper again", existingToken=token)
+    readopted = run(reconciler.apply, again)
+    assert readopted.failure is None
+    assert "Secret keeper-chat-token adopted" in [e.message for e in readopted.events]
+    secret = apiserver.get("tenants", "keeper-chat-token")
+    assert [r["uid"] for r in secret["metadata"]["ownerReferences"]] == [again["metadata"]["uid"]]
+    assert kube.ANNOTATION_RETAINED not in (secret["metadata"].get("annotations") or {})
+    assert applications.find(token).name == "Keeper again"
+
+
+def test_a_retained_secret_is_not_handed_to_a_different_tenant(reconciler, apiserver):
+    body = application("reused-name")
+    run(reconciler.apply, body)
+    run(reconciler.finalize, body)
+    newcomer = application("reused-name")  # same name, no existingToken: would be a new application
+    outcome = run(reconciler.apply, newcomer)
+    assert outcome.failure == "SecretConflict"
+    assert token_in_secret(apiserver, newcomer) == token_in_secret(apiserver, body)
+
+
+def test_deletion_while_the_database_is_down_is_retried(apiserver, op_redis, keys, secrets):
+    dead = create_engine("mysql+pymysql://root@127.0.0.1:1/nothing", connect_args={"connect_timeout": 2})
+    reconciler = Reconciler(Provisioner(Applications(dead, op_redis, keys)), secrets, API_URL)
+    body = application(deletionPolicy="Delete")
+    body["status"] = {"phase": DELETING}
+    outcome = run(reconciler.finalize, body)
+    assert outcome.failure == "Unavailable" and outcome.retry_after
+    assert reasons(outcome) == ["DeleteFailed"]
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+def test_deleting_a_resource_that_never_provisioned(reconciler, policy):
+    body = application(existingToken="unknown-token", deletionPolicy=policy)
+    run(reconciler.apply, body)
+    run(reconciler.mark_deleting, body)
+    assert run(reconciler.finalize, body).failure is None
