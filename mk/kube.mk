@@ -1,0 +1,81 @@
+# Kubernetes: images, a local kind cluster (ingress-nginx, KEDA, kube-prometheus-stack), the Helm chart and its
+# offline tests. `make kind-up images deploy e2e` goes from nothing to the end-to-end suite behind the ingress.
+KIND_CLUSTER ?= chat-system
+K8S_NAMESPACE ?= chat-system
+HELM_RELEASE ?= chat-system
+IMAGE_PREFIX ?= chat-system
+IMAGE_TAG ?= dev
+E2E_BASE_URL ?= http://localhost
+# Upstream charts, pinned by minor version (Helm resolves the newest patch).
+INGRESS_NGINX_CHART_VERSION ?= ~4.13.0
+KEDA_CHART_VERSION ?= ~2.17.0
+KUBE_PROMETHEUS_STACK_CHART_VERSION ?= ~75.0.0
+# image name -> Dockerfile folder (every build context is the repository root).
+IMAGES := api=services/api chat-writer=services/chat-writer message-writer=services/message-writer \
+	counter-cron=services/counter-cron operator=operator
+CHECKOV_VENV := $(VENV)/checkov
+
+.PHONY: kind-up kind-down images deploy undeploy e2e grafana prometheus chart-test chart-tools chart-readme
+
+kind-up: ## create the kind cluster (kind-config.yaml) with ingress-nginx, KEDA and kube-prometheus-stack
+	@kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' \
+	  || kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 120s
+	helm upgrade --install kube-prometheus-stack kube-prometheus-stack \
+	  --repo https://prometheus-community.github.io/helm-charts --version '$(KUBE_PROMETHEUS_STACK_CHART_VERSION)' \
+	  --namespace monitoring --create-namespace -f helm/kind/kube-prometheus-stack.yaml --wait --timeout 10m
+	helm upgrade --install keda keda --repo https://kedacore.github.io/charts --version '$(KEDA_CHART_VERSION)' \
+	  --namespace keda --create-namespace -f helm/kind/keda.yaml --wait --timeout 5m
+	helm upgrade --install ingress-nginx ingress-nginx --repo https://kubernetes.github.io/ingress-nginx \
+	  --version '$(INGRESS_NGINX_CHART_VERSION)' --namespace ingress-nginx --create-namespace \
+	  -f helm/kind/ingress-nginx.yaml --wait --timeout 5m
+
+kind-down: ## delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+images: ## build every image (tag IMAGE_TAG, default dev) and load it into the kind cluster
+	@set -e; for image in $(IMAGES); do \
+	  name=$${image%%=*}; dir=$${image#*=}; \
+	  echo "== $(IMAGE_PREFIX)/$$name:$(IMAGE_TAG)"; \
+	  docker build -f $$dir/Dockerfile -t $(IMAGE_PREFIX)/$$name:$(IMAGE_TAG) .; \
+	done
+	kind load docker-image --name $(KIND_CLUSTER) \
+	  $(foreach image,$(IMAGES),$(IMAGE_PREFIX)/$(firstword $(subst =, ,$(image))):$(IMAGE_TAG))
+
+deploy: ## install or upgrade the chart on the kind cluster (helm/values-kind.yaml) and restart onto fresh images
+	helm upgrade --install $(HELM_RELEASE) helm/chat-system --namespace $(K8S_NAMESPACE) --create-namespace \
+	  -f helm/values-kind.yaml --set image.tag=$(IMAGE_TAG) --wait --timeout 10m
+	@# The same tag may now name a newly loaded image: roll the chat-system pods onto it.
+	kubectl -n $(K8S_NAMESPACE) rollout restart deployment \
+	  -l 'app.kubernetes.io/instance=$(HELM_RELEASE),app.kubernetes.io/component in (api,chat-writer,message-writer,operator)'
+	kubectl -n $(K8S_NAMESPACE) rollout status deployment -l 'app.kubernetes.io/instance=$(HELM_RELEASE)' --timeout 5m
+	helm test $(HELM_RELEASE) --namespace $(K8S_NAMESPACE)
+
+undeploy: ## uninstall the chart (the bundled databases' volumes stay until the namespace is deleted)
+	helm uninstall $(HELM_RELEASE) --namespace $(K8S_NAMESPACE)
+
+e2e: venv ## the HTTP end-to-end tests (and the operator's kind tests) against the API behind the ingress
+	API_BASE_URL=$(E2E_BASE_URL) $(BIN)/python -m pytest tests/e2e
+	@if [ -d tests/kind ]; then \
+	  API_BASE_URL=$(E2E_BASE_URL) KIND_E2E=1 $(BIN)/python -m pytest tests/kind; \
+	fi
+
+grafana: ## Grafana on http://localhost:3000 (user admin; the password is printed first)
+	@printf 'Grafana admin password: %s\n' \
+	  "$$(kubectl -n monitoring get secret kube-prometheus-stack-grafana -o jsonpath='{.data.admin-password}' | base64 -d)"
+	kubectl -n monitoring port-forward svc/kube-prometheus-stack-grafana 3000:80
+
+prometheus: ## Prometheus on http://localhost:9090
+	kubectl -n monitoring port-forward svc/kube-prometheus-stack-prometheus 9090:9090
+
+$(CHECKOV_VENV)/bin/checkov: tests/chart/requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r tests/chart/requirements-checkov.txt
+	touch $@
+
+chart-tools: venv $(CHECKOV_VENV)/bin/checkov ## install checkov into a virtualenv of its own (its pins clash with pytest's)
+
+chart-test: chart-tools ## lint, render, validate and scan the chart; promtool and a real Prometheus (no cluster needed)
+	$(BIN)/python -m pytest tests/chart
+
+chart-readme: venv ## regenerate the values table of helm/chat-system/README.md from values.yaml
+	$(BIN)/python -m tests.chart.values_table

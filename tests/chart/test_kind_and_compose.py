@@ -1,0 +1,70 @@
+"""The kind cluster definition, the kind values and compose.yaml agree with the chart and the images."""
+
+from __future__ import annotations
+
+import yaml
+
+from tests.chart.rendering import CHART_DIR, KUBE_VERSION, ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+CHART_VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+APP_SERVICES = ("api", "chat-writer", "message-writer", "count-sync")
+
+
+def test_kind_node_is_ingress_ready_with_host_ports_80_and_443():
+    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    (node,) = config["nodes"]
+    assert node["role"] == "control-plane"
+    assert node["image"] == f"kindest/node:{KUBE_VERSION}", "the version the chart is validated against"
+    assert 'node-labels: "ingress-ready=true"' in node["kubeadmConfigPatches"][0]
+    mapped = {(m["containerPort"], m["hostPort"]) for m in node["extraPortMappings"]}
+    assert mapped == {(80, 80), (443, 443)}
+
+
+def test_ingress_nginx_listens_on_the_ingress_ready_node():
+    values = yaml.safe_load((ROOT / "helm" / "kind" / "ingress-nginx.yaml").read_text())["controller"]
+    assert values["hostPort"]["enabled"] is True
+    assert values["nodeSelector"]["ingress-ready"] == "true"
+    assert values["ingressClassResource"]["name"] == CHART_VALUES["api"]["ingress"]["className"]
+
+
+def test_prometheus_picks_up_the_release_monitors_and_grafana_the_dashboard():
+    values = yaml.safe_load((ROOT / "helm" / "kind" / "kube-prometheus-stack.yaml").read_text())
+    spec = values["prometheus"]["prometheusSpec"]
+    assert spec["serviceMonitorSelectorNilUsesHelmValues"] is False
+    assert spec["ruleSelectorNilUsesHelmValues"] is False
+    sidecar = values["grafana"]["sidecar"]["dashboards"]
+    assert {sidecar["label"]: sidecar["labelValue"]} == CHART_VALUES["metrics"]["dashboard"]["labels"]
+    assert sidecar["searchNamespace"] == "ALL"
+
+
+def test_compose_builds_every_service_image_from_its_dockerfile():
+    for name in (*APP_SERVICES, "migrate"):
+        build = COMPOSE["services"][name]["build"]
+        assert build["context"] == "."
+        assert (ROOT / build["dockerfile"]).is_file()
+
+
+def test_compose_runs_migrations_first_and_hardens_the_services():
+    for name in APP_SERVICES:
+        service = COMPOSE["services"][name]
+        assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+    assert COMPOSE["services"]["migrate"]["entrypoint"] == ["python", "-m", "chat_common.migrate"]
+    assert COMPOSE["services"]["count-sync"]["command"][0] == "--every"
+    redis = COMPOSE["services"]["redis"]["command"]
+    assert redis[redis.index("--appendonly") + 1] == "yes"
+
+
+def test_compose_and_chart_run_the_same_dependency_versions():
+    images = {name: COMPOSE["services"][name]["image"] for name in ("mariadb", "redis", "rabbitmq", "elasticsearch")}
+    for name, image in images.items():
+        chart_image = CHART_VALUES[name]["image"]
+        assert image.endswith(f":{chart_image['tag']}"), (name, image, chart_image)
+        assert chart_image["repository"].endswith(image.split(":")[0].removeprefix("docker.io/")), name
+
+
+def test_compose_publishes_ports_on_localhost_only():
+    for name, service in COMPOSE["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
