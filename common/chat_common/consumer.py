@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pika
 import pika.exceptions
@@ -47,6 +48,23 @@ class BatchResult:
 
 
 BatchHandler = Callable[[Sequence[Delivery]], BatchResult]
+T = TypeVar("T")
+
+
+def decode_batch(
+    deliveries: Sequence[Delivery], decode: Callable[[bytes], T], invalid: tuple[type[Exception], ...]
+) -> tuple[list[tuple[Delivery, T]], BatchResult]:
+    """Decode every delivery; the undecodable ones are already marked for the dead-letter queue in the result."""
+    result = BatchResult()
+    decoded: list[tuple[Delivery, T]] = []
+    for delivery in deliveries:
+        try:
+            decoded.append((delivery, decode(delivery.body)))
+        except invalid as exc:
+            result.dead.append((delivery, f"invalid: {exc}"))
+    return decoded, result
+
+
 Heartbeat = Callable[[str, int], None]
 Tick = Callable[[], None]
 

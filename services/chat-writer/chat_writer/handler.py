@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import case, func, literal_column, select
 from sqlalchemy.dialects.mysql import insert
 
-from chat_common.consumer import BatchResult, Delivery
+from chat_common.consumer import BatchResult, Delivery, decode_batch
 from chat_common.contracts import ChatUpsert, ContractError
 from chat_common.tables import applications, chats
 from chat_common.writer import WriterContext
@@ -33,13 +33,8 @@ class ChatBatchWriter:
 
     def __call__(self, deliveries: Sequence[Delivery]) -> BatchResult:
         """Write every valid chat upsert of the batch in one transaction; mark the applications dirty."""
-        result = BatchResult()
-        changes: list[tuple[Delivery, ChatUpsert]] = []
-        for delivery in deliveries:
-            try:
-                changes.append((delivery, ChatUpsert.decode(delivery.body, self.context.settings.max_name_chars)))
-            except ContractError as exc:
-                result.dead.append((delivery, f"invalid: {exc}"))
+        max_chars = self.context.settings.max_name_chars
+        changes, result = decode_batch(deliveries, lambda raw: ChatUpsert.decode(raw, max_chars), (ContractError,))
         if not changes:
             return result
         with self.context.engine.begin() as conn:

@@ -14,7 +14,7 @@ from sqlalchemy import case, func, literal_column, select, tuple_
 from sqlalchemy.dialects.mysql import insert
 from sqlalchemy.exc import IntegrityError
 
-from chat_common.consumer import BatchResult, Delivery
+from chat_common.consumer import BatchResult, Delivery, decode_batch
 from chat_common.contracts import ContractError, MessageUpsert
 from chat_common.search import SearchUnavailable, build_search
 from chat_common.tables import applications, chats, messages
@@ -100,13 +100,8 @@ class MessageBatchWriter:
 
     def __call__(self, deliveries: Sequence[Delivery]) -> BatchResult:
         """Write every applicable message of the batch in one transaction."""
-        result = BatchResult()
-        changes: list[tuple[Delivery, MessageUpsert]] = []
-        for delivery in deliveries:
-            try:
-                changes.append((delivery, MessageUpsert.decode(delivery.body, self.context.settings.max_body_chars)))
-            except ContractError as exc:
-                result.dead.append((delivery, f"invalid: {exc}"))
+        max_chars = self.context.settings.max_body_chars
+        changes, result = decode_batch(deliveries, lambda raw: MessageUpsert.decode(raw, max_chars), (ContractError,))
         if not changes:
             return result
         applied: list[tuple[int, MessageUpsert]] = []

@@ -24,6 +24,23 @@ from chat_common.tables import chats, messages
 log = logging.getLogger(__name__)
 
 
+def indexable_messages():
+    """SELECT of messages with what a search document needs (application id and chat number joined in)."""
+    return select(
+        messages.c.id,
+        chats.c.application_id,
+        chats.c.number.label("chat_number"),
+        messages.c.number.label("message_number"),
+        messages.c.body,
+        messages.c.version,
+    ).join(chats, chats.c.id == messages.c.chat_id)
+
+
+def as_document(row) -> IndexedMessage:
+    """A row of :func:`indexable_messages` as a search document."""
+    return IndexedMessage(row.application_id, row.chat_number, row.message_number, row.body, row.version)
+
+
 def backlog_member(m: IndexedMessage) -> str:
     """Backlog entry naming one message."""
     return f"{m.application_id}:{m.chat_number}:{m.message_number}"
@@ -86,22 +103,11 @@ class SearchIndexer:
             log.info("search still unavailable (%d+ deferred): %s", len(members), exc)
             return 0
         wanted = {tuple(int(part) for part in m.split(":")) for m in members}
-        query = (
-            select(
-                chats.c.application_id,
-                chats.c.number,
-                messages.c.number.label("message_number"),
-                messages.c.body,
-                messages.c.version,
-            )
-            .join(chats, chats.c.id == messages.c.chat_id)
-            .where(tuple_(chats.c.application_id, chats.c.number, messages.c.number).in_(list(wanted)))
+        query = indexable_messages().where(
+            tuple_(chats.c.application_id, chats.c.number, messages.c.number).in_(list(wanted))
         )
         with self.engine.connect() as conn:
-            docs = [
-                IndexedMessage(r.application_id, r.number, r.message_number, r.body, r.version)
-                for r in conn.execute(query)
-            ]
+            docs = [as_document(row) for row in conn.execute(query)]
         settled = {backlog_member(m) for m in self._index_or_defer(docs)} if docs else set()
         found = {backlog_member(m) for m in docs}
         settled |= {m for m in members if m not in found}  # rows gone (application deleted): nothing to index

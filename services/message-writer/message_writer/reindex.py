@@ -17,9 +17,10 @@ from tqdm import tqdm
 from chat_common import logs
 from chat_common.config import Settings
 from chat_common.db import make_engine
-from chat_common.search import IndexedMessage, build_search
+from chat_common.search import build_search
 from chat_common.search.elastic import ElasticsearchSearch
-from chat_common.tables import chats, messages
+from chat_common.tables import messages
+from message_writer.indexing import as_document, indexable_messages
 
 log = logging.getLogger("message_writer.reindex")
 
@@ -28,20 +29,7 @@ def _rows(engine: Engine, batch: int, changed_since: datetime | None = None):
     """Every message (or those changed since a moment) in id order, in batches."""
     last_id = 0
     while True:
-        query = (
-            select(
-                messages.c.id,
-                chats.c.application_id,
-                chats.c.number,
-                messages.c.number.label("message_number"),
-                messages.c.body,
-                messages.c.version,
-            )
-            .join(chats, chats.c.id == messages.c.chat_id)
-            .where(messages.c.id > last_id)
-            .order_by(messages.c.id)
-            .limit(batch)
-        )
+        query = indexable_messages().where(messages.c.id > last_id).order_by(messages.c.id).limit(batch)
         if changed_since is not None:
             query = query.where(messages.c.updated_at >= changed_since)
         with engine.connect() as conn:
@@ -49,7 +37,7 @@ def _rows(engine: Engine, batch: int, changed_since: datetime | None = None):
         if not rows:
             return
         last_id = rows[-1].id
-        yield [IndexedMessage(r.application_id, r.number, r.message_number, r.body, r.version) for r in rows]
+        yield [as_document(row) for row in rows]
 
 
 def reindex(search: ElasticsearchSearch, engine: Engine, batch: int = 1000, progress: bool = True) -> dict:
