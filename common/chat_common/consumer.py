@@ -151,6 +151,9 @@ class BatchConsumer:
             channel.basic_consume(self.queue.name, self._on_message)
             log.info("consuming %s as %s", self.queue.name, self.consumer_id)
             while not self.should_stop:
+                if not channel.is_open or not retry_channel.is_open:
+                    # A channel the broker closed does not make the connection raise: reconnect explicitly.
+                    raise pika.exceptions.ChannelWrongStateError("a channel was closed by the broker")
                 wait = self.max_wait - (time.monotonic() - self._first_at) if self._buffer else 0.25
                 connection.process_data_events(time_limit=max(wait, 0.0))
                 if self._buffer and (
@@ -240,8 +243,12 @@ class BatchConsumer:
             log.error("dead-lettering message (tag %s): %s", delivery.delivery_tag, reason)
             channel.basic_nack(delivery.delivery_tag, requeue=False)
             metrics.WRITER_DEAD_LETTERED.labels(name, reason.split(":")[0][:40]).inc()
-        # The channel holds no other unacked tags: acknowledging the highest covers the whole batch.
-        channel.basic_ack(max(d.delivery_tag for d in batch), multiple=True)
+        # The channel holds no other unacked tags, so acknowledging the highest tag still outstanding covers the
+        # batch. Never a nacked tag: acknowledging it again makes the broker close the channel (406).
+        dead_tags = {d.delivery_tag for d, _ in result.dead}
+        remaining = [d.delivery_tag for d in batch if d.delivery_tag not in dead_tags]
+        if remaining:
+            channel.basic_ack(max(remaining), multiple=True)
         applied = len(batch) - len(result.retry) - len(result.dead)
         metrics.WRITER_WRITTEN.labels(name).inc(max(applied, 0))
 

@@ -18,12 +18,17 @@ from sqlalchemy.exc import IntegrityError
 
 from chat_common.keys import RedisKeys
 from chat_common.tables import applications, chats, messages
-from chat_common.validation import clean_name
+from chat_common.validation import Invalid, clean_name
 
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 24  # 192 bits from the OS CSPRNG, 32 URL-safe characters
 MAX_IDEMPOTENCY_KEY = 128
+
+
+def valid_idempotency_key(key: str) -> bool:
+    """Keys are stored in an ASCII column: printable ASCII without spaces, 1-128 characters."""
+    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY and all("!" <= ch <= "~" for ch in key)
 
 
 def new_token() -> str:
@@ -84,8 +89,8 @@ class Applications:
         Returns ``(application, created)``.
         """
         name = clean_name(name, self.max_name_chars)
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-            raise ValueError(f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
+            raise Invalid(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces")
         for _ in range(3):
             token = new_token()
             try:

@@ -154,3 +154,9 @@ def test_security_headers(api, token):
     resp = api.get(f"/applications/{token}")
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert resp.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("key", ["é-non-ascii", "has space", "x" * 129, "tab\tkey"])
+def test_bad_idempotency_keys_are_422(api, key):
+    resp = api.post("/applications", json={"name": "k"}, headers={"Idempotency-Key": key.encode("utf-8")})
+    assert_error(resp, 422)

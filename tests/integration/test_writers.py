@@ -7,7 +7,7 @@ import pytest
 
 from chat_common.contracts import ChatUpsert, MessageUpsert
 from chat_common.topology import Topology
-from tests.support.http import wait_for
+from tests.support.http import Api, wait_for
 
 
 def _channel(namespace):
@@ -52,7 +52,12 @@ def test_unparseable_and_invalid_payloads_go_to_the_dead_letter_queue(private_sy
     ]
     _publish(fresh_namespace, queue.name, *bad)
     wait_for(lambda: _ready(fresh_namespace, queue.dead_letter) == len(bad), timeout=20, what="dead-lettered")
-    # The writer is still alive and consuming.
+    # The writer still consumes: the batch's highest tag was dead-lettered, which must not cost it its channel.
+    private_api = Api(private_system.base_url)
+    token = private_api.new_application("after poison")
+    chat = private_api.new_chat(token)
+    number = private_api.new_message(token, chat, "still flowing")
+    private_api.wait_message(token, chat, number)
     assert private_system.message_writer.popen.poll() is None and private_system.chat_writer.popen.poll() is None
 
 

@@ -128,8 +128,6 @@ class ChatService:
     # -- applications ----------------------------------------------------------------------------------------
     def create_application(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:
         """Create an application with a fresh token; a repeated idempotency key returns the first one."""
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= 128:
-            raise Invalid("Idempotency-Key must be 1-128 characters")
         return self.applications.create(name, idempotency_key)
 
     def get_application(self, token: str) -> Application:
