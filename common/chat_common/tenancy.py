@@ -8,6 +8,7 @@ counters in Redis, and whatever the registered cleanups remove (search documents
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from chat_common.validation import Invalid, clean_name
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 24  # 192 bits from the OS CSPRNG, 32 URL-safe characters
+# What any token can look like: anything else names no application (and must not reach an ASCII column).
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_IDEMPOTENCY_KEY = 128
 
 
@@ -107,6 +110,8 @@ class Applications:
 
     def find(self, token: str) -> Application | None:
         """The application with this token, or None."""
+        if not TOKEN_SHAPE.fullmatch(token):
+            return None
         with self.engine.connect() as conn:
             return _row(conn.execute(select(*_COLUMNS).where(applications.c.token == token)).first())
 

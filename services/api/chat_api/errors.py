@@ -6,7 +6,8 @@ import logging
 
 import falcon
 import orjson
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from chat_api.model import Invalid, NotFound, Unavailable
 
@@ -47,7 +48,8 @@ def _unexpected(req, resp, exc, params) -> None:
 def register(app: falcon.App) -> None:
     """Wire the domain exceptions to HTTP statuses (most specific last: Falcon picks the nearest match)."""
     app.add_error_handler(Exception, _unexpected)
-    app.add_error_handler(DBAPIError, _database_unavailable)
+    # Only "cannot reach or use the database" is an outage; data or integrity errors are bugs and stay 500s.
+    app.add_error_handler((OperationalError, InterfaceError, PoolTimeout), _database_unavailable)
     app.add_error_handler(NotFound, _not_found)
     app.add_error_handler(Invalid, _invalid)
     app.add_error_handler(Unavailable, _unavailable)

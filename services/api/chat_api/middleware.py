@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 import falcon
@@ -12,6 +11,7 @@ from prometheus_client import Counter, Histogram
 
 from chat_common.keys import RedisKeys
 from chat_common.metrics import LATENCY_BUCKETS
+from chat_common.tenancy import TOKEN_SHAPE
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,6 @@ class SecurityHeaders:
 
 
 # What new_token() produces (and a little slack); anything else cannot name an application.
-TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class TokenShape:

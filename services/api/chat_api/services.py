@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from chat_api.adapters import numbering as codes
 from chat_api.adapters.numbering import Allocation, Numbering
@@ -113,7 +113,7 @@ class ChatService:
                     self.numbering.load_chat(token, allocation.epoch, chat_number, last)
         except redis.RedisError as exc:
             raise Unavailable(f"numbering store unavailable: {exc.__class__.__name__}") from None
-        except DBAPIError:
+        except (OperationalError, InterfaceError):
             raise Unavailable("database unavailable") from None
         raise Unavailable("numbering is busy; try again", retry_after=1)
 

@@ -1,0 +1,32 @@
+# Reliability (issue 6): API contract, fuzzing, hostile input, security, chaos and soak; docs/reliability.md.
+# `make test` already runs the short versions of all of these; the targets below run them alone or longer.
+RELIABILITY_RESULTS_DIR ?= $(CURDIR)/.run/reliability
+export RELIABILITY_RESULTS_DIR
+
+.PHONY: openapi-validate fuzz hostile security chaos soak reliability reliability-report
+
+openapi-validate: venv ## validate services/api/chat_api/openapi.json (OpenAPI 3)
+	$(BIN)/openapi-spec-validator services/api/chat_api/openapi.json
+
+fuzz: venv ## schemathesis against a local system, longer budget (FUZZ_MAX_EXAMPLES=200, FUZZ_SEED to replay)
+	FUZZ_MAX_EXAMPLES=$(or $(FUZZ_MAX_EXAMPLES),200) $(BIN)/python -m pytest tests/reliability/test_fuzz.py
+
+hostile: venv ## hostile HTTP and queue input: documented 4xx, nothing stored
+	$(BIN)/python -m pytest tests/reliability/test_hostile_input.py tests/reliability/test_poison_messages.py
+
+security: venv ## tokens, tenant isolation, admin key, rate limit, headers, error bodies, secrets in logs
+	$(BIN)/python -m pytest tests/reliability/test_security.py
+
+chaos: venv ## kill writers, RabbitMQ, Redis, MariaDB under load, with long outages (CHAOS_LONG=1)
+	CHAOS_LONG=1 $(BIN)/python -m pytest tests/chaos/test_chaos.py
+
+soak: venv ## 10-minute soak (SOAK_SECONDS=600): memory, fds, threads and connections must not grow
+	SOAK_SECONDS=$(or $(SOAK_SECONDS),600) $(BIN)/python -m pytest tests/chaos/test_soak.py
+
+reliability-report: venv ## regenerate docs/reliability.md from the last results in $(RELIABILITY_RESULTS_DIR)
+	$(BIN)/python -m tests.reliability.report --results $(RELIABILITY_RESULTS_DIR)
+
+reliability: venv ## every reliability suite (short versions), then regenerate docs/reliability.md from its results
+	rm -rf $(RELIABILITY_RESULTS_DIR)
+	status=0; $(BIN)/python -m pytest tests/reliability tests/chaos || status=$$?; \
+	  $(BIN)/python -m tests.reliability.report --results $(RELIABILITY_RESULTS_DIR) && exit $$status

@@ -1,0 +1,148 @@
+"""Fuzzing the running API from its OpenAPI document with schemathesis, on a bounded budget.
+
+Every phase runs (explicit examples, coverage of boundaries and negative values, random fuzzing, stateful
+sequences through the links it infers from ``Location`` headers) with every check, save one: a chat or
+message created a moment ago may not be readable yet — creates are asynchronous by design — so
+``ensure_resource_availability`` does not apply. Path tokens are drawn from a seeded application most of
+the time (so requests get past the 404), admin operations get the admin key through the document's
+security scheme, and DELETE draws from throwaway applications.
+
+The run gets a system of its own: what the fuzzer does to it (thousands of applications, deletes racing
+creates) must not spill into other tests. Afterwards the writers must still be writing. Budget:
+``FUZZ_MAX_EXAMPLES`` per operation (default 25, about 30 s here; ``make fuzz`` runs 200), ``FUZZ_SEED`` to
+replay a run. The JUnit and JSON reports land in the system's log directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LOG_ROOT
+from tests.support.http import Api
+from tests.support.namespace import Namespace
+from tests.support.processes import System
+
+DOCUMENT = Path(__file__).resolve().parents[2] / "services/api/chat_api/openapi.json"
+MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
+SEED = os.environ.get("FUZZ_SEED")
+
+CONFIG = """
+# Written by tests/reliability/test_fuzz.py for one run.
+# More than one worker trips a race in CPython 3.11's AST parser inside Hypothesis (runtime errors, no findings).
+workers = 1
+hooks = "{hooks}"
+
+[generation]
+database = "none"
+
+[checks.negative_data_rejection]
+# 411: a body sent chunked is refused before it is parsed; that is a rejection too.
+expected-statuses = [400, 401, 403, 404, 405, 406, 409, 411, 413, 415, 422, 428, 429]
+
+[auth.openapi.adminKey]
+bearer = "${{FUZZ_ADMIN_KEY}}"
+
+[dictionaries.tokens]
+values = [{token}]
+
+[dictionaries.disposable]
+values = [{disposable}]
+
+[dictionaries.numbers]
+values = [1, 2]
+
+[parameters]
+"path.token" = {{ dictionary = "tokens", probability = 0.8 }}
+"path.chat_number" = {{ dictionary = "numbers", probability = 0.5 }}
+"path.message_number" = {{ dictionary = "numbers", probability = 0.5 }}
+
+[[operations]]
+include-name = "DELETE /applications/{{token}}"
+parameters = {{ "path.token" = {{ dictionary = "disposable", probability = 0.8 }} }}
+"""
+
+
+def _quoted(values: list[str]) -> str:
+    return ", ".join(json.dumps(v) for v in values)
+
+
+@pytest.fixture(scope="module")
+def fuzzed() -> Iterator[tuple[System, str]]:
+    """A system (with an admin key) of the fuzzer's own."""
+    if os.environ.get("API_BASE_URL"):
+        pytest.skip("the fuzzing run starts its own system; API_BASE_URL is set")
+    admin_key = f"adm-{secrets.token_urlsafe(24)}"
+    ns = Namespace.create("fuzz", admin_api_key=admin_key)
+    system = System(ns, LOG_ROOT / ns.name).start()
+    yield system, admin_key
+    system.stop()
+    ns.destroy()
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(fuzzed, fuzz_results, tmp_path):
+    system, admin_key = fuzzed
+    admin_api = Api(system.base_url, admin_key=admin_key)
+    token = admin_api.new_application("fuzz target")
+    for chat_name in ("first", "second"):
+        chat = admin_api.new_chat(token, chat_name)
+        for body in ("hello fuzz", "second message"):
+            admin_api.wait_message(token, chat, admin_api.new_message(token, chat, body))
+    disposable = [admin_api.new_application(f"disposable {i}") for i in range(20)]
+    config = tmp_path / "schemathesis.toml"
+    hooks = Path(__file__).with_name("schemathesis_hooks.py")
+    config.write_text(CONFIG.format(token=_quoted([token]), disposable=_quoted(disposable), hooks=hooks))
+    reports = system.log_dir / "schemathesis"
+    argv = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "--config-file", str(config),
+        "run", str(DOCUMENT),
+        "--url", system.base_url,
+        "--checks", "all",
+        "--exclude-checks", "ensure_resource_availability",
+        "--max-examples", str(MAX_EXAMPLES),
+        "--request-timeout", "20",
+        "--report", "junit,json",
+        "--report-dir", str(reports),
+        "--report-json-path", str(reports / "run.json"),
+        "--report-junit-path", str(reports / "junit.xml"),
+    ]  # fmt: skip
+    if SEED:
+        argv += ["--seed", SEED]
+    env = {**os.environ, "FUZZ_ADMIN_KEY": admin_key, "NO_COLOR": "1"}
+    run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    (reports / "output.txt").write_text(run.stdout + run.stderr)
+
+    report = json.loads((reports / "run.json").read_text())
+    fuzz_results.meta.update(
+        seed=report["seed"],
+        seconds=round(report["running_time"], 1),
+        max_examples=MAX_EXAMPLES,
+        operations=report["operations"]["tested"],
+        test_cases=report["test_cases"]["generated"],
+        failures=report["test_cases"]["unique_failures"],
+        errors=len(report["errors"]),
+        phases={name: phase["status"] for name, phase in report["phases"].items()},
+    )
+    for failure in report["failures"]:
+        fuzz_results.add(code=failure["code"], title=failure["title"], count=failure["count"],
+                         operations=failure["operations"])  # fmt: skip
+    assert run.returncode == 0, f"schemathesis found problems (full output in {reports}):\n{run.stdout[-6000:]}"
+    assert report["operations"]["tested"] == report["operations"]["total"]
+
+    # Whatever the fuzzer sent (including deletes racing creates), the writers must still be writing.
+    probe = admin_api.new_application("after the fuzzing")
+    chat = admin_api.new_chat(probe)
+    number = admin_api.new_message(probe, chat, "still consuming")
+    fuzz_results.meta["writers_alive_after"] = False
+    for process in (system.api, system.chat_writer, system.message_writer):
+        assert process.popen.poll() is None, f"{process.name} died during the fuzzing"
+    admin_api.wait_message(probe, chat, number, timeout=20)
+    fuzz_results.meta["writers_alive_after"] = True
