@@ -1,9 +1,12 @@
 """Hand-off to RabbitMQ with publisher confirms, shared by every request thread of a worker process.
 
 A blocking ``confirm_delivery`` channel waits for one broker disk sync per message (~1.6k msg/s here).
-Instead one I/O thread per process owns an asynchronous pika connection; request threads enqueue their
-publish and wait on a future that the broker's (often ``multiple``) Basic.Ack resolves. Concurrent requests
-therefore share disk syncs, and each still answers 201 only after the broker confirmed its own message.
+Instead one I/O thread (a greenlet under gevent workers) per process owns an asynchronous pika connection;
+request threads put their publish in an outbox and wait on a one-shot lock that the broker's (often
+``multiple``) Basic.Ack releases. Concurrent requests therefore share disk syncs, and each still answers 201
+only after the broker confirmed its own message. The I/O thread is woken once per batch of queued publishes,
+not once per message: under load one wake-up, one loop turn and one socket write carry many publishes
+(see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 
 import pika
@@ -28,6 +29,27 @@ PERSISTENT_JSON = dict(delivery_mode=pika.DeliveryMode.Persistent, content_type=
 
 class PublishError(Exception):
     """The broker did not confirm the message: the caller must not report success."""
+
+
+class _Waiter:
+    """One request thread waiting for its confirm: a lock taken at birth, released once by the I/O thread.
+
+    Cheaper than a ``Future`` (no condition variable, no callbacks): the I/O thread resolves many per ack.
+    """
+
+    __slots__ = ("_lock", "error")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.error: PublishError | None = None
+
+    def resolve(self, error: PublishError | None = None) -> None:
+        self.error = error
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=timeout)
 
 
 class ConfirmingPublisher:
@@ -51,7 +73,10 @@ class ConfirmingPublisher:
         self._channel = None
         self._ready = threading.Event()
         self._closing = False
-        self._pending: dict[int, Future] = {}
+        self._pending: dict[int, _Waiter] = {}
+        self._outbox: list[tuple[str, bytes, _Waiter]] = []
+        self._outbox_lock = threading.Lock()
+        self._wake_scheduled = False
         self._returned: set[int] = set()
         self._next_tag = 0
         self._last_failure = 0.0
@@ -66,15 +91,19 @@ class ConfirmingPublisher:
             if not self._ready.wait(wait):
                 raise PublishError("message broker unavailable")
         connection = self._connection
-        future: Future = Future()
-        try:
-            connection.ioloop.add_callback_threadsafe(partial(self._publish_in_loop, queue, body, future))
-        except (AttributeError, pika.exceptions.AMQPError, RuntimeError) as exc:
-            raise PublishError(f"message broker unavailable: {exc}") from None
-        try:
-            future.result(self.timeout)
-        except FutureTimeout:
-            raise PublishError("message broker did not confirm in time") from None
+        waiter = _Waiter()
+        with self._outbox_lock:
+            self._outbox.append((queue, body, waiter))
+            wake, self._wake_scheduled = not self._wake_scheduled, True
+        if wake:
+            try:
+                connection.ioloop.add_callback_threadsafe(self._publish_outbox)
+            except (AttributeError, pika.exceptions.AMQPError, RuntimeError) as exc:
+                self._fail_outbox(PublishError(f"message broker unavailable: {exc}"))
+        if not waiter.wait(self.timeout):
+            raise PublishError("message broker did not confirm in time")
+        if waiter.error is not None:
+            raise waiter.error
 
     @property
     def is_ready(self) -> bool:
@@ -119,6 +148,7 @@ class ConfirmingPublisher:
             self._ready.clear()
             self._last_failure = time.monotonic()
             self._fail_pending(PublishError("connection to the message broker lost"))
+            self._fail_outbox(PublishError("connection to the message broker lost"))
             if self._closing:
                 break
             time.sleep(backoff)
@@ -155,6 +185,8 @@ class ConfirmingPublisher:
 
     def _on_confirm_mode(self, channel, _frame) -> None:
         self._channel = channel
+        # Publishes queued for a previous connection never reached a loop that runs: fail them, re-arm wake-ups.
+        self._fail_outbox(PublishError("connection to the message broker lost"))
         self._ready.set()
         log.info("publisher ready (confirm mode)")
 
@@ -165,16 +197,20 @@ class ConfirmingPublisher:
         if self._connection is not None and self._connection.is_open:
             self._connection.close()
 
-    def _publish_in_loop(self, queue: str, body: bytes, future: Future) -> None:
+    def _publish_outbox(self) -> None:
+        with self._outbox_lock:
+            batch, self._outbox = self._outbox, []
+            self._wake_scheduled = False
         channel = self._channel
-        if channel is None or not channel.is_open:
-            future.set_exception(PublishError("message broker unavailable"))
-            return
-        self._next_tag += 1
-        tag = self._next_tag
-        self._pending[tag] = future
-        properties = pika.BasicProperties(message_id=str(tag), **PERSISTENT_JSON)
-        channel.basic_publish("", queue, body, properties, mandatory=True)
+        for queue, body, waiter in batch:
+            if channel is None or not channel.is_open:
+                waiter.resolve(PublishError("message broker unavailable"))
+                continue
+            self._next_tag += 1
+            tag = self._next_tag
+            self._pending[tag] = waiter
+            properties = pika.BasicProperties(message_id=str(tag), **PERSISTENT_JSON)
+            channel.basic_publish("", queue, body, properties, mandatory=True)
 
     def _on_return(self, _channel, _method, properties, _body) -> None:
         # An unroutable message is returned before its ack: remember it so the ack fails it.
@@ -185,25 +221,35 @@ class ConfirmingPublisher:
         method = frame.method
         acked = isinstance(method, pika.spec.Basic.Ack)
         if method.multiple:
-            tags = [t for t in self._pending if t <= method.delivery_tag]
+            tags = []
+            for tag in self._pending:  # insertion order is tag order
+                if tag > method.delivery_tag:
+                    break
+                tags.append(tag)
         else:
             tags = [method.delivery_tag] if method.delivery_tag in self._pending else []
         for tag in tags:
-            future = self._pending.pop(tag)
+            waiter = self._pending.pop(tag)
             if not acked:
-                future.set_exception(PublishError("message broker refused the message"))
+                waiter.resolve(PublishError("message broker refused the message"))
             elif tag in self._returned:
                 self._returned.discard(tag)
-                future.set_exception(PublishError("message broker has no such queue"))
+                waiter.resolve(PublishError("message broker has no such queue"))
             else:
-                future.set_result(None)
+                waiter.resolve()
 
     def _fail_pending(self, error: PublishError) -> None:
         pending, self._pending = self._pending, {}
         self._returned.clear()
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
+        for waiter in pending.values():
+            waiter.resolve(error)
+
+    def _fail_outbox(self, error: PublishError) -> None:
+        with self._outbox_lock:
+            batch, self._outbox = self._outbox, []
+            self._wake_scheduled = False
+        for _queue, _body, waiter in batch:
+            waiter.resolve(error)
 
     def _close_in_loop(self) -> None:
         if self._connection is not None and self._connection.is_open:

@@ -1,0 +1,95 @@
+"""The two reference applications the benchmark serves under the API's own gunicorn configuration.
+
+- ``bare_app()``: the framework ceiling. The same POST route answered by Falcon alone: read the JSON body,
+  answer 201 with a number. No Redis, no broker, no middleware.
+- ``naive_app()``: the design the queue replaces. The real API (same resources, validation, numbering in
+  Redis) whose hand-off writes the row into MySQL inside the request instead of publishing it.
+
+Started as ``gunicorn --config services/api/gunicorn.conf.py 'benchmarks.apps:bare_app()'``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import falcon
+from sqlalchemy import Engine, text
+
+from chat_api.app import build_service, create_app
+from chat_common.config import Settings
+from chat_common.contracts import ChatUpsert, MessageUpsert
+
+
+class _Hello:
+    def __init__(self) -> None:
+        self.numbers = itertools.count(1)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, **_: object) -> None:
+        req.get_media()
+        resp.status = falcon.HTTP_201
+        resp.media = {"message_number": next(self.numbers)}
+
+
+def bare_app() -> falcon.App:
+    """Falcon alone: the same route shape, body parsed, 201 answered."""
+    app = falcon.App()
+    hello = _Hello()
+    app.add_route("/applications/{token}/chats", hello)
+    app.add_route("/applications/{token}/chats/{chat_number:int}/messages", hello)
+    return app
+
+
+INSERT_MESSAGE = text(
+    "INSERT INTO messages (chat_id, number, body, version)"
+    " SELECT id, :number, :body, :version FROM chats WHERE application_id = :application_id AND number = :chat_number"
+)
+INSERT_CHAT = text(
+    "INSERT INTO chats (application_id, number, name, version) VALUES (:application_id, :chat_number, :name, :version)"
+)
+
+
+class InsertInRequest:
+    """Stands where the publisher stands, but writes the row before the request answers (one commit each)."""
+
+    def __init__(self, engine: Engine, messages_queue: str) -> None:
+        self.engine = engine
+        self.messages_queue = messages_queue
+        self.is_ready = True
+
+    def publish(self, queue: str, body: bytes) -> None:
+        """Insert the row the message describes, synchronously."""
+        if queue == self.messages_queue:
+            message = MessageUpsert.decode(body)
+            statement, values = (
+                INSERT_MESSAGE,
+                {
+                    "application_id": message.application_id,
+                    "chat_number": message.chat_number,
+                    "number": message.message_number,
+                    "body": message.body,
+                    "version": message.version,
+                },
+            )
+        else:
+            chat = ChatUpsert.decode(body)
+            statement, values = (
+                INSERT_CHAT,
+                {
+                    "application_id": chat.application_id,
+                    "chat_number": chat.chat_number,
+                    "name": chat.name,
+                    "version": chat.version,
+                },
+            )
+        with self.engine.begin() as conn:
+            conn.execute(statement, values)
+
+
+def naive_app() -> falcon.App:
+    """The real API with the queue hand-off replaced by an INSERT inside the request."""
+    settings = Settings.from_env()
+    service, readiness = build_service(settings)
+    service.publisher = InsertInRequest(service.repository.engine, service.topology.messages.name)
+    readiness["rabbitmq"] = lambda: True
+    service.recovery.start_watchdog()
+    return create_app(service, settings, readiness)

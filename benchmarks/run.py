@@ -1,0 +1,664 @@
+"""The benchmark run: every scenario of issue 7 and the ceilings they are compared with, in one process.
+
+Everything runs in a fresh namespace (database, Redis prefix, queue names; tests/support/namespace.py) with
+the production defaults of the writers, against gunicorn and the writers started as real processes. The
+order reuses data: write scenarios on an empty table first, then the table is filled to ``BENCH_GROWTH_ROWS``
+for the growth, read and count-sync scenarios. Knobs (environment):
+
+- ``BENCH_SECONDS`` (5): length of each wrk run; ``BENCH_CONCURRENCY`` ("1,16,64,256").
+- ``BENCH_REPEATS`` (3): runs per point of scenario 1, its ceiling and the naive baseline (the median is kept).
+- ``BENCH_DRAIN_MESSAGES`` (100000): messages pre-filled for each writer drain.
+- ``BENCH_GROWTH_ROWS`` (1000000): message rows in the table before the growth scenarios.
+- ``BENCH_E2E_SECONDS`` (15): length of each paced end-to-end run.
+- ``GUNICORN_WORKERS`` / ``GUNICORN_THREADS`` / ``WRITER_BATCH_SIZE``: as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pika
+import redis
+from sqlalchemy import text
+
+from benchmarks import ceilings, data, report
+from benchmarks.loadgen import HttpResult, paced_posts, quantile, require_wrk, wrk
+from benchmarks.system import PeakMemory, Stack
+from chat_common.config import Settings
+from chat_common.db import make_engine
+from chat_common.keys import RedisKeys
+from chat_common.topology import Topology
+from counter_cron.sync import CountSync
+from tests.support.http import Api
+from tests.support.namespace import Namespace
+from tests.support.processes import ROOT, free_port
+
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64,256").split(",")]
+HEADLINE_CONCURRENCY = 64
+DRAIN_MESSAGES = int(os.environ.get("BENCH_DRAIN_MESSAGES", "100000"))
+GROWTH_ROWS = int(os.environ.get("BENCH_GROWTH_ROWS", "1000000"))
+E2E_SECONDS = float(os.environ.get("BENCH_E2E_SECONDS", "15"))
+WORKERS = int(os.environ.get("GUNICORN_WORKERS", "2"))
+THREADS = int(os.environ.get("GUNICORN_THREADS", "16"))
+WORKER_COUNTS = (1, 2, 4)
+READ_CONCURRENCY = (1, 16, 64)
+COUNT_SYNC_CHATS = 10_000
+LOG_DIR = Path(os.environ.get("BENCH_LOG_DIR", "/tmp/chat-system-bench-logs"))
+RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
+MESSAGE_BODY = '{"body": "hello everyone, the benchmark says hi and asks how you are"}'
+CHAT_BODY = '{"name": "benchmark chat"}'
+SEARCH_FRAGMENTS = ("ello", "queue", "deploy", "coff", "dashb", "tomorrow")
+SCENARIOS = ("loadgen", "create", "naive", "ceilings", "e2e", "drain", "growth", "reads", "count_sync")
+
+# The namespace uses the production defaults (tests shorten some of them).
+PRODUCTION = Settings()
+
+
+class Bench:
+    """One benchmark run: the namespace, the processes, the results."""
+
+    def __init__(self, only: set[str]) -> None:
+        self.only = only
+        self.started = time.monotonic()
+        self.namespace = Namespace.create(
+            "bench",
+            publish_timeout_seconds=PRODUCTION.publish_timeout_seconds,
+            writer_max_wait_seconds=PRODUCTION.writer_max_wait_seconds,
+            writer_retry_delays_seconds=PRODUCTION.writer_retry_delays_seconds,
+        )
+        self.settings = self.namespace.settings
+        self.engine = make_engine(self.settings.database_url)
+        self.keys = RedisKeys(self.settings.redis_key_prefix)
+        self.topology = Topology(self.settings.queue_prefix, self.settings.writer_retry_delays_seconds)
+        self.log_dir = LOG_DIR / self.namespace.name
+        self.memory = PeakMemory()
+        self.results: dict = {"meta": {}, "scenarios": {}}
+        self.api: Stack | None = None
+        self.client: Api | None = None
+        self.filled: dict | None = None
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        """Progress on stdout."""
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
+
+    def stack(self, name: str, **kwargs) -> Stack:
+        """A stack in this namespace, logging under the run's log directory."""
+        kwargs.setdefault("workers", WORKERS)
+        kwargs.setdefault("threads", THREADS)
+        return Stack(self.namespace, self.log_dir / name, self.memory, **kwargs)
+
+    def measure(self, stack: Stack, label: str, paths: list[str], connections: int, repeats: int = 1, **kwargs) -> dict:
+        """One wrk point with the CPU each component used meanwhile; with ``repeats``, the median run of several.
+
+        Repeats tame the noise of a shared machine and of gthread's uneven spread of keep-alive connections
+        over the workers (whichever worker wakes first accepts them), which moves single runs by up to 2x.
+        """
+        runs = []
+        for _ in range(repeats):
+            meter = stack.cpu_meter().start()
+            result: HttpResult = wrk(stack.base_url, paths, connections=connections, seconds=SECONDS, **kwargs)
+            runs.append((result, meter.stop(result.client_cpu * result.seconds)))
+        runs.sort(key=lambda run: run[0].rps)
+        result, cores = runs[len(runs) // 2]
+        point = result.as_dict()
+        point["cpu_cores"] = cores
+        if repeats > 1:
+            point["rps_runs"] = [round(r.rps, 1) for r, _ in runs]
+        if result.rps:
+            point["cpu_us_per_request"] = {role: round(c / result.rps * 1e6, 1) for role, c in cores.items()}
+        self.log(
+            f"  {label:<28} c={connections:<4} {result.rps:8.0f} req/s  p50 {result.p50_ms:7.1f} ms"
+            f"  p99 {result.p99_ms:7.1f} ms  errors {result.errors}  (client {result.client_cpu:.2f} cores,"
+            f" other load {cores['other']:.2f} cores)" + (f" median of {point['rps_runs']}" if repeats > 1 else "")
+        )
+        return point
+
+    def wait_queues_empty(self, timeout: float = 600) -> None:
+        """Until the writers have caught up with everything queued so far."""
+        names = (self.topology.messages.name, self.topology.chats.name)
+        data.wait_for(
+            lambda: all(data.queue_depth(self.settings.rabbitmq_url, q) == 0 for q in names), timeout, 0.5, "queues"
+        )
+        time.sleep(self.settings.writer_max_wait_seconds * 2)
+
+    def new_app(self, name: str, chats: int) -> tuple[str, int, list[int]]:
+        """An application with ``chats`` chats created through the API (rows written); (token, id, numbers)."""
+        token = self.client.new_application(name)
+        numbers = [self.client.new_chat(token, f"{name} {i}") for i in range(chats)]
+        self.client.wait_chat(token, numbers[-1], timeout=30)
+        return token, data.application_id(self.engine, token), numbers
+
+    def wanted(self, name: str) -> bool:
+        return not self.only or name in self.only
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Every scenario (or those asked for), then the results."""
+        require_wrk()
+        self.results["meta"] = self.conditions()
+        self.log(f"namespace {self.namespace.name}; logs in {self.log_dir}")
+        self.api = self.stack("api").start()
+        self.client = Api(self.api.base_url)
+        scenarios = self.results["scenarios"]
+        try:
+            if self.wanted("loadgen"):
+                scenarios["loadgen"] = self.loadgen_ceiling()
+            if self.wanted("create"):
+                scenarios.update(self.create())
+            if self.wanted("naive"):
+                scenarios["naive_sync_insert"] = self.naive()
+            if self.wanted("ceilings"):
+                scenarios["ceilings"] = self.part_ceilings()
+            if self.wanted("e2e"):
+                scenarios["e2e"] = self.e2e()
+            if self.wanted("drain"):
+                scenarios["drain"] = self.drains("before the fill")
+            if self.wanted("growth"):
+                scenarios["growth"] = self.growth()
+            if self.wanted("reads"):
+                scenarios["reads"] = self.reads()
+            if self.wanted("count_sync"):
+                scenarios["count_sync"] = self.count_sync()
+        finally:
+            self.client.session.close()
+            self.api.stop()
+            self.results["meta"]["gunicorn"]["worker_class"] = self.worker_class()
+            self.results["scenarios"]["memory_peak_rss_mb"] = self.memory.mb
+            self.results["meta"]["loadavg_end"] = os.getloadavg()
+            self.results["meta"]["seconds"] = round(time.monotonic() - self.started, 1)
+            self.engine.dispose()
+            self.namespace.destroy()
+        return self.results
+
+    # -- scenarios -------------------------------------------------------------------------------------------
+    def loadgen_ceiling(self) -> dict:
+        """wrk against a server that does nothing: what the load generator itself can drive here."""
+        self.log("load generator ceiling (wrk against a canned-response server)")
+        port = free_port()
+        servers = [subprocess.Popen([sys.executable, "-m", "benchmarks.canned", str(port)], cwd=ROOT) for _ in range(2)]
+        try:
+            url = f"http://127.0.0.1:{port}"
+            data.wait_for(lambda: _answers(url), 15, 0.1, "canned server")
+            result = wrk(url, ["/x"], connections=HEADLINE_CONCURRENCY, seconds=SECONDS, method="POST", body="{}")
+        finally:
+            for server in servers:
+                server.terminate()
+                server.wait()
+        us_per_request = result.client_cpu * result.seconds / result.requests * 1e6
+        self.log(
+            f"  wrk drove {result.rps:.0f} req/s using {result.client_cpu:.2f} cores ({us_per_request:.1f} us/request:"
+            f" one core of wrk ~ {1e6 / us_per_request:.0f} req/s)"
+        )
+        return {
+            **result.as_dict(),
+            "client_us_per_request": round(us_per_request, 2),
+            "client_ceiling_rps_per_core": round(1e6 / us_per_request),
+        }
+
+    def create(self) -> dict:
+        """Scenarios 1 and 2 beside the framework ceiling, and creates while the writers are stopped."""
+        token, _, chats = self.new_app("create", 16)
+        message_paths = [f"/applications/{token}/chats/{n}/messages" for n in chats]
+        chat_paths = [f"/applications/{token}/chats"]
+        bare = self.stack("bare", app="benchmarks.apps:bare_app()").start_api()
+        out: dict = {"create_message": [], "framework_ceiling": [], "create_chat": []}
+        try:
+            self.log("warm-up (not recorded)")
+            for stack in (bare, self.api):
+                wrk(stack.base_url, message_paths, connections=16, seconds=3, method="POST", body=MESSAGE_BODY)
+            self.log("scenario 1: POST …/messages, each point beside the bare-Falcon ceiling")
+            for c in CONCURRENCY:
+                post = {"method": "POST", "body": MESSAGE_BODY, "repeats": REPEATS}
+                out["framework_ceiling"].append(self.measure(bare, "framework ceiling", message_paths, c, **post))
+                out["create_message"].append(self.measure(self.api, "create message", message_paths, c, **post))
+        finally:
+            bare.stop()
+        self.wait_queues_empty()
+        self.log("scenario 2: POST …/chats")
+        for c in CONCURRENCY:
+            point = self.measure(self.api, "create chat", chat_paths, c, method="POST", body=CHAT_BODY)
+            out["create_chat"].append(point)
+        self.wait_queues_empty()
+        self.log("scenario 1 with the writers stopped (the queue absorbs the burst)")
+        self.api.stop_writers()
+        out["create_message_writers_stopped"] = self.measure(
+            self.api,
+            "create message, no writers",
+            message_paths,
+            HEADLINE_CONCURRENCY,
+            method="POST",
+            body=MESSAGE_BODY,
+        )
+        self.api.start_writers()
+        self.wait_queues_empty()
+        return out
+
+    def naive(self) -> list[dict]:
+        """The design the queue replaces: the same POST inserting its row inside the request."""
+        token, _, chats = self.new_app("naive", 16)
+        paths = [f"/applications/{token}/chats/{n}/messages" for n in chats]
+        naive = self.stack("naive", app="benchmarks.apps:naive_app()").start_api()
+        self.log("naive baseline: POST …/messages answered after an INSERT in the request")
+        try:
+            wrk(naive.base_url, paths, connections=16, seconds=2, method="POST", body=MESSAGE_BODY)
+            post = {"method": "POST", "body": MESSAGE_BODY, "repeats": REPEATS}
+            return [self.measure(naive, "naive sync insert", paths, c, **post) for c in CONCURRENCY]
+        finally:
+            naive.stop()
+
+    def part_ceilings(self) -> dict:
+        """Redis script, RabbitMQ publish with confirms, raw batched insert: each alone."""
+        s = self.settings
+        out: dict = {}
+        self.log("ceilings of the parts")
+        client = redis.Redis.from_url(s.redis_url)
+        token = "bench-ceiling"
+        client.hset(self.keys.application(token), mapping={"id": 1, "chats": 1, "m:1": 0})
+        out["redis_script_per_call"] = ceilings.redis_numbering(s.redis_url, self.keys, token, 1, 20_000, 1).as_dict()
+        out["redis_script_pipelined_100"] = ceilings.redis_numbering(
+            s.redis_url, self.keys, token, 1, 100_000, 100
+        ).as_dict()
+        client.delete(self.keys.application(token))
+        client.close()
+        self.log(
+            f"  redis numbering script: {out['redis_script_per_call']['per_second']:.0f}/s one per round trip,"
+            f" {out['redis_script_pipelined_100']['per_second']:.0f}/s pipelined by 100"
+        )
+        queue = f"{s.queue_prefix}.ceiling"
+        connection = pika.BlockingConnection(pika.URLParameters(s.rabbitmq_url))
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+        body = (
+            b'{"v":1,"application_id":1,"chat_number":1,"message_number":1,"body":"%s","version":0}'
+            % (MESSAGE_BODY.encode()[10:-2])
+        )
+        try:
+            out["rabbitmq_publish_confirm_each"] = ceilings.publish_confirmed(
+                s.rabbitmq_url, queue, body, 3000, 1
+            ).as_dict()
+            for window in (16, 64, 256):
+                out[f"rabbitmq_publish_confirm_window_{window}"] = ceilings.publish_confirmed(
+                    s.rabbitmq_url, queue, body, 20_000, window
+                ).as_dict()
+            unconfirmed = ceilings.publish_unconfirmed(s.rabbitmq_url, queue, body, 30_000)
+            out["rabbitmq_publish_unconfirmed"] = unconfirmed.as_dict()
+        finally:
+            channel.queue_delete(queue)
+            connection.close()
+        rates = (
+            f"{k.removeprefix('rabbitmq_publish_')} {v['per_second']:.0f}/s" for k, v in out.items() if "rabbit" in k
+        )
+        self.log("  rabbitmq persistent publish: " + ", ".join(rates))
+        return out
+
+    def e2e(self) -> list[dict]:
+        """Scenario 3: from the 201 to the row in MySQL, at 50% and 90% of the maximum create throughput."""
+        points = self.results["scenarios"].get("create_message")
+        if not points:
+            token, _, chats = self.new_app("e2e-probe", 16)
+            paths = [f"/applications/{token}/chats/{n}/messages" for n in chats]
+            probe = self.measure(
+                self.api, "create message (probe)", paths, HEADLINE_CONCURRENCY, method="POST", body=MESSAGE_BODY
+            )
+            points = [probe]
+            self.wait_queues_empty()
+        peak = max(p["rps"] for p in points)
+        out = []
+        for share in (0.5, 0.9):
+            token, app_id, chats = self.new_app(f"e2e-{share}", 16)
+            paths = [f"/applications/{token}/chats/{n}/messages" for n in chats]
+            rate = peak * share
+            self.log(
+                f"scenario 3: end to end at {share:.0%} of {peak:.0f} req/s = {rate:.0f} req/s, {E2E_SECONDS:.0f}s"
+            )
+            meter = self.api.cpu_meter().start()
+            run = paced_posts(self.api.base_url, paths, MESSAGE_BODY, rate=rate, seconds=E2E_SECONDS)
+            cores = meter.stop()
+            accepted = [a for a in run.answers if a.status == 201]
+            expected = len(accepted)
+            data.wait_for(
+                lambda a=app_id, n=expected: data.count_messages(self.engine, a) >= n, 120, 0.5, "end-to-end rows"
+            )
+            written = data.write_times(self.engine, app_id)
+            delays = sorted(written[(chats[a.path_index % len(chats)], a.number)] - a.answered_at for a in accepted)
+            point = {
+                "share_of_max": share,
+                "target_rps": round(rate, 1),
+                "achieved_rps": round(run.achieved_rps, 1),
+                "requests": len(run.answers),
+                "errors": len(run.answers) - len(accepted),
+                "late_sends": run.late,
+                "client_cpu": round(run.client_cpu, 3),
+                "cpu_cores": cores,
+                "request_p50_ms": round(run.latency_ms(0.5), 2),
+                "request_p99_ms": round(run.latency_ms(0.99), 2),
+                "persist_p50_ms": round(1000 * quantile(delays, 0.5), 1),
+                "persist_p99_ms": round(1000 * quantile(delays, 0.99), 1),
+                "persist_max_ms": round(1000 * delays[-1], 1) if delays else 0.0,
+                "persist_cdf_ms": [round(1000 * quantile(delays, q / 100), 1) for q in range(0, 101)],
+            }
+            self.log(
+                f"  achieved {run.achieved_rps:.0f} req/s, request p99 {point['request_p99_ms']} ms;"
+                f" 201 -> row in MySQL p50 {point['persist_p50_ms']} ms, p99 {point['persist_p99_ms']} ms"
+            )
+            out.append(point)
+        return out
+
+    def drains(self, label: str) -> dict:
+        """Scenario 4 with its ceiling: the writer's own upsert run raw on the same rows, then 1 and 2 writers."""
+        per_chat = max(DRAIN_MESSAGES // 100, 1)
+        total = per_chat * 100
+        out: dict = {
+            "messages": total,
+            "batch_size": self.settings.writer_batch_size,
+            "table_rows_before": data.total_messages(self.engine),
+        }
+        token = self.client.new_application(f"raw {label}")
+        raw_chats = data.insert_chats(self.engine, data.application_id(self.engine, token), range(1, 101))
+        rows = data.message_rows(raw_chats, per_chat)
+        self.log(f"scenario 4 ({label}, {out['table_rows_before']} rows in the table): raw upsert of {total} rows")
+        raw = ceilings.raw_insert(self.settings.database_url, rows, self.settings.writer_batch_size)
+        out["raw_insert"] = raw.as_dict()
+        self.log(f"  raw batched upsert (batch {self.settings.writer_batch_size}): {raw.per_second:.0f} rows/s")
+        out["raw_consume"] = self.consume_ceiling(data.message_payloads(1, range(1, 101), per_chat), total).as_dict()
+        self.log(f"  raw consume and ack, no database: {out['raw_consume']['per_second']:.0f} messages/s")
+        for writers in (1, 2):
+            token = self.client.new_application(f"drain {label} {writers}")
+            app_id = data.application_id(self.engine, token)
+            data.insert_chats(self.engine, app_id, range(1, 101))
+            self.api.set_message_writers(0)
+            payloads = data.message_payloads(app_id, range(1, 101), per_chat)
+            queued = data.prefill_queue(self.settings.rabbitmq_url, self.topology.messages.name, payloads)
+            self.log(f"  {queued} messages queued; starting {writers} message-writer(s)")
+            pids = self.api.set_message_writers(writers)
+            meter = self.api.cpu_meter().start()
+            meter.roles["writers"] = pids
+            data.wait_for(lambda a=app_id: data.count_messages(self.engine, a) >= total, 900, 0.5, "drain")
+            cores = meter.stop()
+            rate, count, span = data.drain_rate(self.engine, app_id)
+            out[f"writers_{writers}"] = {
+                "rows_per_s": round(rate, 1),
+                "rows": count,
+                "seconds": round(span, 3),
+                "cpu_cores": cores,
+            }
+            self.log(f"  {writers} writer(s): {rate:.0f} rows/s ({count} rows in {span:.1f}s)")
+        self.api.set_message_writers(1)
+        writer = out["writers_1"]["rows_per_s"]
+        out["ratio_writer_vs_raw"] = round(writer / raw.per_second, 3)
+        # Consuming and inserting one after the other, as one writer process does: 1 / (1/consume + 1/insert).
+        serial = 1 / (1 / out["raw_consume"]["per_second"] + 1 / raw.per_second)
+        out["ratio_writer_vs_consume_then_insert"] = round(writer / serial, 3)
+        return out
+
+    def consume_ceiling(self, payloads, count: int) -> ceilings.Rate:
+        """The writer's consumption alone: the same messages from a queue of their own, consumed and acked."""
+        queue = f"{self.settings.queue_prefix}.ceiling"
+        connection = pika.BlockingConnection(pika.URLParameters(self.settings.rabbitmq_url))
+        try:
+            connection.channel().queue_declare(queue, durable=True)
+            data.prefill_queue(self.settings.rabbitmq_url, queue, payloads)
+            return ceilings.consume_only(self.settings.rabbitmq_url, queue, count, self.settings.writer_batch_size)
+        finally:
+            connection.channel().queue_delete(queue)
+            connection.close()
+
+    def fill(self) -> dict:
+        """Fill the messages table to ``BENCH_GROWTH_ROWS`` rows, shaped for the read and count-sync scenarios."""
+        if self.filled is not None:
+            return self.filled
+        present = data.total_messages(self.engine)
+        wanted = max(GROWTH_ROWS - present, 0)
+        big = max(min(100_000, GROWTH_ROWS // 10), 100)
+        small = max(big // 10, 10)
+        per_chat = max((wanted - big - small) // COUNT_SYNC_CHATS, 1)
+        token = self.client.new_application("growth")
+        app_id = data.application_id(self.engine, token)
+        chat_ids = data.insert_chats(self.engine, app_id, range(1, COUNT_SYNC_CHATS + 3))
+        self.log(f"filling the table: {present} rows present, adding {big + small + per_chat * COUNT_SYNC_CHATS}")
+        started = time.monotonic()
+        rows = [(chat_ids[1], n) for n in range(1, big + 1)] + [(chat_ids[2], n) for n in range(1, small + 1)]
+        rows += ((chat_ids[c], n) for c in range(3, COUNT_SYNC_CHATS + 3) for n in range(1, per_chat + 1))
+        written = data.bulk_messages(self.settings.database_url, rows)
+        with self.engine.connect() as conn:
+            conn.execute(text("ANALYZE TABLE messages, chats"))
+        elapsed = time.monotonic() - started
+        self.log(f"  {written} rows in {elapsed:.0f}s; table now {data.total_messages(self.engine)} rows")
+        self.filled = {
+            "token": token,
+            "app_id": app_id,
+            "chat_ids": chat_ids,
+            "read_chats": {big: 1, small: 2},
+            "sync_chats": [chat_ids[c] for c in range(3, COUNT_SYNC_CHATS + 3)],
+        }
+        return self.filled
+
+    def growth(self) -> dict:
+        """Scenario 7: scenario 1 and 4 again with the table filled, and scenario 1 with 1, 2, 4 gunicorn workers."""
+        self.fill()
+        out = {"drain": self.drains("table filled"), "workers": []}
+        token, _, chats = self.new_app("growth-create", 16)
+        paths = [f"/applications/{token}/chats/{n}/messages" for n in chats]
+        self.log(f"scenario 7: create message at c={HEADLINE_CONCURRENCY} with 1, 2, 4 gunicorn workers (table filled)")
+        for workers in WORKER_COUNTS:
+            bare = self.stack(f"bare-{workers}", app="benchmarks.apps:bare_app()", workers=workers).start_api()
+            try:
+                ceiling = self.measure(
+                    bare,
+                    f"framework ceiling, {workers}w",
+                    paths,
+                    HEADLINE_CONCURRENCY,
+                    method="POST",
+                    body=MESSAGE_BODY,
+                    repeats=REPEATS,
+                )
+            finally:
+                bare.stop()
+            self.client.session.close()  # an idle keep-alive connection would hold a gevent worker's shutdown
+            self.api.restart_api(GUNICORN_WORKERS=str(workers))
+            wrk(self.api.base_url, paths, connections=16, seconds=2, method="POST", body=MESSAGE_BODY)
+            point = self.measure(
+                self.api,
+                f"create message, {workers}w",
+                paths,
+                HEADLINE_CONCURRENCY,
+                method="POST",
+                body=MESSAGE_BODY,
+                repeats=REPEATS,
+            )
+            out["workers"].append({"workers": workers, "create_message": point, "framework_ceiling": ceiling})
+            self.wait_queues_empty()
+        self.client.session.close()
+        self.api.restart_api(GUNICORN_WORKERS=str(WORKERS))
+        out["worker_class"] = self.worker_classes(paths)
+        return out
+
+    def worker_classes(self, create_paths: list[str]) -> list[dict]:
+        """Creates and a page read at c=64 under gthread and gevent workers (when gevent is installed)."""
+        filled = self.fill()
+        small = min(filled["read_chats"])
+        pages = [
+            f"/applications/{filled['token']}/chats/{filled['read_chats'][small]}/messages?page={p}"
+            for p in range(1, 33)
+        ]
+        classes = ["gthread"] + (["gevent"] if importlib.util.find_spec("gevent") else [])
+        current = self.api.system.env.get("GUNICORN_WORKER_CLASS", "gthread")
+        out = []
+        self.log(f"scenario 7: worker classes {classes} at c={HEADLINE_CONCURRENCY}")
+        for worker_class in classes:
+            env = {"GUNICORN_WORKER_CLASS": worker_class}
+            bare = self.stack(f"bare-{worker_class}", app="benchmarks.apps:bare_app()", env=env).start_api()
+            try:
+                ceiling = self.measure(
+                    bare,
+                    f"framework ceiling, {worker_class}",
+                    create_paths,
+                    HEADLINE_CONCURRENCY,
+                    method="POST",
+                    body=MESSAGE_BODY,
+                    repeats=REPEATS,
+                )
+            finally:
+                bare.stop()
+            self.client.session.close()
+            self.api.restart_api(**env)
+            wrk(self.api.base_url, create_paths, connections=16, seconds=2, method="POST", body=MESSAGE_BODY)
+            create = self.measure(
+                self.api,
+                f"create message, {worker_class}",
+                create_paths,
+                HEADLINE_CONCURRENCY,
+                method="POST",
+                body=MESSAGE_BODY,
+                repeats=REPEATS,
+            )
+            self.wait_queues_empty()
+            read = self.measure(self.api, f"GET page ({small // 1000}k), {worker_class}", pages, HEADLINE_CONCURRENCY)
+            out.append(
+                {
+                    "worker_class": worker_class,
+                    "create_message": create,
+                    "framework_ceiling": ceiling,
+                    "read_page": read,
+                }
+            )
+        self.client.session.close()
+        self.api.restart_api(GUNICORN_WORKER_CLASS=current)
+        return out
+
+    def reads(self) -> list[dict]:
+        """Scenario 5: a page of a chat's messages, and a search in it, for chats of 10k and 100k messages."""
+        filled = self.fill()
+        token = filled["token"]
+        out = []
+        rng = random.Random(7)
+        for size, chat in sorted(filled["read_chats"].items()):
+            pages = [f"/applications/{token}/chats/{chat}/messages?page={rng.randint(1, 50)}" for _ in range(32)]
+            searches = [f"/applications/{token}/chats/{chat}/messages/search?query={q}" for q in SEARCH_FRAGMENTS]
+            self.log(f"scenario 5: reads in a chat of {size} messages")
+            for kind, paths in (("page", pages), ("search", searches)):
+                for c in READ_CONCURRENCY:
+                    point = self.measure(self.api, f"GET {kind} ({size // 1000}k)", paths, c)
+                    out.append({"chat_messages": size, "kind": kind, **point})
+        return out
+
+    def count_sync(self) -> dict:
+        """Scenario 6: seconds to recount 10k dirty chats."""
+        filled = self.fill()
+        client = redis.Redis.from_url(self.settings.redis_url)
+        try:
+            client.delete(self.keys.dirty_chats, self.keys.dirty_applications)
+            client.set(self.keys.counts_epoch, "bench")  # skip the one-off full recount after a fresh start
+            client.sadd(self.keys.dirty_chats, *filled["sync_chats"])
+            self.log(f"scenario 6: count sync of {len(filled['sync_chats'])} dirty chats")
+            report_ = CountSync(self.engine, client, self.keys, self.settings.counts_batch_size).run()
+        finally:
+            client.close()
+        self.log(f"  {report_.chats_recounted} chats recounted in {report_.seconds:.2f}s")
+        return {
+            "dirty_chats": len(filled["sync_chats"]),
+            "chats_recounted": report_.chats_recounted,
+            "seconds": round(report_.seconds, 3),
+            "rows_changed": report_.rows_changed,
+        }
+
+    def worker_class(self) -> str:
+        """The worker class gunicorn reported using (gunicorn.conf.py picks gevent when it is installed)."""
+        log = self.log_dir / "api" / "api.log"
+        found = re.findall(r"Using worker: (\S+)", log.read_text()) if log.exists() else []
+        return found[-1] if found else "unknown"
+
+    # -- conditions ------------------------------------------------------------------------------------------
+    def conditions(self) -> dict:
+        """What the figures were measured on."""
+        s = self.settings
+        connection = pika.BlockingConnection(pika.URLParameters(s.rabbitmq_url))
+        rabbit = connection._impl.server_properties.get("version", b"?")
+        connection.close()
+        with self.engine.connect() as conn:
+            mysql_version = conn.execute(text("SELECT VERSION()")).scalar_one()
+            flush = conn.execute(text("SELECT @@innodb_flush_log_at_trx_commit")).scalar_one()
+        client = redis.Redis.from_url(s.redis_url)
+        redis_version = client.info("server")["redis_version"]
+        client.close()
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((x.split(":", 1)[1].strip() for x in cpuinfo if x.startswith("model name")), platform.processor())
+        commit = _output(["git", "rev-parse", "--short", "HEAD"])
+        dirty = bool(_output(["git", "status", "--porcelain"]))
+        wrk_version = _output(["wrk", "--version"]).split("\n")[0].split(" Copyright")[0]
+        return {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "commit": commit + ("+dirty" if dirty else ""),
+            "cpus": os.cpu_count(),
+            "cpu_model": model,
+            "loadavg_start": os.getloadavg(),
+            "python": platform.python_version(),
+            "mysql": mysql_version,
+            "innodb_flush_log_at_trx_commit": flush,
+            "rabbitmq": rabbit.decode() if isinstance(rabbit, bytes) else str(rabbit),
+            "redis": redis_version,
+            "wrk": wrk_version,
+            "gunicorn": {
+                "workers": WORKERS,
+                "threads": THREADS,
+                "worker_class": "see the API log",
+            },
+            "writer_batch_size": s.writer_batch_size,
+            "writer_max_wait_seconds": s.writer_max_wait_seconds,
+            "knobs": {
+                "BENCH_SECONDS": SECONDS,
+                "BENCH_REPEATS": REPEATS,
+                "BENCH_CONCURRENCY": CONCURRENCY,
+                "BENCH_DRAIN_MESSAGES": DRAIN_MESSAGES,
+                "BENCH_GROWTH_ROWS": GROWTH_ROWS,
+                "BENCH_E2E_SECONDS": E2E_SECONDS,
+            },
+            "only": sorted(self.only) or "all",
+        }
+
+
+def _output(argv: list[str]) -> str:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        requests.get(url, timeout=1)
+        return True
+    except requests.RequestException:
+        return False
+
+
+def main() -> None:
+    """Parse arguments, run, write the JSON, the table and the plots, print the summary line last."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(SCENARIOS)}")
+    parser.add_argument("--no-report", action="store_true", help="do not touch latest.json or docs/performance.md")
+    args = parser.parse_args()
+    only = {s for s in args.only.split(",") if s}
+    unknown = only - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    results = Bench(only).run()
+    results["summary"] = report.summarize(results)
+    if args.no_report:
+        out = RESULTS.with_name("partial.json.tmp")
+        report.write_json(results, out)
+    else:
+        report.write_all(results, RESULTS)
+        out = RESULTS
+    print(report.summary_line(results["summary"], out.relative_to(ROOT)), flush=True)
