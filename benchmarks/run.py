@@ -125,6 +125,23 @@ class Bench:
         )
         return point
 
+    def framework_ceiling(self, label: str, paths: list[str], **stack_kwargs) -> dict:
+        """POST the headline load to a bare Falcon app under the same gunicorn settings; the ceiling of a create."""
+        bare = self.stack(f"bare-{label}", app="benchmarks.apps:bare_app()", **stack_kwargs).start_api()
+        try:
+            return self.measure(
+                bare,
+                f"framework ceiling, {label}",
+                paths,
+                HEADLINE_CONCURRENCY,
+                method="POST",
+                body=MESSAGE_BODY,
+                repeats=REPEATS,
+            )
+        finally:
+            bare.stop()
+            self.client.session.close()  # an idle keep-alive connection would hold a gevent worker's shutdown
+
     def wait_queues_empty(self, timeout: float = 600) -> None:
         """Until the writers have caught up with everything queued so far."""
         names = (self.topology.messages.name, self.topology.chats.name)
@@ -453,20 +470,7 @@ class Bench:
         paths = [f"/applications/{token}/chats/{n}/messages" for n in chats]
         self.log(f"scenario 7: create message at c={HEADLINE_CONCURRENCY} with 1, 2, 4 gunicorn workers (table filled)")
         for workers in WORKER_COUNTS:
-            bare = self.stack(f"bare-{workers}", app="benchmarks.apps:bare_app()", workers=workers).start_api()
-            try:
-                ceiling = self.measure(
-                    bare,
-                    f"framework ceiling, {workers}w",
-                    paths,
-                    HEADLINE_CONCURRENCY,
-                    method="POST",
-                    body=MESSAGE_BODY,
-                    repeats=REPEATS,
-                )
-            finally:
-                bare.stop()
-            self.client.session.close()  # an idle keep-alive connection would hold a gevent worker's shutdown
+            ceiling = self.framework_ceiling(f"{workers}w", paths, workers=workers)
             self.api.restart_api(GUNICORN_WORKERS=str(workers))
             wrk(self.api.base_url, paths, connections=16, seconds=2, method="POST", body=MESSAGE_BODY)
             point = self.measure(
@@ -499,20 +503,7 @@ class Bench:
         self.log(f"scenario 7: worker classes {classes} at c={HEADLINE_CONCURRENCY}")
         for worker_class in classes:
             env = {"GUNICORN_WORKER_CLASS": worker_class}
-            bare = self.stack(f"bare-{worker_class}", app="benchmarks.apps:bare_app()", env=env).start_api()
-            try:
-                ceiling = self.measure(
-                    bare,
-                    f"framework ceiling, {worker_class}",
-                    create_paths,
-                    HEADLINE_CONCURRENCY,
-                    method="POST",
-                    body=MESSAGE_BODY,
-                    repeats=REPEATS,
-                )
-            finally:
-                bare.stop()
-            self.client.session.close()
+            ceiling = self.framework_ceiling(worker_class, create_paths, env=env)
             self.api.restart_api(**env)
             wrk(self.api.base_url, create_paths, connections=16, seconds=2, method="POST", body=MESSAGE_BODY)
             create = self.measure(
