@@ -63,6 +63,10 @@ class RedisKeys:
         """Sorted set of message ids whose search document still has to be written (score = first failure)."""
         return f"{self.prefix}search:backlog"
 
+    def idempotency(self, token: str, scope: str, key: str) -> str:
+        """What a create with an ``Idempotency-Key`` was given: "pending", or "<app id>:<number>:<fingerprint>"."""
+        return f"{self.prefix}idem:{token}:{scope}:{key}"
+
     def rate_window(self, token: str, second: int) -> str:
         """Counter of requests a token made in one wall-clock second."""
         return f"{self.prefix}rate:{token}:{second}"

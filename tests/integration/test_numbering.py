@@ -87,3 +87,18 @@ def test_stale_writer_heartbeats_are_pruned(numbering):
     client.hset(keys.writer_heartbeats, mapping={"q|dead": "0:100.0", "q|alive": "0:5000.0", "q|junk": "x"})
     assert prune_heartbeats(client, keys, now=5000.0 + STALE_HEARTBEAT_SECONDS / 2) == 2
     assert list(client.hkeys(keys.writer_heartbeats)) == [b"q|alive"]
+
+
+def test_idempotency_claims_records_and_releases(numbering):
+    from chat_api.adapters.idempotency import IdempotencyStore, KeyInUse, Recorded
+
+    _, client, keys = numbering
+    store = IdempotencyStore(client, keys)
+    assert store.claim("tok", "chats", "k1") is None
+    with pytest.raises(KeyInUse):
+        store.claim("tok", "chats", "k1")  # the first request is still being answered
+    store.record("tok", "chats", "k1", Recorded(4, 9, "fp"))
+    assert store.claim("tok", "chats", "k1") == Recorded(4, 9, "fp")
+    assert store.claim("tok", "chats", "k2") is None
+    store.release("tok", "chats", "k2")
+    assert store.claim("tok", "chats", "k2") is None  # released: free again

@@ -9,6 +9,7 @@ import falcon
 import redis
 
 from chat_api import errors
+from chat_api.adapters.idempotency import IdempotencyStore
 from chat_api.adapters.numbering import Numbering
 from chat_api.adapters.publisher import ConfirmingPublisher
 from chat_api.adapters.recovery import NumberingRecovery
@@ -94,6 +95,7 @@ def build_service(settings: Settings) -> tuple[ChatService, dict]:
         publisher=publisher,
         topology=topology,
         search=build_search(settings, engine),
+        idempotency=IdempotencyStore(client, keys),
         limits=Limits(
             max_name_chars=settings.max_name_chars,
             max_body_chars=settings.max_body_chars,

@@ -9,7 +9,7 @@ import orjson
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from chat_api.model import Invalid, NotFound, Unavailable
+from chat_api.model import Conflict, Invalid, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ def _not_found(req, resp, exc, params) -> None:
 
 def _invalid(req, resp, exc, params) -> None:
     raise falcon.HTTPUnprocessableEntity(description=str(exc))
+
+
+def _conflict(req, resp, exc, params) -> None:
+    raise falcon.HTTPConflict(description=str(exc))
 
 
 def _unavailable(req, resp, exc, params) -> None:
@@ -52,5 +56,6 @@ def register(app: falcon.App) -> None:
     app.add_error_handler((OperationalError, InterfaceError, PoolTimeout), _database_unavailable)
     app.add_error_handler(NotFound, _not_found)
     app.add_error_handler(Invalid, _invalid)
+    app.add_error_handler(Conflict, _conflict)
     app.add_error_handler(Unavailable, _unavailable)
     app.set_error_serializer(serialize_error)

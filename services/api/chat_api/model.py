@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from chat_common.tenancy import Application
 from chat_common.validation import Invalid
 
-__all__ = ["Application", "Chat", "Invalid", "Message", "NotFound", "Page", "Unavailable"]
+__all__ = ["Application", "Chat", "Conflict", "Invalid", "Message", "NotFound", "Page", "Unavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,10 @@ class Page:
 
 class NotFound(Exception):
     """The token, chat or message does not exist (or is not visible to this token)."""
+
+
+class Conflict(Exception):
+    """The request collides with another one still in progress (same idempotency key)."""
 
 
 class Unavailable(Exception):

@@ -15,15 +15,16 @@ import redis
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from chat_api.adapters import numbering as codes
+from chat_api.adapters.idempotency import IdempotencyStore, KeyInUse, Recorded, fingerprint
 from chat_api.adapters.numbering import Allocation, Numbering
 from chat_api.adapters.publisher import ConfirmingPublisher, PublishError
 from chat_api.adapters.recovery import NumberingRecovery
 from chat_api.adapters.repository import SqlRepository
-from chat_api.model import Application, Chat, Invalid, Message, NotFound, Page, Unavailable
+from chat_api.model import Application, Chat, Conflict, Invalid, Message, NotFound, Page, Unavailable
 from chat_common import metrics
 from chat_common.contracts import ChatUpsert, MessageUpsert
 from chat_common.search import SearchBackend, SearchUnavailable
-from chat_common.tenancy import Applications
+from chat_common.tenancy import Applications, valid_idempotency_key
 from chat_common.topology import Topology
 from chat_common.validation import clean_body, clean_name
 
@@ -55,6 +56,7 @@ class ChatService:
         topology: Topology,
         limits: Limits,
         search: SearchBackend,
+        idempotency: IdempotencyStore,
     ) -> None:
         self.applications = applications
         self.repository = repository
@@ -64,6 +66,7 @@ class ChatService:
         self.topology = topology
         self.limits = limits
         self.search = search
+        self.idempotency = idempotency
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _name(self, value: object) -> str:
@@ -125,6 +128,47 @@ class ChatService:
             raise Unavailable(str(exc), retry_after=1) from None
         metrics.API_PUBLISHED.labels(queue).inc()
 
+    def _create_once(
+        self,
+        token: str,
+        chat_number: int,
+        text: str,
+        key: str | None,
+        allocate: Callable[[], Allocation],
+        publish: Callable[[int, int], None],
+    ) -> tuple[int, bool]:
+        """Number a create and publish it; with an idempotency key, a repeat re-publishes the same number.
+
+        Returns ``(number, replayed)``. Re-publishing is safe: the writers' upsert ignores a create it already has.
+        """
+        if key is None:
+            allocation = self._allocate(allocate, token, chat_number)
+            publish(allocation.application_id, allocation.value)
+            return allocation.value, False
+        if not valid_idempotency_key(key):
+            raise Invalid("Idempotency-Key must be 1-128 printable ASCII characters without spaces")
+        scope = f"chats/{chat_number}/messages" if chat_number else "chats"
+        digest = fingerprint(text)
+        try:
+            earlier = self.idempotency.claim(token, scope, key)
+        except KeyInUse:
+            raise Conflict("a request with this Idempotency-Key is still in progress") from None
+        except redis.RedisError as exc:
+            raise Unavailable(f"numbering store unavailable: {exc.__class__.__name__}") from None
+        if earlier is not None:
+            if earlier.fingerprint != digest:
+                raise Conflict("this Idempotency-Key was used for a different request")
+            publish(earlier.application_id, earlier.number)
+            return earlier.number, True
+        try:
+            allocation = self._allocate(allocate, token, chat_number)
+            self.idempotency.record(token, scope, key, Recorded(allocation.application_id, allocation.value, digest))
+        except BaseException:
+            self.idempotency.release(token, scope, key)  # no number was given: the key is free again
+            raise
+        publish(allocation.application_id, allocation.value)  # if this fails, a retry re-publishes the same number
+        return allocation.value, False
+
     # -- applications ----------------------------------------------------------------------------------------
     def create_application(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:
         """Create an application with a fresh token; a repeated idempotency key returns the first one."""
@@ -153,12 +197,17 @@ class ChatService:
         return deleted
 
     # -- chats -----------------------------------------------------------------------------------------------
-    def create_chat(self, token: str, name: object) -> int:
-        """Number a new chat and hand its row to the chat-writer; returns the chat number."""
+    def create_chat(self, token: str, name: object, idempotency_key: str | None = None) -> tuple[int, bool]:
+        """Number a new chat and hand its row to the chat-writer; returns (chat number, replayed)."""
         name = self._name(name)
-        allocation = self._allocate(lambda: self.numbering.new_chat(token), token)
-        self._publish(self.topology.chats.name, ChatUpsert(allocation.application_id, allocation.value, name).encode())
-        return allocation.value
+        return self._create_once(
+            token,
+            0,
+            name,
+            idempotency_key,
+            lambda: self.numbering.new_chat(token),
+            lambda app, n: self._publish(self.topology.chats.name, ChatUpsert(app, n, name).encode()),
+        )
 
     def get_chat(self, token: str, chat_number: int) -> Chat:
         """One chat."""
@@ -182,13 +231,21 @@ class ChatService:
         return Chat(chat_number, name, current.messages_count if current else 0)
 
     # -- messages --------------------------------------------------------------------------------------------
-    def create_message(self, token: str, chat_number: int, body: object) -> int:
-        """Number a new message and hand it to the message-writer; returns the message number."""
+    def create_message(
+        self, token: str, chat_number: int, body: object, idempotency_key: str | None = None
+    ) -> tuple[int, bool]:
+        """Number a new message and hand it to the message-writer; returns (message number, replayed)."""
         body = self._body(body)
-        allocation = self._allocate(lambda: self.numbering.new_message(token, chat_number), token, chat_number)
-        message = MessageUpsert(allocation.application_id, chat_number, allocation.value, body)
-        self._publish(self.topology.messages.name, message.encode())
-        return allocation.value
+        return self._create_once(
+            token,
+            chat_number,
+            body,
+            idempotency_key,
+            lambda: self.numbering.new_message(token, chat_number),
+            lambda app, n: self._publish(
+                self.topology.messages.name, MessageUpsert(app, chat_number, n, body).encode()
+            ),
+        )
 
     def get_message(self, token: str, chat_number: int, message_number: int) -> Message:
         """One message."""

@@ -22,9 +22,15 @@ class MessagesResource:
         add_page_links(req, resp, result.page, result.per_page, result.has_next)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
-        """Create a message; the row is written asynchronously, the number is final."""
-        number = self.service.create_message(token, chat_number, body_field(req, "message", "body"))
+        """Create a message; the row is written asynchronously, the number is final.
+
+        With ``Idempotency-Key``, a repeat answers the first request's number (and ``Idempotent-Replayed``).
+        """
+        key = req.get_header("Idempotency-Key")
+        number, replayed = self.service.create_message(token, chat_number, body_field(req, "message", "body"), key)
         resp.status = falcon.HTTP_201
+        if replayed:
+            resp.set_header("Idempotent-Replayed", "true")
         resp.location = f"{req.prefix}{req.path}/{number}"
         resp.media = {"message_number": number}
 
