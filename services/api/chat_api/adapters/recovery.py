@@ -66,7 +66,10 @@ class NumberingRecovery:
         if not self.client.set(self.keys.recovery_lock, "1", nx=True, px=1000):
             return False
         try:
-            if not self._queues_drained() or not self._writers_idle_since(started) or not self._queues_drained():
+            counts = self._queue_counts()
+            if not self._drained(counts) or not self._writers_idle_since(started, counts):
+                return False
+            if not self._drained(self._queue_counts()):
                 return False
             if self.client.set(self.keys.epoch, uuid.uuid4().hex, nx=True):
                 log.warning("numbering re-opened after %.1fs; counters reload from MySQL", time.time() - started)
@@ -115,19 +118,19 @@ class NumberingRecovery:
                     counts[name] = (0, 0)
         finally:
             connection.close()
-        self._last_counts = counts
         return counts
 
-    def _queues_drained(self) -> bool:
-        return all(ready == 0 for ready, _ in self._queue_counts().values())
+    @staticmethod
+    def _drained(counts: dict[str, tuple[int, int]]) -> bool:
+        return all(ready == 0 for ready, _ in counts.values())
 
-    def _writers_idle_since(self, started: float) -> bool:
+    def _writers_idle_since(self, started: float, counts: dict[str, tuple[int, int]]) -> bool:
         beats = self.client.hgetall(self.keys.writer_heartbeats)
         now = time.time()
         for name, is_work_queue in self._queue_names():
             if not is_work_queue:
                 continue
-            consumers = self._last_counts.get(name, (0, 0))[1]
+            consumers = counts.get(name, (0, 0))[1]
             idle = 0
             for field, raw in beats.items():
                 field = field.decode() if isinstance(field, bytes) else field

@@ -6,7 +6,7 @@ import hmac
 
 import falcon
 
-MAX_PAGE = 100_000
+from chat_api.services import MAX_PAGE
 
 
 def body_field(req: falcon.Request, root: str, field: str) -> object:
