@@ -3,21 +3,23 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export PYTHONPATH := $(CURDIR)/common:$(CURDIR)/services/api:$(CURDIR)/services/chat-writer:$(CURDIR)/services/message-writer:$(CURDIR)/services/counter-cron:$(CURDIR)/operator
+# The installable packages (each has its own pyproject.toml); the virtualenv has them all in editable mode.
+PACKAGES := common services/api services/chat-writer services/message-writer services/counter-cron operator
 export COUNT_SYNC_EVERY_SECONDS ?= 30
 
-.PHONY: help venv migrate run sync-counts reindex test test-fast lint format bench clean
+.PHONY: help venv migrate run sync-counts reindex test test-unit test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt requirements-dev.txt $(PACKAGES:%=%/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet -c requirements.txt $(PACKAGES:%=-e %)
 	touch $@
 
-venv: $(BIN)/.installed ## create the virtualenv and install pinned dependencies
+venv: $(BIN)/.installed ## create the virtualenv: pinned dependencies, every package of the repository editable
 
 migrate: venv ## create the database if missing and apply migrations
 	$(BIN)/python -m chat_common.migrate
@@ -33,6 +35,9 @@ reindex: venv ## rebuild the Elasticsearch index from MySQL (no-op with the embe
 
 test: venv ## the whole test suite (needs MariaDB, Redis and RabbitMQ running)
 	$(BIN)/python -m pytest
+
+test-unit: venv ## the unit tests only (no MariaDB, Redis or RabbitMQ needed)
+	$(BIN)/python -m pytest tests/unit -q
 
 lint: venv ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

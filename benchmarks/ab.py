@@ -1,9 +1,9 @@
 """`python -m benchmarks.ab NAME:KEY=VALUE,... NAME:...`: A/B the create path between environment variants.
 
 Each round restarts the API once per variant and measures POST …/messages beside the bare-Falcon ceiling
-under the same worker class, so every variant sees the same (noisy, shared) machine within a few seconds
-of the others; medians over the rounds are what to compare. Used for the tuning log in docs/performance.md,
-e.g. ``python -m benchmarks.ab gthread:GUNICORN_WORKER_CLASS=gthread gevent:GUNICORN_WORKER_CLASS=gevent``.
+(same gunicorn configuration and worker class), so every variant sees the same (noisy, shared) machine within
+a few seconds of the others; medians over the rounds are what to compare. Used for the tuning log in
+docs/performance.md, e.g. ``python -m benchmarks.ab 2w:GUNICORN_WORKERS=2 3w:GUNICORN_WORKERS=3``.
 """
 
 from __future__ import annotations
@@ -38,17 +38,7 @@ def main() -> None:
     namespace = Namespace.create("ab")
     log_dir = LOG_DIR / namespace.name
     memory = PeakMemory()
-    classes = {env.get("GUNICORN_WORKER_CLASS", "gthread") for env in variants.values()}
-    bares = {
-        wc: Stack(
-            namespace,
-            log_dir / f"bare-{wc}",
-            memory,
-            env={"GUNICORN_WORKER_CLASS": wc},
-            app="benchmarks.apps:bare_app()",
-        ).start_api()
-        for wc in sorted(classes)
-    }
+    bare = Stack(namespace, log_dir / "bare", memory, app="benchmarks.apps:bare_app()").start_api()
     setup = Stack(namespace, log_dir / "setup", memory).start()
     results: dict[str, list[dict]] = {name: [] for name in variants}
     try:
@@ -65,7 +55,6 @@ def main() -> None:
                 stack = Stack(namespace, log_dir / name, memory, env=env)
                 stack.start_api()
                 wrk(stack.base_url, paths, connections=16, seconds=2, **post)
-                bare = bares[env.get("GUNICORN_WORKER_CLASS", "gthread")]
                 ceiling = wrk(bare.base_url, paths, connections=args.connections, seconds=args.seconds, **post)
                 meter = stack.cpu_meter().start()
                 real = wrk(stack.base_url, paths, connections=args.connections, seconds=args.seconds, **post)
@@ -87,8 +76,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        for bare in bares.values():
-            bare.stop()
+        bare.stop()
         setup.stop()
         namespace.destroy()
     medians = {

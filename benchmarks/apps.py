@@ -1,7 +1,8 @@
 """The two reference applications the benchmark serves under the API's own gunicorn configuration.
 
-- ``bare_app()``: the framework ceiling. The same POST route answered by Falcon alone: read the JSON body,
-  answer 201 with a number. No Redis, no broker, no middleware.
+- ``bare_app()``: the framework ceiling. The same POST route answered by Falcon ASGI alone, under the same
+  worker class as the API (``chat_api.worker.ApiWorker``: uvicorn on uvloop with httptools): read the JSON
+  body, answer 201 with a number. No Redis, no broker, no middleware.
 - ``naive_app()``: the design the queue replaces. The real API (same resources, validation, numbering in
   Redis) whose hand-off writes the row into MySQL inside the request instead of publishing it.
 
@@ -13,26 +14,29 @@ from __future__ import annotations
 import itertools
 
 import falcon
-from sqlalchemy import Engine, text
+import falcon.asgi
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api.app import build_service, create_app
 from chat_common.config import Settings
 from chat_common.contracts import ChatUpsert, MessageUpsert
+from chat_common.db import make_async_engine
 
 
 class _Hello:
     def __init__(self) -> None:
         self.numbers = itertools.count(1)
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, **_: object) -> None:
-        req.get_media()
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **_: object) -> None:
+        await req.get_media()
         resp.status = falcon.HTTP_201
         resp.media = {"message_number": next(self.numbers)}
 
 
-def bare_app() -> falcon.App:
-    """Falcon alone: the same route shape, body parsed, 201 answered."""
-    app = falcon.App()
+def bare_app() -> falcon.asgi.App:
+    """Falcon ASGI alone: the same route shape, body parsed, 201 answered."""
+    app = falcon.asgi.App()
     hello = _Hello()
     app.add_route("/applications/{token}/chats", hello)
     app.add_route("/applications/{token}/chats/{chat_number:int}/messages", hello)
@@ -51,13 +55,18 @@ INSERT_CHAT = text(
 class InsertInRequest:
     """Stands where the publisher stands, but writes the row before the request answers (one commit each)."""
 
-    def __init__(self, engine: Engine, messages_queue: str) -> None:
-        self.engine = engine
+    def __init__(self, database_url: str, messages_queue: str) -> None:
+        self.database_url = database_url
         self.messages_queue = messages_queue
+        self.engine: AsyncEngine | None = None
         self.is_ready = True
 
-    def publish(self, queue: str, body: bytes) -> None:
-        """Insert the row the message describes, synchronously."""
+    async def start(self) -> None:
+        """Create the engine on the worker's event loop (the lifecycle calls this at ASGI startup)."""
+        self.engine = make_async_engine(self.database_url)
+
+    async def publish(self, queue: str, body: bytes) -> None:
+        """Insert the row the message describes, in its own transaction, before answering."""
         if queue == self.messages_queue:
             message = MessageUpsert.decode(body)
             statement, values = (
@@ -81,15 +90,26 @@ class InsertInRequest:
                     "version": chat.version,
                 },
             )
-        with self.engine.begin() as conn:
-            conn.execute(statement, values)
+        async with self.engine.begin() as conn:
+            await conn.execute(statement, values)
+
+    async def close(self) -> None:
+        """Dispose of the engine (ASGI shutdown)."""
+        if self.engine is not None:
+            await self.engine.dispose()
 
 
-def naive_app() -> falcon.App:
-    """The real API with the queue hand-off replaced by an INSERT inside the request."""
+def naive_app() -> falcon.asgi.App:
+    """The real API with the queue hand-off replaced by an INSERT inside the request.
+
+    The lifecycle starts the stand-in publisher and the numbering watchdog, as it does for the real one.
+    """
     settings = Settings.from_env()
-    service, readiness = build_service(settings)
-    service.publisher = InsertInRequest(service.repository.engine, service.topology.messages.name)
-    readiness["rabbitmq"] = lambda: True
-    service.recovery.start_watchdog()
-    return create_app(service, settings, readiness)
+    service, readiness, lifecycle = build_service(settings)
+    service.publisher = InsertInRequest(settings.database_url, service.topology.messages.name)
+
+    async def always_ready() -> bool:
+        return True
+
+    readiness["rabbitmq"] = always_ready
+    return create_app(service, settings, readiness, lifecycle)

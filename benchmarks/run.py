@@ -10,19 +10,22 @@ for the growth, read and count-sync scenarios. Knobs (environment):
 - ``BENCH_DRAIN_MESSAGES`` (100000): messages pre-filled for each writer drain.
 - ``BENCH_GROWTH_ROWS`` (1000000): message rows in the table before the growth scenarios.
 - ``BENCH_E2E_SECONDS`` (15): length of each paced end-to-end run.
-- ``GUNICORN_WORKERS`` / ``GUNICORN_THREADS`` / ``WRITER_BATCH_SIZE``: as in production.
+- ``BENCH_METRICS_ITERATIONS`` (200000): creates' metric calls timed by the ``metrics_cost`` scenario.
+- ``GUNICORN_WORKERS`` / ``WRITER_BATCH_SIZE``: as in production. The worker class is fixed by
+  services/api/gunicorn.conf.py (``chat_api.worker.ApiWorker``: uvicorn, one event loop per process).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import os
 import platform
 import random
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,8 +52,8 @@ HEADLINE_CONCURRENCY = 64
 DRAIN_MESSAGES = int(os.environ.get("BENCH_DRAIN_MESSAGES", "100000"))
 GROWTH_ROWS = int(os.environ.get("BENCH_GROWTH_ROWS", "1000000"))
 E2E_SECONDS = float(os.environ.get("BENCH_E2E_SECONDS", "15"))
+METRICS_ITERATIONS = int(os.environ.get("BENCH_METRICS_ITERATIONS", "200000"))
 WORKERS = int(os.environ.get("GUNICORN_WORKERS", "2"))
-THREADS = int(os.environ.get("GUNICORN_THREADS", "16"))
 WORKER_COUNTS = (1, 2, 4)
 READ_CONCURRENCY = (1, 16, 64)
 COUNT_SYNC_CHATS = 10_000
@@ -59,7 +62,18 @@ RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
 MESSAGE_BODY = '{"body": "hello everyone, the benchmark says hi and asks how you are"}'
 CHAT_BODY = '{"name": "benchmark chat"}'
 SEARCH_FRAGMENTS = ("ello", "queue", "deploy", "coff", "dashb", "tomorrow")
-SCENARIOS = ("loadgen", "create", "naive", "ceilings", "e2e", "drain", "growth", "reads", "count_sync")
+SCENARIOS = (
+    "loadgen",
+    "create",
+    "naive",
+    "ceilings",
+    "metrics_cost",
+    "e2e",
+    "drain",
+    "growth",
+    "reads",
+    "count_sync",
+)
 
 # The namespace uses the production defaults (tests shorten some of them).
 PRODUCTION = Settings()
@@ -96,32 +110,36 @@ class Bench:
     def stack(self, name: str, **kwargs) -> Stack:
         """A stack in this namespace, logging under the run's log directory."""
         kwargs.setdefault("workers", WORKERS)
-        kwargs.setdefault("threads", THREADS)
         return Stack(self.namespace, self.log_dir / name, self.memory, **kwargs)
 
     def measure(self, stack: Stack, label: str, paths: list[str], connections: int, repeats: int = 1, **kwargs) -> dict:
         """One wrk point with the CPU each component used meanwhile; with ``repeats``, the median run of several.
 
-        Repeats tame the noise of a shared machine and of gthread's uneven spread of keep-alive connections
-        over the workers (whichever worker wakes first accepts them), which moves single runs by up to 2x.
+        Repeats tame the noise of a shared machine. Every point also records the CPU of each API worker
+        process (``api_worker_cores``, and its share of the workers' total in ``api_worker_cpu_split``), which
+        shows whether the connections were spread evenly over the workers.
         """
         runs = []
         for _ in range(repeats):
             meter = stack.cpu_meter().start()
             result: HttpResult = wrk(stack.base_url, paths, connections=connections, seconds=SECONDS, **kwargs)
-            runs.append((result, meter.stop(result.client_cpu * result.seconds)))
+            runs.append((result, meter.stop(result.client_cpu * result.seconds), meter.split))
         runs.sort(key=lambda run: run[0].rps)
-        result, cores = runs[len(runs) // 2]
+        result, cores, split = runs[len(runs) // 2]
         point = result.as_dict()
         point["cpu_cores"] = cores
+        point["api_worker_cores"] = split
+        point["api_worker_cpu_split"] = [round(c / sum(split), 3) for c in split] if sum(split) else []
         if repeats > 1:
-            point["rps_runs"] = [round(r.rps, 1) for r, _ in runs]
+            point["rps_runs"] = [round(r.rps, 1) for r, _, _ in runs]
         if result.rps:
             point["cpu_us_per_request"] = {role: round(c / result.rps * 1e6, 1) for role, c in cores.items()}
         self.log(
             f"  {label:<28} c={connections:<4} {result.rps:8.0f} req/s  p50 {result.p50_ms:7.1f} ms"
             f"  p99 {result.p99_ms:7.1f} ms  errors {result.errors}  (client {result.client_cpu:.2f} cores,"
-            f" other load {cores['other']:.2f} cores)" + (f" median of {point['rps_runs']}" if repeats > 1 else "")
+            f" other load {cores['other']:.2f} cores; API {cores['api'] / result.rps * 1e6 if result.rps else 0:.0f}"
+            f" us/req, workers {point['api_worker_cpu_split']})"
+            + (f" median of {point['rps_runs']}" if repeats > 1 else "")
         )
         return point
 
@@ -140,7 +158,7 @@ class Bench:
             )
         finally:
             bare.stop()
-            self.client.session.close()  # an idle keep-alive connection would hold a gevent worker's shutdown
+            self.client.session.close()  # an idle keep-alive connection would delay a worker's graceful shutdown
 
     def wait_queues_empty(self, timeout: float = 600) -> None:
         """Until the writers have caught up with everything queued so far."""
@@ -178,6 +196,8 @@ class Bench:
                 scenarios["naive_sync_insert"] = self.naive()
             if self.wanted("ceilings"):
                 scenarios["ceilings"] = self.part_ceilings()
+            if self.wanted("metrics_cost"):
+                scenarios["metrics_cost"] = self.metrics_cost()
             if self.wanted("e2e"):
                 scenarios["e2e"] = self.e2e()
             if self.wanted("drain"):
@@ -486,63 +506,58 @@ class Bench:
             self.wait_queues_empty()
         self.client.session.close()
         self.api.restart_api(GUNICORN_WORKERS=str(WORKERS))
-        out["worker_class"] = self.worker_classes(paths)
-        return out
-
-    def worker_classes(self, create_paths: list[str]) -> list[dict]:
-        """Creates and a page read at c=64 under gthread and gevent workers (when gevent is installed)."""
-        filled = self.fill()
-        small = min(filled["read_chats"])
-        pages = [
-            f"/applications/{filled['token']}/chats/{filled['read_chats'][small]}/messages?page={p}"
-            for p in range(1, 33)
-        ]
-        classes = ["gthread"] + (["gevent"] if importlib.util.find_spec("gevent") else [])
-        current = self.api.system.env.get("GUNICORN_WORKER_CLASS", "gthread")
-        out = []
-        self.log(f"scenario 7: worker classes {classes} at c={HEADLINE_CONCURRENCY}")
-        for worker_class in classes:
-            env = {"GUNICORN_WORKER_CLASS": worker_class}
-            ceiling = self.framework_ceiling(worker_class, create_paths, env=env)
-            self.api.restart_api(**env)
-            wrk(self.api.base_url, create_paths, connections=16, seconds=2, method="POST", body=MESSAGE_BODY)
-            create = self.measure(
-                self.api,
-                f"create message, {worker_class}",
-                create_paths,
-                HEADLINE_CONCURRENCY,
-                method="POST",
-                body=MESSAGE_BODY,
-                repeats=REPEATS,
-            )
-            self.wait_queues_empty()
-            read = self.measure(self.api, f"GET page ({small // 1000}k), {worker_class}", pages, HEADLINE_CONCURRENCY)
-            out.append(
-                {
-                    "worker_class": worker_class,
-                    "create_message": create,
-                    "framework_ceiling": ceiling,
-                    "read_page": read,
-                }
-            )
-        self.client.session.close()
-        self.api.restart_api(GUNICORN_WORKER_CLASS=current)
         return out
 
     def reads(self) -> list[dict]:
-        """Scenario 5: a page of a chat's messages, and a search in it, for chats of 10k and 100k messages."""
+        """Scenario 5: pages of a chat's messages, and a search in it, for chats of 10k and 100k messages.
+
+        Random pages 1..50 (``?page=``) and searches at c = 1, 16, 64 (the requests of earlier runs), then on the
+        big chat at c=64: page 1 (``?per_page=20``, the default size) and a deep page by keyset
+        (``?after=<N-40>``, two pages from the end), whose cost should not depend on the depth.
+        """
         filled = self.fill()
         token = filled["token"]
         out = []
         rng = random.Random(7)
         for size, chat in sorted(filled["read_chats"].items()):
-            pages = [f"/applications/{token}/chats/{chat}/messages?page={rng.randint(1, 50)}" for _ in range(32)]
-            searches = [f"/applications/{token}/chats/{chat}/messages/search?query={q}" for q in SEARCH_FRAGMENTS]
+            base = f"/applications/{token}/chats/{chat}/messages"
+            pages = [f"{base}?page={rng.randint(1, 50)}" for _ in range(32)]
+            searches = [f"{base}/search?query={q}" for q in SEARCH_FRAGMENTS]
             self.log(f"scenario 5: reads in a chat of {size} messages")
             for kind, paths in (("page", pages), ("search", searches)):
                 for c in READ_CONCURRENCY:
                     point = self.measure(self.api, f"GET {kind} ({size // 1000}k)", paths, c)
                     out.append({"chat_messages": size, "kind": kind, **point})
+        size, chat = max(filled["read_chats"].items())
+        base = f"/applications/{token}/chats/{chat}/messages"
+        keyset = (("page 1", f"{base}?per_page=20"), ("deep page", f"{base}?after={size - 40}"))
+        self.log(f"scenario 5: page 1 and a deep page (after={size - 40}) of the {size}-message chat")
+        for kind, path in keyset:
+            answer = self.client.session.get(f"{self.api.base_url}{path}", timeout=10)
+            if answer.status_code != 200 or len(answer.json()) != 20:
+                raise RuntimeError(f"GET {path}: {answer.status_code} with {len(answer.content)} bytes")
+            point = self.measure(self.api, f"GET {kind} ({size // 1000}k)", [path], HEADLINE_CONCURRENCY)
+            out.append({"chat_messages": size, "kind": kind, "path": path.removeprefix(base), **point})
+        return out
+
+    def metrics_cost(self) -> dict:
+        """What a create's Prometheus calls cost, timed in a process of their own (multi-process mode and not).
+
+        Under gunicorn ``PROMETHEUS_MULTIPROC_DIR`` is set, so every ``inc``/``observe`` writes a memory-mapped
+        file; the variable must be set before prometheus_client is imported, hence a fresh interpreter.
+        """
+        self.log(f"metrics cost: a create's metric calls, {METRICS_ITERATIONS} times, in a separate process")
+        out: dict = {"iterations": METRICS_ITERATIONS}
+        for mode in ("multiprocess", "in_memory"):
+            env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+            with tempfile.TemporaryDirectory(prefix="bench-metrics-") as directory:
+                if mode == "multiprocess":
+                    env["PROMETHEUS_MULTIPROC_DIR"] = directory
+                argv = [sys.executable, "-m", "benchmarks.metrics_cost", str(METRICS_ITERATIONS)]
+                done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=600)
+            out[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            calls = ", ".join(f"{k} {v:.2f}" for k, v in out[mode]["us_per_call"].items())
+            self.log(f"  {mode}: {out[mode]['us_per_create']:.2f} us per create ({calls})")
         return out
 
     def count_sync(self) -> dict:
@@ -566,7 +581,7 @@ class Bench:
         }
 
     def worker_class(self) -> str:
-        """The worker class gunicorn reported using (gunicorn.conf.py picks gevent when it is installed)."""
+        """The worker class gunicorn reported using (``chat_api.worker.ApiWorker``, set in gunicorn.conf.py)."""
         log = self.log_dir / "api" / "api.log"
         found = re.findall(r"Using worker: (\S+)", log.read_text()) if log.exists() else []
         return found[-1] if found else "unknown"
@@ -603,7 +618,6 @@ class Bench:
             "wrk": wrk_version,
             "gunicorn": {
                 "workers": WORKERS,
-                "threads": THREADS,
                 "worker_class": "see the API log",
             },
             "writer_batch_size": s.writer_batch_size,
@@ -615,6 +629,7 @@ class Bench:
                 "BENCH_DRAIN_MESSAGES": DRAIN_MESSAGES,
                 "BENCH_GROWTH_ROWS": GROWTH_ROWS,
                 "BENCH_E2E_SECONDS": E2E_SECONDS,
+                "BENCH_METRICS_ITERATIONS": METRICS_ITERATIONS,
             },
             "only": sorted(self.only) or "all",
         }

@@ -75,9 +75,12 @@ class CpuMeter:
     On a shared 2-core machine this says where the CPU went (and how much other work was running meanwhile).
     """
 
-    def __init__(self, roles: dict[str, list[int]]) -> None:
+    def __init__(self, roles: dict[str, list[int]], split: list[int] | None = None) -> None:
         self.roles = {**server_pids(), **roles}
+        self.split_pids = list(split or [])  # processes also reported one by one (the API's workers)
+        self.split: list[float] = []  # cores per process of ``split_pids``, after ``stop``
         self._start: dict[str, float] = {}
+        self._split_start: list[float] = []
         self._busy = 0.0
         self._at = 0.0
 
@@ -85,6 +88,7 @@ class CpuMeter:
         return {role: sum(_cpu_seconds(p) for p in pids) for role, pids in self.roles.items()}
 
     def start(self) -> CpuMeter:
+        self._split_start = [_cpu_seconds(p) for p in self.split_pids]
         self._start, self._busy, self._at = self._sample(), _busy_seconds(), time.monotonic()
         return self
 
@@ -92,6 +96,10 @@ class CpuMeter:
         """Average cores per role; ``client`` is passed in (wrk's own CPU, measured from its exit)."""
         elapsed = time.monotonic() - self._at
         end = self._sample()
+        self.split = [
+            round(max(_cpu_seconds(p) - before, 0.0) / elapsed, 3)
+            for p, before in zip(self.split_pids, self._split_start, strict=True)
+        ]
         used = {role: max(end[role] - self._start.get(role, 0.0), 0.0) for role in end}
         used["client"] = client_cpu_seconds
         busy = _busy_seconds() - self._busy
@@ -122,13 +130,11 @@ class Stack:
         memory: PeakMemory,
         *,
         workers: int = 2,
-        threads: int = 16,
         app: str | None = None,
         message_writers: int = 1,
         env: dict[str, str] | None = None,
     ) -> None:
-        extra = {"GUNICORN_THREADS": str(threads), **(env or {})}
-        self.system = System(namespace, log_dir, api_workers=workers, extra_env=extra)
+        self.system = System(namespace, log_dir, api_workers=workers, extra_env=env)
         self.app = app
         if app:
             self.system.api.argv.append(app)
@@ -187,9 +193,14 @@ class Stack:
             p.pid for p in (self.system.chat_writer, *self.writers) if p.popen is not None and p.popen.poll() is None
         ]
 
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers (children of the master): each runs one event loop."""
+        master = self.system.api.popen.pid if self.system.api.popen else 0
+        return children(master) if master else []
+
     def cpu_meter(self) -> CpuMeter:
-        """A meter over this stack's processes and the shared servers."""
-        return CpuMeter({"api": self.api_pids(), "writers": self.writer_pids()})
+        """A meter over this stack's processes and the shared servers; each API worker is also split out."""
+        return CpuMeter({"api": self.api_pids(), "writers": self.writer_pids()}, split=self.worker_pids())
 
     def record_memory(self) -> None:
         """Remember the peak RSS of every API worker and writer (call before stopping)."""

@@ -1,6 +1,6 @@
 # Benchmarks (issue 7): `make bench` measures the write path against the ceilings of its own parts.
 # It is a benchmark, not a test: CI never runs it. Knobs: BENCH_SECONDS, BENCH_CONCURRENCY,
-# BENCH_DRAIN_MESSAGES, BENCH_GROWTH_ROWS, BENCH_E2E_SECONDS (see benchmarks/run.py).
+# BENCH_DRAIN_MESSAGES, BENCH_GROWTH_ROWS, BENCH_E2E_SECONDS, BENCH_METRICS_ITERATIONS (see benchmarks/run.py).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: bench bench-quick bench-wrk
@@ -13,4 +13,5 @@ bench: venv bench-wrk ## every benchmark scenario (~12 min on 2 cores): results/
 
 bench-quick: venv bench-wrk ## a short smoke run of every scenario (small sizes; does not touch latest.json or the docs)
 	BENCH_SECONDS=2 BENCH_CONCURRENCY=1,64 BENCH_DRAIN_MESSAGES=10000 BENCH_GROWTH_ROWS=50000 BENCH_E2E_SECONDS=3 \
+		BENCH_METRICS_ITERATIONS=20000 \
 		$(BIN)/python -m benchmarks --no-report

@@ -50,13 +50,15 @@ def redis_client(namespace: Namespace) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def system(namespace: Namespace) -> Iterator[System]:
+def system(request) -> Iterator[System]:
     """The API under gunicorn and both writers, as real processes, for the session namespace.
 
-    Set ``API_BASE_URL`` to run the HTTP tests against a system started elsewhere (kind ingress, `make run`).
+    Set ``API_BASE_URL`` to run the HTTP tests against a system started elsewhere (kind ingress, `make run`). The
+    check comes first: with ``API_BASE_URL`` set, nothing here touches the local database, Redis or RabbitMQ.
     """
     if os.environ.get("API_BASE_URL"):
         pytest.skip("API_BASE_URL is set: tests that need local processes run only against a local system")
+    namespace = request.getfixturevalue("namespace")
     sys_ = System(namespace, LOG_ROOT / namespace.name).start()
     yield sys_
     sys_.stop()

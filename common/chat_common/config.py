@@ -47,6 +47,8 @@ class Settings:
     rate_limit_per_second: int = 0  # per token; 0 disables
     # Hand-off to RabbitMQ.
     publish_timeout_seconds: float = 5.0
+    # API event loop: report any loop step longer than this (asyncio debug mode; tests only). 0 = off.
+    api_slow_callback_ms: float = 0.0
     # Writers.
     writer_batch_size: int = 500
     writer_max_wait_seconds: float = 0.2

@@ -2,14 +2,17 @@
 
 Each message is one versioned upsert: creates carry version 0, edits the Redis clock's microseconds, and a
 writer applies a row only when its version is newer than what is stored — so redelivery, retries and
-out-of-order delivery can never duplicate a row or let an old edit win.
+out-of-order delivery can never duplicate a row or let an old edit win. A create sent with an
+``Idempotency-Key`` carries the key and the request's fingerprint, which the writer stores beside the row.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import orjson
+
+from chat_common.idempotency import valid_idempotency_key
 
 SCHEMA_VERSION = 1
 MAX_NUMBER = 2**32 - 1
@@ -35,6 +38,28 @@ def _text_field(data: dict, name: str, max_chars: int) -> str:
     return value
 
 
+def _key_fields(data: dict) -> dict:
+    """The optional idempotency key and fingerprint of a create (both or neither)."""
+    key, digest = data.get("idempotency_key"), data.get("fingerprint")
+    if key is None and digest is None:
+        return {}
+    if not (isinstance(key, str) and valid_idempotency_key(key)):
+        raise ContractError("idempotency_key must be 1-128 printable ASCII characters")
+    if not (isinstance(digest, str) and len(digest) == 32 and all(c in "0123456789abcdef" for c in digest)):
+        raise ContractError("fingerprint must be 32 lower-case hex digits")
+    return {"idempotency_key": key, "fingerprint": digest}
+
+
+def _encode(message: object) -> bytes:
+    """Serialise a contract, leaving out optional fields that are not set (``dataclasses.asdict`` deep-copies: slow)."""
+    data = {"v": SCHEMA_VERSION}
+    for name in message.__slots__:
+        value = getattr(message, name)
+        if value is not None:
+            data[name] = value
+    return orjson.dumps(data)
+
+
 def _decode(raw: bytes) -> dict:
     try:
         data = orjson.loads(raw)
@@ -53,10 +78,12 @@ class ChatUpsert:
     chat_number: int
     name: str
     version: int = 0
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
 
     def encode(self) -> bytes:
         """Serialise for the wire."""
-        return orjson.dumps({"v": SCHEMA_VERSION, **asdict(self)})
+        return _encode(self)
 
     @classmethod
     def decode(cls, raw: bytes, max_name_chars: int = 255) -> ChatUpsert:
@@ -67,6 +94,7 @@ class ChatUpsert:
             chat_number=_int_field(data, "chat_number", 1, MAX_NUMBER),
             name=_text_field(data, "name", max_name_chars),
             version=_int_field(data, "version", 0, MAX_VERSION),
+            **_key_fields(data),
         )
 
 
@@ -79,10 +107,12 @@ class MessageUpsert:
     message_number: int
     body: str
     version: int = 0
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
 
     def encode(self) -> bytes:
         """Serialise for the wire."""
-        return orjson.dumps({"v": SCHEMA_VERSION, **asdict(self)})
+        return _encode(self)
 
     @classmethod
     def decode(cls, raw: bytes, max_body_chars: int = 10_000) -> MessageUpsert:
@@ -94,4 +124,5 @@ class MessageUpsert:
             message_number=_int_field(data, "message_number", 1, MAX_NUMBER),
             body=_text_field(data, "body", max_body_chars),
             version=_int_field(data, "version", 0, MAX_VERSION),
+            **_key_fields(data),
         )

@@ -89,3 +89,26 @@ messages = Table(
 )
 
 Index("ix_applications_created_at", applications.c.created_at)
+
+# What a create with an Idempotency-Key was given, written by the writers beside the row (migration 0002).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("application_id", Id, ForeignKey("applications.id", ondelete="CASCADE"), primary_key=True),
+    Column("chat_number", Number, primary_key=True),  # 0 for chat creates
+    Column("idempotency_key", KeyType, primary_key=True),
+    Column("number", Number, nullable=False),
+    Column("fingerprint", String(32), nullable=False),
+    Column("created_at", Timestamp, nullable=False, server_default=func.now(6)),
+    **TABLE_OPTIONS,
+)
+Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)
+
+# Durable facts about the deployment, by name (``numbering_opened``: numbering has handed out numbers).
+system_markers = Table(
+    "system_markers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("created_at", Timestamp, nullable=False, server_default=func.now(6)),
+    **TABLE_OPTIONS,
+)

@@ -17,21 +17,16 @@ import redis
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from chat_common.idempotency import check_idempotency_key
 from chat_common.keys import RedisKeys
 from chat_common.tables import applications, chats, messages
-from chat_common.validation import Invalid, clean_name
+from chat_common.validation import clean_name
 
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 24  # 192 bits from the OS CSPRNG, 32 URL-safe characters
 # What any token can look like: anything else names no application (and must not reach an ASCII column).
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-MAX_IDEMPOTENCY_KEY = 128
-
-
-def valid_idempotency_key(key: str) -> bool:
-    """Keys are stored in an ASCII column: printable ASCII without spaces, 1-128 characters."""
-    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY and all("!" <= ch <= "~" for ch in key)
 
 
 def new_token() -> str:
@@ -92,8 +87,8 @@ class Applications:
         Returns ``(application, created)``.
         """
         name = clean_name(name, self.max_name_chars)
-        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
-            raise Invalid(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces")
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
         for _ in range(3):
             token = new_token()
             try:
@@ -180,6 +175,11 @@ class Applications:
         for cleanup in self.cleanups:
             cleanup(application.id)
         return deleted
+
+    def close(self) -> None:
+        """Release the engine's connections and the Redis client."""
+        self.engine.dispose()
+        self.client.close()
 
 
 def build_applications(settings, engine: Engine, client: redis.Redis) -> Applications:

@@ -1,10 +1,9 @@
-"""gunicorn settings for the API: threaded workers, multi-process Prometheus metrics, graceful shutdown.
+"""gunicorn settings for the API: uvicorn workers (one event loop each), multi-process metrics, graceful shutdown.
 
-Threads (gthread) rather than sync workers: a create spends most of its time waiting for Redis and for the
-broker's publish confirm, and threads let many requests of one process share that wait (and one AMQP
-channel). ``GUNICORN_WORKER_CLASS=gevent`` (with gevent installed) served 1.1-1.5x the creates for up to
-25% less CPU each on 2 cores, but makes read tail latency under overload 2-4x worse and lets an idle
-keep-alive client hold a worker's shutdown for the whole graceful timeout: trade-off in docs/performance.md.
+Each worker runs the Falcon ASGI app on one uvloop event loop with the httptools parser: a create is one Redis
+script call and one confirmed publish, awaited on the loop, with no thread hand-offs (docs/performance.md).
+``reuse_port`` plus a listening socket of each worker's own (see ``post_fork``) lets the kernel spread new
+connections evenly over the workers, instead of whichever worker wakes first taking most keep-alive clients.
 """
 
 import os
@@ -16,8 +15,7 @@ _metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtem
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))  # gthread only
+worker_class = "chat_api.worker.ApiWorker"
 backlog = 2048
 keepalive = 30
 timeout = 30
@@ -27,6 +25,7 @@ max_requests_jitter = 1000 if max_requests else 0
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG")  # off by default: it costs throughput
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+reuse_port = True
 wsgi_app = "chat_api.app:get_app()"
 
 

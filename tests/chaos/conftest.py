@@ -103,6 +103,13 @@ def chaos_results() -> Iterator[Results]:
 
 
 @pytest.fixture(scope="session")
+def guarantee_results() -> Iterator[Results]:
+    results = Results("guarantees")
+    yield results
+    results.save()
+
+
+@pytest.fixture(scope="session")
 def soak_results() -> Iterator[Results]:
     results = Results("soak")
     yield results

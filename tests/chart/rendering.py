@@ -75,11 +75,16 @@ def render_raw(
     api_versions: Iterable[str] = (),
     kube_version: str = KUBE_VERSION,
     is_upgrade: bool = False,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
 ) -> dict[str, str]:
-    """Template path -> rendered text, for the values and the cluster capabilities given."""
+    """Template path -> rendered text, for the values and the cluster capabilities given.
+
+    Like `helm template`, there is no cluster: ``lookup`` finds nothing.
+    """
     options = {
-        "name": RELEASE,
-        "namespace": NAMESPACE,
+        "name": release,
+        "namespace": namespace,
         "kube_version": kube_version,
         "api_versions": list(api_versions),
         "is_install": not is_upgrade,

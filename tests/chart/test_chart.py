@@ -86,13 +86,17 @@ def test_every_object_validates_against_the_kubernetes_schemas(variant):
 
 
 def test_every_object_is_namespaced_to_the_release_or_cluster_scoped(variant):
+    values = VARIANTS[variant][0] or {}
+    served = values.get("operator", {}).get("watchNamespaces") or [NAMESPACE]
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
     for m in rendered(variant):
         namespace = m.obj["metadata"].get("namespace")
         if m.kind in cluster_scoped:
             assert namespace is None, m
         elif m.kind in ("RoleBinding", "KopfPeering"):
-            assert namespace in VARIANTS[variant][0]["operator"]["watchNamespaces"], m
+            assert namespace in served, m
+        elif component(m) == "dashboard":
+            assert namespace == "monitoring", m  # where a stock Grafana sidecar looks
         else:
             assert namespace == NAMESPACE, m
 
@@ -177,7 +181,13 @@ def test_writers_scale_on_the_depth_of_their_own_queue():
         scaled = named(manifests, "ScaledObject", writer)
         (trigger,) = scaled.obj["spec"]["triggers"]
         assert trigger["type"] == "rabbitmq"
-        assert trigger["metadata"] == {"protocol": "amqp", "queueName": queue, "mode": "QueueLength", "value": "200"}
+        assert trigger["metadata"] == {
+            "protocol": "amqp",
+            "queueName": queue,
+            "mode": "QueueLength",
+            "value": "200",
+            "activationValue": "0",
+        }
         assert trigger["authenticationRef"]["name"] == auth[0].name
         assert scaled.obj["spec"]["minReplicaCount"] >= 1
 
@@ -209,7 +219,10 @@ def test_every_container_is_non_root_read_only_and_limited(variant):
         pod_ctx = pod.get("securityContext") or {}
         if pod_ctx.get("seccompProfile", {}).get("type") != "RuntimeDefault":
             problems.append(f"{m}: no RuntimeDefault seccomp profile")
-        if pod.get("automountServiceAccountToken") is not False and component(m) != "operator":
+        if pod.get("automountServiceAccountToken") is not False and component(m) not in (
+            "operator",
+            "operator-cleanup",
+        ):
             problems.append(f"{m}: mounts a ServiceAccount token it does not need")
         for c in containers(pod):
             ctx = c.get("securityContext") or {}
@@ -375,8 +388,8 @@ def test_bundled_dependencies_are_self_contained():
     statefulsets = {component(m) for m in of_kind(manifests, "StatefulSet")}
     assert statefulsets == {"mariadb", "redis", "rabbitmq", "elasticsearch"}
     (redis,) = [m for m in of_kind(manifests, "StatefulSet") if component(m) == "redis"]
-    args = redis.obj["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--appendonly") + 1] == "yes", "Redis must keep an append-only file"
+    script = redis.obj["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert "--appendonly yes" in script, "Redis must keep an append-only file"
 
 
 def test_each_dependency_switches_off_for_external_endpoints():
@@ -440,6 +453,7 @@ def test_network_policies_admit_only_the_components_that_need_each_dependency():
     rabbit_namespaces = [
         peer["namespaceSelector"]["matchLabels"]
         for rule in policy["rabbitmq"].obj["spec"]["ingress"]
+        if rule["ports"][0]["port"] == "amqp"
         for peer in rule["from"]
         if "namespaceSelector" in peer
     ]
@@ -450,7 +464,8 @@ def test_network_policies_admit_only_the_components_that_need_each_dependency():
 
 
 def test_operator_watches_all_namespaces_with_cluster_rbac():
-    manifests = rendered("kind")
+    # values-kind.yaml sets operator.clusterWide (one release per kind cluster); hooks are left out.
+    manifests = [m for m in rendered("kind") if m.hook is None]
     deployment = named(manifests, "Deployment", "operator")
     (container,) = deployment.obj["spec"]["template"]["spec"]["containers"]
     env = env_of(container)
@@ -476,7 +491,7 @@ def test_operator_watches_all_namespaces_with_cluster_rbac():
 
 
 def test_operator_watching_some_namespaces_is_bound_there_only():
-    manifests = rendered("minimal")
+    manifests = [m for m in rendered("minimal") if m.hook is None]
     bindings = of_kind(manifests, "RoleBinding")
     assert sorted(b.obj["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     peerings = of_kind(manifests, "KopfPeering")
@@ -500,7 +515,7 @@ def test_monitoring_objects_need_the_prometheus_operator_crds():
     assert of_kind(rendered("default"), "PrometheusRule") == []
     manifests = rendered("default-keda")
     monitored = {component(m) for m in of_kind(manifests, "ServiceMonitor")}
-    assert monitored == {"api", "chat-writer", "message-writer", "operator", "pushgateway"}
+    assert monitored == {"api", "chat-writer", "message-writer", "operator", "pushgateway", "rabbitmq"}
     for monitor in of_kind(manifests, "ServiceMonitor"):
         service = named(manifests, "Service", component(monitor))
         ports = {p["name"] for p in service.obj["spec"]["ports"]}
@@ -509,8 +524,10 @@ def test_monitoring_objects_need_the_prometheus_operator_crds():
 
 
 def test_dashboard_configmap_is_labelled_for_the_grafana_sidecar():
-    (dashboard,) = [m for m in of_kind(rendered("default"), "ConfigMap") if component(m) == "dashboard"]
+    assert [m for m in of_kind(rendered("default"), "ConfigMap") if component(m) == "dashboard"] == []
+    (dashboard,) = [m for m in of_kind(rendered("default-keda"), "ConfigMap") if component(m) == "dashboard"]
     assert dashboard.obj["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard.obj["metadata"]["namespace"] == "monitoring"
     assert dashboard.obj["data"]["chat-system.json"].lstrip().startswith("{")
 
 

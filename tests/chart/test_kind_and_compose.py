@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from tests.chart.rendering import CHART_DIR, KUBE_VERSION, ROOT
@@ -28,14 +30,44 @@ def test_ingress_nginx_listens_on_the_ingress_ready_node():
     assert values["ingressClassResource"]["name"] == CHART_VALUES["api"]["ingress"]["className"]
 
 
-def test_prometheus_picks_up_the_release_monitors_and_grafana_the_dashboard():
+def kube_mk_variable(name: str) -> str:
+    text = (ROOT / "mk" / "kube.mk").read_text()
+    match = re.search(rf"^{name} \?= (\S+)$", text, re.MULTILINE)
+    assert match, name
+    return match.group(1)
+
+
+def test_a_stock_kube_prometheus_stack_picks_up_the_chart_defaults():
+    """kind runs kube-prometheus-stack with its stock selectors; the chart's defaults must match them."""
     values = yaml.safe_load((ROOT / "helm" / "kind" / "kube-prometheus-stack.yaml").read_text())
     spec = values["prometheus"]["prometheusSpec"]
-    assert spec["serviceMonitorSelectorNilUsesHelmValues"] is False
-    assert spec["ruleSelectorNilUsesHelmValues"] is False
+    for stock in ("serviceMonitorSelectorNilUsesHelmValues", "ruleSelectorNilUsesHelmValues"):
+        assert stock not in spec, f"{stock}: the kind path must prove the stock selector works"
+    text = (ROOT / "mk" / "kube.mk").read_text()
+    release, namespace = re.search(
+        r"helm upgrade --install (\S+) kube-prometheus-stack .*?--namespace (\S+)", text, re.S
+    ).groups()
+    # A stock Prometheus selects release: <its release name>.
+    assert CHART_VALUES["metrics"]["serviceMonitor"]["labels"] == {"release": release}
+    assert CHART_VALUES["metrics"]["prometheusRule"]["labels"] == {"release": release}
+    # A stock Grafana sidecar reads its own namespace only, with kube-prometheus-stack's label.
     sidecar = values["grafana"]["sidecar"]["dashboards"]
+    assert "searchNamespace" not in sidecar
     assert {sidecar["label"]: sidecar["labelValue"]} == CHART_VALUES["metrics"]["dashboard"]["labels"]
-    assert sidecar["searchNamespace"] == "ALL"
+    assert CHART_VALUES["metrics"]["dashboard"]["namespace"] == namespace
+    assert CHART_VALUES["networkPolicy"]["prometheus"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": namespace
+    }
+
+
+def test_kind_installs_a_keda_release_tested_on_the_node_kubernetes_version():
+    # KEDA's compatibility matrix: 2.17 supports Kubernetes 1.30-1.32, 2.18 supports 1.31-1.33.
+    tested = {"2.16": (29, 31), "2.17": (30, 32), "2.18": (31, 33)}
+    keda = re.fullmatch(r"~(\d+\.\d+)\.\d+", kube_mk_variable("KEDA_CHART_VERSION"))
+    assert keda, "KEDA pinned by minor version"
+    low, high = tested[keda.group(1)]
+    node_minor = int(KUBE_VERSION.split(".")[1])
+    assert low <= node_minor <= high, f"KEDA {keda.group(1)} is not tested on Kubernetes 1.{node_minor}"
 
 
 def test_compose_builds_every_service_image_from_its_dockerfile():
@@ -61,7 +93,8 @@ def test_compose_and_chart_run_the_same_dependency_versions():
     for name, image in images.items():
         chart_image = CHART_VALUES[name]["image"]
         assert image.endswith(f":{chart_image['tag']}"), (name, image, chart_image)
-        assert chart_image["repository"].endswith(image.split(":")[0].removeprefix("docker.io/")), name
+        reference = f"{chart_image['registry']}/{chart_image['repository']}".removeprefix("docker.io/library/")
+        assert reference == image.split(":")[0].removeprefix("docker.io/library/"), name
 
 
 def test_compose_publishes_ports_on_localhost_only():

@@ -255,14 +255,16 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
             {
                 "eval_time": "10m",
                 "alertname": "ChatWriterDown",
+                # chat-writer's target is down; message-writer has no target left at all (no `up` series).
                 "exp_alerts": [
                     {
                         "exp_labels": {
                             "severity": "critical",
                             "namespace": NAMESPACE,
-                            "job": "chat-chat-system-chat-writer",
+                            "job": f"chat-chat-system-{name}",
                         }
                     }
+                    for name in ("chat-writer", "message-writer")
                 ],
             },
         ],
@@ -282,6 +284,7 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
             },
             {"series": f"chat_counts_sync_last_success_timestamp_seconds{{{sync}}}", "values": "0+60x40"},
             {"series": f'up{{{ns}, job="chat-chat-system-chat-writer", instance="a"}}', "values": "1x40"},
+            {"series": f'up{{{ns}, job="chat-chat-system-message-writer", instance="b"}}', "values": "1x40"},
         ],
         "alert_rule_test": [
             {"eval_time": "40m", "alertname": name, "exp_alerts": []} for name in sorted(alert_exprs())

@@ -1,5 +1,9 @@
 """Chats and messages: numbering, asynchronous persistence, reads, edits, pagination, counts."""
 
+import os
+
+import pytest
+
 from tests.support.http import wait_for
 
 
@@ -101,23 +105,40 @@ def test_list_chats_paginated(api, token):
     assert set(resp.links) == {"first", "prev", "next"}
 
 
-def test_counts_after_sync(api, token, system):
+def test_counts_after_sync(sync_counts, api, token):
     first, second = api.new_chat(token), api.new_chat(token)
     for _ in range(4):
         api.new_message(token, first)
     api.new_message(token, second)
     api.wait_message(token, first, 4)
     api.wait_message(token, second, 1)
-    system.sync_counts()
+    sync_counts()
     assert api.get(f"/applications/{token}").json()["chats_count"] == 2
     assert api.get(f"/applications/{token}/chats/{first}").json()["messages_count"] == 4
     assert api.get(f"/applications/{token}/chats/{second}").json()["messages_count"] == 1
 
 
-def test_health_readiness_and_metrics(api):
+def test_health_through_the_public_routes(api):
     assert api.get("/healthz").json() == {"status": "ok"}
+
+
+def test_private_routes_are_not_published_by_the_ingress(api):
+    if not os.environ.get("API_BASE_URL"):
+        pytest.skip("no ingress in front of a local system")
+    for path in ("/metrics", "/readyz", "/status", "/docs", "/openapi.json"):
+        assert api.get(path).status_code == 404, f"{path} is reachable through the ingress"
+
+
+def test_readiness_and_metrics(api):
+    if os.environ.get("API_BASE_URL"):
+        pytest.skip(
+            "API_BASE_URL is set: /readyz and /metrics are not published by the ingress (helm test checks /readyz)"
+        )
     ready = api.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "redis": "ok", "rabbitmq": "ok"}
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    status = api.get("/status")
+    expected = {"database": "ok", "redis": "ok", "rabbitmq": "ok", "numbering": "open"}
+    assert status.status_code == 200 and status.json()["checks"] == expected
     metrics = api.get("/metrics").text
     assert "chat_api_requests_total" in metrics
     assert 'route="/applications/{token}/chats"' in metrics

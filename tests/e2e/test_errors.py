@@ -1,5 +1,8 @@
 """Every documented error: JSON ``{"error": …}`` with the right status, never a 500, nothing stored."""
 
+import os
+from urllib.parse import urlsplit
+
 import pytest
 
 
@@ -123,7 +126,12 @@ def test_wrong_method_is_405(api, token):
     ],
 )
 def test_unknown_or_non_numeric_is_404(api, token, path):
-    assert_error(api.get(path.format(t=token)), 404)
+    resp = api.get(path.format(t=token))
+    if os.environ.get("API_BASE_URL") and not urlsplit(resp.url).path.startswith("/applications/"):
+        # Outside the published routes the ingress answers 404 itself (its own body, not the API's JSON).
+        assert resp.status_code == 404
+        return
+    assert_error(resp, 404)
 
 
 def test_create_in_unknown_parents_is_404(api, token):
@@ -142,7 +150,8 @@ def test_bad_pagination_is_400(api, token, params):
     assert_error(api.get(f"/applications/{token}/chats", params=params), 400)
 
 
-def test_chunked_body_without_length_is_411(api, token):
+def test_chunked_body_without_length_is_411(in_process_only, api, token):
+    # Behind ingress-nginx the body is buffered and forwarded with a Content-Length: the API sees no chunking.
     def chunks():
         yield b'{"name": "chunked"}'
 

@@ -88,6 +88,20 @@ def _chaos(doc: dict | None) -> list[str]:
     return out
 
 
+def _guarantees(doc: dict | None, fresh: dict | None) -> list[str]:
+    out = ["## What clients see under faults", ""]
+    rows = (doc or {}).get("rows", []) + (fresh or {}).get("rows", [])
+    if not rows:
+        return [*out, "_Not run._", ""]
+    out += [
+        "Readiness, idempotent retries and error answers, observed from outside over HTTP "
+        "(`tests/chaos/test_client_guarantees.py`, `tests/integration/test_fresh_start.py`).",
+        "",
+    ]
+    out += _table(["check", "observed", "result"], [[r["check"], r.get("observed", ""), _outcome(r)] for r in rows])
+    return [*out, ""]
+
+
 def _hostile(doc: dict | None) -> list[str]:
     out = ["## Hostile input", ""]
     if not doc:
@@ -202,6 +216,7 @@ def render(results: dict[str, dict]) -> str:
         "",
     ]
     lines += _chaos(results.get("chaos"))
+    lines += _guarantees(results.get("guarantees"), results.get("fresh_start"))
     lines += _hostile(results.get("hostile"))
     lines += _security(results.get("security"))
     lines += _fuzz(results.get("fuzz"))

@@ -355,10 +355,15 @@ class PrivateServices:
 
 
 class TcpProxy:
-    """A TCP forwarder whose :meth:`block` makes the target unreachable (resets connections, refuses new ones)."""
+    """A TCP forwarder whose :meth:`block` makes the target unreachable (resets connections, refuses new ones).
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    With ``delay``, every chunk waits that long before it is forwarded: a slow network, under which a
+    blocking call on an event loop stalls it for at least ``delay``.
+    """
+
+    def __init__(self, target_host: str, target_port: int, delay: float = 0.0) -> None:
         self.target = (target_host, target_port)
+        self.delay = delay
         self.port = free_port()
         self.blocked = threading.Event()
         self._server = socket.create_server(("127.0.0.1", self.port))
@@ -399,6 +404,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the connect timeout must not cut an idle connection later
             pair = (client, upstream)
             with self._lock:
                 self._pairs.add(pair)
@@ -408,6 +414,8 @@ class TcpProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket, pair) -> None:
         try:
             while data := source.recv(65536):
+                if self.delay:
+                    time.sleep(self.delay)
                 sink.sendall(data)
         except OSError:
             pass

@@ -14,19 +14,8 @@ import requests
 
 from tests.support.namespace import Namespace
 
+# Children run from the repository root with this interpreter, whose virtualenv has every package installed.
 ROOT = Path(__file__).resolve().parents[2]
-PYTHONPATH = os.pathsep.join(
-    str(ROOT / p)
-    for p in (
-        "common",
-        "services/api",
-        "services/chat-writer",
-        "services/message-writer",
-        "services/counter-cron",
-        "operator",
-        ".",
-    )
-)
 BIN = Path(sys.executable).parent
 
 
@@ -83,7 +72,7 @@ class System:
         self.namespace = namespace
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **namespace.environ(), "PYTHONPATH": PYTHONPATH, "PORT": str(self.port)}
+        env = {**os.environ, **namespace.environ(), "PORT": str(self.port)}
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         env["GUNICORN_WORKERS"] = str(api_workers)
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -74,6 +74,27 @@ def search_query(application_id: int, chat_number: int, query: str) -> dict:
 SEARCH_SORT = ["_score", {"message_number": "desc"}]
 
 
+def search_request(alias: str, application_id: int, chat_number: int, query: str, offset: int, limit: int) -> dict:
+    """Keyword arguments of the search call (the same for the sync client here and the API's async one)."""
+    return {
+        "index": alias,
+        "query": search_query(application_id, chat_number, query),
+        "sort": SEARCH_SORT,
+        "from_": offset,
+        "size": limit,
+        "routing": str(application_id),
+        "track_total_hits": False,
+    }
+
+
+def search_hits(response) -> list[SearchHit]:
+    """The hits of a search response, best first."""
+    return [
+        SearchHit(hit["_source"]["message_number"], hit["_source"]["body"], hit.get("_score"))
+        for hit in response["hits"]["hits"]
+    ]
+
+
 def bulk_operations(alias: str, messages: Sequence[IndexedMessage]) -> list[dict]:
     """Bulk API lines (action, source) indexing each message under its version."""
     operations: list[dict] = []
@@ -210,20 +231,11 @@ class ElasticsearchSearch:
         """Best matches first, ties newest first."""
         try:
             response = self.client.search(
-                index=self.alias,
-                query=search_query(application_id, chat_number, query),
-                sort=SEARCH_SORT,
-                from_=offset,
-                size=limit,
-                routing=str(application_id),
-                track_total_hits=False,
+                **search_request(self.alias, application_id, chat_number, query, offset, limit)
             )
         except (TransportError, ApiError) as exc:
             raise SearchUnavailable(str(exc)) from exc
-        return [
-            SearchHit(hit["_source"]["message_number"], hit["_source"]["body"], hit.get("_score"))
-            for hit in response["hits"]["hits"]
-        ]
+        return search_hits(response)
 
     def delete_application(self, application_id: int) -> None:
         """Delete every document of an application."""

@@ -10,10 +10,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Engine, and_, case, func, literal, or_, select
+from sqlalchemy import Engine, Select, and_, case, func, literal, or_, select
 
 from chat_common.search.base import IndexedMessage, SearchHit, escape_like
 from chat_common.tables import chats, messages
+
+
+def search_statement(application_id: int, chat_number: int, query: str, offset: int, limit: int) -> Select:
+    """Messages of one chat whose body contains ``query``, best first (shared by the writers' and the API's reads)."""
+    fragment = escape_like(query)
+    chat_id = (
+        select(chats.c.id)
+        .where(chats.c.application_id == application_id, chats.c.number == chat_number)
+        .scalar_subquery()
+    )
+    word_start = or_(
+        messages.c.body.like(fragment + "%", escape="\\"), messages.c.body.like("% " + fragment + "%", escape="\\")
+    )
+    return (
+        select(messages.c.number, messages.c.body)
+        .where(and_(messages.c.chat_id == chat_id, messages.c.body.like("%" + fragment + "%", escape="\\")))
+        .order_by(
+            case((word_start, literal(0)), else_=literal(1)),
+            func.char_length(messages.c.body),
+            messages.c.number.desc(),
+        )
+        .offset(offset)
+        .limit(limit)
+    )
 
 
 class MySqlSearch:
@@ -26,26 +50,7 @@ class MySqlSearch:
 
     def search(self, application_id: int, chat_number: int, query: str, offset: int, limit: int) -> list[SearchHit]:
         """Messages of the chat whose body contains ``query`` (case-insensitive)."""
-        fragment = escape_like(query)
-        chat_id = (
-            select(chats.c.id)
-            .where(chats.c.application_id == application_id, chats.c.number == chat_number)
-            .scalar_subquery()
-        )
-        word_start = or_(
-            messages.c.body.like(fragment + "%", escape="\\"), messages.c.body.like("% " + fragment + "%", escape="\\")
-        )
-        statement = (
-            select(messages.c.number, messages.c.body)
-            .where(and_(messages.c.chat_id == chat_id, messages.c.body.like("%" + fragment + "%", escape="\\")))
-            .order_by(
-                case((word_start, literal(0)), else_=literal(1)),
-                func.char_length(messages.c.body),
-                messages.c.number.desc(),
-            )
-            .offset(offset)
-            .limit(limit)
-        )
+        statement = search_statement(application_id, chat_number, query, offset, limit)
         with self.engine.connect() as conn:
             return [SearchHit(row.number, row.body) for row in conn.execute(statement)]
 

@@ -46,10 +46,13 @@ app.kubernetes.io/part-of: chat-system
 {{- end }}
 {{- end -}}
 
-{{/* Image reference of a chat-system component; call with (dict "ctx" $ "image" .Values.api.image). */}}
+{{/*
+Image reference of a chat-system component; call with (dict "ctx" $ "image" .Values.api.image). The registry is
+global.imageRegistry, else image.registry, prepended to the repository (which already holds the chat-system/ path).
+*/}}
 {{- define "chat-system.image" -}}
-{{- $registry := .ctx.Values.image.registry -}}
-{{- $repository := ternary (printf "%s/%s" (trimSuffix "/" $registry) .image.repository) .image.repository (ne $registry "") -}}
+{{- $registry := .ctx.Values.global.imageRegistry | default .ctx.Values.image.registry | trimSuffix "/" -}}
+{{- $repository := ternary (printf "%s/%s" $registry .image.repository) .image.repository (ne $registry "") -}}
 {{- if .image.digest -}}
 {{- printf "%s@%s" $repository .image.digest -}}
 {{- else -}}
@@ -57,9 +60,11 @@ app.kubernetes.io/part-of: chat-system
 {{- end -}}
 {{- end -}}
 
-{{/* Image reference of a bundled dependency (repository and tag as given). */}}
+{{/* Image reference of a bundled dependency; call with (dict "ctx" $ "image" .Values.mariadb.image). */}}
 {{- define "chat-system.dependencyImage" -}}
-{{- printf "%s:%s" .repository .tag -}}
+{{- $registry := .ctx.Values.global.imageRegistry | default .image.registry | trimSuffix "/" -}}
+{{- $repository := ternary (printf "%s/%s" $registry .image.repository) .image.repository (ne $registry "") -}}
+{{- printf "%s:%s" $repository .image.tag -}}
 {{- end -}}
 
 {{/* The Secret holding the connection URLs and the bundled dependencies' passwords. */}}
@@ -69,7 +74,27 @@ app.kubernetes.io/part-of: chat-system
 
 {{/* ServiceAccount of the chat-system workloads (they never call the Kubernetes API). */}}
 {{- define "chat-system.serviceAccountName" -}}
-{{- include "chat-system.fullname" . -}}
+{{- .Values.serviceAccount.name | default (include "chat-system.fullname" .) -}}
+{{- end -}}
+
+{{/* ServiceAccount of the operator. */}}
+{{- define "chat-system.operatorServiceAccountName" -}}
+{{- .Values.operator.serviceAccount.name | default (include "chat-system.componentName" (dict "ctx" . "component" "operator")) -}}
+{{- end -}}
+
+{{/*
+Name of a cluster-scoped object, or of an object placed outside the release namespace: it carries the release
+namespace, so the same release name installed in two namespaces never collides. Call with (dict "ctx" $ "component" "operator").
+*/}}
+{{- define "chat-system.globalName" -}}
+{{- printf "%s-%s" (.ctx.Release.Namespace | default "default") (include "chat-system.componentName" .) | trunc 253 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The namespaces whose Application objects the operator serves, comma-separated (empty: every namespace). */}}
+{{- define "chat-system.operatorNamespaces" -}}
+{{- if not .Values.operator.clusterWide -}}
+{{- join "," (.Values.operator.watchNamespaces | default (list (.Release.Namespace | default "default"))) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* In-cluster DNS name of one component's Service, resolvable from other namespaces (KEDA reads RabbitMQ). */}}
@@ -91,21 +116,56 @@ app.kubernetes.io/part-of: chat-system
 {{- end -}}
 {{- end -}}
 
-{{/* "true" when KEDA's ScaledObject API is served: the writers then scale on queue depth instead of CPU. */}}
+{{/*
+A tri-state switch (auto, true, false; booleans or strings): "true" when on. `auto` asks .Capabilities, which a
+plain `helm template` does not fill from a cluster, so GitOps renders should set the switch explicitly.
+Call with (dict "value" .Values.keda "api" "keda.sh/v1alpha1/ScaledObject" "ctx" $).
+*/}}
+{{- define "chat-system.switch" -}}
+{{- $value := toString .value -}}
+{{- if eq $value "true" -}}true
+{{- else if eq $value "auto" -}}
+{{- if .ctx.Capabilities.APIVersions.Has .api -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the writers scale on queue depth with KEDA ScaledObjects (the `keda` switch). */}}
 {{- define "chat-system.kedaAvailable" -}}
-{{- if .Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject" -}}true{{- end -}}
+{{- include "chat-system.switch" (dict "value" .Values.keda "api" "keda.sh/v1alpha1/ScaledObject" "ctx" .) -}}
+{{- end -}}
+
+{{/* "true" when the prometheus-operator objects and the dashboard are rendered (the `monitoring` switch). */}}
+{{- define "chat-system.monitoringEnabled" -}}
+{{- include "chat-system.switch" (dict "value" .Values.monitoring "api" "monitoring.coreos.com/v1/ServiceMonitor" "ctx" .) -}}
+{{- end -}}
+
+{{/* The release Secret as stored in the cluster (empty without a cluster, e.g. `helm template`). */}}
+{{- define "chat-system.storedSecret" -}}
+{{- $stored := lookup "v1" "Secret" .Release.Namespace (include "chat-system.fullname" .) -}}
+{{- if and $stored $stored.data -}}
+{{- toJson $stored.data -}}
+{{- else -}}
+{}
+{{- end -}}
 {{- end -}}
 
 {{/*
-A credential: the value given in values, else the one already stored in the release's Secret (so upgrades keep
-it), else a new random one. Call with (dict "ctx" $ "key" "MARIADB_PASSWORD" "value" .Values.mariadb.auth.password).
+A credential, in this order: the value given in values; the one already stored in the release's Secret (so an
+upgrade keeps it); one derived from auth.passwordSeed (deterministic: the same seed, release, namespace and key
+always give the same password, which `helm template`/GitOps renders need); a random one on the first install.
+An upgrade that finds no stored value and has no seed fails rather than change a password the databases keep.
+Call with (dict "ctx" $ "key" "MARIADB_PASSWORD" "value" .Values.mariadb.auth.password "stored" $storedData).
 */}}
 {{- define "chat-system.credential" -}}
-{{- $stored := lookup "v1" "Secret" .ctx.Release.Namespace (include "chat-system.fullname" .ctx) -}}
+{{- $stored := .stored | default dict -}}
 {{- if .value -}}
 {{- .value -}}
-{{- else if and $stored $stored.data (hasKey $stored.data .key) -}}
-{{- index $stored.data .key | b64dec -}}
+{{- else if hasKey $stored .key -}}
+{{- index $stored .key | b64dec -}}
+{{- else if .ctx.Values.auth.passwordSeed -}}
+{{- printf "%s/%s/%s/%s" .ctx.Values.auth.passwordSeed .ctx.Release.Namespace .ctx.Release.Name .key | sha256sum | trunc 40 -}}
+{{- else if .ctx.Release.IsUpgrade -}}
+{{- fail (printf "\n\n%s: no stored value in Secret %s/%s to keep (helm template --is-upgrade, a dry run without cluster access, or a deleted Secret). Set it in values, set auth.passwordSeed, or use auth.existingSecret; a new random password would no longer match the one the database keeps." .key .ctx.Release.Namespace (include "chat-system.fullname" .ctx)) -}}
 {{- else -}}
 {{- randAlphaNum 32 -}}
 {{- end -}}
@@ -147,18 +207,28 @@ it), else a new random one. Call with (dict "ctx" $ "key" "MARIADB_PASSWORD" "va
     name: {{ include "chat-system.componentName" (dict "ctx" . "component" "config") }}
 {{- end -}}
 
-{{/* Pod annotations that roll the pods when their settings or credentials change. */}}
+{{/*
+Pod annotations that roll the pods when their settings or credentials change. The credential checksum is taken
+over the inputs of the Secret (the values that shape it and the seed), not over its rendered text: generated
+passwords are kept once made, so two renders of the same values give the same checksum and a no-op
+`helm upgrade` (or a GitOps re-render) rolls nothing.
+*/}}
 {{- define "chat-system.checksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- if not .Values.auth.existingSecret }}
-checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- $v := .Values }}
+{{- $inputs := dict "auth" $v.auth "externalDatabase" $v.externalDatabase "externalRedis" $v.externalRedis "externalRabbitmq" $v.externalRabbitmq "externalElasticsearch" $v.externalElasticsearch }}
+{{- range $dep := list "mariadb" "redis" "rabbitmq" "elasticsearch" }}
+{{- $_ := set $inputs $dep (dict "enabled" (index $v $dep).enabled "auth" (index $v $dep).auth) }}
+{{- end }}
+checksum/secret: {{ toJson $inputs | sha256sum }}
 {{- end }}
 {{- end -}}
 
-{{/* Scheduling fields shared by the components; call with the component's values. */}}
+{{/* Scheduling fields of a pod (priorityClassName, nodeSelector, tolerations, affinity, topologySpreadConstraints); call with the component's values. */}}
 {{- define "chat-system.scheduling" -}}
 {{- $fields := dict -}}
-{{- range $field := list "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" }}
+{{- range $field := list "priorityClassName" "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" }}
 {{- with index $ $field }}
 {{- $_ := set $fields $field . }}
 {{- end }}
@@ -168,14 +238,32 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
 {{- end }}
 {{- end -}}
 
-{{/* imagePullSecrets of the chat-system images. */}}
+{{/* imagePullSecrets of every pod: global.imagePullSecrets and image.pullSecrets. */}}
 {{- define "chat-system.imagePullSecrets" -}}
-{{- with .Values.image.pullSecrets }}
+{{- $names := concat (.Values.global.imagePullSecrets | default list) (.Values.image.pullSecrets | default list) | uniq -}}
+{{- with $names }}
 imagePullSecrets:
   {{- range . }}
   - name: {{ . }}
   {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+A probe: the fixed handler plus the timings from values, or nothing when disabled.
+Call with (dict "handler" (dict "httpGet" (dict "path" "/healthz" "port" "http")) "settings" $values.livenessProbe).
+*/}}
+{{- define "chat-system.probe" -}}
+{{- if .settings.enabled -}}
+{{- toYaml (merge (omit .settings "enabled") .handler) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod annotations and labels given in values; call with (dict "field" "podLabels" "values" $values). */}}
+{{- define "chat-system.extraMap" -}}
+{{- with index .values .field -}}
+{{- toYaml . -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Render a helper's output indented, or nothing at all (no blank line) when it is empty. */}}
@@ -216,14 +304,17 @@ message-writer:
   queue: {{ printf "%s.messages" .Values.config.queuePrefix }}
 {{- end -}}
 
-{{/* Name of the operator's kopf peering object (one per release, so two releases never share one). */}}
+{{/*
+Name of the operator's kopf peering object. The ClusterKopfPeering is cluster-scoped and a KopfPeering may sit in
+a namespace other releases also see, so the name carries the release namespace as well as the release name.
+*/}}
 {{- define "chat-system.peeringName" -}}
-{{- include "chat-system.componentName" (dict "ctx" . "component" "operator") -}}
+{{- include "chat-system.globalName" (dict "ctx" . "component" "operator") -}}
 {{- end -}}
 
 {{/* volumeClaimTemplates of a bundled dependency; call with (dict "ctx" $ "persistence" .Values.mariadb.persistence). */}}
 {{- define "chat-system.volumeClaimTemplates" -}}
-{{- if .persistence.enabled }}
+{{- if and .persistence.enabled (not .persistence.existingClaim) }}
 volumeClaimTemplates:
   - metadata:
       name: data
@@ -238,9 +329,13 @@ volumeClaimTemplates:
 {{- end }}
 {{- end -}}
 
-{{/* The data volume of a bundled dependency without persistence. */}}
+{{/* The data volume of a bundled dependency without a claim template: an existing claim, or an emptyDir. */}}
 {{- define "chat-system.ephemeralDataVolume" -}}
-{{- if not .persistence.enabled }}
+{{- if and .persistence.enabled .persistence.existingClaim }}
+- name: data
+  persistentVolumeClaim:
+    claimName: {{ .persistence.existingClaim }}
+{{- else if not .persistence.enabled }}
 - name: data
   emptyDir: {}
 {{- end }}

@@ -1,49 +1,97 @@
-"""The Falcon application: ``create_app`` wires, ``get_app`` builds the collaborators from the environment.
+"""The Falcon ASGI application: ``create_app`` wires, ``get_app`` builds the collaborators from the environment.
 
-gunicorn starts ``chat_api.app:get_app()`` (see gunicorn.conf.py).
+gunicorn starts ``chat_api.app:get_app()`` in each uvicorn worker (see gunicorn.conf.py): one event loop per
+process owns that process's Redis connections, its AMQP connection and confirm channel, and its MySQL pool.
+Nothing connects at import or in the factory; :class:`Lifecycle` opens and closes the connections with the
+ASGI lifespan events.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
 import falcon
-import redis
+import falcon.asgi
+import redis as blocking_redis
+import redis.asyncio as redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api import errors
-from chat_api.adapters.idempotency import IdempotencyStore
+from chat_api.adapters.idempotency import IdempotencyStore, StoredKeys
 from chat_api.adapters.numbering import Numbering
 from chat_api.adapters.publisher import ConfirmingPublisher
-from chat_api.adapters.recovery import NumberingRecovery
+from chat_api.adapters.recovery import NumberingMarker, NumberingRecovery
 from chat_api.adapters.repository import SqlRepository
+from chat_api.adapters.search import build_search_reader
+from chat_api.event_loop import install_blocking_guard
 from chat_api.media import media_handlers
-from chat_api.middleware import BodyLimit, RateLimit, RequestMetrics, SecurityHeaders, TokenShape
+from chat_api.metrics_buffer import BUFFER
+from chat_api.middleware import RateLimit, RequestMetrics, SecureResponse, SizeLimits, TokenShape
 from chat_api.resources.applications import ApplicationsResource
 from chat_api.resources.chats import ChatsResource
-from chat_api.resources.health import HealthResource, MetricsResource, ReadinessResource
+from chat_api.resources.health import HealthResource, MetricsResource, ProcessState, ReadinessResource, StatusResource
 from chat_api.resources.messages import MessageSearchResource, MessagesResource
 from chat_api.resources.openapi import DocsResource, OpenApiResource
-from chat_api.services import ChatService, Limits
+from chat_api.services import MAX_NUMBER, ChatService, Limits
 from chat_common import logs
 from chat_common.config import Settings
-from chat_common.db import make_engine
+from chat_common.db import make_async_engine, make_engine
 from chat_common.keys import RedisKeys
-from chat_common.search import build_search
 from chat_common.tenancy import build_applications
 from chat_common.topology import Topology
 
-NUMBER = "int(min=1, max=4294967295)"
+NUMBER = f"int(min=1, max={MAX_NUMBER})"
+
+log = logging.getLogger(__name__)
 
 
-def create_app(service: ChatService, settings: Settings, readiness: dict) -> falcon.App:
+@dataclass
+class Lifecycle:
+    """Falcon lifespan middleware: start the worker's connections and background tasks, and close them."""
+
+    service: ChatService
+    redis_clients: list[redis.Redis]
+    engine: AsyncEngine
+    state: ProcessState
+    slow_callback_ms: float = 0.0
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def process_startup(self, scope: dict, event: dict) -> None:  # noqa: D102
+        install_blocking_guard(asyncio.get_running_loop(), self.slow_callback_ms)
+        await self.service.publisher.start()
+        self._tasks = [
+            asyncio.create_task(self.service.recovery.watch(), name="numbering-watchdog"),
+            asyncio.create_task(BUFFER.flush_every(), name="metrics-flush"),
+        ]
+        self.state.started = True
+
+    async def process_shutdown(self, scope: dict, event: dict) -> None:  # noqa: D102
+        self.state.draining = True
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.service.publisher.close()
+        await self.service.search.close()
+        for client in self.redis_clients:
+            await client.aclose()
+        await self.engine.dispose()
+        await asyncio.to_thread(self.service.applications.close)
+
+
+def create_app(
+    service: ChatService, settings: Settings, status_checks: dict, lifecycle: Lifecycle | None = None
+) -> falcon.asgi.App:
     """Routes, media handlers, error handlers and middleware; nothing here opens a connection."""
-    app = falcon.App(
-        middleware=[
-            RequestMetrics(),
-            BodyLimit(settings.max_request_bytes),
-            TokenShape(),
-            RateLimit(service.numbering.client, RedisKeys(settings.redis_key_prefix), settings.rate_limit_per_second),
-            SecurityHeaders(),
-        ],
-    )
+    middleware = [] if lifecycle is None else [lifecycle]
+    middleware += [RequestMetrics(), SizeLimits(settings.max_request_bytes), TokenShape()]
+    if settings.rate_limit_per_second:  # no per-request step at all when the limit is off
+        keys = RedisKeys(settings.redis_key_prefix)
+        middleware.append(RateLimit(service.idempotency.client, keys, settings.rate_limit_per_second))
+    app = falcon.asgi.App(middleware=middleware, response_type=SecureResponse)
     handlers = media_handlers()
     app.req_options.media_handlers = handlers
     app.resp_options.media_handlers = handlers
@@ -53,49 +101,64 @@ def create_app(service: ChatService, settings: Settings, readiness: dict) -> fal
     applications = ApplicationsResource(service, settings.admin_api_key)
     chats = ChatsResource(service)
     messages = MessagesResource(service)
+    chat = f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}"
     app.add_route("/applications", applications)
     app.add_route("/applications/{token}", applications, suffix="item")
     app.add_route("/applications/{token}/chats", chats)
-    app.add_route(f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}", chats, suffix="item")
-    app.add_route(f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}/messages", messages)
-    app.add_route(
-        f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}/messages/search", MessageSearchResource(service)
-    )
-    app.add_route(
-        f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}/messages/{{message_number:{NUMBER}}}",
-        messages,
-        suffix="item",
-    )
+    app.add_route(chat, chats, suffix="item")
+    app.add_route(f"{chat}/messages", messages)
+    app.add_route(f"{chat}/messages/search", MessageSearchResource(service))
+    app.add_route(f"{chat}/messages/{{message_number:{NUMBER}}}", messages, suffix="item")
     app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadinessResource(readiness))
+    state = lifecycle.state if lifecycle is not None else ProcessState(started=True)
+    app.add_route("/readyz", ReadinessResource(state))
+    app.add_route("/status", StatusResource(status_checks))
     app.add_route("/metrics", MetricsResource())
     app.add_route("/openapi.json", OpenApiResource())
     app.add_route("/docs", DocsResource())
     return app
 
 
-def build_service(settings: Settings) -> tuple[ChatService, dict]:
-    """Collaborators for one process, and the readiness checks over them."""
-    engine = make_engine(settings.database_url)
+def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
+    """Collaborators for one process (unconnected), the status checks over them, and their lifecycle."""
     client = redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
     )
+    # Numbering's own client has no per-read timeout: its pipelined round trips are bounded as a whole (one timer
+    # per round trip instead of one per reply).
+    numbering_client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=None, socket_connect_timeout=2, health_check_interval=10
+    )
+    engine = make_async_engine(settings.database_url)
     keys = RedisKeys(settings.redis_key_prefix)
     topology = Topology(settings.queue_prefix, settings.writer_retry_delays_seconds)
     publisher = ConfirmingPublisher(
         settings.rabbitmq_url, declare=topology.declare, timeout=settings.publish_timeout_seconds
     )
     repository = SqlRepository(engine)
-    numbering = Numbering(client, keys)
+    numbering = Numbering(numbering_client, keys, timeout=2)
+    # The application lifecycle is shared with the operator and synchronous: the service runs it in threads,
+    # over a small blocking pool of its own (it is admin work: rare, never on the create or read path).
+    admin_engine = make_engine(settings.database_url, pool_size=2)
+    admin_redis = blocking_redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     service = ChatService(
-        applications=build_applications(settings, engine, client),
+        applications=build_applications(settings, admin_engine, admin_redis),
         repository=repository,
         numbering=numbering,
-        recovery=NumberingRecovery(client, keys, settings.rabbitmq_url, topology, settings.publish_timeout_seconds),
+        recovery=NumberingRecovery(
+            client,
+            keys,
+            settings.rabbitmq_url,
+            topology,
+            settings.publish_timeout_seconds,
+            NumberingMarker(engine),
+        ),
         publisher=publisher,
         topology=topology,
-        search=build_search(settings, engine),
-        idempotency=IdempotencyStore(client, keys),
+        search=build_search_reader(settings, engine),
+        # A claim outlives the longest a create can take (its publish timeout), then frees the key.
+        idempotency=IdempotencyStore(client, keys, claim_seconds=settings.publish_timeout_seconds + 2),
+        stored_keys=StoredKeys(engine),
         limits=Limits(
             max_name_chars=settings.max_name_chars,
             max_body_chars=settings.max_body_chars,
@@ -104,14 +167,27 @@ def build_service(settings: Settings) -> tuple[ChatService, dict]:
             max_query_chars=settings.max_query_chars,
         ),
     )
-    readiness = {"database": repository.ping, "redis": numbering.ping, "rabbitmq": lambda: publisher.is_ready}
-    return service, readiness
+
+    async def database() -> str:
+        return "ok" if await repository.ping() else "unavailable"
+
+    async def cache() -> str:
+        return "ok" if await numbering.ping() else "unavailable"
+
+    async def broker() -> str:
+        return "ok" if publisher.is_ready else "unavailable"
+
+    async def numbering_state() -> str:
+        return "open" if await client.exists(keys.epoch) else "recovering"
+
+    status_checks = {"database": database, "redis": cache, "rabbitmq": broker, "numbering": numbering_state}
+    lifecycle = Lifecycle(service, [client, numbering_client], engine, ProcessState(), settings.api_slow_callback_ms)
+    return service, status_checks, lifecycle
 
 
-def get_app() -> falcon.App:
-    """Entry point for gunicorn: settings from the environment, one set of connections per worker."""
+def get_app() -> falcon.asgi.App:
+    """Entry point for gunicorn's uvicorn workers: settings from the environment, connections per worker."""
     logs.configure()
     settings = Settings.from_env()
-    service, readiness = build_service(settings)
-    service.recovery.start_watchdog()  # gunicorn loads the app in each worker, after the fork
-    return create_app(service, settings, readiness)
+    service, status_checks, lifecycle = build_service(settings)
+    return create_app(service, settings, status_checks, lifecycle)

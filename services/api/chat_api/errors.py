@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import falcon
+import falcon.asgi
 import orjson
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -21,35 +22,36 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTP
     resp.data = orjson.dumps({"error": message})
 
 
-def _not_found(req, resp, exc, params) -> None:
+async def _not_found(req, resp, exc, params) -> None:
     raise falcon.HTTPNotFound(description=str(exc))
 
 
-def _invalid(req, resp, exc, params) -> None:
+async def _invalid(req, resp, exc, params) -> None:
     raise falcon.HTTPUnprocessableEntity(description=str(exc))
 
 
-def _conflict(req, resp, exc, params) -> None:
-    raise falcon.HTTPConflict(description=str(exc))
+async def _conflict(req, resp, exc, params) -> None:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    raise falcon.HTTPConflict(description=str(exc), headers=headers)
 
 
-def _unavailable(req, resp, exc, params) -> None:
+async def _unavailable(req, resp, exc, params) -> None:
     raise falcon.HTTPServiceUnavailable(description=str(exc), retry_after=exc.retry_after)
 
 
-def _database_unavailable(req, resp, exc, params) -> None:
+async def _database_unavailable(req, resp, exc, params) -> None:
     log.warning("database error on %s %s: %s", req.method, req.path, exc.__class__.__name__)
     raise falcon.HTTPServiceUnavailable(description="database unavailable", retry_after=1)
 
 
-def _unexpected(req, resp, exc, params) -> None:
+async def _unexpected(req, resp, exc, params) -> None:
     if isinstance(exc, falcon.HTTPError):
         raise exc
     log.exception("unhandled error on %s %s", req.method, req.path)
     raise falcon.HTTPInternalServerError(description="internal error")
 
 
-def register(app: falcon.App) -> None:
+def register(app: falcon.asgi.App) -> None:
     """Wire the domain exceptions to HTTP statuses (most specific last: Falcon picks the nearest match)."""
     app.add_error_handler(Exception, _unexpected)
     # Only "cannot reach or use the database" is an outage; data or integrity errors are bugs and stay 500s.

@@ -16,7 +16,13 @@ class JSONHandler(falcon.media.BaseHandler):
     """JSON via orjson: strict UTF-8, rejects lone surrogates, bounded nesting."""
 
     def deserialize(self, stream, content_type, content_length):  # noqa: D102
-        data = stream.read()
+        return self._parse(stream.read())
+
+    async def deserialize_async(self, stream, content_type, content_length):  # noqa: D102
+        return self._parse(await stream.read())
+
+    @staticmethod
+    def _parse(data: bytes) -> object:
         if not data:
             raise falcon.MediaNotFoundError("JSON")
         try:
@@ -32,7 +38,13 @@ class FormHandler(falcon.media.BaseHandler):
     """``application/x-www-form-urlencoded`` bodies into a flat dict (nesting is resolved by the resources)."""
 
     def deserialize(self, stream, content_type, content_length):  # noqa: D102
-        data = stream.read()
+        return self._parse(stream.read())
+
+    async def deserialize_async(self, stream, content_type, content_length):  # noqa: D102
+        return self._parse(await stream.read())
+
+    @staticmethod
+    def _parse(data: bytes) -> dict:
         try:
             text = data.decode("ascii")
             pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")

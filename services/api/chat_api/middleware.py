@@ -1,4 +1,4 @@
-"""Middleware: request metrics, body size limit, token shape, per-token rate limit and security headers."""
+"""Middleware: request metrics, request and body size limits, token shape, per-token rate limit, security headers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import logging
 import time
 
 import falcon
-import redis
+import falcon.asgi
+import redis.asyncio as redis
 from prometheus_client import Counter, Histogram
+from redis.exceptions import RedisError
 
+from chat_api.metrics_buffer import BUFFER
 from chat_common.keys import RedisKeys
 from chat_common.metrics import LATENCY_BUCKETS
 from chat_common.tenancy import TOKEN_SHAPE
@@ -20,12 +23,12 @@ REQUEST_SECONDS = Histogram(
     "chat_api_request_duration_seconds", "HTTP request latency", ["route", "method"], buckets=LATENCY_BUCKETS
 )
 
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+SECURITY_HEADERS = {  # lower-case: Falcon's own header store keys
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
 }
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -33,28 +36,44 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 class RequestMetrics:
     """Counts and times every request by route template (never by raw path, which would explode cardinality)."""
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
         req.context.started = time.perf_counter()
 
-    def process_response(self, req, resp, resource, req_succeeded: bool) -> None:  # noqa: D102
+    async def process_response(self, req, resp, resource, req_succeeded: bool) -> None:  # noqa: D102
         route = req.uri_template or "unmatched"
         elapsed = time.perf_counter() - req.context.get("started", time.perf_counter())
-        REQUESTS.labels(route, req.method, resp.status_code).inc()
-        REQUEST_SECONDS.labels(route, req.method).observe(elapsed)
+        BUFFER.inc(REQUESTS, route, req.method, str(resp.status_code))
+        BUFFER.observe(REQUEST_SECONDS, elapsed, route, req.method)
 
 
-class BodyLimit:
-    """413 for bodies over the limit, 411 for bodies of unknown length, before anything parses them.
+class SizeLimits:
+    """Requests outside the size limits are refused before anything parses them.
 
-    An oversized body is read and discarded (up to ``drain_bytes``) before answering: left unread, the server
-    would close the connection behind a keep-alive client's back and poison that client's *next* request.
+    - 414 for a request line over 4,094 bytes, 431 for more than 100 header fields or one over 8,190 bytes: the
+      limits gunicorn's own HTTP parser used to enforce (its defaults), kept now that uvicorn's httptools parser
+      hands every request to the app. (The ingress enforces its own, lower limits before anything reaches a pod.)
+    - 413 for bodies over ``max_bytes``, 411 for bodies of unknown length. An oversized body is read and
+      discarded (up to ``drain_bytes``) before answering: left unread, the server would close the connection
+      behind a keep-alive client's back and poison that client's *next* request.
     """
+
+    MAX_LINE = 4094
+    MAX_FIELDS = 100
+    MAX_FIELD = 8190
 
     def __init__(self, max_bytes: int, drain_bytes: int = 1024 * 1024) -> None:
         self.max_bytes = max_bytes
         self.drain_bytes = drain_bytes
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
+        scope = req.scope
+        if len(scope["raw_path"]) + len(scope["query_string"]) + len(scope["method"]) + 11 > self.MAX_LINE:
+            raise falcon.HTTPUriTooLong(description=f"the request line is longer than {self.MAX_LINE} bytes")
+        headers = scope["headers"]
+        if len(headers) > self.MAX_FIELDS or any(len(n) + len(v) + 2 > self.MAX_FIELD for n, v in headers):
+            raise falcon.HTTPRequestHeaderFieldsTooLarge(
+                description=f"at most {self.MAX_FIELDS} header fields of at most {self.MAX_FIELD} bytes each"
+            )
         length = req.content_length
         if length is None:
             if req.method in BODY_METHODS and req.get_header("Transfer-Encoding"):
@@ -62,22 +81,20 @@ class BodyLimit:
             return
         if length > self.max_bytes:
             if length <= self.drain_bytes:
-                stream = req.bounded_stream
-                while stream.read(64 * 1024):
-                    pass
+                await req.stream.exhaust()
             raise falcon.HTTPContentTooLarge(description=f"request body is larger than {self.max_bytes} bytes")
 
 
-class SecurityHeaders:
-    """Headers that keep browsers from sniffing, framing or caching API answers.
+class SecureResponse(falcon.asgi.Response):
+    """A response that starts with the headers that keep browsers from sniffing, framing or caching API answers.
 
-    A resource may set its own value of one of them (the HTML docs page loosens the CSP for its styles).
+    Set at creation rather than by a middleware step after every request; a resource may still set its own value
+    of one of them (the HTML docs page loosens the CSP for its styles).
     """
 
-    def process_response(self, req, resp, resource, req_succeeded: bool) -> None:  # noqa: D102
-        for name, value in SECURITY_HEADERS.items():
-            if resp.get_header(name) is None:
-                resp.set_header(name, value)
+    def __init__(self, options: falcon.ResponseOptions | None = None) -> None:
+        super().__init__(options)
+        self._headers.update(SECURITY_HEADERS)
 
 
 # What new_token() produces (and a little slack); anything else cannot name an application.
@@ -86,7 +103,7 @@ class SecurityHeaders:
 class TokenShape:
     """404 for a path token that no application can have, before it reaches Redis keys or MySQL's ASCII column."""
 
-    def process_resource(self, req, resp, resource, params: dict) -> None:  # noqa: D102
+    async def process_resource(self, req, resp, resource, params: dict) -> None:  # noqa: D102
         token = params.get("token")
         if token is not None and not TOKEN_SHAPE.fullmatch(token):
             raise falcon.HTTPNotFound(description="application not found")
@@ -105,17 +122,15 @@ class RateLimit:
         self.keys = keys
         self.per_second = per_second
 
-    def process_resource(self, req, resp, resource, params: dict) -> None:  # noqa: D102
+    async def process_resource(self, req, resp, resource, params: dict) -> None:  # noqa: D102
         token = params.get("token")
         if not self.per_second or token is None:
             return
         key = self.keys.rate_window(token, int(time.time()))
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, 2)
-            count = pipe.execute()[0]
-        except redis.RedisError as exc:
+            async with self.client.pipeline(transaction=False) as pipe:
+                count = (await pipe.incr(key).expire(key, 2).execute())[0]
+        except RedisError as exc:
             log.debug("rate limit not checked: %s", exc.__class__.__name__)
             return
         if count > self.per_second:

@@ -50,7 +50,11 @@ class NotFound(Exception):
 
 
 class Conflict(Exception):
-    """The request collides with another one still in progress (same idempotency key)."""
+    """The request collides with another one (same idempotency key); retry after ``retry_after`` s if given."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(Exception):

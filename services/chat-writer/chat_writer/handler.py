@@ -9,6 +9,7 @@ from sqlalchemy.dialects.mysql import insert
 
 from chat_common.consumer import BatchResult, Delivery, decode_batch
 from chat_common.contracts import ChatUpsert, ContractError
+from chat_common.idempotency import store_keys
 from chat_common.tables import applications, chats
 from chat_common.writer import WriterContext
 
@@ -40,9 +41,19 @@ class ChatBatchWriter:
         with self.context.engine.begin() as conn:
             wanted = {c.application_id for _, c in changes}
             existing = set(conn.execute(select(applications.c.id).where(applications.c.id.in_(wanted))).scalars())
-            rows = []
+            rows, keys = [], []
             for delivery, change in changes:
                 if change.application_id in existing:
+                    if change.idempotency_key is not None:
+                        keys.append(
+                            {
+                                "application_id": change.application_id,
+                                "chat_number": 0,
+                                "idempotency_key": change.idempotency_key,
+                                "number": change.chat_number,
+                                "fingerprint": change.fingerprint,
+                            }
+                        )
                     rows.append(
                         {
                             "application_id": change.application_id,
@@ -55,6 +66,7 @@ class ChatBatchWriter:
                     result.dead.append((delivery, "application gone: it was deleted before this write"))
             if rows:
                 conn.execute(UPSERT_CHATS, rows)
+                store_keys(conn, keys)
         if existing:
             self.context.redis.sadd(self.context.keys.dirty_applications, *existing)
         return result

@@ -25,20 +25,35 @@ def sync_once(settings: Settings, engine, client) -> None:
     registry = CollectorRegistry()
     rows = Gauge("chat_counts_sync_rows_updated", "Count rows changed by the last sync", registry=registry)
     duration = Gauge("chat_counts_sync_duration_seconds", "Duration of the last sync", registry=registry)
+    lock_retries = Gauge(
+        "chat_counts_sync_lock_retries",
+        "Transactions of the last sync retried after a deadlock or a lock-wait timeout",
+        registry=registry,
+    )
+    contended = Gauge(
+        "chat_counts_sync_rows_contended",
+        "Count rows a writer held during the last sync, raised one at a time",
+        registry=registry,
+    )
     last_success = Gauge(
         "chat_counts_sync_last_success_timestamp_seconds", "When the last sync succeeded", registry=registry
     )
     report = CountSync(engine, client, RedisKeys(settings.redis_key_prefix), settings.counts_batch_size).run()
     rows.set(report.rows_changed)
     duration.set(report.seconds)
+    lock_retries.set(report.lock_retries)
+    contended.set(report.rows_contended)
     last_success.set_to_current_time()
     push_metrics(registry, settings.pushgateway_url, job="chat-counter-cron")
     log.info(
-        "count sync done in %.2fs: %d chats and %d applications recounted, %d rows changed%s",
+        "count sync done in %.2fs: %d chats and %d applications recounted, %d rows changed"
+        " (%d contended, %d lock retries)%s",
         report.seconds,
         report.chats_recounted,
         report.applications_recounted,
         report.rows_changed,
+        report.rows_contended,
+        report.lock_retries,
         " (full recount)" if report.full else "",
     )
 

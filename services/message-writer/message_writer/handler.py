@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chat_common.consumer import BatchResult, Delivery, decode_batch
 from chat_common.contracts import ContractError, MessageUpsert
+from chat_common.idempotency import store_keys
 from chat_common.search import SearchUnavailable, build_search
 from chat_common.tables import applications, chats, messages
 from chat_common.writer import WriterContext
@@ -129,6 +130,20 @@ class MessageBatchWriter:
                             {"chat_id": cid, "number": c.message_number, "body": c.body, "version": c.version}
                             for cid, c in applied
                         ],
+                    )
+                    store_keys(
+                        conn,
+                        (
+                            {
+                                "application_id": c.application_id,
+                                "chat_number": c.chat_number,
+                                "idempotency_key": c.idempotency_key,
+                                "number": c.message_number,
+                                "fingerprint": c.fingerprint,
+                            }
+                            for _, c in applied
+                            if c.idempotency_key is not None
+                        ),
                     )
         except IntegrityError:
             # A cached chat id whose application was deleted meanwhile: forget the cache, let the loop retry.

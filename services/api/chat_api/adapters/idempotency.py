@@ -1,23 +1,39 @@
-"""Idempotency keys for chat and message creates, in Redis.
+"""Idempotency keys of chat and message creates: claimed and recorded in Redis, recovered from MySQL.
 
-A create that carries ``Idempotency-Key`` first *claims* the key (short TTL, so a crashed request frees it), then
-*records* the number it was given (24 h). A retry with the same key finds the record and re-publishes the same
-number and text — the writers' upsert makes that a no-op if the first publish did land — so a client retrying
-after a timeout or a 503 can never create a second message. Redis losing its data forgets the keys (documented).
+A create with ``Idempotency-Key`` first *claims* the key (one script call that also reads the numbering epoch):
+the claim expires after ``claim_seconds`` — a bound on how long a request can take (the publish timeout plus a
+margin) — so a request whose process died frees its key within seconds. It then *records* the number it was
+given for ``KEY_LIFETIME_SECONDS``. A retry with the same key finds the record and re-publishes the same number
+and text; the writers' upsert makes that a no-op if the first publish did land.
+
+Redis may lose its data, and the keys with it. The writers store every key beside its row
+(:mod:`chat_common.idempotency`), and numbering re-opens after a loss only once every earlier create reached
+MySQL; so while the epoch says a loss happened less than a key lifetime ago, a key Redis does not know is looked
+up in MySQL (:class:`StoredKeys`) before a new number is given.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 from dataclasses import dataclass
 
-import redis
+import redis.asyncio as redis
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_common.idempotency import KEY_LIFETIME_SECONDS
 from chat_common.keys import RedisKeys
+from chat_common.tables import applications, idempotency_keys
 
-CLAIM_SECONDS = 30
-RECORD_SECONDS = 24 * 3600
 PENDING = "pending"
+
+# KEYS: idempotency key, numbering epoch   ARGV: claim milliseconds
+# Returns {claimed (1/0), recorded value or '', epoch or '', milliseconds the pending claim still holds}.
+_CLAIM = """
+local epoch = redis.call('GET', KEYS[2]) or ''
+if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then return {1, '', epoch, 0} end
+return {0, redis.call('GET', KEYS[1]), epoch, redis.call('PTTL', KEYS[1])}
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,41 +45,74 @@ class Recorded:
     fingerprint: str
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claim's answer: ``earlier`` when a request with this key was already given a number."""
+
+    earlier: Recorded | None
+    epoch: str  # the numbering epoch at the time of the claim ('' while numbering is closed)
+
+
 class KeyInUse(Exception):
-    """Another request with the same key is still being answered."""
+    """Another request with the same key is still being answered; its claim lapses in ``retry_after`` seconds."""
 
-
-def fingerprint(text: str) -> str:
-    """Short digest of the request's text, to refuse a key reused for different content."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    def __init__(self, key: str, retry_after: int) -> None:
+        super().__init__(key)
+        self.retry_after = retry_after
 
 
 class IdempotencyStore:
-    """Claims, records and looks up idempotency keys of one Redis namespace."""
+    """Claims, records and releases idempotency keys of one Redis namespace."""
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: redis.Redis, keys: RedisKeys, claim_seconds: float) -> None:
         self.client = client
         self.keys = keys
+        self.claim_ms = int(claim_seconds * 1000)
+        self._claim = client.register_script(_CLAIM)
 
-    def claim(self, token: str, scope: str, key: str) -> Recorded | None:
-        """Claim the key for this request (returns None), or return what an earlier request recorded."""
+    async def claim(self, token: str, scope: str, key: str) -> Claim:
+        """Claim the key for this request, or return what an earlier request recorded; :class:`KeyInUse` if busy."""
         name = self.keys.idempotency(token, scope, key)
-        if self.client.set(name, PENDING, nx=True, ex=CLAIM_SECONDS):
-            return None
-        raw = self.client.get(name)
-        value = raw.decode() if isinstance(raw, bytes) else raw
-        if value is None:  # expired between the two calls: try once more
-            return self.claim(token, scope, key)
+        claimed, value, epoch, pending_ms = await self._claim(keys=[name, self.keys.epoch], args=[self.claim_ms])
+        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        if claimed:
+            return Claim(None, epoch)
+        value = value.decode() if isinstance(value, bytes) else value
         if value == PENDING:
-            raise KeyInUse(key)
+            raise KeyInUse(key, retry_after=max(1, math.ceil(int(pending_ms) / 1000)))
         application_id, number, digest = value.split(":", 2)
-        return Recorded(int(application_id), int(number), digest)
+        return Claim(Recorded(int(application_id), int(number), digest), epoch)
 
-    def record(self, token: str, scope: str, key: str, outcome: Recorded) -> None:
+    async def record(self, token: str, scope: str, key: str, outcome: Recorded) -> None:
         """Remember what the claimed key was given."""
         value = f"{outcome.application_id}:{outcome.number}:{outcome.fingerprint}"
-        self.client.set(self.keys.idempotency(token, scope, key), value, ex=RECORD_SECONDS)
+        await self.client.set(self.keys.idempotency(token, scope, key), value, ex=KEY_LIFETIME_SECONDS)
 
-    def release(self, token: str, scope: str, key: str) -> None:
+    async def release(self, token: str, scope: str, key: str) -> None:
         """Give a claimed key back (the request failed before a number was given)."""
-        self.client.delete(self.keys.idempotency(token, scope, key))
+        await self.client.delete(self.keys.idempotency(token, scope, key))
+
+
+_FIND_STORED = (
+    select(idempotency_keys.c.application_id, idempotency_keys.c.number, idempotency_keys.c.fingerprint)
+    .select_from(applications.join(idempotency_keys, idempotency_keys.c.application_id == applications.c.id))
+    .where(
+        applications.c.token == bindparam("token"),
+        idempotency_keys.c.chat_number == bindparam("chat"),
+        idempotency_keys.c.idempotency_key == bindparam("key"),
+        idempotency_keys.c.created_at > func.now(6) - text(f"INTERVAL {KEY_LIFETIME_SECONDS} SECOND"),
+    )
+)
+
+
+class StoredKeys:
+    """The keys the writers stored beside the rows, read when Redis may have forgotten them."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def find(self, token: str, chat_number: int, key: str) -> Recorded | None:
+        """What a create with this key (in this chat, or 0 for chats) was given, if it was written."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_FIND_STORED, {"token": token, "chat": chat_number, "key": key})).first()
+        return Recorded(int(row.application_id), int(row.number), row.fingerprint) if row else None

@@ -1,59 +1,77 @@
-"""Hand-off to RabbitMQ with publisher confirms, shared by every request thread of a worker process.
+"""Hand-off to RabbitMQ with publisher confirms, on the worker's event loop.
 
-A blocking ``confirm_delivery`` channel waits for one broker disk sync per message (~1.6k msg/s here).
-Instead one I/O thread (a greenlet under gevent workers) per process owns an asynchronous pika connection;
-request threads put their publish in an outbox and wait on a one-shot lock that the broker's (often
-``multiple``) Basic.Ack releases. Concurrent requests therefore share disk syncs, and each still answers 201
-only after the broker confirmed its own message. The I/O thread is woken once per batch of queued publishes,
-not once per message: under load one wake-up, one loop turn and one socket write carry many publishes
-(see docs/performance.md).
+One ``AsyncioConnection`` per worker process runs on the process's event loop, with one confirm-mode channel.
+A request coroutine publishes directly (no thread hop, no outbox) and awaits a future that the broker's
+(often ``multiple``) Basic.Ack resolves, so concurrent requests share the broker's disk syncs while each
+answers 201 only after the broker confirmed its own message. A background task connects, declares the
+topology and reconnects with backoff; a nack, a return, a lost channel or a missing confirm fails the request.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import functools
+import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable
-from functools import partial
+from typing import Any
 
 import pika
 import pika.exceptions
 import pika.spec
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.adapters.utils import io_services_utils
+from pika.channel import Channel
 
 log = logging.getLogger(__name__)
 
-PERSISTENT_JSON = dict(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
+HEARTBEAT_SECONDS = 30
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+PERSISTENT_JSON = {"delivery_mode": pika.DeliveryMode.Persistent, "content_type": "application/json"}
+FAIL_FAST_SECONDS = 1.0  # right after a failure, fail at once instead of making every request wait for a dead broker
+
+
+_produce_frame_by_frame = io_services_utils._AsyncTransportBase._produce
+
+
+def _produce_joined(transport: io_services_utils._AsyncTransportBase) -> None:
+    """Send everything queued since the last wake-up in one ``send()``.
+
+    pika 1.4 sends each queued frame with a system call of its own, and a publish is three frames; under load one
+    loop turn queues dozens of publishes. Joining the buffers first makes that one system call (the rest of pika's
+    write path, partial sends included, is unchanged). Installed by :class:`ConfirmingPublisher`.
+    """
+    buffers = transport._tx_buffers
+    if len(buffers) > 1:
+        joined = b"".join(buffers)
+        buffers.clear()
+        buffers.append(joined)
+    _produce_frame_by_frame(transport)
 
 
 class PublishError(Exception):
     """The broker did not confirm the message: the caller must not report success."""
 
 
-class _Waiter:
-    """One request thread waiting for its confirm: a lock taken at birth, released once by the I/O thread.
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """Keep exceptions out of pika (its state would be left half-updated): drop the connection instead."""
 
-    Cheaper than a ``Future`` (no condition variable, no callbacks): the I/O thread resolves many per ack.
-    """
+    @functools.wraps(callback)
+    def wrapper(self: ConfirmingPublisher, *args: Any) -> None:
+        try:
+            callback(self, *args)
+        except Exception:
+            log.exception("publisher callback %s failed; dropping the connection", callback.__name__)
+            self._mark_down("publisher callback failed")
+            if self._connection is not None and not (self._connection.is_closing or self._connection.is_closed):
+                self._connection.close()
 
-    __slots__ = ("_lock", "error")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self.error: PublishError | None = None
-
-    def resolve(self, error: PublishError | None = None) -> None:
-        self.error = error
-        self._lock.release()
-
-    def wait(self, timeout: float) -> bool:
-        return self._lock.acquire(timeout=timeout)
+    return wrapper
 
 
 class ConfirmingPublisher:
-    """Publish persistent messages to named queues and wait for the broker's confirm."""
+    """Publish persistent messages to named queues and wait for the broker's confirm (one per worker process)."""
 
     def __init__(
         self,
@@ -63,194 +81,194 @@ class ConfirmingPublisher:
         timeout: float = 5.0,
         connect_wait: float = 2.0,
     ) -> None:
-        self.amqp_url = amqp_url
+        io_services_utils._AsyncTransportBase._produce = _produce_joined  # see _produce_joined; idempotent
+        self.urls = [url.strip() for url in amqp_url.split(",") if url.strip()]  # several nodes: tried in turn
+        if not self.urls:
+            raise ValueError("amqp_url names no broker")
         self.declare = declare
         self.timeout = timeout
         self.connect_wait = connect_wait
-        self._start_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._connection: pika.SelectConnection | None = None
-        self._channel = None
-        self._ready = threading.Event()
-        self._closing = False
-        self._pending: dict[int, _Waiter] = {}
-        self._outbox: list[tuple[str, bytes, _Waiter]] = []
-        self._outbox_lock = threading.Lock()
-        self._wake_scheduled = False
+        self._task: asyncio.Task[None] | None = None
+        self._connection: AsyncioConnection | None = None
+        self._over: asyncio.Future[None] | None = None  # resolved when the current connection is closed or failed
+        self._channel: Channel | None = None  # set only once in confirm mode with the topology declared
+        self._ready = asyncio.Event()
+        self._became_ready = self._closing = False
+        self._pending: dict[int, asyncio.Future[None]] = {}  # delivery tag -> waiting request, in tag order
         self._returned: set[int] = set()
         self._next_tag = 0
-        self._last_failure = 0.0
-
-    # -- request threads -------------------------------------------------------------------------------------
-    def publish(self, queue: str, body: bytes) -> None:
-        """Publish and block until confirmed; raises :class:`PublishError` on nack, return, loss or timeout."""
-        self._ensure_started()
-        if not self._ready.is_set():
-            # Right after a failure, fail fast instead of making every request wait for a broker that is down.
-            wait = 0.0 if time.monotonic() - self._last_failure < 1.0 else self.connect_wait
-            if not self._ready.wait(wait):
-                raise PublishError("message broker unavailable")
-        connection = self._connection
-        waiter = _Waiter()
-        with self._outbox_lock:
-            self._outbox.append((queue, body, waiter))
-            wake, self._wake_scheduled = not self._wake_scheduled, True
-        if wake:
-            try:
-                connection.ioloop.add_callback_threadsafe(self._publish_outbox)
-            except (AttributeError, pika.exceptions.AMQPError, RuntimeError) as exc:
-                self._fail_outbox(PublishError(f"message broker unavailable: {exc}"))
-        if not waiter.wait(self.timeout):
-            raise PublishError("message broker did not confirm in time")
-        if waiter.error is not None:
-            raise waiter.error
+        self._last_failure = float("-inf")
 
     @property
     def is_ready(self) -> bool:
-        """True while a confirm channel is open."""
-        self._ensure_started()
-        return self._ready.is_set() or self._ready.wait(self.connect_wait)
+        """True while a confirm-mode channel is open (no waiting, no I/O)."""
+        return self._channel is not None and self._channel.is_open
 
-    def close(self) -> None:
-        """Close the connection (pending publishes fail) and stop the I/O thread."""
-        self._closing = True
-        connection = self._connection
-        if connection is not None:
-            with contextlib.suppress(pika.exceptions.AMQPError, RuntimeError, AttributeError):
-                connection.ioloop.add_callback_threadsafe(self._close_in_loop)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    async def start(self) -> None:
+        """Start connecting in the background on the running loop; returns at once."""
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="amqp-publisher")
 
-    # -- I/O thread ------------------------------------------------------------------------------------------
-    def _ensure_started(self) -> None:
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="amqp-publisher", daemon=True)
-                    self._thread.start()
-
-    def _run(self) -> None:
-        backoff = 0.2
-        while not self._closing:
-            try:
-                self._declare_topology()
-                params = pika.URLParameters(self.amqp_url)
-                params.heartbeat = 30
-                self._connection = pika.SelectConnection(
-                    params,
-                    on_open_callback=self._on_open,
-                    on_open_error_callback=self._on_open_error,
-                    on_close_callback=self._on_closed,
-                )
-                self._connection.ioloop.start()
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                log.warning("broker unreachable: %s", exc)
-            self._ready.clear()
-            self._last_failure = time.monotonic()
-            self._fail_pending(PublishError("connection to the message broker lost"))
-            self._fail_outbox(PublishError("connection to the message broker lost"))
-            if self._closing:
-                break
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-            if self._ready.is_set():
-                backoff = 0.2
-
-    def _declare_topology(self) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+    async def publish(self, queue: str, body: bytes) -> None:
+        """Publish persistent and mandatory to ``queue``, return once confirmed; else raise :class:`PublishError`."""
+        channel = self._channel if self._channel is not None else await self._wait_ready()
+        tag = self._next_tag + 1
+        properties = pika.BasicProperties(message_id=str(tag), **PERSISTENT_JSON)  # message_id: see _on_return
         try:
-            self.declare(connection.channel())
-        finally:
-            connection.close()
+            channel.basic_publish("", queue, body, properties, mandatory=True)
+        except pika.exceptions.AMQPError as exc:  # the channel is closing: nothing was sent
+            raise PublishError(f"message broker unavailable: {exc!r}") from exc
+        # Count the tag only once sent: the broker numbers what it received, and one skew would misroute every ack.
+        self._next_tag = tag
+        loop = asyncio.get_running_loop()
+        future = self._pending[tag] = loop.create_future()
+        timer = loop.call_later(self.timeout, self._expire, tag)
+        try:
+            await future
+        finally:  # success, failure, timeout or cancellation alike: nothing of this request stays behind
+            timer.cancel()
+            self._pending.pop(tag, None)
+            self._returned.discard(tag)
 
-    def _on_open(self, connection) -> None:
+    async def close(self) -> None:
+        """Close the connection: pending publishes fail at once and the reconnect task stops."""
+        self._closing = True
+        self._mark_down("publisher closed")
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        if self._connection is not None and not (self._connection.is_closing or self._connection.is_closed):
+            self._connection.close()
+        if self._over is not None and not self._over.done():
+            await asyncio.wait([self._over], timeout=self.timeout)  # the broker answers Connection.Close
+
+    # -- background connection -------------------------------------------------------------------------------
+    async def _wait_ready(self) -> Channel:
+        if self._task is None or time.monotonic() - self._last_failure < FAIL_FAST_SECONDS:
+            raise PublishError("message broker unavailable")
+        try:
+            await asyncio.wait_for(self._ready.wait(), self.connect_wait)
+        except TimeoutError:
+            raise PublishError("message broker unavailable") from None
+        if self._channel is None:  # lost again between the wake-up and now
+            raise PublishError("message broker unavailable")
+        return self._channel
+
+    async def _run(self) -> None:
+        backoff, index = BACKOFF_MIN, 0
+        while not self._closing:
+            url = self.urls[index]
+            index = (index + 1) % len(self.urls)
+            became_ready = await self._connect_and_serve(url)
+            if not became_ready and index != 0:
+                continue  # another node may answer: try it at once, back off only after a whole round failed
+            await asyncio.sleep(BACKOFF_MIN if became_ready else backoff)
+            backoff = BACKOFF_MIN if became_ready else min(backoff * 2, BACKOFF_MAX)
+
+    async def _connect_and_serve(self, url: str) -> bool:
+        """Connect to one node and return when that connection is over; True if it became ready."""
+        params = pika.URLParameters(url)
+        params.heartbeat = HEARTBEAT_SECONDS
+        self._became_ready = False
+        try:
+            # Once per connection, before ready; in a thread because a blocking connection would stall the loop.
+            await asyncio.to_thread(self._declare_with_blocking_connection, url)
+            loop = asyncio.get_running_loop()
+            self._over = over = loop.create_future()
+            self._connection = AsyncioConnection(
+                params,
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_connection_over,
+                on_close_callback=self._on_connection_over,
+                custom_ioloop=loop,
+            )
+            await asyncio.shield(over)  # shielded: close() still waits for it after cancelling this task
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # whatever failed, this task must live on and retry
+            log.warning("message broker %s:%s unavailable: %r", params.host, params.port, exc)
+        self._mark_down("connection to the message broker lost")
+        return self._became_ready
+
+    def _declare_with_blocking_connection(self, url: str) -> None:
+        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+            self.declare(connection.channel())
+
+    def _mark_down(self, reason: str) -> None:
+        """Not ready any more: fail every pending publish (its confirm can no longer arrive)."""
+        self._channel = None
+        self._ready.clear()
+        self._last_failure = time.monotonic()
+        pending, self._pending = self._pending, {}
+        self._returned.clear()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(PublishError(reason))
+
+    # -- pika callbacks (on the loop) ------------------------------------------------------------------------
+    @_guarded
+    def _on_open(self, connection: AsyncioConnection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
 
-    def _on_open_error(self, connection, error) -> None:
-        log.warning("could not open broker connection: %s", error)
-        connection.ioloop.stop()
-
-    def _on_closed(self, connection, reason) -> None:
-        self._ready.clear()
-        self._channel = None
+    @_guarded
+    def _on_connection_over(self, _connection: AsyncioConnection, reason: BaseException) -> None:
+        """Connection failed to open or closed: the task's wait for this connection ends."""
         if not self._closing:
-            log.warning("broker connection closed: %s", reason)
-        connection.ioloop.stop()
+            log.warning("message broker connection failed or closed: %r", reason)
+        self._mark_down(f"connection to the message broker lost: {reason!r}")
+        if self._over is not None and not self._over.done():
+            self._over.set_result(None)
 
-    def _on_channel_open(self, channel) -> None:
+    @_guarded
+    def _on_channel_open(self, channel: Channel) -> None:
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
-        self._next_tag = 0
-        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=partial(self._on_confirm_mode, channel))
+        on_select_ok = functools.partial(self._on_select_ok, channel)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=on_select_ok)
 
-    def _on_confirm_mode(self, channel, _frame) -> None:
+    @_guarded
+    def _on_select_ok(self, channel: Channel, _frame: object) -> None:
+        self._next_tag = 0  # the broker numbers publishes per channel, from 1
         self._channel = channel
-        # Publishes queued for a previous connection never reached a loop that runs: fail them, re-arm wake-ups.
-        self._fail_outbox(PublishError("connection to the message broker lost"))
+        self._became_ready = True
         self._ready.set()
         log.info("publisher ready (confirm mode)")
 
-    def _on_channel_closed(self, channel, reason) -> None:
-        self._ready.clear()
-        self._channel = None
-        self._fail_pending(PublishError(f"broker closed the channel: {reason}"))
-        if self._connection is not None and self._connection.is_open:
+    @_guarded
+    def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
+        self._mark_down(f"message broker closed the channel: {reason!r}")
+        # One recovery path for everything: drop the connection; the task reconnects and declares again.
+        if not self._closing and self._connection is not None and self._connection.is_open:
             self._connection.close()
 
-    def _publish_outbox(self) -> None:
-        with self._outbox_lock:
-            batch, self._outbox = self._outbox, []
-            self._wake_scheduled = False
-        channel = self._channel
-        for queue, body, waiter in batch:
-            if channel is None or not channel.is_open:
-                waiter.resolve(PublishError("message broker unavailable"))
-                continue
-            self._next_tag += 1
-            tag = self._next_tag
-            self._pending[tag] = waiter
-            properties = pika.BasicProperties(message_id=str(tag), **PERSISTENT_JSON)
-            channel.basic_publish("", queue, body, properties, mandatory=True)
-
-    def _on_return(self, _channel, _method, properties, _body) -> None:
-        # An unroutable message is returned before its ack: remember it so the ack fails it.
-        with contextlib.suppress(TypeError, ValueError):
+    @_guarded
+    def _on_return(self, _channel: Channel, _method: object, properties: pika.BasicProperties, _body: bytes) -> None:
+        # An unroutable message comes back before its ack: remember its tag so that the ack fails it.
+        if properties.message_id and properties.message_id.isdigit():
             self._returned.add(int(properties.message_id))
 
-    def _on_confirm(self, frame) -> None:
+    @_guarded
+    def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        acked = isinstance(method, pika.spec.Basic.Ack)
-        if method.multiple:
-            tags = []
-            for tag in self._pending:  # insertion order is tag order
-                if tag > method.delivery_tag:
-                    break
-                tags.append(tag)
+        if method.multiple:  # every pending tag up to this one; the dict's insertion order is tag order
+            tags = list(itertools.takewhile(lambda tag: tag <= method.delivery_tag, self._pending))
         else:
-            tags = [method.delivery_tag] if method.delivery_tag in self._pending else []
+            tags = [method.delivery_tag]
+        nacked = isinstance(method, pika.spec.Basic.Nack)
         for tag in tags:
-            waiter = self._pending.pop(tag)
-            if not acked:
-                waiter.resolve(PublishError("message broker refused the message"))
+            future = self._pending.pop(tag, None)
+            if future is None or future.done():  # timed out or cancelled meanwhile
+                continue
+            if nacked:
+                future.set_exception(PublishError("message broker refused the message"))
             elif tag in self._returned:
-                self._returned.discard(tag)
-                waiter.resolve(PublishError("message broker has no such queue"))
+                future.set_exception(PublishError("message broker has no such queue"))
             else:
-                waiter.resolve()
+                future.set_result(None)
 
-    def _fail_pending(self, error: PublishError) -> None:
-        pending, self._pending = self._pending, {}
-        self._returned.clear()
-        for waiter in pending.values():
-            waiter.resolve(error)
-
-    def _fail_outbox(self, error: PublishError) -> None:
-        with self._outbox_lock:
-            batch, self._outbox = self._outbox, []
-            self._wake_scheduled = False
-        for _queue, _body, waiter in batch:
-            waiter.resolve(error)
-
-    def _close_in_loop(self) -> None:
-        if self._connection is not None and self._connection.is_open:
-            self._connection.close()
+    def _expire(self, tag: int) -> None:
+        future = self._pending.pop(tag, None)
+        if future is not None and not future.done():
+            future.set_exception(PublishError(f"message broker did not confirm within {self.timeout}s"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon
 
-from chat_api.resources.params import add_page_links, body_field, page_params
+from chat_api.resources.params import add_page_links, after_param, body_field, page_params
 from chat_api.services import ChatService
 
 
@@ -14,38 +14,43 @@ class MessagesResource:
     def __init__(self, service: ChatService) -> None:
         self.service = service
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
-        """List messages in number order."""
+    async def on_get(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
+        """List messages in number order (``?after=m`` starts after message m)."""
         page, per_page = page_params(req, self.service.limits.max_page_size)
-        result = self.service.list_messages(token, chat_number, page, per_page)
+        result = await self.service.list_messages(token, chat_number, page, per_page, after_param(req))
         resp.media = [m.public() for m in result.items]
-        add_page_links(req, resp, result.page, result.per_page, result.has_next)
+        last = result.items[-1].message_number if result.items else None
+        add_page_links(req, resp, result.page, result.per_page, result.has_next, last)
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
+    async def on_post(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
         """Create a message; the row is written asynchronously, the number is final.
 
         With ``Idempotency-Key``, a repeat answers the first request's number (and ``Idempotent-Replayed``).
         """
         key = req.get_header("Idempotency-Key")
-        number, replayed = self.service.create_message(token, chat_number, body_field(req, "message", "body"), key)
+        number, replayed = await self.service.create_message(
+            token, chat_number, await body_field(req, "message", "body"), key
+        )
         resp.status = falcon.HTTP_201
         if replayed:
             resp.set_header("Idempotent-Replayed", "true")
         resp.location = f"{req.prefix}{req.path}/{number}"
         resp.media = {"message_number": number}
 
-    def on_get_item(
+    async def on_get_item(
         self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int, message_number: int
     ) -> None:
         """Show one message."""
-        resp.media = self.service.get_message(token, chat_number, message_number).public()
+        resp.media = (await self.service.get_message(token, chat_number, message_number)).public()
 
-    def on_patch_item(
+    async def on_patch_item(
         self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int, message_number: int
     ) -> None:
-        """Edit a message's body."""
-        body = body_field(req, "message", "body")
-        resp.media = self.service.edit_message(token, chat_number, message_number, body).public()
+        """Edit a message: 200 with it as stored, or 202 when its row is not written yet (the edit is queued)."""
+        body = await body_field(req, "message", "body")
+        message, applied = await self.service.edit_message(token, chat_number, message_number, body)
+        resp.status = falcon.HTTP_200 if applied else falcon.HTTP_202
+        resp.media = message.public()
 
     on_put_item = on_patch_item
 
@@ -56,7 +61,7 @@ class MessageSearchResource:
     def __init__(self, service: ChatService) -> None:
         self.service = service
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
+    async def on_get(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
         """Search; a missing, blank or over-long query is a malformed request (400)."""
         query = req.get_param("query")
         if query is None or not query.strip():
@@ -66,7 +71,7 @@ class MessageSearchResource:
                 description=f"query must be at most {self.service.limits.max_query_chars} characters"
             )
         page, per_page = page_params(req, self.service.limits.max_page_size)
-        result = self.service.search_messages(token, chat_number, query, page, per_page)
+        result = await self.service.search_messages(token, chat_number, query, page, per_page)
         resp.media = [
             {"message_number": h.message_number, "body": h.body, **({"score": h.score} if h.score is not None else {})}
             for h in result.items

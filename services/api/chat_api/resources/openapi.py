@@ -94,7 +94,7 @@ class OpenApiResource:
     def __init__(self, document: bytes | None = None) -> None:
         self.document = document if document is not None else DOCUMENT_PATH.read_bytes()
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self.document
 
@@ -105,7 +105,7 @@ class DocsResource:
     def __init__(self, document: dict | None = None) -> None:
         self.page = render_html(document if document is not None else load_document()).encode()
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
         resp.content_type = falcon.MEDIA_HTML
         resp.set_header("Content-Security-Policy", DOCS_CSP)
         resp.data = self.page

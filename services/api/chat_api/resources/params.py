@@ -6,14 +6,14 @@ import hmac
 
 import falcon
 
-from chat_api.services import MAX_PAGE
+from chat_api.services import MAX_NUMBER, MAX_PAGE
 
 
-def body_field(req: falcon.Request, root: str, field: str) -> object:
+async def body_field(req: falcon.Request, root: str, field: str) -> object:
     """One field of the body: ``{"field": v}``, ``{"root": {"field": v}}`` or form ``root[field]=v`` / ``field=v``."""
     if not req.content_length:
         return None
-    media = req.get_media()
+    media = await req.get_media()
     if not isinstance(media, dict):
         raise falcon.HTTPBadRequest(description="request body must be an object")
     nested = media.get(root)
@@ -32,24 +32,39 @@ def page_params(req: falcon.Request, max_page_size: int) -> tuple[int, int | Non
     return page, per_page
 
 
-def add_page_links(req: falcon.Request, resp: falcon.Response, page: int, per_page: int, has_next: bool) -> None:
-    """RFC 8288 ``Link`` header with first/prev/next pages."""
+def after_param(req: falcon.Request) -> int | None:
+    """``after``: the number the page starts after (keyset pagination); 400 when malformed."""
+    return req.get_param_as_int("after", min_value=0, max_value=MAX_NUMBER)
+
+
+def add_page_links(
+    req: falcon.Request, resp: falcon.Response, page: int, per_page: int, has_next: bool, last: int | None = None
+) -> None:
+    """RFC 8288 ``Link`` header with first/prev/next pages.
+
+    Where rows have numbers (``last`` is the page's last one), ``next`` starts ``after`` it: the server seeks
+    straight to it, so following ``next`` costs the same on page 1000 as on page 1. ``page`` stays in the link
+    as the page's ordinal (it is what ``prev`` counts back from); when ``after`` is given, it decides.
+    """
     base = f"{req.prefix}{req.path}"
     extra = "".join(
-        f"&{k}={v}" for k, v in sorted(req.params.items()) if k not in ("page", "per_page") and isinstance(v, str)
+        f"&{k}={v}"
+        for k, v in sorted(req.params.items())
+        if k not in ("page", "per_page", "after") and isinstance(v, str)
     )
 
-    def link(number: int) -> str:
-        return f"{base}?page={number}&per_page={per_page}{extra}"
+    def link(number: int, after: int | None = None) -> str:
+        keyset = f"after={after}&" if after is not None else ""
+        return f"{base}?{keyset}page={number}&per_page={per_page}{extra}"
 
     resp.append_link(link(1), "first")
     if page > 1:
         resp.append_link(link(page - 1), "prev")
     if has_next:
-        resp.append_link(link(page + 1), "next")
+        resp.append_link(link(page + 1, last), "next")
 
 
-def require_admin(req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+async def require_admin(req: falcon.Request, resp: falcon.Response, resource, params) -> None:
     """Falcon hook: when an admin key is configured, demand it as a Bearer token (compared in constant time)."""
     expected = resource.admin_api_key
     if not expected:

@@ -1,0 +1,87 @@
+"""Search reads for the API, on the event loop: the same queries as :mod:`chat_common.search`, async clients.
+
+The writers index through the synchronous backends in :mod:`chat_common.search`; the API only searches, so
+it needs just this small port: MySQL through the asyncio engine, Elasticsearch through ``AsyncElasticsearch``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat_common.config import Settings
+from chat_common.search import SearchHit, SearchUnavailable
+from chat_common.search.mysql import search_statement
+
+
+class SearchReader(Protocol):
+    """Fragment search in one chat's messages, best matches first."""
+
+    name: str
+
+    async def search(
+        self, application_id: int, chat_number: int, query: str, offset: int, limit: int
+    ) -> list[SearchHit]:
+        """Best matches first; :class:`SearchUnavailable` when the backend cannot answer."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class MySqlSearchReader:
+    """Search inside MySQL/MariaDB (the embedded default)."""
+
+    name = "mysql"
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def search(  # noqa: D102
+        self, application_id: int, chat_number: int, query: str, offset: int, limit: int
+    ) -> list[SearchHit]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(search_statement(application_id, chat_number, query, offset, limit))
+            return [SearchHit(row.number, row.body) for row in result]
+
+    async def close(self) -> None:
+        """The engine belongs to the repository."""
+
+
+class ElasticsearchSearchReader:
+    """Search on Elasticsearch 8 with the async client (aiohttp transport)."""
+
+    name = "elasticsearch"
+
+    def __init__(self, url: str, alias: str) -> None:
+        from elasticsearch import AsyncElasticsearch
+
+        self.client = AsyncElasticsearch(url, request_timeout=10, retry_on_timeout=True, max_retries=2)
+        self.alias = alias
+
+    async def search(  # noqa: D102
+        self, application_id: int, chat_number: int, query: str, offset: int, limit: int
+    ) -> list[SearchHit]:
+        from elasticsearch import ApiError, TransportError
+
+        from chat_common.search.elastic import search_hits, search_request
+
+        try:
+            response = await self.client.search(
+                **search_request(self.alias, application_id, chat_number, query, offset, limit)
+            )
+        except (TransportError, ApiError) as exc:
+            raise SearchUnavailable(str(exc)) from exc
+        return search_hits(response)
+
+    async def close(self) -> None:  # noqa: D102
+        await self.client.close()
+
+
+def build_search_reader(settings: Settings, engine: AsyncEngine) -> SearchReader:
+    """Elasticsearch when ``ELASTICSEARCH_URL`` is set, otherwise MySQL/MariaDB (as the writers decide)."""
+    if settings.elasticsearch_url:
+        return ElasticsearchSearchReader(settings.elasticsearch_url, settings.search_index)
+    return MySqlSearchReader(engine)

@@ -1,0 +1,317 @@
+"""The asyncio confirming publisher against the real local RabbitMQ (no mocks of pika).
+
+Delays and drops are made with a small TCP proxy in front of the broker: holding its broker->client direction
+keeps confirms from arriving (timeouts), cutting its sockets drops the connection mid-flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from uuid import uuid4
+
+import pika
+import pytest
+
+from chat_api.adapters.publisher import ConfirmingPublisher, PublishError
+from chat_common.topology import Topology
+
+BROKER = ("127.0.0.1", 5672)
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+def amqp_url(port: int) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- direct broker access (blocking pika, run in a thread so that the loop under test keeps running) -----------
+@contextlib.contextmanager
+def blocking_channel() -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        yield connection.channel()
+    finally:
+        connection.close()
+
+
+def _declare(queue: str, arguments: dict) -> None:
+    with blocking_channel() as channel:
+        channel.queue_declare(queue, durable=True, arguments=arguments)
+
+
+def _drain(queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+    got = []
+    with blocking_channel() as channel:
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return got
+            got.append((properties, body))
+
+
+async def drain(queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+    return await asyncio.to_thread(_drain, queue)
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    """A topology of the test's own; every queue of it (and ``<prefix>.extra.*``) is deleted afterwards."""
+    topo = Topology(prefix=f"test_pub_{uuid4().hex[:8]}")
+    yield topo
+    with blocking_channel() as channel:
+        for work in (topo.chats, topo.messages):
+            for name in (work.name, work.dead_letter, *work.retry_queues):
+                channel.queue_delete(name)
+        channel.queue_delete(f"{topo.prefix}.extra.nack")
+
+
+@contextlib.asynccontextmanager
+async def running(url: str, topology: Topology, **options: float) -> AsyncIterator[ConfirmingPublisher]:
+    publisher = ConfirmingPublisher(url, declare=topology.declare, **options)
+    await publisher.start()
+    try:
+        yield publisher
+    finally:
+        await publisher.close()
+
+
+async def until_ready(publisher: ConfirmingPublisher, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not publisher.is_ready:
+        assert time.monotonic() < deadline, "publisher did not become ready"
+        await asyncio.sleep(0.01)
+
+
+class BrokerProxy:
+    """TCP proxy to the local broker; ``hold()`` stops broker->client bytes (kept, not lost), ``cut()`` drops all."""
+
+    def __init__(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._pumps: set[asyncio.Task] = set()
+        self._handlers: set[asyncio.Task] = set()
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> BrokerProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = amqp_url(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._server.close()
+        self.cut()
+        await asyncio.gather(*self._pumps, *self._handlers, return_exceptions=True)
+
+    def hold(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
+    def cut(self) -> None:
+        """Abort every proxied connection (the client sees the broker vanish); new ones flow again."""
+        for pump in self._pumps:
+            pump.cancel()
+        self._flowing.set()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._handlers.add(asyncio.current_task())
+        broker_reader, broker_writer = await asyncio.open_connection(*BROKER)
+        pumps = {
+            asyncio.create_task(self._pump(client_reader, broker_writer, gate=None)),
+            asyncio.create_task(self._pump(broker_reader, client_writer, gate=self._flowing)),
+        }
+        self._pumps |= pumps
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+        for writer in (client_writer, broker_writer):
+            writer.transport.abort()
+        self._pumps -= pumps
+        self._handlers.discard(asyncio.current_task())
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event | None) -> None:
+        while data := await reader.read(65536):
+            if gate is not None:
+                await gate.wait()
+            writer.write(data)
+            await writer.drain()
+
+
+# -- tests -----------------------------------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_confirmed_message_is_in_the_queue_and_persistent(topology: Topology) -> None:
+    queue = topology.messages.name
+    async with running(AMQP_URL, topology) as publisher:
+        await until_ready(publisher)
+        await publisher.publish(queue, b'{"n": 1}')
+    [(properties, body)] = await drain(queue)
+    assert body == b'{"n": 1}'
+    assert properties.delivery_mode == 2
+    assert properties.content_type == "application/json"
+
+
+@pytest.mark.asyncio
+async def test_concurrent_publishes_all_confirmed_exactly_once(topology: Topology) -> None:
+    queue = topology.chats.name
+    bodies = [f'{{"n": {i}}}'.encode() for i in range(200)]
+    publisher = ConfirmingPublisher(AMQP_URL, declare=topology.declare)
+    confirms = []  # spy on our own ack handler (registered when the channel opens): which frames carried acks
+    original = publisher._on_confirm
+    publisher._on_confirm = lambda frame: (confirms.append(frame.method.multiple), original(frame))
+    await publisher.start()
+    try:
+        await until_ready(publisher)
+        await asyncio.wait_for(asyncio.gather(*(publisher.publish(queue, body) for body in bodies)), 10)
+        assert publisher._pending == {}
+    finally:
+        await publisher.close()
+    assert any(confirms), "no multiple=True ack seen"
+    assert len(confirms) < len(bodies)
+    assert Counter(body for _, body in await drain(queue)) == Counter(bodies)
+
+
+@pytest.mark.asyncio
+async def test_returned_message_fails_only_its_own_request(topology: Topology) -> None:
+    queue = topology.messages.name
+    missing = f"{topology.prefix}.no_such_queue"
+    async with running(AMQP_URL, topology) as publisher:
+        await until_ready(publisher)
+        results = await asyncio.gather(
+            publisher.publish(queue, b"1"),
+            publisher.publish(missing, b"2"),
+            publisher.publish(queue, b"3"),
+            return_exceptions=True,
+        )
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], PublishError)
+        await publisher.publish(queue, b"4")  # the channel survived the return
+    assert [body for _, body in await drain(queue)] == [b"1", b"3", b"4"]
+
+
+@pytest.mark.asyncio
+async def test_nack_fails_only_its_own_request(topology: Topology) -> None:
+    queue = f"{topology.prefix}.extra.nack"
+    await asyncio.to_thread(_declare, queue, {"x-max-length": 1, "x-overflow": "reject-publish"})
+    async with running(AMQP_URL, topology) as publisher:
+        await until_ready(publisher)
+        results = await asyncio.gather(
+            publisher.publish(queue, b"first"), publisher.publish(queue, b"second"), return_exceptions=True
+        )
+        assert results[0] is None
+        assert isinstance(results[1], PublishError)
+    assert [body for _, body in await drain(queue)] == [b"first"]
+
+
+@pytest.mark.asyncio
+async def test_channel_closed_by_broker_fails_pending_then_recovers(topology: Topology) -> None:
+    queue = topology.messages.name
+    async with running(AMQP_URL, topology, timeout=10.0) as publisher:
+        await until_ready(publisher)
+        # A publish to a missing exchange makes the broker close the channel; the broker ignores what follows
+        # it on that channel, so the ten publishes below are in flight and can only fail.
+        publisher._channel.basic_publish(f"{topology.prefix}.no_such_exchange", "x", b"")
+        started = time.monotonic()
+        lost = asyncio.gather(*(publisher.publish(queue, b"lost") for _ in range(10)), return_exceptions=True)
+        results = await asyncio.wait_for(lost, 5)
+        assert all(isinstance(result, PublishError) for result in results), results
+        assert time.monotonic() - started < 2.0  # failed by the channel closing, not by the 10 s timeout
+        assert publisher._pending == {}
+        await until_ready(publisher)
+        await publisher.publish(queue, b"after")
+    assert [body for _, body in await drain(queue)] == [b"after"]
+
+
+@pytest.mark.asyncio
+async def test_connection_lost_mid_flight_fails_pending_then_recovers(topology: Topology) -> None:
+    queue = topology.messages.name
+    async with BrokerProxy() as proxy, running(proxy.url, topology, timeout=10.0) as publisher:
+        await until_ready(publisher)
+        proxy.hold()  # the broker receives and confirms, but the confirms stay in the proxy
+        pending = [asyncio.create_task(publisher.publish(queue, b"in flight")) for _ in range(10)]
+        await asyncio.sleep(0.2)
+        assert not any(task.done() for task in pending)
+        proxy.cut()
+        started = time.monotonic()
+        results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
+        assert all(isinstance(result, PublishError) for result in results), results
+        assert time.monotonic() - started < 2.0
+        assert not publisher.is_ready
+        await until_ready(publisher)
+        await publisher.publish(queue, b"after")
+
+
+@pytest.mark.asyncio
+async def test_broker_down_at_start_fails_quickly(topology: Topology) -> None:
+    async with running(amqp_url(closed_port()), topology, connect_wait=0.5) as publisher:
+        assert not publisher.is_ready
+        started = time.monotonic()
+        with pytest.raises(PublishError):
+            await publisher.publish(topology.messages.name, b"x")
+        assert time.monotonic() - started < 0.5 + 1.0
+        # A connection attempt failed less than a second ago: the next request fails without waiting.
+        started = time.monotonic()
+        with pytest.raises(PublishError):
+            await publisher.publish(topology.messages.name, b"x")
+        assert time.monotonic() - started < 0.1
+        assert not publisher.is_ready
+
+
+@pytest.mark.asyncio
+async def test_url_list_connects_through_the_node_that_answers(topology: Topology) -> None:
+    queue = topology.messages.name
+    async with running(f"{amqp_url(closed_port())}, {AMQP_URL}", topology) as publisher:
+        await until_ready(publisher, within=3.0)
+        await publisher.publish(queue, b"via second")
+    assert [body for _, body in await drain(queue)] == [b"via second"]
+
+
+@pytest.mark.asyncio
+async def test_missing_confirm_times_out_and_cancel_leaks_nothing(topology: Topology) -> None:
+    queue = topology.messages.name
+    async with BrokerProxy() as proxy, running(proxy.url, topology, timeout=0.3) as publisher:
+        await until_ready(publisher)
+        proxy.hold()
+        started = time.monotonic()
+        with pytest.raises(PublishError, match="did not confirm"):
+            await asyncio.wait_for(publisher.publish(queue, b"late"), 5)
+        assert 0.25 < time.monotonic() - started < 1.0
+        assert publisher._pending == {}
+        cancelled = asyncio.create_task(publisher.publish(queue, b"cancelled"))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert publisher._pending == {}
+        proxy.release()
+        await publisher.publish(queue, b"on time")  # late confirms of the earlier tags resolve nothing wrong
+        assert publisher.is_ready
+
+
+@pytest.mark.asyncio
+async def test_close_fails_pending_and_stops_every_task(topology: Topology) -> None:
+    queue = topology.messages.name
+    publisher = ConfirmingPublisher(AMQP_URL, declare=topology.declare)
+    await publisher.start()
+    await until_ready(publisher)
+    pending = [asyncio.create_task(publisher.publish(queue, b"x")) for _ in range(20)]
+    await asyncio.sleep(0)  # the publishes are sent; their confirms cannot have been read yet
+    await publisher.close()
+    results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
+    assert all(isinstance(result, PublishError) for result in results), results
+    assert not publisher.is_ready
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    with pytest.raises(PublishError):
+        await publisher.publish(queue, b"after close")
