@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The installable packages (each has its own pyproject.toml); the virtualenv has them all in editable mode.
-PACKAGES := common services/api services/chat-writer services/message-writer services/counter-cron operator
+PACKAGES := common services/api services/chat-writer services/message-writer services/counter-cron operator devtools
 export COUNT_SYNC_EVERY_SECONDS ?= 30
 
 .PHONY: help venv migrate run sync-counts reindex test test-unit test-fast lint format bench clean
@@ -36,8 +36,9 @@ reindex: venv ## rebuild the Elasticsearch index from MySQL (no-op with the embe
 test: venv ## the whole test suite (needs MariaDB, Redis and RabbitMQ running)
 	$(BIN)/python -m pytest
 
-test-unit: venv ## the unit tests only (no MariaDB, Redis or RabbitMQ needed)
-	$(BIN)/python -m pytest tests/unit -q
+test-unit: venv ## the unit tests only: the rules on in-memory fakes, no service reachable (seconds)
+	@# The fuzzing plugins take half of pytest's start-up and serve no unit test.
+	$(BIN)/python -m pytest tests/unit -q -p no:schemathesis -p no:hypothesispytest
 
 lint: venv ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -15,8 +15,8 @@ import statistics
 from benchmarks.loadgen import wrk
 from benchmarks.run import LOG_DIR, MESSAGE_BODY, RESULTS
 from benchmarks.system import PeakMemory, Stack
-from tests.support.http import Api
-from tests.support.namespace import Namespace
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:

@@ -1,6 +1,6 @@
 """The benchmark run: every scenario of issue 7 and the ceilings they are compared with, in one process.
 
-Everything runs in a fresh namespace (database, Redis prefix, queue names; tests/support/namespace.py) with
+Everything runs in a fresh namespace (database, Redis prefix, queue names; chat_devtools.namespace) with
 the production defaults of the writers, against gunicorn and the writers started as real processes. The
 order reuses data: write scenarios on an empty table first, then the table is filled to ``BENCH_GROWTH_ROWS``
 for the growth, read and count-sync scenarios. Knobs (environment):
@@ -40,10 +40,10 @@ from chat_common.config import Settings
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
 from chat_common.topology import Topology
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import ROOT, free_port
 from counter_cron.sync import CountSync
-from tests.support.http import Api
-from tests.support.namespace import Namespace
-from tests.support.processes import ROOT, free_port
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))

@@ -1,6 +1,6 @@
 """The processes under test, and what the benchmark watches while they run: CPU per component, peak memory.
 
-Processes are started with the test harness (tests/support: an isolated namespace, gunicorn and the writers
+Processes are started with the test harness (chat_devtools: an isolated namespace, gunicorn and the writers
 as real processes), so the benchmark measures exactly what `make run` and the tests start.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import requests
 
-from tests.support.namespace import Namespace
-from tests.support.processes import Process, System
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import Process, System
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVERS = {"rabbitmq": ("beam.smp",), "redis": ("redis-server",), "mysql": ("mariadbd", "mysqld")}

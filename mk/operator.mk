@@ -11,7 +11,7 @@ operator-crds: ## kubectl apply the Application and kopf peering CRDs to the cur
 	kubectl apply -f - <<< '{"apiVersion":"kopf.dev/v1","kind":"ClusterKopfPeering","metadata":{"name":"chat-system"}}'
 
 operator-run: venv ## run the operator locally against the current kubeconfig (every namespace)
-	API_INTERNAL_URL=$(OPERATOR_API_URL) LOG_FORMAT=plain METRICS_PORT=$(or $(OPERATOR_METRICS_PORT),9090) \
+	API_INTERNAL_URL=$(OPERATOR_API_URL) METRICS_PORT=$(or $(OPERATOR_METRICS_PORT),9090) \
 	  LIVENESS_ENDPOINT=http://127.0.0.1:8081/healthz $(BIN)/python -m chat_operator
 
 e2e-operator: venv ## the operator's kind e2e (cluster with the chart installed; needs API_BASE_URL)

@@ -29,7 +29,6 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     elasticsearch_url: str | None = None
-    port: int = 8080
     admin_api_key: str | None = field(default=None, repr=False)
     # Namespaces, so that tests, benchmarks and `make run` can share one Redis and one broker.
     redis_key_prefix: str = "chat:"
@@ -47,6 +46,8 @@ class Settings:
     rate_limit_per_second: int = 0  # per token; 0 disables
     # Hand-off to RabbitMQ.
     publish_timeout_seconds: float = 5.0
+    # Bound on one numbering round trip to Redis (connecting included), after which a create answers 503.
+    redis_timeout_seconds: float = 2.0
     # API event loop: report any loop step longer than this (asyncio debug mode; tests only). 0 = off.
     api_slow_callback_ms: float = 0.0
     # Writers.
@@ -58,8 +59,6 @@ class Settings:
     # Count sync.
     counts_batch_size: int = 1000
     pushgateway_url: str | None = None
-    # After Redis lost its data: how long writers must have been seen idle before numbering resumes.
-    recovery_quiet_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -5,6 +5,12 @@ when it reaches ``batch_size`` or its first message is ``max_wait`` seconds old;
 (database or broker down) are retried with backoff while the batch is held; messages the handler asks to
 retry go to a delayed-retry queue and those it cannot ever apply to the dead-letter queue; SIGTERM finishes
 the batch in hand, acknowledges it and closes. Broker restarts are survived by reconnecting with backoff.
+
+The loop only consumes, flushes and acknowledges. What else a writer does while it runs — metrics, its
+heartbeat, queue-depth sampling, a periodic chore — are :class:`ConsumerHook` s (``chat_common.consumer_hooks``),
+called at named points like kombu's ``ConsumerMixin`` callbacks or dramatiq's middleware. Finding the message
+at fault in a failing batch is :func:`chat_common.poison.apply_isolating_poison`; where each message of a
+finished batch goes (ack, retry tier, dead-letter) is :func:`chat_common.routing.route`.
 """
 
 from __future__ import annotations
@@ -15,58 +21,68 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass
 
 import pika
 import pika.exceptions
 
-from chat_common import metrics
+from chat_common.batches import ATTEMPT_HEADER, BatchHandler, BatchResult, Delivery, decode_batch
+from chat_common.poison import apply_isolating_poison
+from chat_common.routing import Routing, route, send
 from chat_common.topology import WorkQueue
+
+__all__ = [
+    "ATTEMPT_HEADER",
+    "BatchConsumer",
+    "BatchHandler",
+    "BatchResult",
+    "ConsumerHook",
+    "Delivery",
+    "LoopState",
+    "decode_batch",
+]
 
 log = logging.getLogger(__name__)
 
-ATTEMPT_HEADER = "x-attempt"
-
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    """One message as the broker handed it over."""
+class LoopState:
+    """What a hook may look at on each turn of the loop."""
 
-    body: bytes
-    delivery_tag: int
-    redelivered: bool
-    attempt: int  # 0 for the first try, n after n delayed retries
-
-
-@dataclass
-class BatchResult:
-    """What a handler decided. Deliveries not named here were applied and committed."""
-
-    retry: list[tuple[Delivery, str]] = field(default_factory=list)
-    dead: list[tuple[Delivery, str]] = field(default_factory=list)
+    consumer_id: str
+    queue: WorkQueue
+    held: int  # deliveries received and not yet acknowledged
+    connection: object  # the broker connection (the depth sampler opens a short-lived channel on it)
 
 
-BatchHandler = Callable[[Sequence[Delivery]], BatchResult]
-T = TypeVar("T")
+class ConsumerHook:
+    """Named points of the loop a side concern can attach to; every method is a no-op unless overridden."""
+
+    def on_message(self, queue: WorkQueue, delivery: Delivery) -> None:
+        """A delivery was taken from the broker."""
+
+    def on_iteration(self, state: LoopState) -> None:
+        """One turn of the loop ended (roughly every ``max_wait`` seconds, or 0.25 s when idle)."""
+
+    def on_batch_failed(self, queue: WorkQueue, batch: Sequence[Delivery], exc: BaseException) -> None:
+        """A transient failure: the batch is held and tried again after a backoff."""
+
+    def on_batch_applied(self, queue: WorkQueue, batch: Sequence[Delivery], seconds: float) -> None:
+        """The handler finished the batch (committed what it could apply)."""
+
+    def on_batch_done(self, queue: WorkQueue, routing: Routing) -> None:
+        """The batch's deliveries were acknowledged, sent to a retry tier or dead-lettered."""
+
+    def on_stop(self, state: LoopState) -> None:
+        """The loop left a connection after finishing the batch in hand (stop requested)."""
 
 
-def decode_batch(
-    deliveries: Sequence[Delivery], decode: Callable[[bytes], T], invalid: tuple[type[Exception], ...]
-) -> tuple[list[tuple[Delivery, T]], BatchResult]:
-    """Decode every delivery; the undecodable ones are already marked for the dead-letter queue in the result."""
-    result = BatchResult()
-    decoded: list[tuple[Delivery, T]] = []
-    for delivery in deliveries:
-        try:
-            decoded.append((delivery, decode(delivery.body)))
-        except invalid as exc:
-            result.dead.append((delivery, f"invalid: {exc}"))
-    return decoded, result
-
-
-Heartbeat = Callable[[str, int], None]
-Tick = Callable[[], None]
+def connect_blocking(amqp_url: str):
+    """A pika blocking connection with the heartbeat and blocked-connection timeout the writers use."""
+    params = pika.URLParameters(amqp_url)
+    params.heartbeat = 30
+    params.blocked_connection_timeout = 60
+    return pika.BlockingConnection(params)
 
 
 class BatchConsumer:
@@ -82,10 +98,9 @@ class BatchConsumer:
         batch_size: int = 500,
         max_wait: float = 0.2,
         max_attempts: int = 40,
-        heartbeat: Heartbeat | None = None,
         declare: Callable[[object], None] | None = None,
-        tick: Tick | None = None,
-        tick_every: float = 2.0,
+        hooks: Sequence[ConsumerHook] = (),
+        connect: Callable[[str], object] = connect_blocking,
     ) -> None:
         self.amqp_url = amqp_url
         self.queue = queue
@@ -94,17 +109,13 @@ class BatchConsumer:
         self.batch_size = batch_size
         self.max_wait = max_wait
         self.max_attempts = max_attempts
-        self.heartbeat = heartbeat
         self.declare = declare or queue.declare
-        self.tick = tick
-        self.tick_every = tick_every
-        self._last_tick = 0.0
+        self.hooks = list(hooks)
+        self.connect = connect
         self.consumer_id = f"{queue.name}|{uuid.uuid4().hex[:12]}"
         self.should_stop = False
         self._buffer: list[Delivery] = []
         self._first_at = 0.0
-        self._last_beat = 0.0
-        self._last_depth = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -136,12 +147,12 @@ class BatchConsumer:
         while not self.should_stop and time.monotonic() < deadline:
             time.sleep(min(0.1, deadline - time.monotonic()))
 
+    def _state(self, connection) -> LoopState:
+        return LoopState(self.consumer_id, self.queue, len(self._buffer), connection)
+
     # -- the loop --------------------------------------------------------------------------------------------
     def _consume(self) -> None:
-        params = pika.URLParameters(self.amqp_url)
-        params.heartbeat = 30
-        params.blocked_connection_timeout = 60
-        connection = pika.BlockingConnection(params)
+        connection = self.connect(self.amqp_url)
         try:
             channel = connection.channel()
             self.declare(channel)
@@ -160,12 +171,14 @@ class BatchConsumer:
                     len(self._buffer) >= self.batch_size or time.monotonic() - self._first_at >= self.max_wait
                 ):
                     self._flush(connection, channel, retry_channel)
-                self._beat()
-                self._sample_depth(connection)
-                self._run_tick()
+                state = self._state(connection)
+                for hook in self.hooks:
+                    hook.on_iteration(state)
             if self._buffer:
                 self._flush(connection, channel, retry_channel)
-            self._beat(force=True)
+            state = self._state(connection)
+            for hook in self.hooks:
+                hook.on_stop(state)
         finally:
             if connection.is_open:
                 with contextlib.suppress(pika.exceptions.AMQPError):
@@ -176,111 +189,36 @@ class BatchConsumer:
         attempt = headers.get(ATTEMPT_HEADER, 0)
         if not self._buffer:
             self._first_at = time.monotonic()
-        self._buffer.append(
-            Delivery(body, method.delivery_tag, method.redelivered, attempt if isinstance(attempt, int) else 0)
-        )
-        metrics.WRITER_CONSUMED.labels(self.queue.name).inc()
-        if method.redelivered:
-            metrics.WRITER_REDELIVERED.labels(self.queue.name).inc()
-
-    def _beat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.heartbeat and (force or now - self._last_beat >= 0.2):
-            self._last_beat = now
-            try:
-                self.heartbeat(self.consumer_id, len(self._buffer))
-            except self.transient_errors as exc:
-                log.debug("heartbeat not recorded: %s", exc)
-
-    def _run_tick(self) -> None:
-        """The writer's periodic chore (the message-writer drains its search backlog here)."""
-        now = time.monotonic()
-        if self.tick is None or now - self._last_tick < self.tick_every:
-            return
-        self._last_tick = now
-        try:
-            self.tick()
-        except self.transient_errors as exc:
-            log.warning("periodic task failed: %s", exc)
-
-    def _sample_depth(self, connection, every: float = 5.0) -> None:
-        """Export the ready count of the work, retry and dead-letter queues (for autoscaling views and alerts)."""
-        now = time.monotonic()
-        if now - self._last_depth < every:
-            return
-        self._last_depth = now
-        names = [(self.queue.name, "work"), (self.queue.dead_letter, "dead")]
-        names += [(name, "retry") for name in self.queue.retry_queues]
-        channel = connection.channel()
-        try:
-            for name, kind in names:
-                ok = channel.queue_declare(name, passive=True).method
-                metrics.QUEUE_DEPTH.labels(name, kind).set(ok.message_count)
-        finally:
-            if channel.is_open:
-                channel.close()
+        delivery = Delivery(body, method.delivery_tag, method.redelivered, attempt if isinstance(attempt, int) else 0)
+        self._buffer.append(delivery)
+        for hook in self.hooks:
+            hook.on_message(self.queue, delivery)
 
     def _flush(self, connection, channel, retry_channel) -> None:
         batch, self._buffer = self._buffer, []
         result = self._apply_with_retries(connection, batch)
         if result is None:  # stop requested while the database was down: leave the batch to the broker
             raise pika.exceptions.ConnectionClosedByClient(200, "stopping with an unwritten batch")
-        name = self.queue.name
-        for delivery, reason in result.retry:
-            attempt = delivery.attempt + 1
-            if attempt > self.max_attempts:
-                result.dead.append((delivery, f"gave up after {self.max_attempts} attempts: {reason}"))
-                continue
-            retry_channel.basic_publish(
-                "",
-                self.queue.retry(attempt),
-                delivery.body,
-                pika.BasicProperties(delivery_mode=2, headers={ATTEMPT_HEADER: attempt}),
-                mandatory=True,
-            )
-            metrics.WRITER_RETRIED.labels(name).inc()
-        for delivery, reason in result.dead:
-            log.error("dead-lettering message (tag %s): %s", delivery.delivery_tag, reason)
-            channel.basic_nack(delivery.delivery_tag, requeue=False)
-            metrics.WRITER_DEAD_LETTERED.labels(name, reason.split(":")[0][:40]).inc()
-        # The channel holds no other unacked tags, so acknowledging the highest tag still outstanding covers the
-        # batch. Never a nacked tag: acknowledging it again makes the broker close the channel (406).
-        dead_tags = {d.delivery_tag for d, _ in result.dead}
-        remaining = [d.delivery_tag for d in batch if d.delivery_tag not in dead_tags]
-        if remaining:
-            channel.basic_ack(max(remaining), multiple=True)
-        applied = len(batch) - len(result.retry) - len(result.dead)
-        metrics.WRITER_WRITTEN.labels(name).inc(max(applied, 0))
+        routing = route(batch, result, self.queue, self.max_attempts)
+        send(routing, channel, retry_channel)
+        for hook in self.hooks:
+            hook.on_batch_done(self.queue, routing)
 
     def _apply_with_retries(self, connection, batch: list[Delivery]) -> BatchResult | None:
         backoff = 0.2
         while True:
             started = time.monotonic()
             try:
-                result = self._apply_isolating_poison(batch)
+                result = apply_isolating_poison(self.handler, batch, self.transient_errors)
             except self.transient_errors as exc:
-                metrics.WRITER_BATCH_FAILURES.labels(self.queue.name).inc()
+                for hook in self.hooks:
+                    hook.on_batch_failed(self.queue, batch, exc)
                 log.warning("batch of %d failed (%s); retrying in %.1fs", len(batch), exc, backoff)
                 connection.sleep(backoff)  # keeps the broker heartbeat alive while we wait
                 if self.should_stop:
                     return None
                 backoff = min(backoff * 2, 5.0)
                 continue
-            metrics.WRITER_BATCH_SIZE.labels(self.queue.name).observe(len(batch))
-            metrics.WRITER_WRITE_SECONDS.labels(self.queue.name).observe(time.monotonic() - started)
+            for hook in self.hooks:
+                hook.on_batch_applied(self.queue, batch, time.monotonic() - started)
             return result
-
-    def _apply_isolating_poison(self, batch: list[Delivery]) -> BatchResult:
-        """Apply the batch; when it fails for a non-transient reason, halve it to find the message at fault."""
-        try:
-            return self.handler(batch)
-        except self.transient_errors:
-            raise
-        except Exception as exc:
-            if len(batch) == 1:
-                return BatchResult(dead=[(batch[0], f"unappliable: {exc.__class__.__name__}: {exc}"[:500])])
-            log.warning("batch of %d failed (%s); splitting it", len(batch), exc.__class__.__name__)
-            middle = len(batch) // 2
-            first = self._apply_isolating_poison(batch[:middle])
-            second = self._apply_isolating_poison(batch[middle:])
-            return BatchResult(retry=first.retry + second.retry, dead=first.dead + second.dead)

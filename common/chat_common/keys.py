@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CLAIM_INFIX = ":claim:"
+
 
 @dataclass(frozen=True)
 class RedisKeys:
@@ -57,6 +59,26 @@ class RedisKeys:
     def counts_epoch(self) -> str:
         """Present once the count sync has done a full pass since Redis last lost its data."""
         return f"{self.prefix}meta:counts_epoch"
+
+    @property
+    def counts_epoch_pending(self) -> str:
+        """Run id of the count sync doing a full recount; it becomes the ``counts_epoch`` when that run finishes."""
+        return f"{self.counts_epoch}:pending"
+
+    @property
+    def count_claims(self) -> str:
+        """Hash claim set name -> unix time it was taken, so a later count sync can return a crashed run's claims."""
+        return f"{self.prefix}dirty:claims"
+
+    @staticmethod
+    def count_claim(dirty_set: str, run_id: str) -> str:
+        """Set of the ids one count-sync run took from ``dirty_set`` (a dirty-set key) and is recounting."""
+        return f"{dirty_set}{CLAIM_INFIX}{run_id}"
+
+    @staticmethod
+    def claimed_from(claim: str) -> str:
+        """The dirty set a claim (named by :meth:`count_claim`) was taken from."""
+        return claim.split(CLAIM_INFIX, 1)[0]
 
     @property
     def search_backlog(self) -> str:

@@ -48,14 +48,6 @@ class Application:
         return {"token": self.token, "name": self.name, "chats_count": self.chats_count}
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Exact live figures of an application (counted, not the cached ``*_count`` columns)."""
-
-    chats: int
-    messages: int
-
-
 _COLUMNS = (applications.c.id, applications.c.token, applications.c.name, applications.c.chats_count)
 
 
@@ -129,18 +121,6 @@ class Applications:
                 update(applications).where(applications.c.token == token).values(name=name, updated_at=func.now(6))
             )
         return self.find(token)
-
-    def usage(self, application_id: int) -> Usage:
-        """Exact chat and message counts of one application (two indexed counts)."""
-        chat_ids = select(chats.c.id).where(chats.c.application_id == application_id)
-        with self.engine.connect() as conn:
-            n_chats = conn.execute(
-                select(func.count()).select_from(chats).where(chats.c.application_id == application_id)
-            ).scalar_one()
-            n_messages = conn.execute(
-                select(func.count()).select_from(messages).where(messages.c.chat_id.in_(chat_ids))
-            ).scalar_one()
-        return Usage(int(n_chats), int(n_messages))
 
     def delete(self, token: str, batch_size: int = 5000) -> int | None:
         """Delete an application with its chats, messages, counters and search documents.

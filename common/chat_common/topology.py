@@ -3,12 +3,17 @@
 Everything goes through the default exchange, routed by queue name. A retry tier is a queue without
 consumers whose TTL dead-letters messages back into the work queue, so a retry waits without holding
 a writer. A rejected (``nack`` without requeue) message dead-letters into ``<queue>.dead``.
+
+This module is the source of the queue names. The Helm chart needs the work queues' names too (KEDA scales the
+writers on their depth) and spells ``<prefix>.chats`` / ``<prefix>.messages`` in its ``chat-system.writers``
+helper; tests/unit/test_writer_queue_names.py fails when the two disagree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Suffixes of the two work queues under ``QUEUE_PREFIX``.
 CHATS = "chats"
 MESSAGES = "messages"
 

@@ -1,6 +1,8 @@
 """Process wiring shared by the chat-writer and message-writer: settings, connections, heartbeat, loop.
 
-A writer package supplies only its queue and its batch handler (see ``chat_writer`` and ``message_writer``).
+A writer package supplies only its queue, its batch handler and, if it has one, its periodic chore (see
+``chat_writer`` and ``message_writer``). The writer heartbeat's format is defined here, once: the writers write
+it (:func:`format_heartbeat`), numbering recovery in the API and the tests read it (:func:`parse_heartbeat`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
 import redis
 import sqlalchemy.exc
@@ -18,6 +21,7 @@ from sqlalchemy import Engine
 from chat_common import logs
 from chat_common.config import Settings
 from chat_common.consumer import BatchConsumer, BatchHandler
+from chat_common.consumer_hooks import HeartbeatHook, PeriodicChore, QueueDepthSampler, WriterMetrics
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
 from chat_common.metrics import serve_metrics
@@ -37,17 +41,37 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 STALE_HEARTBEAT_SECONDS = 600
+# How often the message-writer drains its search backlog between batches.
+CHORE_EVERY_SECONDS = 2.0
+
+
+class WriterHeartbeat(NamedTuple):
+    """One writer's report: how many messages it holds unacknowledged, and when (unix time)."""
+
+    unacked: int
+    at: float
+
+
+def format_heartbeat(unacked: int, at: float) -> str:
+    """The value a writer stores under its id in the heartbeat hash: ``"<unacked>:<unix time>"``."""
+    return f"{unacked}:{at:.3f}"
+
+
+def parse_heartbeat(raw: bytes | str) -> WriterHeartbeat:
+    """Read a stored heartbeat; a malformed one reads as ``(0, 0.0)`` — held nothing, infinitely old."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    unacked, _, stamp = text.partition(":")
+    try:
+        return WriterHeartbeat(int(unacked), float(stamp))
+    except ValueError:
+        return WriterHeartbeat(0, 0.0)
 
 
 def prune_heartbeats(client: redis.Redis, keys: RedisKeys, now: float) -> int:
     """Forget heartbeats of writers that died without saying goodbye (SIGKILL, OOM); returns how many."""
     stale = []
     for field, raw in client.hgetall(keys.writer_heartbeats).items():
-        try:
-            at = float(raw.decode().partition(":")[2])
-        except ValueError:
-            at = 0.0
-        if now - at > STALE_HEARTBEAT_SECONDS:
+        if now - parse_heartbeat(raw).at > STALE_HEARTBEAT_SECONDS:
             stale.append(field)
     if stale:
         client.hdel(keys.writer_heartbeats, *stale)
@@ -64,12 +88,19 @@ class WriterContext:
     keys: RedisKeys
 
 
+H = TypeVar("H", bound=BatchHandler)
+
+
 def build_consumer(
     settings: Settings,
     pick_queue: Callable[[Topology], WorkQueue],
-    make_handler: Callable[[WriterContext], BatchHandler],
+    make_handler: Callable[[WriterContext], H],
+    chore: Callable[[H], None] | None = None,
 ) -> tuple[BatchConsumer, WriterContext]:
-    """A consumer for one writer, connected to the configured database, Redis and broker."""
+    """A consumer for one writer, connected to the configured database, Redis and broker.
+
+    ``chore``, when given, is called with the handler every ``CHORE_EVERY_SECONDS`` between batches.
+    """
     context = WriterContext(
         settings=settings,
         engine=make_engine(settings.database_url, pool_size=2),
@@ -82,34 +113,39 @@ def build_consumer(
 
     def heartbeat(consumer_id: str, unacked: int) -> None:
         now = time.time()
-        context.redis.hset(context.keys.writer_heartbeats, consumer_id, f"{unacked}:{now:.3f}")
+        context.redis.hset(context.keys.writer_heartbeats, consumer_id, format_heartbeat(unacked, now))
         if now - last_prune[0] > STALE_HEARTBEAT_SECONDS:
             last_prune[0] = now
             prune_heartbeats(context.redis, context.keys, now)
 
+    handler = make_handler(context)
+    hooks = [WriterMetrics(), HeartbeatHook(heartbeat, TRANSIENT_ERRORS), QueueDepthSampler()]
+    if chore is not None:
+        hooks.append(PeriodicChore(lambda: chore(handler), TRANSIENT_ERRORS, every=CHORE_EVERY_SECONDS))
     consumer = BatchConsumer(
         amqp_url=settings.rabbitmq_url,
         queue=pick_queue(topology),
-        handler=(handler := make_handler(context)),
+        handler=handler,
         transient_errors=TRANSIENT_ERRORS,
         batch_size=settings.writer_batch_size,
         max_wait=settings.writer_max_wait_seconds,
         max_attempts=settings.writer_max_attempts,
-        heartbeat=heartbeat,
         declare=topology.declare,
-        tick=getattr(handler, "tick", None),
+        hooks=hooks,
     )
     return consumer, context
 
 
 def run_writer(
-    pick_queue: Callable[[Topology], WorkQueue], make_handler: Callable[[WriterContext], BatchHandler]
+    pick_queue: Callable[[Topology], WorkQueue],
+    make_handler: Callable[[WriterContext], H],
+    chore: Callable[[H], None] | None = None,
 ) -> None:
-    """Run a writer process until SIGTERM/SIGINT."""
+    """Run a writer process until SIGTERM/SIGINT (``chore``: see :func:`build_consumer`)."""
     logs.configure()
     settings = Settings.from_env()
     serve_metrics(settings.metrics_port)
-    consumer, context = build_consumer(settings, pick_queue, make_handler)
+    consumer, context = build_consumer(settings, pick_queue, make_handler, chore)
     consumer.install_signal_handlers()
     try:
         consumer.run()

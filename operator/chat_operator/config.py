@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from chat_common.config import Settings
 
+LOG_FORMAT_ALIASES = {"plain": "text"}
+
 
 class ConfigError(ValueError):
     """The environment does not describe a runnable operator."""
@@ -21,12 +23,12 @@ class OperatorConfig:
     settings: Settings
     api_internal_url: str
     namespaces: tuple[str, ...] = ()  # empty: every namespace
-    metrics_port: int = 9090
+    metrics_port: int = 0  # as everywhere: 0 = no /metrics listener (the chart sets 9090)
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     refresh_seconds: float = 60.0
     peering_name: str = "chat-system"
     priority: int = 1
-    log_format: str = "json"
+    log_format: str = "text"  # as everywhere: text or json (the chart sets json)
     workers: int = 4
 
     @property
@@ -42,9 +44,11 @@ class OperatorConfig:
         if not api_url.startswith(("http://", "https://")):
             raise ConfigError("API_INTERNAL_URL must be the API's in-cluster URL, e.g. http://chat-system-api:8080")
         namespaces = tuple(n.strip() for n in env.get("WATCH_NAMESPACES", "").split(",") if n.strip())
-        log_format = env.get("LOG_FORMAT", "json").lower()
-        if log_format not in ("json", "plain"):
-            raise ConfigError("LOG_FORMAT must be json or plain")
+        # LOG_FORMAT means what it means in every service: text (the default) or json. "plain", the operator's
+        # former word for text, is still accepted.
+        log_format = LOG_FORMAT_ALIASES.get(raw := (env.get("LOG_FORMAT") or "text").lower(), raw)
+        if log_format not in ("text", "json"):
+            raise ConfigError("LOG_FORMAT must be text or json")
         refresh = float(env.get("STATUS_REFRESH_SECONDS") or 60)
         if refresh < 5:
             raise ConfigError("STATUS_REFRESH_SECONDS must be at least 5")
@@ -55,7 +59,7 @@ class OperatorConfig:
             settings=Settings.from_env(),
             api_internal_url=api_url.rstrip("/"),
             namespaces=namespaces,
-            metrics_port=int(env.get("METRICS_PORT") or 9090),
+            metrics_port=int(env.get("METRICS_PORT") or cls.metrics_port),
             liveness_endpoint=env.get("LIVENESS_ENDPOINT") or cls.liveness_endpoint,
             refresh_seconds=refresh,
             peering_name=env.get("PEERING_NAME") or cls.peering_name,

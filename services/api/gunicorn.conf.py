@@ -2,8 +2,8 @@
 
 Each worker runs the Falcon ASGI app on one uvloop event loop with the httptools parser: a create is one Redis
 script call and one confirmed publish, awaited on the loop, with no thread hand-offs (docs/performance.md).
-``reuse_port`` plus a listening socket of each worker's own (see ``post_fork``) lets the kernel spread new
-connections evenly over the workers, instead of whichever worker wakes first taking most keep-alive clients.
+Workers share the listening socket and each accepts as its loop has time, so keep-alive clients spread over
+them with the load (tests/integration/test_worker_spread.py; the benchmark records each worker's CPU share).
 """
 
 import os
@@ -25,7 +25,6 @@ max_requests_jitter = 1000 if max_requests else 0
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG")  # off by default: it costs throughput
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
-reuse_port = True
 wsgi_app = "chat_api.app:get_app()"
 
 

@@ -24,6 +24,7 @@ import redis
 import requests
 
 from chat_common.keys import RedisKeys
+from chat_common.writer import parse_heartbeat
 from tests.chaos.conftest import Deployment, deploy, teardown
 from tests.chaos.workload import Workload, audit, counts_are_exact, search_agrees
 from tests.support.private_services import TcpProxy
@@ -48,9 +49,9 @@ def _fresh_heartbeats(d: Deployment, queue: str) -> list[int]:
         client.close()
     now, held = time.time(), []
     for field, value in beats.items():
-        unacked, _, stamp = value.decode().partition(":")
-        if field.decode().startswith(f"{queue}|") and now - float(stamp) < 0.5:
-            held.append(int(unacked))
+        beat = parse_heartbeat(value)
+        if field.decode().startswith(f"{queue}|") and now - beat.at < 0.5:
+            held.append(beat.unacked)
     return held
 
 

@@ -50,6 +50,7 @@ def test_readiness_stays_up_through_a_broker_restart(deployment: Deployment, gua
     d = deployment
     token = d.api.new_application("readiness")
     chat = d.api.new_chat(token)
+    d.api.wait_chat(token, chat)
     row = guarantee_results.add(check="RabbitMQ SIGKILLed and restarted: /readyz of every API process",
                                 outcome="fail")  # fmt: skip
     d.infra.rabbitmq.kill()

@@ -76,9 +76,9 @@ def test_overlapping_syncs_agree(seeded):
 def test_claims_of_a_crashed_run_are_picked_up(seeded):
     engine, client, keys, expected = seeded
     crashed = CountSync(engine, client, keys, batch_size=10)
-    claim = f"{keys.dirty_chats}:claim:{crashed.run_id}"
+    claim = keys.count_claim(keys.dirty_chats, crashed.run_id)
     # The crashed run claimed ten ids and died before writing their counts.
-    ids = crashed._claim(keys=[keys.dirty_chats, claim, f"{keys.prefix}dirty:claims"], args=[10, claim, time.time()])
+    ids = crashed._claim(keys=[keys.dirty_chats, claim, keys.count_claims], args=[10, claim, time.time()])
     assert len(ids) == 10
     CountSync(engine, client, keys, stale_claim_seconds=60).run()
     assert client.exists(claim)  # a fresh claim may belong to a live run: left alone

@@ -337,7 +337,7 @@ def test_a_deadlock_victim_is_retried_and_a_batch_that_keeps_failing_is_given_ba
     with pytest.raises(OperationalError):
         CountSync(engine, client, keys).run()
     assert {int(i) for i in client.smembers(keys.dirty_chats)} == set(range(1, 6))
-    assert not client.hlen(f"{keys.prefix}dirty:claims")
+    assert not client.hlen(keys.count_claims)
     monkeypatch.setattr(CountSync, "_raise_free_rows", real)
     CountSync(engine, client, keys).run()
     assert_counts_exact(engine)

@@ -54,7 +54,8 @@ def slow_system():
     urls = {"DATABASE_URL": s.database_url, "REDIS_URL": s.redis_url, "RABBITMQ_URL": s.rabbitmq_url}
     proxies = {name: TcpProxy(urlsplit(u).hostname, urlsplit(u).port, delay=DELAY) for name, u in urls.items()}
     env = {name: _through(url, proxies[name]) for name, url in urls.items()}
-    env.update(API_SLOW_CALLBACK_MS=str(THRESHOLD_MS), PUBLISH_TIMEOUT_SECONDS="10")
+    # Every round trip is slow on purpose here: give the dependencies time (connecting takes several of them).
+    env.update(API_SLOW_CALLBACK_MS=str(THRESHOLD_MS), PUBLISH_TIMEOUT_SECONDS="10", REDIS_TIMEOUT_SECONDS="15")
     system = System(ns, LOG_ROOT / ns.name, api_workers=1, extra_env=env)
     try:
         system.start(wait_ready=False)

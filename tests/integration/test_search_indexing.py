@@ -23,6 +23,7 @@ class RecordingBackend:
     """Stands in for an indexing backend that accepts everything, and remembers what it got."""
 
     name = "recording"
+    needs_indexing = True
 
     def __init__(self) -> None:
         self.docs = []

@@ -17,7 +17,9 @@ def test_config_reads_the_environment():
     assert config.api_internal_url == "http://chat-system-api.chat.svc:8080"
     assert config.namespaces == ("team-a", "team-b") and not config.clusterwide
     assert config.priority == 7
-    assert (config.metrics_port, config.liveness_endpoint) == (9090, "http://0.0.0.0:8080/healthz")
+    assert (config.metrics_port, config.liveness_endpoint) == (0, "http://0.0.0.0:8080/healthz")
+    assert config.log_format == "text"
+    assert OperatorConfig.from_env({**ENV, "LOG_FORMAT": "plain"}).log_format == "text"  # the former word
     assert OperatorConfig.from_env(ENV).clusterwide
 
 

@@ -1,1 +1,1 @@
-"""Test support: isolated namespaces and a launcher for the real processes."""
+"""Test support: namespaces, processes and the API client (from chat_devtools), and test-only helpers."""

@@ -6,9 +6,24 @@ backend is behind :func:`build_search`.
 
 from __future__ import annotations
 
-from chat_common.search.base import IndexedMessage, SearchBackend, SearchHit, SearchUnavailable, escape_like
+from chat_common.search.base import (
+    BulkOutcome,
+    IndexedMessage,
+    SearchBackend,
+    SearchHit,
+    SearchUnavailable,
+    escape_like,
+)
 
-__all__ = ["IndexedMessage", "SearchBackend", "SearchHit", "SearchUnavailable", "build_search", "escape_like"]
+__all__ = [
+    "BulkOutcome",
+    "IndexedMessage",
+    "SearchBackend",
+    "SearchHit",
+    "SearchUnavailable",
+    "build_search",
+    "escape_like",
+]
 
 
 def build_search(settings, engine) -> SearchBackend:

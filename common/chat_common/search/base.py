@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -27,6 +27,15 @@ class IndexedMessage:
     version: int
 
 
+@dataclass
+class BulkOutcome:
+    """How each document of a bulk request fared."""
+
+    indexed: list[IndexedMessage] = field(default_factory=list)
+    retry: list[IndexedMessage] = field(default_factory=list)  # try again later (overload, shard unavailable)
+    rejected: list[tuple[IndexedMessage, str]] = field(default_factory=list)  # will never succeed as sent
+
+
 class SearchUnavailable(Exception):
     """The search backend cannot answer right now (the API answers 503)."""
 
@@ -34,10 +43,16 @@ class SearchUnavailable(Exception):
 class SearchBackend(Protocol):
     """Search in one chat's messages by a fragment of text, case-insensitively."""
 
-    name: str
+    name: str  # a label for metrics
+    # Whether written messages must be sent to the backend (the message-writer's indexer is off when not).
+    needs_indexing: bool
 
     def search(self, application_id: int, chat_number: int, query: str, offset: int, limit: int) -> list[SearchHit]:
         """Best matches first."""
+        ...
+
+    def bulk(self, messages: Sequence[IndexedMessage]) -> BulkOutcome:
+        """Index messages, reporting each one's fate; transport failures raise :class:`SearchUnavailable`."""
         ...
 
     def index(self, messages: Sequence[IndexedMessage]) -> None:

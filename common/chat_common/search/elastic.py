@@ -20,11 +20,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
-from chat_common.search.base import IndexedMessage, SearchHit, SearchUnavailable
+from chat_common.search.base import BulkOutcome, IndexedMessage, SearchHit, SearchUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +120,6 @@ def bulk_operations(alias: str, messages: Sequence[IndexedMessage]) -> list[dict
     return operations
 
 
-@dataclass
-class BulkOutcome:
-    """How each document of a bulk request fared."""
-
-    indexed: list[IndexedMessage] = field(default_factory=list)
-    retry: list[IndexedMessage] = field(default_factory=list)  # try again later (overload, shard unavailable)
-    rejected: list[tuple[IndexedMessage, str]] = field(default_factory=list)  # will never succeed as sent
-
-
 def classify_bulk_response(messages: Sequence[IndexedMessage], response) -> BulkOutcome:
     """Sort a bulk response's items: 409 (a newer version is already there) counts as done."""
     outcome = BulkOutcome()
@@ -158,6 +148,7 @@ class ElasticsearchSearch:
     """Search backend on an Elasticsearch 8 cluster."""
 
     name = "elasticsearch"
+    needs_indexing = True
 
     def __init__(self, client: Elasticsearch, alias: str, *, shards: int = 1, replicas: int = 1) -> None:
         self.client = client

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine, Select, and_, case, func, literal, or_, select
 
-from chat_common.search.base import IndexedMessage, SearchHit, escape_like
+from chat_common.search.base import BulkOutcome, IndexedMessage, SearchHit, escape_like
 from chat_common.tables import chats, messages
 
 
@@ -44,6 +44,7 @@ class MySqlSearch:
     """Search backend reading the messages table directly."""
 
     name = "mysql"
+    needs_indexing = False  # the rows are the index
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -53,6 +54,10 @@ class MySqlSearch:
         statement = search_statement(application_id, chat_number, query, offset, limit)
         with self.engine.connect() as conn:
             return [SearchHit(row.number, row.body) for row in conn.execute(statement)]
+
+    def bulk(self, messages: Sequence[IndexedMessage]) -> BulkOutcome:
+        """Nothing to send: every committed row is already searchable."""
+        return BulkOutcome(indexed=list(messages))
 
     def index(self, messages: Sequence[IndexedMessage]) -> None:
         """Nothing to do: the rows are the index."""

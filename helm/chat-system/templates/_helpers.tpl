@@ -292,7 +292,9 @@ after its objects are created (until then the API answers 5xx for requests that 
 {{- if .Values.mariadb.enabled -}}post-install,pre-upgrade{{- else -}}pre-install,pre-upgrade{{- end -}}
 {{- end -}}
 
-{{/* The two writers: component name, values, Python module and the queue each consumes. */}}
+{{/* The two writers: component name, values, Python module and the queue each consumes (KEDA scales on it).
+Queue suffixes are those of common/chat_common/topology.py, their source: tests/unit/test_writer_queue_names.py
+checks they agree. */}}
 {{- define "chat-system.writers" -}}
 chat-writer:
   values: chatWriter

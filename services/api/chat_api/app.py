@@ -114,8 +114,9 @@ def create_app(
     app.add_route("/readyz", ReadinessResource(state))
     app.add_route("/status", StatusResource(status_checks))
     app.add_route("/metrics", MetricsResource())
-    app.add_route("/openapi.json", OpenApiResource())
-    app.add_route("/docs", DocsResource())
+    # The contract as configured: without an admin key, the admin operations are open and the document says so.
+    app.add_route("/openapi.json", OpenApiResource(admin_api_key=settings.admin_api_key))
+    app.add_route("/docs", DocsResource(admin_api_key=settings.admin_api_key))
     return app
 
 
@@ -136,7 +137,7 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
         settings.rabbitmq_url, declare=topology.declare, timeout=settings.publish_timeout_seconds
     )
     repository = SqlRepository(engine)
-    numbering = Numbering(numbering_client, keys, timeout=2)
+    numbering = Numbering(numbering_client, keys, timeout=settings.redis_timeout_seconds)
     # The application lifecycle is shared with the operator and synchronous: the service runs it in threads,
     # over a small blocking pool of its own (it is admin work: rare, never on the create or read path).
     admin_engine = make_engine(settings.database_url, pool_size=2)

@@ -70,6 +70,8 @@ class SizeLimits:
         if len(scope["raw_path"]) + len(scope["query_string"]) + len(scope["method"]) + 11 > self.MAX_LINE:
             raise falcon.HTTPUriTooLong(description=f"the request line is longer than {self.MAX_LINE} bytes")
         headers = scope["headers"]
+        if not isinstance(headers, list):  # ASGI promises an iterable; keep a list for Falcon to read again
+            headers = scope["headers"] = list(headers)
         if len(headers) > self.MAX_FIELDS or any(len(n) + len(v) + 2 > self.MAX_FIELD for n, v in headers):
             raise falcon.HTTPRequestHeaderFieldsTooLarge(
                 description=f"at most {self.MAX_FIELDS} header fields of at most {self.MAX_FIELD} bytes each"

@@ -21,19 +21,26 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from chat_api.adapters import numbering as codes
-from chat_api.adapters.idempotency import IdempotencyStore, KeyInUse, Recorded, StoredKeys
-from chat_api.adapters.numbering import Allocation, Numbering
-from chat_api.adapters.publisher import ConfirmingPublisher, PublishError
-from chat_api.adapters.recovery import NumberingRecovery, keys_may_be_forgotten
-from chat_api.adapters.repository import SqlRepository
-from chat_api.adapters.search import SearchReader
+from chat_api.adapters.idempotency import KeyInUse, Recorded
+from chat_api.adapters.numbering import Allocation
+from chat_api.adapters.publisher import PublishError
+from chat_api.adapters.recovery import keys_may_be_forgotten
 from chat_api.metrics_buffer import BUFFER
-from chat_api.model import Application, Chat, Conflict, Invalid, Message, NotFound, Page, Unavailable
+from chat_api.model import Application, Chat, Conflict, Message, NotFound, Page, Unavailable
+from chat_api.ports import (
+    Applications,
+    IdempotencyPort,
+    NumberingPort,
+    Publisher,
+    RecoveryPort,
+    Repository,
+    SearchReader,
+    StoredKeysPort,
+)
 from chat_common import metrics
 from chat_common.contracts import ChatUpsert, MessageUpsert
 from chat_common.idempotency import check_idempotency_key, fingerprint
 from chat_common.search import SearchUnavailable
-from chat_common.tenancy import Applications
 from chat_common.topology import Topology
 from chat_common.validation import clean_body, clean_name
 
@@ -60,21 +67,25 @@ class Limits:
 
 
 class ChatService:
-    """Applications, chats and messages: the operations behind every endpoint."""
+    """Applications, chats and messages: the operations behind every endpoint.
+
+    Its collaborators are the ports of :mod:`chat_api.ports`: the real adapters in production, in-memory fakes in
+    ``tests/unit``.
+    """
 
     def __init__(
         self,
         *,
         applications: Applications,
-        repository: SqlRepository,
-        numbering: Numbering,
-        recovery: NumberingRecovery,
-        publisher: ConfirmingPublisher,
+        repository: Repository,
+        numbering: NumberingPort,
+        recovery: RecoveryPort,
+        publisher: Publisher,
         topology: Topology,
         limits: Limits,
         search: SearchReader,
-        idempotency: IdempotencyStore,
-        stored_keys: StoredKeys,
+        idempotency: IdempotencyPort,
+        stored_keys: StoredKeysPort,
     ) -> None:
         self.applications = applications
         self.repository = repository
@@ -95,13 +106,13 @@ class ChatService:
         return clean_body(value, self.limits.max_body_chars)
 
     def page_bounds(self, page: int, per_page: int | None) -> tuple[int, int]:
-        """Validate pagination; returns (page, per_page)."""
-        per_page = self.limits.default_page_size if per_page is None else per_page
-        if not 1 <= per_page <= self.limits.max_page_size:
-            raise Invalid(f"per_page must be between 1 and {self.limits.max_page_size}")
-        if not 1 <= page <= MAX_PAGE:
-            raise Invalid(f"page must be between 1 and {MAX_PAGE}")
-        return page, per_page
+        """``(page, per_page)`` with the default page size filled in.
+
+        The bounds (``1 <= page <= MAX_PAGE``, ``1 <= per_page <= limits.max_page_size``) are checked once, where
+        the query string is parsed (:func:`chat_api.resources.params.page_params`, 400), as the search query's
+        shape is: callers of the service pass numbers already within them.
+        """
+        return page, self.limits.default_page_size if per_page is None else per_page
 
     async def _page(
         self, fetch: Callable[[int, int], Awaitable[list]], page: int, per_page: int | None, after: int | None = None

@@ -37,7 +37,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
@@ -142,7 +142,6 @@ class SyncReport:
     seconds: float = 0.0
     lock_retries: int = 0  # transactions retried after a deadlock or a lock-wait timeout
     rows_contended: int = 0  # rows a writer held at the time, raised one at a time
-    details: dict = field(default_factory=dict)
 
 
 def _lock_conflict(exc: OperationalError) -> bool:
@@ -170,10 +169,6 @@ class CountSync:
         self._claim = client.register_script(_CLAIM)
         self._give_back = client.register_script(_GIVE_BACK)
         self._finish_full = client.register_script(_FINISH_FULL)
-
-    @property
-    def _claims(self) -> str:
-        return f"{self.keys.prefix}dirty:claims"
 
     def run(self) -> SyncReport:
         """Recount what is dirty (everything, after Redis lost its data)."""
@@ -249,10 +244,10 @@ class CountSync:
         """
         done = 0
         left = self.client.scard(dirty_key)
-        claim = f"{dirty_key}:claim:{self.run_id}"
+        claim = self.keys.count_claim(dirty_key, self.run_id)
         while left > 0:
             count = min(self.batch_size, left)
-            raw = self._claim(keys=[dirty_key, claim, self._claims], args=[count, claim, time.time()])
+            raw = self._claim(keys=[dirty_key, claim, self.keys.count_claims], args=[count, claim, time.time()])
             if not raw:
                 break
             left -= len(raw)
@@ -264,7 +259,7 @@ class CountSync:
                 self._give_back_claim(dirty_key, claim)
                 raise
             self.client.delete(claim)
-            self.client.hdel(self._claims, claim)
+            self.client.hdel(self.keys.count_claims, claim)
             done += len(ids)
             log.info("recounted %d from %s (%d so far)", len(ids), dirty_key.rsplit(":", 1)[-1], done)
         return done
@@ -272,24 +267,24 @@ class CountSync:
     def _give_back_claim(self, dirty_key: str, claim: str) -> None:
         """Return a failed batch to the dirty set now (if Redis fails too, a later run finds the stale claim)."""
         try:
-            self._give_back(keys=[dirty_key, claim, self._claims], args=[claim])
+            self._give_back(keys=[dirty_key, claim, self.keys.count_claims], args=[claim])
         except redis.RedisError as exc:
             log.warning("could not give claim %s back (%s); a later run returns it once stale", claim, exc)
 
     def _return_stale_claims(self) -> None:
         """Give the ids of runs that died mid-batch back to their dirty set."""
         now = time.time()
-        for name, stamp in self.client.hgetall(self._claims).items():
+        for name, stamp in self.client.hgetall(self.keys.count_claims).items():
             name = name.decode()
             if now - float(stamp) < self.stale_claim_seconds:
                 continue
-            dirty_key = name.split(":claim:", 1)[0]
-            self._give_back(keys=[dirty_key, name, self._claims], args=[name])
+            dirty_key = self.keys.claimed_from(name)
+            self._give_back(keys=[dirty_key, name, self.keys.count_claims], args=[name])
             log.warning("returned a stale claim of a crashed run: %s", name)
 
     def _full_recount(self, report: SyncReport) -> None:
         """Recount every chat and application, in id ranges, then mark the namespace as synced."""
-        pending = f"{self.keys.counts_epoch}:pending"
+        pending = self.keys.counts_epoch_pending
         self.client.set(pending, self.run_id)
         for target in (CHAT_MESSAGES, APPLICATION_CHATS):
             table = target.table.name

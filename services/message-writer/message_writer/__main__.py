@@ -4,4 +4,6 @@ from chat_common.writer import run_writer
 from message_writer.handler import MessageBatchWriter
 
 if __name__ == "__main__":
-    run_writer(lambda topology: topology.messages, MessageBatchWriter.with_search)
+    run_writer(
+        lambda topology: topology.messages, MessageBatchWriter.with_search, MessageBatchWriter.drain_search_backlog
+    )

@@ -80,8 +80,8 @@ class MessageBatchWriter:
             log.warning("search backend not ready at start: %s", exc)
         return cls(context, SearchIndexer(backend, context.engine, context.redis, context.keys))
 
-    def tick(self) -> None:
-        """Periodic chore run by the consumer loop: drain the search backlog."""
+    def drain_search_backlog(self) -> None:
+        """The writer's periodic chore (wired in ``__main__``): re-index what search did not take earlier."""
         if self.indexer is not None:
             self.indexer.drain()
 

@@ -54,7 +54,7 @@ class SearchIndexer:
         self.engine = engine
         self.client = client
         self.keys = keys
-        self.enabled = backend.name != "mysql"  # the embedded backend reads the rows themselves
+        self.enabled = backend.needs_indexing  # the embedded backend reads the rows themselves
         # After a failure, defer straight to the backlog for a while: a hanging cluster must not stall every batch.
         self.pause_seconds = 5.0
         self._paused_until = 0.0

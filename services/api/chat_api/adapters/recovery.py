@@ -42,6 +42,7 @@ from chat_common.idempotency import KEY_LIFETIME_SECONDS
 from chat_common.keys import RedisKeys
 from chat_common.tables import system_markers
 from chat_common.topology import Topology
+from chat_common.writer import parse_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,8 @@ class NumberingMarker:
 
 
 def writer_heartbeat_fresh(raw: bytes | str, since: float, now: float, max_age: float = 2.0) -> tuple[bool, int]:
-    """Parse one writer heartbeat ("<unacked>:<unix time>"): (is it newer than ``since`` and recent, unacked)."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    unacked, _, stamp = text.partition(":")
-    try:
-        at, held = float(stamp), int(unacked)
-    except ValueError:
-        return False, 0
+    """One writer heartbeat (:func:`chat_common.writer.parse_heartbeat`): (newer than ``since`` and recent, unacked)."""
+    held, at = parse_heartbeat(raw)
     return at > since and now - at <= max_age, held
 
 

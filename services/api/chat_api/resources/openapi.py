@@ -1,13 +1,17 @@
-"""``/openapi.json`` (the API contract, served byte for byte from the repository) and ``/docs`` (it, readable).
+"""``/openapi.json`` (the API contract, as this server is configured) and ``/docs`` (it, readable).
 
 The document lives beside the code (``chat_api/openapi.json``); tests check it against the routes the app
-really has, validate it, and fuzz the running API from it. The docs page is rendered here from the same
-document, as plain HTML: no scripts and nothing fetched from elsewhere, so it works offline and keeps a
-strict Content-Security-Policy.
+really has, validate it, and fuzz the running API from it. It describes a server with an admin key; one running
+without (``ADMIN_API_KEY`` unset, the local default) lets anyone list, create and delete applications, so what it
+serves says so: :func:`without_admin_key` drops those operations' ``security`` and ``401`` and notes it in their
+descriptions. Both are built once, when the app is created; with a key the file is served byte for byte.
+The docs page is rendered here from the same document, as plain HTML: no scripts and nothing fetched from
+elsewhere, so it works offline and keeps a strict Content-Security-Policy.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 from pathlib import Path
 
@@ -27,9 +31,37 @@ table { border-collapse: collapse; margin: .3rem 0; } td, th { text-align: left;
 """
 
 
+OPEN_ADMIN_NOTE = (
+    "This server runs without an admin key (`ADMIN_API_KEY` is unset): this operation is open to anyone and"
+    " needs no `Authorization`."
+)
+
+
 def load_document() -> dict:
-    """The OpenAPI document as a dict."""
+    """The OpenAPI document as a dict (as in the repository: the admin operations need the admin key)."""
     return orjson.loads(DOCUMENT_PATH.read_bytes())
+
+
+def without_admin_key(document: dict) -> dict:
+    """The document of a server without an admin key: no security requirement, no 401, and a note, on every
+    operation that would otherwise need the key. ``document`` is left as it is."""
+    document = orjson.loads(orjson.dumps(document))  # a deep copy
+    for item in document["paths"].values():
+        for method in METHODS:
+            operation = item.get(method)
+            if not operation or not operation.get("security"):
+                continue
+            operation["security"] = []
+            operation["responses"].pop("401", None)
+            description = operation.get("description")
+            operation["description"] = f"{description} {OPEN_ADMIN_NOTE}" if description else OPEN_ADMIN_NOTE
+    return document
+
+
+def served_document(admin_key_configured: bool) -> dict:
+    """The document describing a server configured with (or without) an admin key."""
+    document = load_document()
+    return document if admin_key_configured else without_admin_key(document)
 
 
 def _resolve(document: dict, node: dict) -> dict:
@@ -88,11 +120,25 @@ def render_html(document: dict) -> str:
     return "".join(out)
 
 
-class OpenApiResource:
-    """``GET /openapi.json``."""
+@functools.cache
+def _served_bytes(admin_key_configured: bool) -> bytes:
+    """The served document, once per process and configuration (the file does not change while it runs)."""
+    if admin_key_configured:
+        return DOCUMENT_PATH.read_bytes()
+    return orjson.dumps(without_admin_key(load_document()), option=orjson.OPT_INDENT_2)
 
-    def __init__(self, document: bytes | None = None) -> None:
-        self.document = document if document is not None else DOCUMENT_PATH.read_bytes()
+
+@functools.cache
+def _docs_page(admin_key_configured: bool) -> bytes:
+    """The docs page of the served document, rendered once per process and configuration."""
+    return render_html(served_document(admin_key_configured)).encode()
+
+
+class OpenApiResource:
+    """``GET /openapi.json``: the repository's file when an admin key is configured, else :func:`without_admin_key`."""
+
+    def __init__(self, document: bytes | None = None, *, admin_api_key: str | None = None) -> None:
+        self.document = document if document is not None else _served_bytes(bool(admin_api_key))
 
     async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
         resp.content_type = falcon.MEDIA_JSON
@@ -100,10 +146,11 @@ class OpenApiResource:
 
 
 class DocsResource:
-    """``GET /docs``: the document as one HTML page, rendered once."""
+    """``GET /docs``: the document (as :func:`served_document` says for this configuration) as one HTML page,
+    rendered once."""
 
-    def __init__(self, document: dict | None = None) -> None:
-        self.page = render_html(document if document is not None else load_document()).encode()
+    def __init__(self, document: dict | None = None, *, admin_api_key: str | None = None) -> None:
+        self.page = render_html(document).encode() if document is not None else _docs_page(bool(admin_api_key))
 
     async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
         resp.content_type = falcon.MEDIA_HTML

@@ -6,27 +6,45 @@ import hmac
 
 import falcon
 
+from chat_api.model import Invalid
 from chat_api.services import MAX_NUMBER, MAX_PAGE
+
+_NONE = object()  # a form the body does not send (None is a value a client can send)
 
 
 async def body_field(req: falcon.Request, root: str, field: str) -> object:
-    """One field of the body: ``{"field": v}``, ``{"root": {"field": v}}`` or form ``root[field]=v`` / ``field=v``."""
+    """One field of the body, sent in exactly one of its forms.
+
+    The forms are flat ``{"field": v}`` / ``field=v``, nested ``{"root": {"field": v}}`` (JSON) and bracketed
+    ``root[field]=v`` (form, or that key in JSON). A body carrying more than one of them is ambiguous — which one
+    would be stored? — and is refused with :class:`Invalid` (422, the status of every invalid field), as the
+    OpenAPI document's ``oneOf`` says. ``None`` (missing: 422 from the service) when the body sends none of them.
+    """
     if not req.content_length:
         return None
     media = await req.get_media()
     if not isinstance(media, dict):
         raise falcon.HTTPBadRequest(description="request body must be an object")
     nested = media.get(root)
-    if isinstance(nested, dict) and field in nested:
-        return nested[field]
     bracketed = f"{root}[{field}]"
-    if bracketed in media:
-        return media[bracketed]
-    return media.get(field)
+    forms = {
+        f"nested {root}.{field}": nested[field] if isinstance(nested, dict) and field in nested else _NONE,
+        bracketed: media.get(bracketed, _NONE),
+        field: media.get(field, _NONE),
+    }
+    sent = {name: value for name, value in forms.items() if value is not _NONE}
+    if len(sent) > 1:
+        raise Invalid(f"{field} was sent in more than one form ({' and '.join(sent)}); send exactly one")
+    return next(iter(sent.values()), None)
 
 
 def page_params(req: falcon.Request, max_page_size: int) -> tuple[int, int | None]:
-    """``page`` (1-based) and ``per_page`` from the query string; 400 when malformed or out of range."""
+    """``page`` (1-based) and ``per_page`` from the query string; 400 when malformed or out of range.
+
+    This is the one place the pagination bounds are checked (``1..MAX_PAGE`` pages, ``1..max_page_size`` rows):
+    out-of-range paging is a malformed request (400, as the README and the OpenAPI document say), and the service
+    trusts what it is given here (:meth:`chat_api.services.ChatService.page_bounds` only fills in the default).
+    """
     page = req.get_param_as_int("page", min_value=1, max_value=MAX_PAGE, default=1)
     per_page = req.get_param_as_int("per_page", min_value=1, max_value=max_page_size)
     return page, per_page

@@ -1,0 +1,94 @@
+"""An isolated namespace per test run: its own database, Redis key prefix and queue names.
+
+Two runs (or a run beside `make run`) never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import pika
+import redis
+from sqlalchemy.engine import make_url
+
+from chat_common.config import Settings
+from chat_common.db import drop_database
+from chat_common.migrate import upgrade
+from chat_common.topology import Topology
+
+BASE_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/?charset=utf8mb4")
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Names and settings of one isolated namespace."""
+
+    name: str
+    settings: Settings
+
+    @classmethod
+    def create(cls, label: str = "t", **overrides: object) -> Namespace:
+        """Create and migrate a fresh database; choose fresh key and queue prefixes."""
+        name = f"cs_{label}_{uuid.uuid4().hex[:10]}"
+        url = make_url(BASE_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+        defaults = dict(
+            database_url=url,
+            redis_key_prefix=f"{name}:",
+            queue_prefix=name,
+            search_index=f"{name}_messages",
+            publish_timeout_seconds=2.0,
+            writer_max_wait_seconds=0.1,
+            writer_retry_delays_seconds=(1, 2),
+        )
+        defaults.update(overrides)
+        settings = Settings.from_env(**defaults)
+        upgrade(settings.database_url)
+        return cls(name, settings)
+
+    def environ(self) -> dict[str, str]:
+        """Environment variables that make a child process use this namespace."""
+        s = self.settings
+        env = {
+            "DATABASE_URL": s.database_url,
+            "REDIS_URL": s.redis_url,
+            "RABBITMQ_URL": s.rabbitmq_url,
+            "REDIS_KEY_PREFIX": s.redis_key_prefix,
+            "QUEUE_PREFIX": s.queue_prefix,
+            "SEARCH_INDEX": s.search_index,
+            "PUBLISH_TIMEOUT_SECONDS": str(s.publish_timeout_seconds),
+            "WRITER_MAX_WAIT_SECONDS": str(s.writer_max_wait_seconds),
+            "WRITER_RETRY_DELAYS_SECONDS": ",".join(str(d) for d in s.writer_retry_delays_seconds),
+            "WRITER_MAX_ATTEMPTS": str(s.writer_max_attempts),
+        }
+        if s.admin_api_key:
+            env["ADMIN_API_KEY"] = s.admin_api_key
+        if s.elasticsearch_url:
+            env["ELASTICSEARCH_URL"] = s.elasticsearch_url
+        return env
+
+    def flush_redis(self) -> None:
+        """Delete this namespace's Redis keys only (what FLUSHALL would do to it)."""
+        client = redis.Redis.from_url(self.settings.redis_url)
+        keys = list(client.scan_iter(match=f"{self.settings.redis_key_prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+    def destroy(self) -> None:
+        """Drop the database, the Redis keys and the queues."""
+        self.flush_redis()
+        drop_database(self.settings.database_url)
+        topology = Topology(self.settings.queue_prefix, self.settings.writer_retry_delays_seconds)
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(self.settings.rabbitmq_url))
+        except pika.exceptions.AMQPError:
+            return
+        try:
+            channel = connection.channel()
+            for queue in (topology.chats, topology.messages):
+                for name in (queue.name, queue.dead_letter, *queue.retry_queues):
+                    channel.queue_delete(name)
+        finally:
+            connection.close()

@@ -1,0 +1,540 @@
+"""In-memory fakes of the API's ports (:mod:`chat_api.ports`): the service layer's rules run on them in milliseconds.
+
+Each fake keeps the contract of the adapter it stands for, not a convenient simplification of it:
+
+- :class:`FakeNumbering` follows the Lua script of ``chat_api.adapters.numbering`` step by step (epoch, then the
+  application hash, then the chat's counter), answers the same status codes, and writes epochs in the real
+  ``<id>:fresh|recovered:<unix>`` format; loads are refused when the epoch changed;
+- :class:`FakeIdempotency` claims (``pending``), records and releases like the Redis script, reading the
+  numbering epoch in the same step, and raises :class:`KeyInUse` for a pending claim;
+- :class:`FakeRepository` raises :class:`NotFound` naming what is missing, as ``SqlRepository`` does, and applies
+  the writers' versioned upserts (:meth:`FakeRepository.apply`) so a test can play the writer;
+- :class:`FakePublisher` records what it published and can be told to fail the next N publishes.
+
+Failures are injected with :meth:`Faults.fail` (the next call of a method raises the given exception), never by
+patching libraries. :func:`build` wires one :class:`World` of fakes into a real :class:`ChatService`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import orjson
+
+from chat_api.adapters import numbering as codes
+from chat_api.adapters.idempotency import PENDING, Claim, KeyInUse, Recorded
+from chat_api.adapters.numbering import Allocation
+from chat_api.adapters.publisher import PublishError
+from chat_api.adapters.recovery import FRESH, RECOVERED, new_epoch
+from chat_api.model import Application, Chat, Message, NotFound
+from chat_api.services import ChatService, Limits
+from chat_common.idempotency import check_idempotency_key
+from chat_common.search import SearchHit, SearchUnavailable
+from chat_common.tenancy import new_token
+from chat_common.topology import Topology
+from chat_common.validation import clean_name
+
+
+class Faults:
+    """Injected failures: ``fail("method", exc, times=n)`` makes the next ``n`` calls of that method raise ``exc``."""
+
+    def __init__(self) -> None:
+        self._faults: dict[str, list[BaseException]] = defaultdict(list)
+        self.calls: list[tuple] = []
+
+    def fail(self, method: str, exc: BaseException, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` raise ``exc``."""
+        self._faults[method].extend([exc] * times)
+
+    def _enter(self, method: str, *args: object) -> None:
+        """Record the call; raise its injected failure, if any."""
+        self.calls.append((method, *args))
+        if self._faults[method]:
+            raise self._faults[method].pop(0)
+
+    def called(self, method: str) -> list[tuple]:
+        """The arguments of every call of ``method`` so far."""
+        return [call[1:] for call in self.calls if call[0] == method]
+
+
+# -- applications (the synchronous tenancy layer) -------------------------------------------------------------
+class FakeApplications(Faults):
+    """``chat_common.tenancy.Applications`` over a dict: tokens, names, idempotency keys; names validated."""
+
+    def __init__(self, max_name_chars: int = 255) -> None:
+        super().__init__()
+        self.max_name_chars = max_name_chars
+        self.rows: dict[str, Application] = {}
+        self.by_key: dict[str, str] = {}
+        self.cleanups: list = []  # called with the token of a deleted application (the numbering forgets it)
+        self._ids = itertools.count(1)
+
+    def create(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:
+        """Create one; a key used before answers that application with ``created`` False."""
+        self._enter("create", name, idempotency_key)
+        name = clean_name(name, self.max_name_chars)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            if idempotency_key in self.by_key:
+                return self.rows[self.by_key[idempotency_key]], False
+        application = Application(new_token(), name, 0, next(self._ids))
+        self.rows[application.token] = application
+        if idempotency_key is not None:
+            self.by_key[idempotency_key] = application.token
+        return application, True
+
+    def find(self, token: str) -> Application | None:
+        """The application with this token, or None."""
+        self._enter("find", token)
+        return self.rows.get(token)
+
+    def list(self, offset: int, limit: int) -> list[Application]:
+        """Applications in creation order."""
+        self._enter("list", offset, limit)
+        return sorted(self.rows.values(), key=lambda a: a.id)[offset : offset + limit]
+
+    def rename(self, token: str, name: object) -> Application | None:
+        """Set the name (validated first); None when the token is unknown."""
+        self._enter("rename", token, name)
+        name = clean_name(name, self.max_name_chars)
+        if token not in self.rows:
+            return None
+        old = self.rows[token]
+        self.rows[token] = Application(token, name, old.chats_count, old.id)
+        return self.rows[token]
+
+    def delete(self, token: str, batch_size: int = 5000) -> int | None:
+        """Forget the application; 0 messages deleted (rows live in the repository), None when unknown."""
+        self._enter("delete", token)
+        if self.rows.pop(token, None) is None:
+            return None
+        for cleanup in self.cleanups:
+            cleanup(token)
+        return 0
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+# -- numbering (Redis + Lua) ----------------------------------------------------------------------------------
+@dataclass
+class _Counters:
+    """One application's hash: ``id``, ``chats`` and ``m:<chat>`` per loaded chat."""
+
+    id: int
+    chats: int | None = None
+    messages: dict[int, int] = field(default_factory=dict)
+
+
+class FakeNumbering(Faults):
+    """The numbering script's rules over a dict; ``epoch`` None means Redis lost it (numbering closed)."""
+
+    def __init__(self, epoch: str | None = None) -> None:
+        super().__init__()
+        self.epoch = epoch if epoch is not None else new_epoch(FRESH, time.time())
+        self.hashes: dict[str, _Counters] = {}
+        self.clock = 0
+
+    # test controls
+    def lose_data(self) -> None:
+        """What a Redis restart without persistence does: the epoch and every counter are gone."""
+        self.epoch = None
+        self.hashes.clear()
+
+    def open(self, kind: str = RECOVERED, at: float | None = None) -> str:
+        """Write a new epoch, as the recovery does when it re-opens numbering."""
+        self.epoch = new_epoch(kind, time.time() if at is None else at)
+        return self.epoch
+
+    def forget(self, token: str) -> None:
+        """Drop an application's counters (as deleting an application does)."""
+        self.hashes.pop(token, None)
+
+    # the port
+    def _script(self, op: str, token: str, chat: int = 0, message: int = 0) -> Allocation:
+        self._enter(op, token, chat, message)
+        if self.epoch is None:
+            return Allocation(codes.RECOVERING, "")
+        counters = self.hashes.get(token)
+        if counters is None or counters.chats is None:
+            return Allocation(codes.APPLICATION_NOT_LOADED, self.epoch)
+        if op == "new_chat":
+            counters.chats += 1
+            counters.messages[counters.chats] = 0
+            return Allocation(codes.OK, self.epoch, counters.id, counters.chats)
+        if chat > counters.chats:
+            return Allocation(codes.NOT_FOUND, self.epoch)
+        last = counters.messages.get(chat)
+        if last is None:
+            return Allocation(codes.CHAT_NOT_LOADED, self.epoch, counters.id)
+        if op == "new_message":
+            counters.messages[chat] = last + 1
+            return Allocation(codes.OK, self.epoch, counters.id, last + 1)
+        if op == "edit_message" and message > last:
+            return Allocation(codes.NOT_FOUND, self.epoch)
+        self.clock = max(self.clock + 1, time.time_ns() // 1000)
+        return Allocation(codes.OK, self.epoch, counters.id, self.clock)
+
+    async def new_chat(self, token: str) -> Allocation:
+        """Allocate the application's next chat number."""
+        return self._script("new_chat", token)
+
+    async def new_message(self, token: str, chat_number: int) -> Allocation:
+        """Allocate the chat's next message number."""
+        return self._script("new_message", token, chat_number)
+
+    async def edit_chat(self, token: str, chat_number: int) -> Allocation:
+        """Check the chat exists and stamp a rename with a fresh version."""
+        return self._script("edit_chat", token, chat_number)
+
+    async def edit_message(self, token: str, chat_number: int, message_number: int) -> Allocation:
+        """Check the message exists and stamp an edit with a fresh version."""
+        return self._script("edit_message", token, chat_number, message_number)
+
+    async def load_application(self, token: str, epoch: str, application_id: int, last_chat_number: int) -> bool:
+        """HSETNX ``id`` and ``chats``; refused when the epoch changed."""
+        self._enter("load_application", token, epoch, application_id, last_chat_number)
+        if self.epoch != epoch:
+            return False
+        counters = self.hashes.setdefault(token, _Counters(application_id))
+        if counters.chats is None:
+            counters.chats = last_chat_number
+        return True
+
+    async def load_chat(self, token: str, epoch: str, chat_number: int, last_message_number: int) -> bool:
+        """HSETNX ``m:<chat>``; refused when the epoch changed."""
+        self._enter("load_chat", token, epoch, chat_number, last_message_number)
+        if self.epoch != epoch:
+            return False
+        self.hashes[token].messages.setdefault(chat_number, last_message_number)
+        return True
+
+    async def ping(self) -> bool:
+        """True (unless a failure is injected)."""
+        self._enter("ping")
+        return True
+
+
+class FakeRecovery(Faults):
+    """Re-opens numbering (a ``recovered`` epoch) on the ``opens_after``-th attempt; None: never."""
+
+    def __init__(self, numbering: FakeNumbering, opens_after: int | None = 1) -> None:
+        super().__init__()
+        self.numbering = numbering
+        self.opens_after = opens_after
+        self.attempts = 0
+
+    async def attempt(self) -> bool:
+        """One attempt; True when numbering is open."""
+        self._enter("attempt")
+        if self.numbering.epoch is not None:
+            return True
+        self.attempts += 1
+        if self.opens_after is not None and self.attempts >= self.opens_after:
+            self.numbering.open(RECOVERED)
+            return True
+        return False
+
+
+# -- publisher (RabbitMQ with confirms) -----------------------------------------------------------------------
+class FakePublisher(Faults):
+    """Records every confirmed publish as ``(queue, decoded body)``; :meth:`fail_next` makes publishes fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[tuple[str, dict]] = []
+        self.started = self.closed = False
+
+    def fail_next(self, times: int = 1, reason: str = "message broker unavailable") -> None:
+        """The next ``times`` publishes raise :class:`PublishError` (nothing confirmed)."""
+        self.fail("publish", PublishError(reason), times)
+
+    @property
+    def is_ready(self) -> bool:
+        """Ready while started and not closed."""
+        return self.started and not self.closed
+
+    async def start(self) -> None:
+        """Mark started."""
+        self.started = True
+
+    async def publish(self, queue: str, body: bytes) -> None:
+        """Confirm at once (or raise an injected failure)."""
+        self._enter("publish", queue, body)
+        self.published.append((queue, orjson.loads(body)))
+
+    async def close(self) -> None:
+        """Mark closed."""
+        self.closed = True
+
+
+# -- idempotency keys (Redis) and the keys stored beside the rows (MySQL) ------------------------------------
+class FakeIdempotency(Faults):
+    """Claims and records in a dict; a claim reads the numbering epoch in the same step, as the script does."""
+
+    def __init__(self, numbering: FakeNumbering, claim_seconds: int = 7) -> None:
+        super().__init__()
+        self.numbering = numbering
+        self.claim_seconds = claim_seconds
+        self.values: dict[tuple[str, str, str], str | Recorded] = {}
+
+    async def claim(self, token: str, scope: str, key: str) -> Claim:
+        """Claim the key (``pending``) or answer the record; :class:`KeyInUse` while another request holds it."""
+        self._enter("claim", token, scope, key)
+        epoch = self.numbering.epoch or ""
+        value = self.values.get((token, scope, key))
+        if value is None:
+            self.values[(token, scope, key)] = PENDING
+            return Claim(None, epoch)
+        if value == PENDING:
+            raise KeyInUse(key, retry_after=self.claim_seconds)
+        return Claim(value, epoch)
+
+    async def record(self, token: str, scope: str, key: str, outcome: Recorded) -> None:
+        """Remember the outcome."""
+        self._enter("record", token, scope, key, outcome)
+        self.values[(token, scope, key)] = outcome
+
+    async def release(self, token: str, scope: str, key: str) -> None:
+        """Free the key."""
+        self._enter("release", token, scope, key)
+        self.values.pop((token, scope, key), None)
+
+
+class FakeStoredKeys(Faults):
+    """The ``idempotency_keys`` table: ``(token, chat number, key) -> Recorded``; every lookup is recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[tuple[str, int, str], Recorded] = {}
+
+    async def find(self, token: str, chat_number: int, key: str) -> Recorded | None:
+        """What the writers stored for this key, if anything."""
+        self._enter("find", token, chat_number, key)
+        return self.rows.get((token, chat_number, key))
+
+
+# -- MySQL reads and edits ------------------------------------------------------------------------------------
+@dataclass
+class _Row:
+    text: str
+    version: int
+    count: int = 0
+
+
+class FakeRepository(Faults):
+    """Chats and messages in dicts keyed by application id; the token is resolved through the applications."""
+
+    def __init__(self, applications: FakeApplications) -> None:
+        super().__init__()
+        self.applications = applications
+        self.chats: dict[tuple[int, int], _Row] = {}
+        self.messages: dict[tuple[int, int, int], _Row] = {}
+
+    # the writers' side, for tests
+    def add_chat(self, application_id: int, number: int, name: str, messages_count: int = 0) -> None:
+        """A chat row as the chat-writer writes it."""
+        self.chats[(application_id, number)] = _Row(name, 0, messages_count)
+
+    def add_message(self, application_id: int, chat_number: int, number: int, body: str) -> None:
+        """A message row as the message-writer writes it."""
+        self.messages[(application_id, chat_number, number)] = _Row(body, 0)
+
+    def apply(self, queue: str, payload: dict) -> None:
+        """What a writer does with one published upsert: insert, or update when the version is newer."""
+        app, chat = payload["application_id"], payload["chat_number"]
+        if queue.endswith(".chats"):
+            key, rows, text = (app, chat), self.chats, payload["name"]
+        else:
+            key, rows, text = (app, chat, payload["message_number"]), self.messages, payload["body"]
+            if (app, chat) not in self.chats:
+                return  # the writer retries it later
+        row = rows.get(key)
+        if row is None:
+            rows[key] = _Row(text, payload["version"])
+        elif payload["version"] > row.version:
+            row.text, row.version = text, payload["version"]
+
+    def _app_id(self, token: str) -> int | None:
+        application = self.applications.rows.get(token)
+        return application.id if application else None
+
+    def _missing(self, token: str, chat_number: int = 0) -> NotFound | None:
+        app = self._app_id(token)
+        if app is None:
+            return NotFound("application not found")
+        if chat_number and (app, chat_number) not in self.chats:
+            return NotFound("chat not found")
+        return None
+
+    # the port
+    async def find_chat(self, token: str, number: int) -> Chat:
+        """One chat; NotFound naming the application or the chat."""
+        self._enter("find_chat", token, number)
+        if missing := self._missing(token, number):
+            raise missing
+        row = self.chats[(self._app_id(token), number)]
+        return Chat(number, row.text, row.count)
+
+    async def list_chats(self, token: str, after: int, offset: int, limit: int) -> list[Chat]:
+        """Chats numbered above ``after`` in number order, skipping ``offset``, at most ``limit``."""
+        self._enter("list_chats", token, after, offset, limit)
+        app = self._app_id(token)
+        numbers = sorted(n for (a, n) in self.chats if a == app and n > after)[offset : offset + limit]
+        if not numbers and (missing := self._missing(token)):
+            raise missing
+        return [Chat(n, self.chats[(app, n)].text, self.chats[(app, n)].count) for n in numbers]
+
+    async def find_message(self, token: str, chat_number: int, number: int) -> Message:
+        """One message; NotFound naming the application, the chat or the message."""
+        self._enter("find_message", token, chat_number, number)
+        row = self.messages.get((self._app_id(token), chat_number, number))
+        if row is None:
+            raise self._missing(token, chat_number) or NotFound("message not found")
+        return Message(number, row.text)
+
+    async def list_messages(self, token: str, chat_number: int, after: int, offset: int, limit: int) -> list[Message]:
+        """Messages numbered above ``after`` in number order, skipping ``offset``, at most ``limit``."""
+        self._enter("list_messages", token, chat_number, after, offset, limit)
+        app = self._app_id(token)
+        numbers = sorted(m for (a, c, m) in self.messages if (a, c) == (app, chat_number) and m > after)
+        numbers = numbers[offset : offset + limit]
+        if not numbers and (missing := self._missing(token, chat_number)):
+            raise missing
+        return [Message(m, self.messages[(app, chat_number, m)].text) for m in numbers]
+
+    async def last_chat_number(self, application_id: int) -> int:
+        """Highest chat number written (0 if none)."""
+        self._enter("last_chat_number", application_id)
+        return max((n for (a, n) in self.chats if a == application_id), default=0)
+
+    async def last_message_number(self, application_id: int, chat_number: int) -> int:
+        """Highest message number written in the chat (0 if none)."""
+        self._enter("last_message_number", application_id, chat_number)
+        return max((m for (a, c, m) in self.messages if (a, c) == (application_id, chat_number)), default=0)
+
+    async def locate(self, token: str, chat_number: int) -> int:
+        """The application id of an existing chat; NotFound otherwise."""
+        self._enter("locate", token, chat_number)
+        if missing := self._missing(token, chat_number):
+            raise missing
+        return self._app_id(token)
+
+    async def rename_chat(self, application_id: int, chat_number: int, name: str, version: int) -> bool:
+        """Apply the rename if newer; False when the row is missing or newer."""
+        self._enter("rename_chat", application_id, chat_number, name, version)
+        row = self.chats.get((application_id, chat_number))
+        if row is None or row.version >= version:
+            return False
+        row.text, row.version = name, version
+        return True
+
+    async def edit_message(
+        self, application_id: int, chat_number: int, message_number: int, body: str, version: int
+    ) -> bool:
+        """Apply the edit if newer; False when the row is missing or newer."""
+        self._enter("edit_message", application_id, chat_number, message_number, body, version)
+        row = self.messages.get((application_id, chat_number, message_number))
+        if row is None or row.version >= version:
+            return False
+        row.text, row.version = body, version
+        return True
+
+    async def ping(self) -> bool:
+        """True (unless a failure is injected)."""
+        self._enter("ping")
+        return True
+
+
+class FakeSearch(Faults):
+    """Case-insensitive fragment search over the fake repository's messages (number order)."""
+
+    name = "fake"
+
+    def __init__(self, repository: FakeRepository) -> None:
+        super().__init__()
+        self.repository = repository
+        self.unavailable = False
+
+    async def search(
+        self, application_id: int, chat_number: int, query: str, offset: int, limit: int
+    ) -> list[SearchHit]:
+        """Matching messages; :class:`SearchUnavailable` when told to be down."""
+        self._enter("search", application_id, chat_number, query, offset, limit)
+        if self.unavailable:
+            raise SearchUnavailable("search backend down")
+        hits = [
+            SearchHit(m, row.text)
+            for (a, c, m), row in sorted(self.repository.messages.items())
+            if (a, c) == (application_id, chat_number) and query.lower() in row.text.lower()
+        ]
+        return hits[offset : offset + limit]
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+# -- one wired world ------------------------------------------------------------------------------------------
+@dataclass
+class World:
+    """Every fake of one service, to arrange and inspect from a test."""
+
+    applications: FakeApplications
+    numbering: FakeNumbering
+    recovery: FakeRecovery
+    publisher: FakePublisher
+    idempotency: FakeIdempotency
+    stored_keys: FakeStoredKeys
+    repository: FakeRepository
+    search: FakeSearch
+    topology: Topology
+
+    def application(self, name: str = "acme") -> Application:
+        """A new application (as an admin creates it)."""
+        return self.applications.create(name)[0]
+
+    def deliver(self) -> int:
+        """Play the writers: apply everything published so far, in order; returns how many were applied."""
+        published, self.publisher.published = self.publisher.published, []
+        for queue, payload in published:
+            self.repository.apply(queue, payload)
+        return len(published)
+
+    def payloads(self, queue: str = "") -> list[dict]:
+        """The bodies published so far (to the queue whose name ends with ``queue``)."""
+        return [payload for name, payload in self.publisher.published if name.endswith(queue)]
+
+
+def build(limits: Limits | None = None, recovery_opens_after: int | None = 1) -> tuple[ChatService, World]:
+    """A real :class:`ChatService` over fresh fakes (numbering open on a fresh system)."""
+    applications = FakeApplications()
+    numbering = FakeNumbering()
+    applications.cleanups.append(numbering.forget)
+    repository = FakeRepository(applications)
+    world = World(
+        applications=applications,
+        numbering=numbering,
+        recovery=FakeRecovery(numbering, recovery_opens_after),
+        publisher=FakePublisher(),
+        idempotency=FakeIdempotency(numbering),
+        stored_keys=FakeStoredKeys(),
+        repository=repository,
+        search=FakeSearch(repository),
+        topology=Topology("unit", (1, 5, 30)),
+    )
+    service = ChatService(
+        applications=world.applications,
+        repository=world.repository,
+        numbering=world.numbering,
+        recovery=world.recovery,
+        publisher=world.publisher,
+        topology=world.topology,
+        limits=limits or Limits(),
+        search=world.search,
+        idempotency=world.idempotency,
+        stored_keys=world.stored_keys,
+    )
+    return service, world

@@ -1,0 +1,274 @@
+"""The writers' consumer loop on a fake broker: what is acknowledged, retried, dead-lettered, and when.
+
+The broker is a fake connection recording every ack, nack and publish; the "database" is a batch handler that
+records the rows it wrote. Nothing here opens a socket.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from types import SimpleNamespace
+
+import pytest
+
+from chat_common.batches import ATTEMPT_HEADER, decode_batch
+from chat_common.consumer import BatchConsumer, ConsumerHook
+from chat_common.topology import Topology
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("a consumer unit test tried to open a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+class Transient(Exception):
+    """Stands for "the database is down"."""
+
+
+class FakeChannel:
+    def __init__(self, broker: FakeBroker) -> None:
+        self.broker = broker
+        self.is_open = True
+
+    def queue_declare(self, name, passive=False, **_):
+        self.broker.declared.append(name)
+        return SimpleNamespace(method=SimpleNamespace(message_count=0))
+
+    def basic_qos(self, prefetch_count):
+        self.broker.prefetch = prefetch_count
+
+    def confirm_delivery(self):
+        self.broker.confirming.append(self)
+
+    def basic_consume(self, queue, callback):
+        self.broker.consuming = (queue, callback)
+
+    def basic_publish(self, exchange, routing_key, body, properties, mandatory=False):
+        assert self in self.broker.confirming and mandatory and properties.delivery_mode == 2
+        self.broker.published.append((routing_key, body, properties.headers[ATTEMPT_HEADER]))
+
+    def basic_nack(self, tag, requeue):
+        self.broker.nacked.append((tag, requeue))
+
+    def basic_ack(self, tag, multiple):
+        self.broker.acked.append((tag, multiple))
+
+    def close(self):
+        self.is_open = False
+
+
+class FakeBroker:
+    """A connection handing over ``messages`` (body, attempt) at the first poll, then asking the loop to stop."""
+
+    def __init__(self, messages: list[tuple[bytes, int]]) -> None:
+        self.pending = list(messages)
+        self.declared, self.confirming, self.published, self.nacked, self.acked, self.slept = [], [], [], [], [], []
+        self.consumer: BatchConsumer | None = None
+        self.is_open = True
+        self.prefetch = 0
+        self.consuming = None
+
+    def channel(self):
+        return FakeChannel(self)
+
+    def process_data_events(self, time_limit):
+        if not self.pending:
+            self.consumer.should_stop = True
+            return
+        callback = self.consuming[1]
+        for tag, (body, attempt) in enumerate(self.pending, start=1):
+            headers = {ATTEMPT_HEADER: attempt} if attempt else None
+            callback(None, SimpleNamespace(delivery_tag=tag, redelivered=False), SimpleNamespace(headers=headers), body)
+        self.pending = []
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+
+    def close(self):
+        self.is_open = False
+
+
+class FakeDatabase:
+    """A batch handler: rows are JSON ``{"id": n}``; ``{"poison": true}`` makes the whole batch fail; ids listed
+    in ``not_yet`` are asked to be retried (their chat is not written yet)."""
+
+    def __init__(self, not_yet=(), transient_failures=0) -> None:
+        self.rows: list[int] = []
+        self.calls: list[int] = []
+        self.not_yet = set(not_yet)
+        self.transient_failures = transient_failures
+
+    def __call__(self, deliveries):
+        self.calls.append(len(deliveries))
+        if self.transient_failures:
+            self.transient_failures -= 1
+            raise Transient("database down")
+        decoded, result = decode_batch(deliveries, json.loads, (ValueError,))
+        if any(row.get("poison") for _, row in decoded):
+            raise RuntimeError("constraint violated")
+        for delivery, row in decoded:
+            if row["id"] in self.not_yet:
+                result.retry.append((delivery, "chat not written yet"))
+            else:
+                self.rows.append(row["id"])
+        return result
+
+
+def row(n: int) -> bytes:
+    return json.dumps({"id": n}).encode()
+
+
+POISON = b'{"id": 0, "poison": true}'
+QUEUE = Topology("t", (1, 5, 30)).messages
+
+
+def run(messages, handler, *, max_attempts=40, hooks=(), batch_size=500):
+    broker = FakeBroker([(m, 0) if isinstance(m, bytes) else m for m in messages])
+    consumer = BatchConsumer(
+        amqp_url="amqp://unused",
+        queue=QUEUE,
+        handler=handler,
+        transient_errors=(Transient,),
+        batch_size=batch_size,
+        max_wait=0.0,
+        max_attempts=max_attempts,
+        hooks=hooks,
+        connect=lambda _url: broker,
+    )
+    broker.consumer = consumer
+    consumer.run()
+    return broker
+
+
+def test_a_clean_batch_is_written_and_acknowledged_once_up_to_its_last_tag():
+    db = FakeDatabase()
+    broker = run([row(1), row(2), row(3)], db)
+    assert db.rows == [1, 2, 3]
+    assert broker.acked == [(3, True)] and not broker.nacked and not broker.published
+
+
+def test_prefetch_is_twice_the_batch_size_and_the_topology_is_declared():
+    broker = run([row(1)], FakeDatabase(), batch_size=7)
+    assert broker.prefetch == 14
+    assert QUEUE.name in broker.declared and QUEUE.dead_letter in broker.declared
+
+
+def test_an_undecodable_message_is_dead_lettered_and_the_rest_written():
+    db = FakeDatabase()
+    broker = run([row(1), b"not json", row(3)], db)
+    assert db.rows == [1, 3]
+    assert broker.nacked == [(2, False)]  # without requeue: into <queue>.dead
+    assert broker.acked == [(3, True)]
+
+
+def test_a_nacked_tag_is_never_acknowledged_again():
+    broker = run([row(1), row(2), b"{"], FakeDatabase())
+    assert broker.nacked == [(3, False)]
+    assert broker.acked == [(2, True)]  # the highest tag still outstanding, not the nacked 3
+
+
+def test_a_batch_of_only_poison_acknowledges_nothing():
+    broker = run([b"x", b"y"], FakeDatabase())
+    assert sorted(broker.nacked) == [(1, False), (2, False)] and broker.acked == []
+
+
+def test_bisection_finds_the_poison_row_and_writes_the_rest():
+    db = FakeDatabase()
+    broker = run([row(1), row(2), row(3), POISON, row(5), row(6), row(7), row(8)], db)
+    assert sorted(db.rows) == [1, 2, 3, 5, 6, 7, 8]
+    assert broker.nacked == [(4, False)]
+    assert broker.acked == [(8, True)]
+    assert db.calls[0] == 8 and 1 in db.calls  # the whole batch first, the poison row alone at last
+
+
+def test_a_message_whose_chat_is_not_written_yet_goes_to_the_first_retry_tier():
+    db = FakeDatabase(not_yet={2})
+    broker = run([row(1), row(2)], db)
+    assert db.rows == [1]
+    assert broker.published == [("t.messages.retry.1s", row(2), 1)]
+    assert broker.acked == [(2, True)] and not broker.nacked  # published (confirmed) first, then acknowledged
+
+
+def test_the_attempt_header_picks_the_next_tier():
+    broker = run([(row(2), 1), (row(3), 2), (row(4), 9)], FakeDatabase(not_yet={2, 3, 4}))
+    assert [(q, a) for q, _, a in broker.published] == [
+        ("t.messages.retry.5s", 2),
+        ("t.messages.retry.30s", 3),
+        ("t.messages.retry.30s", 10),
+    ]
+
+
+def test_after_max_attempts_a_message_is_dead_lettered_not_retried():
+    broker = run([(row(2), 3), (row(3), 2)], FakeDatabase(not_yet={2, 3}), max_attempts=3)
+    assert broker.nacked == [(1, False)]
+    assert [(q, a) for q, _, a in broker.published] == [("t.messages.retry.30s", 3)]
+    assert broker.acked == [(2, True)]
+
+
+def test_a_transient_failure_holds_the_batch_and_retries_it_with_growing_backoff():
+    db = FakeDatabase(transient_failures=3)
+    broker = run([row(1), row(2)], db)
+    assert db.rows == [1, 2] and db.calls == [2, 2, 2, 2]  # never split: it is not the batch's fault
+    assert broker.slept == [0.2, 0.4, 0.8]  # connection.sleep keeps the broker heartbeat alive
+    assert broker.acked == [(2, True)] and not broker.nacked
+
+
+def test_stopping_while_the_database_is_down_leaves_the_batch_to_the_broker():
+    db = FakeDatabase(transient_failures=100)
+    broker = FakeBroker([(row(1), 0)])
+    consumer = BatchConsumer(
+        amqp_url="amqp://unused",
+        queue=QUEUE,
+        handler=db,
+        transient_errors=(Transient,),
+        max_wait=0.0,
+        connect=lambda _url: broker,
+    )
+    broker.consumer = consumer
+    broker.sleep = lambda _s: setattr(consumer, "should_stop", True)  # SIGTERM arrives during the backoff
+    consumer.run()
+    assert not broker.acked and not broker.nacked and not broker.published and not db.rows
+    assert not broker.is_open
+
+
+class Recorder(ConsumerHook):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_message(self, queue, delivery):
+        self.events.append(f"message {delivery.delivery_tag}")
+
+    def on_batch_failed(self, queue, batch, exc):
+        self.events.append("failed")
+
+    def on_batch_applied(self, queue, batch, seconds):
+        self.events.append(f"applied {len(batch)}")
+
+    def on_batch_done(self, queue, routing):
+        self.events.append(f"done {routing.applied}/{len(routing.retries)}/{len(routing.dead)}")
+
+    def on_iteration(self, state):
+        self.events.append(f"iteration held={state.held}")
+
+    def on_stop(self, state):
+        self.events.append(f"stop held={state.held}")
+
+
+def test_hooks_are_called_at_their_named_points():
+    hook = Recorder()
+    run([row(1), b"?", row(3)], FakeDatabase(transient_failures=1, not_yet={3}), hooks=[hook])
+    assert hook.events == [
+        "message 1",
+        "message 2",
+        "message 3",
+        "failed",
+        "applied 3",
+        "done 1/1/1",
+        "iteration held=0",
+        "iteration held=0",
+        "stop held=0",
+    ]
