@@ -16,12 +16,11 @@ import itertools
 import falcon
 import falcon.asgi
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_api.adapters.database import Database
 from chat_api.app import build_service, create_app
 from chat_common.config import Settings
 from chat_common.contracts import ChatUpsert, MessageUpsert
-from chat_common.db import make_async_engine
 
 
 class _Hello:
@@ -56,14 +55,12 @@ class InsertInRequest:
     """Stands where the publisher stands, but writes the row before the request answers (one commit each)."""
 
     def __init__(self, database_url: str, messages_queue: str) -> None:
-        self.database_url = database_url
+        self.db = Database(database_url)  # the API's own pool: autocommit, so each INSERT commits by itself
         self.messages_queue = messages_queue
-        self.engine: AsyncEngine | None = None
         self.is_ready = True
 
     async def start(self) -> None:
-        """Create the engine on the worker's event loop (the lifecycle calls this at ASGI startup)."""
-        self.engine = make_async_engine(self.database_url)
+        """Nothing to open ahead: the pool connects on first use (the lifecycle calls this at ASGI startup)."""
 
     async def publish(self, queue: str, body: bytes) -> None:
         """Insert the row the message describes, in its own transaction, before answering."""
@@ -90,13 +87,11 @@ class InsertInRequest:
                     "version": chat.version,
                 },
             )
-        async with self.engine.begin() as conn:
-            await conn.execute(statement, values)
+        await self.db.execute(statement, values)
 
     async def close(self) -> None:
-        """Dispose of the engine (ASGI shutdown)."""
-        if self.engine is not None:
-            await self.engine.dispose()
+        """Close the pool (ASGI shutdown)."""
+        await self.db.close()
 
 
 def naive_app() -> falcon.asgi.App:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 def make_engine(database_url: str, *, pool_size: int = 10, **kwargs: object) -> Engine:
@@ -22,27 +21,6 @@ def make_engine(database_url: str, *, pool_size: int = 10, **kwargs: object) -> 
         isolation_level="READ COMMITTED",
         connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
         **kwargs,
-    )
-
-
-def make_async_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An asyncio engine (aiomysql, built on PyMySQL) for request-path reads: one round trip per statement.
-
-    The URL's driver is swapped for aiomysql, so one ``DATABASE_URL`` serves both kinds of engine. Reads run in
-    autocommit (each statement is its own snapshot), so a connection needs no ``ROLLBACK`` when it goes back to
-    the pool and no ``ping`` when it leaves it: a connection the server dropped fails its statement, is
-    invalidated, and the caller retries once on a fresh one (see ``chat_api.adapters.repository``).
-    """
-    url = make_url(database_url).set(drivername="mysql+aiomysql")
-    return create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=False,
-        pool_reset_on_return=None,
-        pool_recycle=1800,
-        isolation_level="AUTOCOMMIT",
-        connect_args={"connect_timeout": 5},
     )
 
 

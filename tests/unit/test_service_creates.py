@@ -6,18 +6,17 @@ import time
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import OperationalError
 
 from chat_api.adapters import numbering as codes
 from chat_api.adapters.idempotency import PENDING, Recorded
 from chat_api.adapters.numbering import Allocation
 from chat_api.adapters.recovery import FRESH, RECOVERED
 from chat_api.metrics_buffer import BUFFER
-from chat_api.model import Conflict, Invalid, NotFound, Unavailable
+from chat_api.model import Conflict, DatabaseUnavailable, Invalid, NotFound, Unavailable
 from chat_common import metrics
 from chat_common.idempotency import KEY_LIFETIME_SECONDS, fingerprint
 
-DB_DOWN = OperationalError("SELECT 1", {}, Exception("gone away"))
+DB_DOWN = DatabaseUnavailable("gone away")
 
 
 def counted(counter, queue: str) -> float:

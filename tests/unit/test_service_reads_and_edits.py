@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
 from chat_api.metrics_buffer import BUFFER
-from chat_api.model import Chat, Invalid, Message, NotFound, Unavailable
+from chat_api.model import Chat, DatabaseUnavailable, Invalid, Message, NotFound, Unavailable
 from chat_api.services import Limits
 from chat_common import metrics
 from tests.unit.fakes import build
 
-DB_DOWN = OperationalError("UPDATE", {}, Exception("gone away"))
+DB_DOWN = DatabaseUnavailable("gone away")
 
 
 async def chat_with_messages(service, world, count: int = 0):

@@ -17,9 +17,9 @@ import falcon
 import falcon.asgi
 import redis as blocking_redis
 import redis.asyncio as redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api import errors
+from chat_api.adapters.database import Database
 from chat_api.adapters.idempotency import IdempotencyStore, StoredKeys
 from chat_api.adapters.numbering import Numbering
 from chat_api.adapters.publisher import ConfirmingPublisher
@@ -38,7 +38,7 @@ from chat_api.resources.openapi import DocsResource, OpenApiResource
 from chat_api.services import MAX_NUMBER, ChatService, Limits
 from chat_common import logs
 from chat_common.config import Settings
-from chat_common.db import make_async_engine, make_engine
+from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
 from chat_common.tenancy import build_applications
 from chat_common.topology import Topology
@@ -54,7 +54,7 @@ class Lifecycle:
 
     service: ChatService
     redis_clients: list[redis.Redis]
-    engine: AsyncEngine
+    db: Database
     state: ProcessState
     slow_callback_ms: float = 0.0
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -78,7 +78,7 @@ class Lifecycle:
         await self.service.search.close()
         for client in self.redis_clients:
             await client.aclose()
-        await self.engine.dispose()
+        await self.db.close()
         await asyncio.to_thread(self.service.applications.close)
 
 
@@ -130,13 +130,13 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
     numbering_client = redis.Redis.from_url(
         settings.redis_url, socket_timeout=None, socket_connect_timeout=2, health_check_interval=10
     )
-    engine = make_async_engine(settings.database_url)
+    db = Database(settings.database_url)
     keys = RedisKeys(settings.redis_key_prefix)
     topology = Topology(settings.queue_prefix, settings.writer_retry_delays_seconds)
     publisher = ConfirmingPublisher(
         settings.rabbitmq_url, declare=topology.declare, timeout=settings.publish_timeout_seconds
     )
-    repository = SqlRepository(engine)
+    repository = SqlRepository(db)
     numbering = Numbering(numbering_client, keys, timeout=settings.redis_timeout_seconds)
     # The application lifecycle is shared with the operator and synchronous: the service runs it in threads,
     # over a small blocking pool of its own (it is admin work: rare, never on the create or read path).
@@ -152,14 +152,14 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
             settings.rabbitmq_url,
             topology,
             settings.publish_timeout_seconds,
-            NumberingMarker(engine),
+            NumberingMarker(db),
         ),
         publisher=publisher,
         topology=topology,
-        search=build_search_reader(settings, engine),
+        search=build_search_reader(settings, db),
         # A claim outlives the longest a create can take (its publish timeout), then frees the key.
         idempotency=IdempotencyStore(client, keys, claim_seconds=settings.publish_timeout_seconds + 2),
-        stored_keys=StoredKeys(engine),
+        stored_keys=StoredKeys(db),
         limits=Limits(
             max_name_chars=settings.max_name_chars,
             max_body_chars=settings.max_body_chars,
@@ -182,7 +182,7 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
         return "open" if await client.exists(keys.epoch) else "recovering"
 
     status_checks = {"database": database, "redis": cache, "rabbitmq": broker, "numbering": numbering_state}
-    lifecycle = Lifecycle(service, [client, numbering_client], engine, ProcessState(), settings.api_slow_callback_ms)
+    lifecycle = Lifecycle(service, [client, numbering_client], db, ProcessState(), settings.api_slow_callback_ms)
     return service, status_checks, lifecycle
 
 

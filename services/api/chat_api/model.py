@@ -7,7 +7,17 @@ from dataclasses import dataclass
 from chat_common.tenancy import Application
 from chat_common.validation import Invalid
 
-__all__ = ["Application", "Chat", "Conflict", "Invalid", "Message", "NotFound", "Page", "Unavailable"]
+__all__ = [
+    "Application",
+    "Chat",
+    "Conflict",
+    "DatabaseUnavailable",
+    "Invalid",
+    "Message",
+    "NotFound",
+    "Page",
+    "Unavailable",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +73,11 @@ class Unavailable(Exception):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DatabaseUnavailable(Unavailable):
+    """MySQL cannot be reached or used right now (503 with ``Retry-After``)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("database unavailable", retry_after=1)
+        self.detail = detail

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from chat_api.adapters import numbering as codes
 from chat_api.adapters.idempotency import KeyInUse, Recorded
@@ -26,7 +26,7 @@ from chat_api.adapters.numbering import Allocation
 from chat_api.adapters.publisher import PublishError
 from chat_api.adapters.recovery import keys_may_be_forgotten
 from chat_api.metrics_buffer import BUFFER
-from chat_api.model import Application, Chat, Conflict, Message, NotFound, Page, Unavailable
+from chat_api.model import Application, Chat, Conflict, DatabaseUnavailable, Message, NotFound, Page, Unavailable
 from chat_api.ports import (
     Applications,
     IdempotencyPort,
@@ -216,8 +216,6 @@ class ChatService:
                     await self.idempotency.release(token, scope, key)
             if isinstance(exc, RedisError):
                 raise Unavailable(f"numbering store unavailable: {exc.__class__.__name__}") from None
-            if isinstance(exc, DBAPIError):
-                raise Unavailable("database unavailable") from None
             raise
         if earlier.fingerprint != keyed.fingerprint:
             raise Conflict("this Idempotency-Key was used for a different request")
@@ -293,7 +291,7 @@ class ChatService:
         try:
             await self.repository.rename_chat(allocation.application_id, chat_number, name, allocation.value)
             return await self.repository.find_chat(token, chat_number), True
-        except (NotFound, OperationalError, InterfaceError):
+        except (NotFound, DatabaseUnavailable):
             return Chat(chat_number, name, 0), False
 
     # -- messages --------------------------------------------------------------------------------------------
@@ -347,7 +345,7 @@ class ChatService:
                 allocation.application_id, chat_number, message_number, body, allocation.value
             )
             return await self.repository.find_message(token, chat_number, message_number), True
-        except (NotFound, OperationalError, InterfaceError):
+        except (NotFound, DatabaseUnavailable):
             return Message(message_number, body), False
 
     async def search_messages(

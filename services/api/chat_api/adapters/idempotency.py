@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as redis
 from sqlalchemy import bindparam, func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_api.adapters.database import Database
 from chat_common.idempotency import KEY_LIFETIME_SECONDS
 from chat_common.keys import RedisKeys
 from chat_common.tables import applications, idempotency_keys
@@ -108,11 +108,10 @@ _FIND_STORED = (
 class StoredKeys:
     """The keys the writers stored beside the rows, read when Redis may have forgotten them."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def find(self, token: str, chat_number: int, key: str) -> Recorded | None:
         """What a create with this key (in this chat, or 0 for chats) was given, if it was written."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(_FIND_STORED, {"token": token, "chat": chat_number, "key": key})).first()
-        return Recorded(int(row.application_id), int(row.number), row.fingerprint) if row else None
+        rows = await self.db.rows(_FIND_STORED, {"token": token, "chat": chat_number, "key": key})
+        return Recorded(int(rows[0][0]), int(rows[0][1]), rows[0][2]) if rows else None

@@ -35,9 +35,9 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.dialects.mysql import insert
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_api.adapters.database import Database
+from chat_api.model import Unavailable
 from chat_common.idempotency import KEY_LIFETIME_SECONDS
 from chat_common.keys import RedisKeys
 from chat_common.tables import system_markers
@@ -67,22 +67,23 @@ def keys_may_be_forgotten(epoch: str, now: float) -> bool:
     return True
 
 
+_MARKER = select(system_markers.c.name).where(system_markers.c.name == NUMBERING_OPENED)
+_SET_MARKER = insert(system_markers).prefix_with("IGNORE").values(name=NUMBERING_OPENED)
+
+
 class NumberingMarker:
     """The durable "numbering has opened before" fact, in MySQL."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def is_set(self) -> bool:
         """True once numbering has opened on this database (or the database predates the marker)."""
-        async with self.engine.connect() as conn:
-            query = select(system_markers.c.name).where(system_markers.c.name == NUMBERING_OPENED)
-            return (await conn.execute(query)).first() is not None
+        return bool(await self.db.rows(_MARKER))
 
     async def set(self) -> None:
         """Record that numbering opened (idempotent)."""
-        async with self.engine.connect() as conn:
-            await conn.execute(insert(system_markers).prefix_with("IGNORE").values(name=NUMBERING_OPENED))
+        await self.db.execute(_SET_MARKER)
 
 
 def writer_heartbeat_fresh(raw: bytes | str, since: float, now: float, max_age: float = 2.0) -> tuple[bool, int]:
@@ -148,7 +149,7 @@ class NumberingRecovery:
         while True:
             try:
                 await self.attempt()
-            except (RedisError, OSError, DBAPIError) as exc:  # a dependency is down: the next round retries
+            except (RedisError, OSError, Unavailable) as exc:  # a dependency is down: the next round retries
                 log.debug("numbering watchdog: %s", exc)
             except Exception:  # never let the watchdog die: without it, numbering waits for traffic to recover
                 log.exception("numbering watchdog round failed")

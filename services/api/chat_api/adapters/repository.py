@@ -1,20 +1,16 @@
 """MySQL reads of chats and messages for the API: one statement, one round trip per read.
 
 Every read joins from the application's token, so checking the token, checking the chat and fetching the
-rows is one statement on one pooled connection (autocommit: no ping on checkout, no rollback on return).
-Only when a statement finds nothing does a second query tell which part is missing (application or chat).
-Statements are built once at import with bind parameters, so SQLAlchemy compiles each of them once.
+rows is one statement on one pooled connection (autocommit: no ping on checkout, no rollback on return; see
+:mod:`chat_api.adapters.database`). Only when a statement finds nothing does a second query tell which part is
+missing (application or chat). Statements are built once at import with bind parameters and compiled once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from sqlalchemy import and_, bindparam, func, literal_column, select, update
 
-from sqlalchemy import Select, and_, bindparam, func, literal_column, select, update
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from chat_api.adapters.database import Database
 from chat_api.model import Chat, Message, NotFound
 from chat_common.tables import applications, chats, messages
 
@@ -87,30 +83,16 @@ _EDIT_MESSAGE = (
 
 
 class SqlRepository:
-    """Chat and message reads over one asyncio SQLAlchemy engine."""
+    """Chat and message reads (and in-request edits) over the API's connection pool."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def _rows(self, statement: Select | Any, params: dict) -> Sequence[Any]:
-        """Run one query; a connection the server dropped is replaced once, then the error stands."""
-        return await self._run(statement, params, lambda result: result.all())
-
-    async def _run(self, statement: Any, params: dict, take: Any) -> Any:
-        for attempt in (1, 2):
-            try:
-                async with self.engine.connect() as conn:
-                    return take(await conn.execute(statement, params))
-            except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def rename_chat(self, application_id: int, chat_number: int, name: str, version: int) -> bool:
         """Apply a rename now if it is newer than the stored one; False when the row is not written yet
         or already newer (the queued copy of the edit applies it later, or finds it superseded)."""
         params = {"app": application_id, "chat": chat_number, "new_name": name, "new_version": version}
-        return await self._run(_RENAME_CHAT, params, lambda result: result.rowcount == 1)
+        return await self.db.execute(_RENAME_CHAT, params) == 1
 
     async def edit_message(
         self, application_id: int, chat_number: int, message_number: int, body: str, version: int
@@ -123,64 +105,63 @@ class SqlRepository:
             "new_body": body,
             "new_version": version,
         }
-        return await self._run(_EDIT_MESSAGE, params, lambda result: result.rowcount == 1)
+        return await self.db.execute(_EDIT_MESSAGE, params) == 1
 
     async def _missing(self, token: str, chat_number: int = 0) -> NotFound | None:
         """What a path names that does not exist: the application, the chat, or nothing (None)."""
-        rows = await self._rows(_LOCATE, {"token": token, "chat": chat_number})
+        rows = await self.db.rows(_LOCATE, {"token": token, "chat": chat_number})
         if not rows:
             return NotFound("application not found")
-        if chat_number and rows[0].chat_id is None:
+        if chat_number and rows[0][1] is None:
             return NotFound("chat not found")
         return None
 
     async def locate(self, token: str, chat_number: int) -> int:
         """The application id of a chat that exists; :class:`NotFound` naming what is missing otherwise."""
-        rows = await self._rows(_LOCATE, {"token": token, "chat": chat_number})
-        if rows and rows[0].chat_id is not None:
-            return int(rows[0].id)
+        rows = await self.db.rows(_LOCATE, {"token": token, "chat": chat_number})
+        if rows and rows[0][1] is not None:
+            return int(rows[0][0])
         raise NotFound("chat not found" if rows else "application not found")
 
     # -- chats -----------------------------------------------------------------------------------------------
     async def find_chat(self, token: str, number: int) -> Chat:
         """One chat of the token's application; :class:`NotFound` while it is not written (yet)."""
-        rows = await self._rows(_FIND_CHAT, {"token": token, "chat": number})
+        rows = await self.db.rows(_FIND_CHAT, {"token": token, "chat": number})
         if not rows:
             raise await self._missing(token, number) or NotFound("chat not found")
-        row = rows[0]
-        return Chat(row.number, row.name, row.messages_count)
+        return Chat(*rows[0])
 
     async def list_chats(self, token: str, after: int, offset: int, limit: int) -> list[Chat]:
         """The application's chats numbered above ``after`` in number order, skipping ``offset``."""
-        rows = await self._rows(_LIST_CHATS, {"token": token, "after": after, "offset": offset, "limit": limit})
+        rows = await self.db.rows(_LIST_CHATS, {"token": token, "after": after, "offset": offset, "limit": limit})
         if not rows and (missing := await self._missing(token)):
             raise missing
-        return [Chat(r.number, r.name, r.messages_count) for r in rows]
+        return [Chat(*row) for row in rows]
 
     async def last_chat_number(self, application_id: int) -> int:
         """Highest chat number written for the application (0 if none)."""
-        return int((await self._rows(_LAST_CHAT, {"app": application_id}))[0][0])
+        return int((await self.db.rows(_LAST_CHAT, {"app": application_id}))[0][0])
 
     # -- messages --------------------------------------------------------------------------------------------
     async def find_message(self, token: str, chat_number: int, number: int) -> Message:
         """One message; :class:`NotFound` (application, chat or message) while it is not written (yet)."""
-        rows = await self._rows(_FIND_MESSAGE, {"token": token, "chat": chat_number, "message": number})
+        rows = await self.db.rows(_FIND_MESSAGE, {"token": token, "chat": chat_number, "message": number})
         if not rows:
             raise await self._missing(token, chat_number) or NotFound("message not found")
-        return Message(rows[0].number, rows[0].body)
+        return Message(*rows[0])
 
     async def list_messages(self, token: str, chat_number: int, after: int, offset: int, limit: int) -> list[Message]:
         """The chat's messages numbered above ``after`` in number order, skipping ``offset``."""
         params = {"token": token, "chat": chat_number, "after": after, "offset": offset, "limit": limit}
-        rows = await self._rows(_LIST_MESSAGES, params)
+        rows = await self.db.rows(_LIST_MESSAGES, params)
         if not rows and (missing := await self._missing(token, chat_number)):
             raise missing
-        return [Message(r.number, r.body) for r in rows]
+        return [Message(*row) for row in rows]
 
     async def last_message_number(self, application_id: int, chat_number: int) -> int:
         """Highest message number written in the chat (0 if none)."""
-        return int((await self._rows(_LAST_MESSAGE, {"app": application_id, "chat": chat_number}))[0][0])
+        return int((await self.db.rows(_LAST_MESSAGE, {"app": application_id, "chat": chat_number}))[0][0])
 
     async def ping(self) -> bool:
         """True when the database answers."""
-        return (await self._rows(_PING, {}))[0][0] == 1
+        return (await self.db.rows(_PING))[0][0] == 1

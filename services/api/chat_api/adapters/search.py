@@ -1,15 +1,14 @@
 """Search reads for the API, on the event loop: the same queries as :mod:`chat_common.search`, async clients.
 
 The writers index through the synchronous backends in :mod:`chat_common.search`; the API only searches, so
-it needs just this small port: MySQL through the asyncio engine, Elasticsearch through ``AsyncElasticsearch``.
+it needs just this small port: MySQL through the API's connection pool, Elasticsearch through ``AsyncElasticsearch``.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from chat_api.adapters.database import Database, compile_sql
 from chat_common.config import Settings
 from chat_common.search import SearchHit, SearchUnavailable
 from chat_common.search.mysql import search_statement
@@ -36,18 +35,17 @@ class MySqlSearchReader:
 
     name = "mysql"
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def search(  # noqa: D102
         self, application_id: int, chat_number: int, query: str, offset: int, limit: int
     ) -> list[SearchHit]:
-        async with self.engine.connect() as conn:
-            result = await conn.execute(search_statement(application_id, chat_number, query, offset, limit))
-            return [SearchHit(row.number, row.body) for row in result]
+        sql, params = compile_sql(search_statement(application_id, chat_number, query, offset, limit))
+        return [SearchHit(number, body) for number, body in await self.db.rows_of_sql(sql, params)]
 
     async def close(self) -> None:
-        """The engine belongs to the repository."""
+        """The pool belongs to the repository."""
 
 
 class ElasticsearchSearchReader:
@@ -80,8 +78,8 @@ class ElasticsearchSearchReader:
         await self.client.close()
 
 
-def build_search_reader(settings: Settings, engine: AsyncEngine) -> SearchReader:
+def build_search_reader(settings: Settings, db: Database) -> SearchReader:
     """Elasticsearch when ``ELASTICSEARCH_URL`` is set, otherwise MySQL/MariaDB (as the writers decide)."""
     if settings.elasticsearch_url:
         return ElasticsearchSearchReader(settings.elasticsearch_url, settings.search_index)
-    return MySqlSearchReader(engine)
+    return MySqlSearchReader(db)
