@@ -25,7 +25,8 @@ migrate: venv ## create the database if missing and apply migrations
 	$(BIN)/python -m chat_common.migrate
 
 run: migrate ## start API (127.0.0.1:$$PORT), both writers and the periodic count sync; Ctrl-C stops all
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile
+	@# honcho hands each process PORT=<base + 100 × its index>: the API is first, so it gets $${PORT:-8080}.
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile --port $${PORT:-8080}
 
 sync-counts: venv ## run one count sync and exit
 	$(BIN)/python -m counter_cron
