@@ -21,8 +21,9 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt $(PACKAGES:%=%/pyprojec
 
 venv: $(BIN)/.installed ## create the virtualenv: pinned dependencies, every package of the repository editable
 
-migrate: venv ## create the database if missing and apply migrations
+migrate: venv ## create the database if missing and apply migrations; bring existing queues to QUEUE_TYPE
 	$(BIN)/python -m chat_common.migrate
+	$(BIN)/python -m chat_common.queue_migration
 
 run: migrate ## start API (127.0.0.1:$$PORT), both writers and the periodic count sync; Ctrl-C stops all
 	@# honcho hands each process PORT=<base + 100 × its index>: the API is first, so it gets $${PORT:-8080}.

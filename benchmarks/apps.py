@@ -64,29 +64,14 @@ class InsertInRequest:
 
     async def publish(self, queue: str, body: bytes) -> None:
         """Insert the row the message describes, in its own transaction, before answering."""
+        upsert: MessageUpsert | ChatUpsert
         if queue == self.messages_queue:
-            message = MessageUpsert.decode(body)
-            statement, values = (
-                INSERT_MESSAGE,
-                {
-                    "application_id": message.application_id,
-                    "chat_number": message.chat_number,
-                    "number": message.message_number,
-                    "body": message.body,
-                    "version": message.version,
-                },
-            )
+            upsert = MessageUpsert.decode(body)
+            statement, values = INSERT_MESSAGE, {"number": upsert.message_number, "body": upsert.body}
         else:
-            chat = ChatUpsert.decode(body)
-            statement, values = (
-                INSERT_CHAT,
-                {
-                    "application_id": chat.application_id,
-                    "chat_number": chat.chat_number,
-                    "name": chat.name,
-                    "version": chat.version,
-                },
-            )
+            upsert = ChatUpsert.decode(body)
+            statement, values = INSERT_CHAT, {"name": upsert.name}
+        values.update(application_id=upsert.application_id, chat_number=upsert.chat_number, version=upsert.version)
         await self.db.execute(statement, values)
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ import redis
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
 
-from chat_api.adapters.numbering import _SCRIPT as NUMBERING_SCRIPT
+from chat_api.adapters.numbering import NUMBERING_SCRIPT
 from chat_common.keys import RedisKeys
 from message_writer.handler import UPSERT_MESSAGES
 
@@ -58,7 +58,9 @@ class _Clock:
 
 
 # -- Redis ---------------------------------------------------------------------------------------------------
-def redis_numbering(redis_url: str, keys: RedisKeys, token: str, chat_number: int, calls: int, pipeline: int) -> Rate:
+def redis_numbering(
+    redis_url: str, keys: RedisKeys, application_id: int, chat_number: int, calls: int, pipeline: int
+) -> Rate:
     """The API's numbering script (``new_message``): ``pipeline`` = 1 is one call per round trip, as a request does.
 
     The API calls it through ``redis.asyncio`` on its event loop; here the same script runs from a plain
@@ -67,8 +69,8 @@ def redis_numbering(redis_url: str, keys: RedisKeys, token: str, chat_number: in
     """
     client = redis.Redis.from_url(redis_url)
     script = client.register_script(NUMBERING_SCRIPT)
-    script_keys = [keys.epoch, keys.application(token), keys.edit_clock]
-    args = ["new_message", chat_number, 0]
+    script_keys = [keys.epoch_of(application_id), keys.numbers(application_id)]  # as Numbering.script_keys
+    args = ["new_message", chat_number, 0, 0]
     try:
         status = int(script(keys=script_keys, args=args)[0])  # loads the script
         if status != 0:

@@ -89,6 +89,18 @@ TARGETS = {
     "ratio_create_vs_naive": (">", 1.0, "create faster than the naive synchronous insert"),
     "api_worker_peak_rss_mb": ("<=", 150, "API worker peak RSS ≤ 150 MB"),
     "writer_peak_rss_mb": ("<=", 150, "writer peak RSS ≤ 150 MB"),
+    # Live streams (issue 15; scenario `streams`).
+    "stream_idle_connections_per_worker": (">=", 5000, "idle SSE streams one API worker holds open ≥ 5,000"),
+    "stream_api_worker_peak_rss_mb": ("<=", 250, "that worker's peak RSS (its api_worker_peak_rss_mb) ≤ 250 MB"),
+    "stream_delivery_p99_ms": ("<=", 1000, "201 of a create → its event at a listener, p99 at 50% load ≤ 1 s"),
+    "stream_delivery_over_row_p99_ms": (
+        "<=",
+        100,
+        "stream delivery p99 - accept→row p99 of the same run ≤ 100 ms",
+    ),
+    "ratio_create_with_streams": (">=", 0.9, "creates at c=64 with 1,000 open streams ≥ 0.9 x with none"),
+    # RabbitMQ cluster (issue 16; scenario `rabbit_cluster`): replication must not halve the create rate.
+    "ratio_cluster_vs_single": (">=", 0.6, "creates at c=64 on a 3-node cluster ≥ 0.6 x on one node (quorum)"),
 }
 
 
@@ -186,6 +198,31 @@ def summarize(results: dict) -> dict:
         "other_load_cores_mean": round(mean(p["cpu_cores"]["other"] for p in points), 3) if points else None,
         "previous_run": PREVIOUS_RUN,
     }
+    streams = sc.get("streams") or {}
+    for key in (
+        "stream_idle_connections_per_worker",
+        "stream_api_worker_peak_rss_mb",
+        "stream_delivery_p99_ms",
+        "stream_accept_to_row_p99_ms",
+        "stream_delivery_over_row_p99_ms",
+        "create_rps_without_streams",
+        "create_rps_with_streams",
+        "ratio_create_with_streams",
+    ):
+        summary[key] = streams.get(key)
+    rabbit = sc.get("rabbit_cluster") or {}
+    for key in (
+        "create_message_rps_rabbit_cluster3",
+        "create_message_rps_rabbit_single",
+        "create_message_rps_rabbit_single_classic",
+        "ratio_cluster_vs_single",
+        "broker_cpu_us_per_create_cluster3",
+        "broker_cpu_us_per_create_single",
+        "broker_cpu_us_per_create_single_classic",
+        "ratio_broker_cpu_cluster_vs_single",
+        "ratio_broker_cpu_quorum_vs_classic",
+    ):
+        summary[key] = rabbit.get(key)
     summary["targets"] = {}
     for key, (op, threshold, meaning) in TARGETS.items():
         value = summary[key]
@@ -600,6 +637,39 @@ def markdown(results: dict, plots: list[Path]) -> str:
         lines += [
             "",
             f"### Scenario 6: count sync: {cs['chats_recounted']:,} dirty chats recounted in {cs['seconds']:.2f} s",
+        ]
+    if sc.get("streams"):
+        st = sc["streams"]
+        lines += [
+            "",
+            "### Live streams (SSE, issue 15)",
+            "",
+            "| figure | value |",
+            "|---|---|",
+        ]
+        lines += [f"| `{k}` | {_n(v, '{:,.1f}') if isinstance(v, float) else v} |" for k, v in st.items()]
+    if (sc.get("rabbit_cluster") or {}).get("cluster3_quorum"):
+        rc = sc["rabbit_cluster"]
+        lines += [
+            "",
+            f"### RabbitMQ: one node against a 3-node cluster (issue 16; POST …/messages, c={rc['connections']})",
+            "",
+            "| broker | queue type | req/s | p99 ms | errors | broker CPU µs/create (all nodes) | API CPU µs/create |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for key in ("single_classic", "single_quorum", "cluster3_quorum"):
+            r = rc[key]
+            cpu = r.get("cpu_us_per_request", {})
+            lines.append(
+                f"| {r['nodes']} node{'s' if r['nodes'] > 1 else ''} | {r['queue_type']} | {r['rps']:,.0f}"
+                f" | {r['p99_ms']:.1f} | {r['errors'] + r['non_2xx']} | {cpu.get('rabbitmq', 0):,.0f}"
+                f" | {cpu.get('api', 0):,.0f} |"
+            )
+        lines += [
+            "",
+            f"`ratio_cluster_vs_single` = {_n(rc.get('ratio_cluster_vs_single'), '{:.2f}')};"
+            f" broker CPU per create, cluster ÷ one node = {_n(rc.get('ratio_broker_cpu_cluster_vs_single'), '{:.2f}')}"
+            " (docs/scaling.md).",
         ]
     if sc.get("memory_peak_rss_mb"):
         lines += ["", "### Scenario 8: peak RSS (VmHWM) per process, MB", "", "| process | peak RSS MB |", "|---|---|"]

@@ -13,7 +13,7 @@ bench: venv bench-wrk ## every benchmark scenario (~12 min on 2 cores): results/
 
 bench-quick: venv bench-wrk ## a short smoke run of every scenario (small sizes; does not touch latest.json or the docs)
 	BENCH_SECONDS=2 BENCH_CONCURRENCY=1,64 BENCH_DRAIN_MESSAGES=10000 BENCH_GROWTH_ROWS=50000 BENCH_E2E_SECONDS=3 \
-		BENCH_METRICS_ITERATIONS=20000 \
+		BENCH_METRICS_ITERATIONS=20000 BENCH_STREAMS_IDLE=1000 BENCH_STREAMS_OPEN=200 \
 		$(BIN)/python -m benchmarks --no-report
 
 bench-smoke: venv ## import every benchmarks module (seconds; CI runs it so the benchmark code cannot rot unnoticed)

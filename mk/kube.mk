@@ -77,4 +77,4 @@ chart-test: chart-tools ## lint, render, validate and scan the chart; promtool a
 	$(BIN)/python -m pytest tests/chart
 
 chart-readme: venv ## regenerate the values table of helm/chat-system/README.md from values.yaml
-	$(BIN)/python -m tests.chart.values_table
+	$(BIN)/python -m chat_devtools.chart_readme

@@ -24,9 +24,9 @@ soak: venv ## 10-minute soak (SOAK_SECONDS=600): memory, fds, threads and connec
 	SOAK_SECONDS=$(or $(SOAK_SECONDS),600) $(BIN)/python -m pytest tests/chaos/test_soak.py
 
 reliability-report: venv ## regenerate docs/reliability.md from the last results in $(RELIABILITY_RESULTS_DIR)
-	$(BIN)/python -m tests.reliability.report --results $(RELIABILITY_RESULTS_DIR)
+	$(BIN)/python -m chat_devtools.reliability_report --results $(RELIABILITY_RESULTS_DIR)
 
 reliability: venv ## every reliability suite (short versions), then regenerate docs/reliability.md from its results
 	rm -rf $(RELIABILITY_RESULTS_DIR)
 	status=0; $(BIN)/python -m pytest tests/reliability tests/chaos || status=$$?; \
-	  $(BIN)/python -m tests.reliability.report --results $(RELIABILITY_RESULTS_DIR) && exit $$status
+	  $(BIN)/python -m chat_devtools.reliability_report --results $(RELIABILITY_RESULTS_DIR) && exit $$status

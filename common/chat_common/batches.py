@@ -7,6 +7,20 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 ATTEMPT_HEADER = "x-attempt"
+# Unix time (integer milliseconds: AMQP tables carry no floats) the API stamped on a create or edit just before its
+# number or version was handed out; kept on every retry and dead-letter hop, so numbering recovery can tell messages
+# from before a Redis loss from later ones.
+PUBLISHED_AT_HEADER = "x-published-at-ms"
+
+
+def stamp_header(at: float) -> int:
+    """The header value for the unix time ``at``."""
+    return round(at * 1000)
+
+
+def read_stamp(value: object) -> float:
+    """The unix time a header value says; 0.0 (older than anything) when absent or malformed."""
+    return value / 1000 if isinstance(value, int) and not isinstance(value, bool) else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +31,7 @@ class Delivery:
     delivery_tag: int
     redelivered: bool
     attempt: int  # 0 for the first try, n after n delayed retries
+    published_at: float = 0.0  # PUBLISHED_AT_HEADER; 0.0 when absent (older than every loss: recovery waits for it)
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from chat_common.validation import BODY_MAX_CHARS, NAME_MAX_CHARS, QUERY_MAX_CHARS
+
 
 def _env_str(name: str, default: str | None) -> str | None:
     value = os.environ.get(name)
@@ -33,23 +35,40 @@ class Settings:
     # Namespaces, so that tests, benchmarks and `make run` can share one Redis and one broker.
     redis_key_prefix: str = "chat:"
     queue_prefix: str = "chat_system"
+    # RabbitMQ queue type: quorum (replicated, the default) or classic (one node); see chat_common.topology.
+    queue_type: str = "quorum"
     search_index: str = "chat_system_messages"  # an alias; the index behind it is versioned for rebuilds
     search_shards: int = 1
     search_replicas: int = 1
     # Limits of the public API.
     max_request_bytes: int = 64 * 1024
-    max_name_chars: int = 255
-    max_body_chars: int = 10_000
-    max_query_chars: int = 200
+    max_name_chars: int = NAME_MAX_CHARS
+    max_body_chars: int = BODY_MAX_CHARS
+    max_query_chars: int = QUERY_MAX_CHARS
     default_page_size: int = 20
     max_page_size: int = 100
-    rate_limit_per_second: int = 0  # per token; 0 disables
+    rate_limit_per_second: int = 0  # per application (all its tokens); 0 disables; a tenant's own limit overrides
+    # Tenant directory of each API process: token -> application, suspension, limits; entries at most this old.
+    tenant_cache_seconds: float = 2.0
+    tenant_cache_size: int = 10_000
     # Hand-off to RabbitMQ.
     publish_timeout_seconds: float = 5.0
     # Bound on one numbering round trip to Redis (connecting included), after which a create answers 503.
     redis_timeout_seconds: float = 2.0
+    # Replicas that must hold a number (Redis WAIT) before it is handed out: 0 on a single node; 1 with Sentinel
+    # or Cluster, so that a failover never loses a number already answered. Fewer acks in time -> 503.
+    redis_replicas_to_ack: int = 0
+    redis_replica_ack_timeout_ms: int = 500
     # API event loop: report any loop step longer than this (asyncio debug mode; tests only). 0 = off.
     api_slow_callback_ms: float = 0.0
+    # Live message streams (SSE, chat_api.streams): limits per API process, heartbeat, client retry hint, buffer
+    # per stream (a slower client is cut off and resumes), and how long a missing message number is waited for.
+    stream_max_per_process: int = 10_000
+    stream_max_per_tenant: int = 1_000
+    stream_heartbeat_seconds: float = 15.0
+    stream_retry_ms: int = 3_000
+    stream_buffer_bytes: int = 256 * 1024
+    stream_gap_seconds: float = 10.0
     # Writers.
     writer_batch_size: int = 500
     writer_max_wait_seconds: float = 0.2

@@ -6,6 +6,12 @@ when it reaches ``batch_size`` or its first message is ``max_wait`` seconds old;
 retry go to a delayed-retry queue and those it cannot ever apply to the dead-letter queue; SIGTERM finishes
 the batch in hand, acknowledges it and closes. Broker restarts are survived by reconnecting with backoff.
 
+Several broker nodes: ``amqp_url`` may list several URLs, comma-separated (the nodes of a RabbitMQ cluster), or
+name one address in front of them (a Kubernetes Service). After a lost connection the loop reconnects starting
+with the node *after* the one it lost, so a crashed node costs one refused connection, not one per attempt.
+Deliveries held when the connection died are dropped unacknowledged (the broker delivers them again, perhaps
+through another node); the handler's upserts are idempotent, so a redelivered batch stores nothing twice.
+
 The loop only consumes, flushes and acknowledges. What else a writer does while it runs — metrics, its
 heartbeat, queue-depth sampling, a periodic chore — are :class:`ConsumerHook` s (``chat_common.consumer_hooks``),
 called at named points like kombu's ``ConsumerMixin`` callbacks or dramatiq's middleware. Finding the message
@@ -26,7 +32,15 @@ from dataclasses import dataclass
 import pika
 import pika.exceptions
 
-from chat_common.batches import ATTEMPT_HEADER, BatchHandler, BatchResult, Delivery, decode_batch
+from chat_common.batches import (
+    ATTEMPT_HEADER,
+    PUBLISHED_AT_HEADER,
+    BatchHandler,
+    BatchResult,
+    Delivery,
+    decode_batch,
+    read_stamp,
+)
 from chat_common.poison import apply_isolating_poison
 from chat_common.routing import Routing, route, send
 from chat_common.topology import WorkQueue
@@ -53,6 +67,11 @@ class LoopState:
     queue: WorkQueue
     held: int  # deliveries received and not yet acknowledged
     connection: object  # the broker connection (the depth sampler opens a short-lived channel on it)
+    # For numbering recovery (see chat_api.adapters.recovery), reported in the writer heartbeat:
+    oldest: float | None = None  # lowest publish stamp among the held deliveries (None: holds nothing)
+    last: float = 0.0  # publish stamp of the latest first-attempt delivery received
+    firsts: int = 0  # first-attempt deliveries received since the consumer started (only grows)
+    session: int = 0  # broker connection number: changes whenever the broker may have requeued what it held
 
 
 class ConsumerHook:
@@ -70,6 +89,10 @@ class ConsumerHook:
     def on_batch_applied(self, queue: WorkQueue, batch: Sequence[Delivery], seconds: float) -> None:
         """The handler finished the batch (committed what it could apply)."""
 
+    def on_batch_routed(self, queue: WorkQueue, batch: Sequence[Delivery], routing: Routing) -> None:
+        """The batch is committed and its fate decided, nothing sent or acknowledged yet. A transient error raised
+        here holds the batch (nothing is acknowledged) and the hook is called again after a backoff."""
+
     def on_batch_done(self, queue: WorkQueue, routing: Routing) -> None:
         """The batch's deliveries were acknowledged, sent to a retry tier or dead-lettered."""
 
@@ -77,11 +100,21 @@ class ConsumerHook:
         """The loop left a connection after finishing the batch in hand (stop requested)."""
 
 
+def broker_urls(amqp_url: str) -> list[str]:
+    """The nodes named by ``RABBITMQ_URL``: one URL, or several separated by commas."""
+    urls = [url.strip() for url in amqp_url.split(",") if url.strip()]
+    if not urls:
+        raise ValueError("RABBITMQ_URL names no broker")
+    return urls
+
+
 def connect_blocking(amqp_url: str):
-    """A pika blocking connection with the heartbeat and blocked-connection timeout the writers use."""
+    """A pika blocking connection to one node, with the heartbeat and timeouts the writers use."""
     params = pika.URLParameters(amqp_url)
     params.heartbeat = 30
     params.blocked_connection_timeout = 60
+    params.socket_timeout = 5  # a node that does not answer (no RST: a partition) must not hold up the next one
+    params.connection_attempts = 1
     return pika.BlockingConnection(params)
 
 
@@ -103,6 +136,8 @@ class BatchConsumer:
         connect: Callable[[str], object] = connect_blocking,
     ) -> None:
         self.amqp_url = amqp_url
+        self.urls = broker_urls(amqp_url)
+        self._next_url = 0  # index of the node tried first on the next connect
         self.queue = queue
         self.handler = handler
         self.transient_errors = transient_errors
@@ -116,6 +151,9 @@ class BatchConsumer:
         self.should_stop = False
         self._buffer: list[Delivery] = []
         self._first_at = 0.0
+        self._firsts = 0
+        self._last = 0.0
+        self._session = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -148,23 +186,51 @@ class BatchConsumer:
             time.sleep(min(0.1, deadline - time.monotonic()))
 
     def _state(self, connection) -> LoopState:
-        return LoopState(self.consumer_id, self.queue, len(self._buffer), connection)
+        oldest = min((d.published_at for d in self._buffer), default=None)
+        return LoopState(
+            self.consumer_id, self.queue, len(self._buffer), connection, oldest, self._last, self._firsts, self._session
+        )
 
     # -- the loop --------------------------------------------------------------------------------------------
+    def _connect_any(self):
+        """Connect to the first node that answers, in turn from ``_next_url``; raise the last failure if none does."""
+        failure: BaseException | None = None
+        for offset in range(len(self.urls)):
+            index = (self._next_url + offset) % len(self.urls)
+            try:
+                connection = self.connect(self.urls[index])
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                failure = exc
+                continue
+            # Whatever happens to this connection, the next attempt starts with another node.
+            self._next_url = (index + 1) % len(self.urls)
+            if len(self.urls) > 1:
+                log.info("connected to broker node %d of %d", index + 1, len(self.urls))
+            return connection
+        assert failure is not None
+        raise failure
+
     def _consume(self) -> None:
-        connection = self.connect(self.amqp_url)
+        connection = self._connect_any()
+        self._session += 1
         try:
             channel = connection.channel()
             self.declare(channel)
             channel.basic_qos(prefetch_count=self.batch_size * 2)
             retry_channel = connection.channel()
             retry_channel.confirm_delivery()
+            cancelled: list[object] = []
+            # The broker cancels a consumer whose queue went away or moved (e.g. a queue's node left the cluster);
+            # the channel stays open, so without this the loop would wait for deliveries that never come.
+            channel.add_on_cancel_callback(cancelled.append)
             channel.basic_consume(self.queue.name, self._on_message)
             log.info("consuming %s as %s", self.queue.name, self.consumer_id)
             while not self.should_stop:
                 if not channel.is_open or not retry_channel.is_open:
                     # A channel the broker closed does not make the connection raise: reconnect explicitly.
                     raise pika.exceptions.ChannelWrongStateError("a channel was closed by the broker")
+                if cancelled:
+                    raise pika.exceptions.ChannelWrongStateError("the broker cancelled the consumer")
                 wait = self.max_wait - (time.monotonic() - self._first_at) if self._buffer else 0.25
                 connection.process_data_events(time_limit=max(wait, 0.0))
                 if self._buffer and (
@@ -187,9 +253,14 @@ class BatchConsumer:
     def _on_message(self, _channel, method, properties, body: bytes) -> None:
         headers = properties.headers or {}
         attempt = headers.get(ATTEMPT_HEADER, 0)
+        attempt = attempt if isinstance(attempt, int) else 0
+        stamp = read_stamp(headers.get(PUBLISHED_AT_HEADER))
         if not self._buffer:
             self._first_at = time.monotonic()
-        delivery = Delivery(body, method.delivery_tag, method.redelivered, attempt if isinstance(attempt, int) else 0)
+        delivery = Delivery(body, method.delivery_tag, method.redelivered, attempt, stamp)
+        if attempt == 0:
+            self._firsts += 1
+            self._last = stamp
         self._buffer.append(delivery)
         for hook in self.hooks:
             hook.on_message(self.queue, delivery)
@@ -200,9 +271,25 @@ class BatchConsumer:
         if result is None:  # stop requested while the database was down: leave the batch to the broker
             raise pika.exceptions.ConnectionClosedByClient(200, "stopping with an unwritten batch")
         routing = route(batch, result, self.queue, self.max_attempts)
+        self._routed_with_retries(connection, batch, routing)
         send(routing, channel, retry_channel)
         for hook in self.hooks:
             hook.on_batch_done(self.queue, routing)
+
+    def _routed_with_retries(self, connection, batch: list[Delivery], routing: Routing) -> None:
+        """Run the ``on_batch_routed`` hooks until they all succeed; nothing is sent or acknowledged before."""
+        backoff = 0.2
+        while True:
+            try:
+                for hook in self.hooks:
+                    hook.on_batch_routed(self.queue, batch, routing)
+                return
+            except self.transient_errors as exc:
+                log.warning("batch of %d held: %s; retrying in %.1fs", len(batch), exc, backoff)
+                connection.sleep(backoff)
+                if self.should_stop:  # leave the batch to the broker: it is redelivered, and committed again
+                    raise pika.exceptions.ConnectionClosedByClient(200, "stopping with an unrouted batch") from None
+                backoff = min(backoff * 2, 5.0)
 
     def _apply_with_retries(self, connection, batch: list[Delivery]) -> BatchResult | None:
         backoff = 0.2

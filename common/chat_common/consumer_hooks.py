@@ -1,13 +1,17 @@
 """The side concerns of a writer's consumer loop, each a :class:`~chat_common.consumer.ConsumerHook`.
 
 - :class:`WriterMetrics`: consumed, redelivered, applied, retried, dead-lettered, batch sizes and durations.
-- :class:`HeartbeatHook`: reports how many messages the writer holds unacknowledged (numbering recovery reads it).
+- :class:`HeartbeatHook`: reports what the writer holds unacknowledged and what it last received (numbering
+  recovery reads it).
+- :class:`DeferralLedger`: keeps account, in Redis, of the messages sent to a retry tier until they are committed
+  (numbering recovery reads it instead of the retry queues).
 - :class:`QueueDepthSampler`: exports the ready count of the work, retry and dead-letter queues.
 - :class:`PeriodicChore`: a writer's own periodic task (the message-writer drains its search backlog).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -61,11 +65,11 @@ class WriterMetrics(ConsumerHook):
 
 
 class HeartbeatHook(ConsumerHook):
-    """Calls ``beat(consumer_id, unacked)`` every ``every`` seconds and once more on stop; a failed beat is skipped."""
+    """Calls ``beat(state)`` every ``every`` seconds and once more on stop; a failed beat is skipped."""
 
     def __init__(
         self,
-        beat: Callable[[str, int], None],
+        beat: Callable[[LoopState], None],
         transient_errors: tuple[type[BaseException], ...],
         every: float = 0.2,
     ) -> None:
@@ -82,7 +86,7 @@ class HeartbeatHook(ConsumerHook):
 
     def _beat(self, state: LoopState) -> None:
         try:
-            self.beat(state.consumer_id, state.held)
+            self.beat(state)
         except self.transient_errors as exc:
             log.debug("heartbeat not recorded: %s", exc)
 
@@ -126,3 +130,54 @@ class PeriodicChore(ConsumerHook):
             self.chore()
         except self.transient_errors as exc:
             log.warning("periodic task failed: %s", exc)
+
+
+class AnnounceHook(ConsumerHook):
+    """Publishes the rows a batch committed on the announcement exchange (live streams), before the batch's ack.
+
+    ``on_batch_applied`` runs once the handler has committed and before the deliveries are acknowledged, so a
+    writer that dies in between has its batch redelivered, re-applied (a no-op upsert) and announced again. The
+    announcer never raises (see :class:`chat_common.announcements.Announcer`): a failed announcement is counted and
+    kept for the next batch, and the batch is acknowledged as usual.
+    """
+
+    def __init__(self, announcer) -> None:
+        self.announcer = announcer
+
+    def on_batch_applied(self, queue: WorkQueue, batch: Sequence[Delivery], seconds: float) -> None:  # noqa: D102
+        self.announcer.flush()
+
+    def on_iteration(self, state: LoopState) -> None:  # noqa: D102
+        if self.announcer.pending:  # left unsent while the broker was away: send once it is back
+            self.announcer.flush()
+
+
+def deferral_id(delivery: Delivery) -> str:
+    """The ledger's name for a message: a digest of its body (the same upsert published twice is one entry)."""
+    return hashlib.blake2b(delivery.body, digest_size=12).hexdigest()
+
+
+class DeferralLedger(ConsumerHook):
+    """Accounts for the messages of a batch sent to a retry tier, before they are sent: ``defer(id -> stamp)``;
+    and, before a message that may have been deferred (a retried or redelivered one) is acknowledged or
+    dead-lettered, removes it: ``settle(ids)``. Both are idempotent, so a batch run twice (the writer died
+    between the call and the acknowledgement) leaves the same account; a failure holds the batch (see
+    ``ConsumerHook.on_batch_routed``)."""
+
+    def __init__(self, defer: Callable[[dict[str, float]], None], settle: Callable[[list[str]], None]) -> None:
+        self.defer = defer
+        self.settle = settle
+
+    def on_batch_routed(self, queue: WorkQueue, batch: Sequence[Delivery], routing: Routing) -> None:  # noqa: D102
+        deferred = {}
+        for retry in routing.retries:
+            name = deferral_id(retry.delivery)
+            deferred[name] = min(retry.delivery.published_at, deferred.get(name, retry.delivery.published_at))
+        if deferred:
+            self.defer(deferred)
+        retried = {deferral_id(r.delivery) for r in routing.retries}
+        settled = {
+            deferral_id(d) for d in batch if d.attempt > 0 or d.redelivered
+        } - retried  # committed or dead-lettered now: no longer anywhere in the pipeline
+        if settled:
+            self.settle(sorted(settled))

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import orjson
 
 from chat_common.idempotency import valid_idempotency_key
+from chat_common.validation import BODY_MAX_CHARS, MAX_NUMBER, NAME_MAX_CHARS
 
 SCHEMA_VERSION = 1
-MAX_NUMBER = 2**32 - 1
 MAX_VERSION = 2**63 - 1
 MAX_ID = 2**64 - 1
 
@@ -48,6 +48,19 @@ def _key_fields(data: dict) -> dict:
     if not (isinstance(digest, str) and len(digest) == 32 and all(c in "0123456789abcdef" for c in digest)):
         raise ContractError("fingerprint must be 32 lower-case hex digits")
     return {"idempotency_key": key, "fingerprint": digest}
+
+
+def _address_fields(data: dict) -> dict:
+    """The application and chat every upsert is addressed to."""
+    return {
+        "application_id": _int_field(data, "application_id", 1, MAX_ID),
+        "chat_number": _int_field(data, "chat_number", 1, MAX_NUMBER),
+    }
+
+
+def _version_fields(data: dict) -> dict:
+    """The version every upsert carries, and a create's optional idempotency key and fingerprint."""
+    return {"version": _int_field(data, "version", 0, MAX_VERSION), **_key_fields(data)}
 
 
 def _encode(message: object) -> bytes:
@@ -86,16 +99,10 @@ class ChatUpsert:
         return _encode(self)
 
     @classmethod
-    def decode(cls, raw: bytes, max_name_chars: int = 255) -> ChatUpsert:
+    def decode(cls, raw: bytes, max_name_chars: int = NAME_MAX_CHARS) -> ChatUpsert:
         """Parse and validate; raises :class:`ContractError` for anything malformed."""
         data = _decode(raw)
-        return cls(
-            application_id=_int_field(data, "application_id", 1, MAX_ID),
-            chat_number=_int_field(data, "chat_number", 1, MAX_NUMBER),
-            name=_text_field(data, "name", max_name_chars),
-            version=_int_field(data, "version", 0, MAX_VERSION),
-            **_key_fields(data),
-        )
+        return cls(**_address_fields(data), name=_text_field(data, "name", max_name_chars), **_version_fields(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +122,12 @@ class MessageUpsert:
         return _encode(self)
 
     @classmethod
-    def decode(cls, raw: bytes, max_body_chars: int = 10_000) -> MessageUpsert:
+    def decode(cls, raw: bytes, max_body_chars: int = BODY_MAX_CHARS) -> MessageUpsert:
         """Parse and validate; raises :class:`ContractError` for anything malformed."""
         data = _decode(raw)
         return cls(
-            application_id=_int_field(data, "application_id", 1, MAX_ID),
-            chat_number=_int_field(data, "chat_number", 1, MAX_NUMBER),
+            **_address_fields(data),
             message_number=_int_field(data, "message_number", 1, MAX_NUMBER),
             body=_text_field(data, "body", max_body_chars),
-            version=_int_field(data, "version", 0, MAX_VERSION),
-            **_key_fields(data),
+            **_version_fields(data),
         )

@@ -1,13 +1,54 @@
 """The Redis key scheme: every key any service reads or writes is named here, under one prefix.
 
 The prefix (``REDIS_KEY_PREFIX``) isolates tests, benchmarks and `make run` sharing one Redis.
+
+Redis Cluster: every Lua script and multi-key command touches keys of one hash slot. A key's slot is that of its
+hash tag (the first ``{…}`` in its name; the prefix must hold no ``{``): per-application keys carry the
+application's tag ``{a<id>}``; the global keys that scripts combine (count sync, writer heartbeats) share the tag
+``{meta}``; each of the 16384 slots has its own numbering epoch and recovery keys under a tag of that slot
+(:func:`slot_tag`), so the numbering script reads the epoch of its application's slot in the same slot, and a
+shard that lost its data pauses only the applications of its slots.
 """
 
 from __future__ import annotations
 
+from binascii import crc_hqx
 from dataclasses import dataclass
+from functools import cache
 
 CLAIM_INFIX = ":claim:"
+SLOTS = 16384
+META_TAG = "{meta}"
+
+
+def key_slot(tag: str) -> int:
+    """The Redis Cluster slot of a hash tag's content (CRC16 mod 16384, as Redis computes it)."""
+    return crc_hqx(tag.encode(), 0) % SLOTS
+
+
+def application_slot(application_id: int) -> int:
+    """The slot every key of one application lives in (that of its tag ``{a<id>}``)."""
+    return key_slot(f"a{application_id}")
+
+
+@cache
+def _slot_tags() -> tuple[str, ...]:
+    # Short strings "s0", "s1", … in order until each slot has one: about 315k CRCs, ~0.1 s, once per process.
+    tags: list[str | None] = [None] * SLOTS
+    missing, i = SLOTS, 0
+    while missing:
+        tag = f"s{i:x}"
+        slot = crc_hqx(tag.encode(), 0) % SLOTS
+        if tags[slot] is None:
+            tags[slot] = tag
+            missing -= 1
+        i += 1
+    return tuple(tags)  # type: ignore[arg-type]
+
+
+def slot_tag(slot: int) -> str:
+    """A hash tag (without braces) whose slot is ``slot``: the keys of a slot's own state are named with it."""
+    return _slot_tags()[slot]
 
 
 @dataclass(frozen=True)
@@ -16,49 +57,75 @@ class RedisKeys:
 
     prefix: str = "chat:"
 
-    def application(self, token: str) -> str:
-        """Hash per application: ``id`` (row id), ``chats`` (last chat number), ``m:<n>`` (last message of chat n)."""
+    def tag(self, application_id: int) -> str:
+        """Redis Cluster hash tag of one application: every per-application key lives in its slot."""
+        return f"{{a{application_id}}}"
+
+    def numbers(self, application_id: int) -> str:
+        """Hash per application: ``id`` (row id, "loaded"), ``chats`` (last chat number), ``m:<n>`` (last message
+        of chat n), ``at`` (unix time of the last create or edit), ``v`` (the application's edit clock: last version
+        handed to an edit, microseconds of Redis time, strictly increasing). Keyed by id, not token, so that every
+        token of a rotated application numbers into the same sequence."""
+        return f"{self.prefix}{self.tag(application_id)}:numbers"
+
+    def legacy_application(self, token: str) -> str:
+        """Where numbering kept an application's counters before they were keyed by id (read once, on load)."""
         return f"{self.prefix}app:{token}"
+
+    def slot_epoch(self, slot: int) -> str:
+        """Present while the counters of the applications in ``slot`` can be trusted; its absence on a slot that
+        opened before means the shard holding it lost its data (see ``chat_api.adapters.recovery``)."""
+        return f"{self.prefix}{{{slot_tag(slot)}}}:epoch"
+
+    def epoch_of(self, application_id: int) -> str:
+        """The epoch key of the application's slot (same slot as its numbering and idempotency keys)."""
+        return self.slot_epoch(application_slot(application_id))
+
+    def slot_recovery_lock(self, slot: int) -> str:
+        """Held by the one API process that re-opens numbering of ``slot`` after its data was lost."""
+        return f"{self.prefix}{{{slot_tag(slot)}}}:recovery"
+
+    def slot_recovery_started(self, slot: int) -> str:
+        """Unix time at which some API process first found the slot's epoch missing."""
+        return f"{self.prefix}{{{slot_tag(slot)}}}:recovery_started"
 
     @property
     def epoch(self) -> str:
-        """Present while the counters in Redis can be trusted; its absence means Redis lost its data."""
+        """The single epoch of the version before per-slot epochs: read once per slot, on upgrade only (while it
+        is there, Redis still holds that version's counters, so a slot without an epoch lost nothing)."""
         return f"{self.prefix}meta:epoch"
 
     @property
-    def recovery_lock(self) -> str:
-        """Held by the one API process that re-opens numbering after Redis lost its data."""
-        return f"{self.prefix}meta:recovery"
-
-    @property
-    def recovery_started(self) -> str:
-        """Unix time at which some API process first found the epoch missing."""
-        return f"{self.prefix}meta:recovery_started"
-
-    @property
-    def edit_clock(self) -> str:
-        """Last version handed to an edit (microseconds of Redis time, strictly increasing)."""
-        return f"{self.prefix}meta:clock"
-
-    @property
     def writer_heartbeats(self) -> str:
-        """Hash writer-id -> "<unacked>:<unix time>" that recovery reads to know the writers hold nothing."""
-        return f"{self.prefix}meta:writers"
+        """Hash writer-id -> heartbeat (:func:`chat_common.writer.format_heartbeat`) that numbering recovery reads:
+        what each writer holds unacknowledged and what it last received."""
+        return f"{self.prefix}{META_TAG}:writers"
+
+    @property
+    def deferred(self) -> str:
+        """Sorted set: digest of each message a writer sent to a retry tier -> its publish stamp, removed once the
+        message is committed or dead-lettered (numbering recovery cannot read the retry queues themselves)."""
+        return f"{self.prefix}{META_TAG}:deferred"
+
+    @property
+    def deferred_since(self) -> str:
+        """Unix time :attr:`deferred` started keeping account (set if missing by every writer; gone with it)."""
+        return f"{self.prefix}{META_TAG}:deferred_since"
 
     @property
     def dirty_applications(self) -> str:
         """Set of application ids whose ``chats_count`` may be stale."""
-        return f"{self.prefix}dirty:applications"
+        return f"{self.prefix}{META_TAG}:dirty:applications"
 
     @property
     def dirty_chats(self) -> str:
         """Set of chat ids whose ``messages_count`` may be stale."""
-        return f"{self.prefix}dirty:chats"
+        return f"{self.prefix}{META_TAG}:dirty:chats"
 
     @property
     def counts_epoch(self) -> str:
         """Present once the count sync has done a full pass since Redis last lost its data."""
-        return f"{self.prefix}meta:counts_epoch"
+        return f"{self.prefix}{META_TAG}:counts_epoch"
 
     @property
     def counts_epoch_pending(self) -> str:
@@ -68,7 +135,7 @@ class RedisKeys:
     @property
     def count_claims(self) -> str:
         """Hash claim set name -> unix time it was taken, so a later count sync can return a crashed run's claims."""
-        return f"{self.prefix}dirty:claims"
+        return f"{self.prefix}{META_TAG}:dirty:claims"
 
     @staticmethod
     def count_claim(dirty_set: str, run_id: str) -> str:
@@ -85,10 +152,19 @@ class RedisKeys:
         """Sorted set of message ids whose search document still has to be written (score = first failure)."""
         return f"{self.prefix}search:backlog"
 
-    def idempotency(self, token: str, scope: str, key: str) -> str:
-        """What a create with an ``Idempotency-Key`` was given: "pending", or "<app id>:<number>:<fingerprint>"."""
-        return f"{self.prefix}idem:{token}:{scope}:{key}"
+    def idempotency(self, application_id: int, scope: str, key: str) -> str:
+        """What a create with an ``Idempotency-Key`` was given: "pending", or "<app id>:<number>:<fingerprint>".
 
-    def rate_window(self, token: str, second: int) -> str:
-        """Counter of requests a token made in one wall-clock second."""
-        return f"{self.prefix}rate:{token}:{second}"
+        Per application, not per token: a retry with the new token of a create made with the old one replays."""
+        return f"{self.prefix}{self.tag(application_id)}:idem:{scope}:{key}"
+
+    def rate_window(self, application_id: int, second: int) -> str:
+        """Counter of requests an application (all its tokens) made in one wall-clock second."""
+        return f"{self.prefix}{self.tag(application_id)}:rate:{second}"
+
+    @property
+    def stream_rooms(self) -> str:
+        """Sorted set of the chats some API worker streams live: member ``"<app id>.<chat number>"``, score the unix
+        time the entry lapses. Workers refresh their chats' entries; the message-writer announces only chats listed
+        and current (chat_common.announcements)."""
+        return f"{self.prefix}streams:rooms"

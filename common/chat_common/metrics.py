@@ -59,6 +59,45 @@ SEARCH_SECONDS = Histogram(
     "chat_search_duration_seconds", "Time to answer one search", ["backend"], buckets=LATENCY_BUCKETS
 )
 
+# Tenant management (bounded labels only: never one series per tenant).
+TENANT_REFUSALS = Counter(
+    "chat_api_tenant_refusals_total",
+    "Tenant-scoped requests refused by a tenant rule, by reason "
+    "(suspended 403, expired_token 404, rate_limited 429, max_chats/max_message_bytes 422)",
+    ["reason"],
+)
+TENANT_ROTATIONS = Counter("chat_tenant_token_rotations_total", "Application tokens rotated", ["via"])  # api, operator
+TENANT_SUSPENSIONS = Counter(
+    "chat_tenant_suspension_changes_total", "Applications suspended or resumed", ["action", "via"]
+)
+TENANTS_SUSPENDED = Gauge(
+    "chat_tenants_suspended", "Suspended applications among those the operator manages", multiprocess_mode="max"
+)
+
+
+# Live message streams (issue 15): the writers' announcements of committed rows, and the API's streams.
+WRITER_ANNOUNCED = Counter(
+    "chat_writer_announcements_total", "Announcements of committed rows published (one per chat and batch)"
+)
+WRITER_ANNOUNCE_FAILURES = Counter(
+    "chat_writer_announce_failures_total", "Announcement publishes that failed (kept for the next batch)"
+)
+WRITER_ANNOUNCEMENTS_DROPPED = Counter(
+    "chat_writer_announcements_dropped_total", "Announcements dropped unsent (streams re-read MySQL instead)"
+)
+STREAMS_OPEN = Gauge("chat_api_streams_open", "Open message streams (SSE)", multiprocess_mode="livesum")
+STREAM_EVENTS = Counter("chat_api_stream_events_total", "Events written to message streams", ["event"])
+STREAM_CLOSED = Counter("chat_api_stream_closed_total", "Message streams ended, by reason", ["reason"])
+STREAM_REFUSED = Counter("chat_api_stream_refused_total", "Message streams refused with 429, by limit", ["limit"])
+STREAM_READS = Counter(
+    "chat_api_stream_reads_total", "MySQL reads made for streams, by cause (replay, gap, resync)", ["cause"]
+)
+STREAM_LAG_SECONDS = Histogram(
+    "chat_api_stream_lag_seconds",
+    "From a row's commit (writer clock) to its announcement's fan-out to the streams of one API worker",
+    buckets=LATENCY_BUCKETS,
+)
+
 
 def serve_metrics(port: int) -> None:
     """Expose this process's metrics on ``port`` (writers, operator); 0 means do not serve."""

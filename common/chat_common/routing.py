@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pika
 
-from chat_common.batches import ATTEMPT_HEADER, BatchResult, Delivery
+from chat_common.batches import ATTEMPT_HEADER, PUBLISHED_AT_HEADER, BatchResult, Delivery, stamp_header
 from chat_common.topology import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,11 @@ def send(routing: Routing, channel, retry_channel) -> None:
             "",
             retry.queue,
             retry.delivery.body,
-            pika.BasicProperties(delivery_mode=2, headers={ATTEMPT_HEADER: retry.attempt}),
+            # The publish stamp travels with the message through every tier (numbering recovery reads it).
+            pika.BasicProperties(
+                delivery_mode=2,
+                headers={ATTEMPT_HEADER: retry.attempt, PUBLISHED_AT_HEADER: stamp_header(retry.delivery.published_at)},
+            ),
             mandatory=True,
         )
     for delivery, reason in routing.dead:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -20,6 +21,8 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects import mysql
+
+from chat_common.validation import NAME_MAX_CHARS
 
 metadata = MetaData()
 
@@ -51,12 +54,29 @@ applications = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("token", TokenType, nullable=False),
-    Column("name", String(255), nullable=False),
+    Column("name", String(NAME_MAX_CHARS), nullable=False),
     Column("idempotency_key", KeyType, nullable=True),
     Column("chats_count", Number, nullable=False, server_default="0"),
     *_timestamps(),
+    # Tenant management (migration 0003). A suspended application keeps its data; its token answers 403.
+    Column("suspended", Boolean, nullable=False, server_default="0"),
+    # After a rotation the former token keeps working until previous_token_expires_at (then 404).
+    Column("previous_token", TokenType, nullable=True),
+    Column("previous_token_expires_at", Timestamp, nullable=True),
+    Column("token_rotated_at", Timestamp, nullable=True),
+    # Rotations so far: the operator rotates while spec.rotateToken is above it (idempotent across retries).
+    Column("token_generation", Number, nullable=False, server_default="0"),
+    # Per-tenant limits; NULL = the deployment's default (RATE_LIMIT_PER_SECOND) or none.
+    Column("requests_per_second", Number, nullable=True),
+    Column("max_chats", Number, nullable=True),
+    Column("max_message_bytes", Number, nullable=True),
+    # Last create or edit, persisted from Redis when usage is read (the operator's refresh, the usage endpoint).
+    Column("last_activity_at", Timestamp, nullable=True),
+    # uid of the Application resource that manages it (set on creation and on adoption).
+    Column("owner_uid", KeyType, nullable=True),
     UniqueConstraint("token", name="uq_applications_token"),
     UniqueConstraint("idempotency_key", name="uq_applications_idempotency_key"),
+    UniqueConstraint("previous_token", name="uq_applications_previous_token"),
     **TABLE_OPTIONS,
 )
 
@@ -66,7 +86,7 @@ chats = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("application_id", Id, ForeignKey("applications.id", ondelete="CASCADE"), nullable=False),
     Column("number", Number, nullable=False),
-    Column("name", String(255), nullable=False),
+    Column("name", String(NAME_MAX_CHARS), nullable=False),
     Column("messages_count", Number, nullable=False, server_default="0"),
     # Microsecond stamp of the write that set `name`; older writes never overwrite newer ones.
     Column("version", BigInteger, nullable=False, server_default="0"),
@@ -89,6 +109,7 @@ messages = Table(
 )
 
 Index("ix_applications_created_at", applications.c.created_at)
+Index("ix_applications_owner_uid", applications.c.owner_uid)
 
 # What a create with an Idempotency-Key was given, written by the writers beside the row (migration 0002).
 idempotency_keys = Table(

@@ -1,26 +1,35 @@
-"""The application (tenant) lifecycle: create, find, rename, delete — one implementation for the API and the operator.
+"""The application (tenant) lifecycle: create, find, rename, delete, suspend, rotate its token, set its limits,
+report its usage — one implementation for the API's admin endpoints and the operator.
 
 Applications are written to MySQL synchronously (they are rare, and their token must work at once);
 chats and messages go through the queues. Deleting removes rows in bounded batches, the numbering
 counters in Redis, and whatever the registered cleanups remove (search documents).
+
+Tenant management (migration 0003): a suspended application keeps everything but its tokens answer 403; a
+rotation gives it a new token and keeps the former one valid for a grace period (then 404) — chats, messages,
+numbering (keyed by application id) and search documents stay with the application; limits override the
+deployment's defaults. The API enforces all of it from a per-process cache of :data:`TENANT_BY_TOKEN` rows
+(``chat_api.adapters.tenants``), so a change here is in force on every API process within that cache's bound.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import redis
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, and_, bindparam, func, literal_column, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from chat_common.idempotency import check_idempotency_key
 from chat_common.keys import RedisKeys
 from chat_common.tables import applications, chats, messages
-from chat_common.validation import clean_name
+from chat_common.validation import NAME_MAX_CHARS, Invalid, clean_name
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +43,180 @@ def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
+MAX_LIMIT = 4_294_967_295  # limits are unsigned 32-bit columns
+DEFAULT_GRACE_SECONDS = 86_400
+MAX_GRACE_SECONDS = 30 * 86_400
+LIMIT_FIELDS = ("requests_per_second", "max_chats", "max_message_bytes")
+
+
+def rfc3339(unix: float | None) -> str | None:
+    """A unix time as an RFC 3339 UTC timestamp (seconds), as Kubernetes and the admin API show times."""
+    if unix is None:
+        return None
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_grace_seconds(value: object) -> int:
+    """How long a rotated-away token keeps working: an integer from 0 to 30 days; :class:`Invalid` otherwise."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # form bodies carry strings
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GRACE_SECONDS:
+        raise Invalid(f"grace_seconds must be an integer from 0 to {MAX_GRACE_SECONDS}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """Per-tenant limits; None means the deployment's default (``RATE_LIMIT_PER_SECOND``) or no limit."""
+
+    requests_per_second: int | None = None
+    max_chats: int | None = None
+    max_message_bytes: int | None = None
+
+    @classmethod
+    def parse(cls, value: object) -> TenantLimits:
+        """Limits from a JSON object with any of :data:`LIMIT_FIELDS` (null clears one); :class:`Invalid` else."""
+        if not isinstance(value, Mapping):
+            raise Invalid("limits must be an object")
+        unknown = sorted(set(value) - set(LIMIT_FIELDS))
+        if unknown:
+            raise Invalid(f"unknown limit {unknown[0]!r}; the limits are {', '.join(LIMIT_FIELDS)}")
+        parsed = []
+        for name in LIMIT_FIELDS:
+            given = value.get(name)
+            if isinstance(given, str):  # form bodies carry strings: digits, or empty for the default
+                given = None if given == "" else int(given) if given.isascii() and given.isdigit() else given
+            if given is not None and (
+                isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= MAX_LIMIT
+            ):
+                raise Invalid(f"{name} must be an integer from 1 to {MAX_LIMIT}, or null for the default")
+            parsed.append(given)
+        return cls(*parsed)
+
+    def public(self) -> dict:
+        """The JSON shape of limits (null: the default)."""
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+
 @dataclass(frozen=True, slots=True)
 class Application:
-    """An application; ``id`` is internal and never leaves the server."""
+    """An application; ``id`` is internal and never leaves the server. Times are unix seconds."""
 
     token: str
     name: str
     chats_count: int
     id: int = 0
+    suspended: bool = False
+    previous_token: str | None = None
+    previous_token_expires_at: float | None = None
+    token_rotated_at: float | None = None
+    token_generation: int = 0
+    limits: TenantLimits = field(default_factory=TenantLimits)
+    last_activity_at: float | None = None
 
     def public(self) -> dict:
         """The JSON shape of an application."""
         return {"token": self.token, "name": self.name, "chats_count": self.chats_count}
 
+    def previous_token_valid(self, now: float) -> bool:
+        """Whether the former token still works (its grace period has not ended)."""
+        return (
+            self.previous_token is not None
+            and self.previous_token_expires_at is not None
+            and now < self.previous_token_expires_at
+        )
 
-_COLUMNS = (applications.c.id, applications.c.token, applications.c.name, applications.c.chats_count)
+    def admin(self, now: float | None = None) -> dict:
+        """The JSON shape of an application for the admin endpoints: state, limits and token rotation."""
+        now = time.time() if now is None else now
+        valid = self.previous_token_valid(now)
+        return {
+            **self.public(),
+            "state": "suspended" if self.suspended else "active",
+            "suspended": self.suspended,
+            "limits": self.limits.public(),
+            "token_rotated_at": rfc3339(self.token_rotated_at),
+            "token_generation": self.token_generation,
+            "previous_token_expires_at": rfc3339(self.previous_token_expires_at) if valid else None,
+        }
 
 
-def _row(row) -> Application | None:
-    return Application(token=row.token, name=row.name, chats_count=row.chats_count, id=row.id) if row else None
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a tenant uses: counts as of the last count sync, last create or edit, state."""
+
+    chats: int
+    messages: int
+    last_activity_at: float | None
+    suspended: bool
+
+    def public(self) -> dict:
+        """The JSON shape of usage."""
+        return {
+            "chats": self.chats,
+            "messages": self.messages,
+            "last_activity_at": rfc3339(self.last_activity_at),
+            "state": "suspended" if self.suspended else "active",
+        }
+
+
+def _unix(column):
+    # Stored and compared in the session's time zone by NOW(6); UNIX_TIMESTAMP reads them back the same way.
+    return func.unix_timestamp(column).label(column.name)
+
+
+_COLUMNS = (
+    applications.c.id,
+    applications.c.token,
+    applications.c.name,
+    applications.c.chats_count,
+    applications.c.suspended,
+    applications.c.previous_token,
+    _unix(applications.c.previous_token_expires_at),
+    _unix(applications.c.token_rotated_at),
+    applications.c.token_generation,
+    applications.c.requests_per_second,
+    applications.c.max_chats,
+    applications.c.max_message_bytes,
+    _unix(applications.c.last_activity_at),
+)
+_PREVIOUS_VALID = applications.c.previous_token_expires_at > func.now(6)
+
+
+def _by_token(token):
+    """Rows a token names: its current token, or its former one during the grace period."""
+    return or_(applications.c.token == token, and_(applications.c.previous_token == token, _PREVIOUS_VALID))
+
+
+# What the API's tenant directory runs on a cache miss (one indexed lookup on either unique token index).
+TENANT_BY_TOKEN = select(*_COLUMNS).where(_by_token(bindparam("token"))).limit(1)
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def application_from_row(row) -> Application | None:
+    """An :class:`Application` from a row of :data:`TENANT_BY_TOKEN` (a mapping or a tuple in its column order)."""
+    if not row:
+        return None
+    row = row._mapping if hasattr(row, "_mapping") else dict(zip([c.name for c in _COLUMNS], row, strict=True))
+    return Application(
+        token=row["token"],
+        name=row["name"],
+        chats_count=int(row["chats_count"]),
+        id=int(row["id"]),
+        suspended=bool(row["suspended"]),
+        previous_token=row["previous_token"],
+        previous_token_expires_at=_float(row["previous_token_expires_at"]),
+        token_rotated_at=_float(row["token_rotated_at"]),
+        token_generation=int(row["token_generation"]),
+        limits=TenantLimits(row["requests_per_second"], row["max_chats"], row["max_message_bytes"]),
+        last_activity_at=_float(row["last_activity_at"]),
+    )
+
+
+_row = application_from_row
 
 
 class Applications:
@@ -64,7 +228,7 @@ class Applications:
         client: redis.Redis,
         keys: RedisKeys,
         *,
-        max_name_chars: int = 255,
+        max_name_chars: int = NAME_MAX_CHARS,
         cleanups: list[Callable[[int], None]] | None = None,
     ) -> None:
         self.engine = engine
@@ -96,16 +260,31 @@ class Applications:
         raise RuntimeError("could not allocate a unique token")
 
     def find(self, token: str) -> Application | None:
-        """The application with this token, or None."""
+        """The application with this token (or with it as its former token, during the grace period), or None."""
         if not TOKEN_SHAPE.fullmatch(token):
             return None
         with self.engine.connect() as conn:
-            return _row(conn.execute(select(*_COLUMNS).where(applications.c.token == token)).first())
+            return _row(conn.execute(TENANT_BY_TOKEN, {"token": token}).first())
+
+    def find_by_id(self, application_id: int) -> Application | None:
+        """The application with this row id, or None."""
+        with self.engine.connect() as conn:
+            return _row(conn.execute(select(*_COLUMNS).where(applications.c.id == application_id)).first())
 
     def find_by_idempotency_key(self, key: str) -> Application | None:
         """The application created with this idempotency key, or None."""
         with self.engine.connect() as conn:
             return _row(conn.execute(select(*_COLUMNS).where(applications.c.idempotency_key == key)).first())
+
+    def find_by_owner(self, owner_uid: str) -> Application | None:
+        """The application the resource with this uid manages (set by :meth:`set_owner`), or None."""
+        query = select(*_COLUMNS).where(applications.c.owner_uid == owner_uid).order_by(applications.c.id).limit(1)
+        with self.engine.connect() as conn:
+            return _row(conn.execute(query).first())
+
+    def set_owner(self, application_id: int, owner_uid: str) -> None:
+        """Record which resource manages the application (the operator, on creation and adoption)."""
+        self._update(application_id, owner_uid=owner_uid)
 
     def list(self, offset: int, limit: int) -> list[Application]:
         """Applications in creation order."""
@@ -116,11 +295,107 @@ class Applications:
     def rename(self, token: str, name: object) -> Application | None:
         """Set an application's name; None when the token is unknown."""
         name = clean_name(name, self.max_name_chars)
+        application = self.find(token)
+        if application is None:
+            return None
+        return self._update(application.id, name=name)
+
+    def _update(self, application_id: int, where=None, **values: object) -> Application | None:
+        """Set columns of one application (and ``updated_at``); the application after, None when it is gone."""
+        condition = applications.c.id == application_id
         with self.engine.begin() as conn:
             conn.execute(
-                update(applications).where(applications.c.token == token).values(name=name, updated_at=func.now(6))
+                update(applications)
+                .where(condition if where is None else and_(condition, where))
+                .values(**values, updated_at=func.now(6))
             )
-        return self.find(token)
+        return self.find_by_id(application_id)
+
+    # -- tenant management -------------------------------------------------------------------------------------
+    def set_suspended(self, application_id: int, suspended: bool) -> Application | None:
+        """Suspend (its tokens answer 403, nothing is deleted) or resume an application; None when it is gone."""
+        return self._update(application_id, suspended=bool(suspended))
+
+    def rotate_token(
+        self, application_id: int, grace_seconds: int = DEFAULT_GRACE_SECONDS, generation: int | None = None
+    ) -> tuple[Application | None, bool]:
+        """Give the application a new token; the current one keeps working for ``grace_seconds``, then 404s.
+
+        Returns ``(application, rotated)``. With ``generation`` (the operator's ``spec.rotateToken``), rotates
+        only while fewer rotations than that were made, and records it: one UPDATE decides, so a retried or
+        concurrent reconcile never rotates twice (which would end the grace of the token clients still use).
+        Without it, always rotates (the admin endpoint). A rotation during another's grace period ends that
+        grace: only the token of the moment before a rotation keeps working. Numbering, idempotency keys and
+        rate limits are keyed by application id, so requests with either token share them.
+        """
+        grace_seconds = check_grace_seconds(grace_seconds)
+        next_generation = applications.c.token_generation + 1 if generation is None else generation
+        where = None if generation is None else applications.c.token_generation < generation
+        for _ in range(3):
+            token = new_token()
+            values = {
+                # MySQL applies SET assignments left to right: previous_token takes the token before it changes.
+                "previous_token": applications.c.token,
+                "previous_token_expires_at": func.now(6) + text(f"INTERVAL {int(grace_seconds)} SECOND"),
+                "token": token,
+                "token_rotated_at": func.now(6),
+                "token_generation": next_generation,
+                "updated_at": func.now(6),
+            }
+            condition = applications.c.id == application_id
+            statement = update(applications).where(condition if where is None else and_(condition, where))
+            try:
+                with self.engine.begin() as conn:
+                    changed = conn.execute(statement.ordered_values(*values.items())).rowcount
+            except IntegrityError:
+                continue  # the new token collided with another one (2^-192): draw again
+            return self.find_by_id(application_id), bool(changed)
+        raise RuntimeError("could not allocate a unique token")
+
+    def set_limits(self, application_id: int, limits: TenantLimits) -> Application | None:
+        """Set the per-tenant limits (None each: the default); None when the application is gone."""
+        return self._update(application_id, **{name: getattr(limits, name) for name in LIMIT_FIELDS})
+
+    def usage(self, application_id: int) -> Usage | None:
+        """Chats and messages (as of the last count sync), last activity and state; None when it is gone.
+
+        Last activity is kept by numbering in Redis on every create and edit (no MySQL write per request);
+        reading it here copies it to ``last_activity_at`` so it survives Redis losing its data.
+        """
+        application = self.find_by_id(application_id)
+        if application is None:
+            return None
+        raw = self.client.hget(self.keys.numbers(application_id), "at")
+        last = application.last_activity_at
+        if raw is not None and (last is None or float(raw) > last + 0.5):
+            last = float(raw)
+            self._update_activity(application_id, last)
+        return Usage(application.chats_count, self.messages_count(application_id), last, application.suspended)
+
+    def _update_activity(self, application_id: int, unix: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(applications)
+                .where(applications.c.id == application_id)
+                .values(last_activity_at=func.from_unixtime(literal_column(repr(float(unix)))))
+            )
+
+    def messages_count(self, application_id: int) -> int:
+        """Messages of an application, from the per-chat counts the count sync maintains.
+
+        Summing ``chats.messages_count`` reads one index range of the application's chats; counting the
+        messages table instead would scan every message.
+        """
+        query = select(func.coalesce(func.sum(chats.c.messages_count), 0)).where(
+            chats.c.application_id == application_id
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def _forget_counters(self, application: Application) -> None:
+        legacy = [self.keys.legacy_application(t) for t in (application.token, application.previous_token) if t]
+        for key in (self.keys.numbers(application.id), *legacy):  # one by one: on a Redis Cluster, slots differ
+            self.client.delete(key)
 
     def delete(self, token: str, batch_size: int = 5000) -> int | None:
         """Delete an application with its chats, messages, counters and search documents.
@@ -131,7 +406,7 @@ class Applications:
         application = self.find(token)
         if application is None:
             return None
-        self.client.delete(self.keys.application(token))
+        self._forget_counters(application)
         deleted = 0
         chat_ids = select(chats.c.id).where(chats.c.application_id == application.id)
         with self.engine.connect() as conn:
@@ -151,7 +426,7 @@ class Applications:
                 conn.execute(chats.delete().where(chats.c.application_id == application.id))
                 conn.execute(applications.delete().where(applications.c.id == application.id))
         # Again: a create racing the delete may have re-seeded the counters from the rows being deleted.
-        self.client.delete(self.keys.application(token))
+        self._forget_counters(application)
         for cleanup in self.cleanups:
             cleanup(application.id)
         return deleted

@@ -4,6 +4,15 @@ Everything goes through the default exchange, routed by queue name. A retry tier
 consumers whose TTL dead-letters messages back into the work queue, so a retry waits without holding
 a writer. A rejected (``nack`` without requeue) message dead-letters into ``<queue>.dead``.
 
+Queue type (``QUEUE_TYPE``): **quorum** by default — replicated over the cluster's nodes (Raft), so the loss of one
+node loses no accepted message and the queue keeps serving from another node. Dead-lettering out of a quorum queue
+is at-most-once unless the source queue has ``x-dead-letter-strategy: at-least-once`` with
+``x-overflow: reject-publish``; the retry tiers *are* dead-lettering (TTL expiry back into the work queue) and so is
+the way into ``<queue>.dead``, so both carry those arguments: a message leaves the source queue only once the target
+queue confirmed it. ``classic`` keeps the former unreplicated queues (declared with exactly the former arguments,
+so a deployment that already has them may keep them). Declaring a queue that exists with another type fails with
+:class:`QueueMismatch`, which names the fix (``python -m chat_common.queue_migration``, or ``QUEUE_TYPE=classic``).
+
 This module is the source of the queue names. The Helm chart needs the work queues' names too (KEDA scales the
 writers on their depth) and spells ``<prefix>.chats`` / ``<prefix>.messages`` in its ``chat-system.writers``
 helper; tests/unit/test_writer_queue_names.py fails when the two disagree.
@@ -13,9 +22,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pika.exceptions
+
 # Suffixes of the two work queues under ``QUEUE_PREFIX``.
 CHATS = "chats"
 MESSAGES = "messages"
+
+# Values of QUEUE_TYPE.
+QUORUM = "quorum"
+CLASSIC = "classic"
+QUEUE_TYPES = (QUORUM, CLASSIC)
+# Dead-letter at-least-once (quorum queues only): the message stays in the source queue until the target confirmed
+# it. RabbitMQ honours the strategy only together with reject-publish overflow (and the stream_queue feature flag,
+# enabled on every cluster created by 3.9+).
+AT_LEAST_ONCE_DEAD_LETTERING = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+PRECONDITION_FAILED = 406
+
+
+class QueueMismatch(RuntimeError):
+    """A queue exists with other arguments than this deployment declares (typically: classic, not quorum)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +49,7 @@ class WorkQueue:
 
     name: str
     retry_delays_seconds: tuple[int, ...]
+    queue_type: str = QUORUM
 
     @property
     def dead_letter(self) -> str:
@@ -40,24 +66,48 @@ class WorkQueue:
         """All retry tiers of this queue."""
         return [f"{self.name}.retry.{d}s" for d in self.retry_delays_seconds]
 
-    def declare(self, channel) -> None:
-        """Declare the work queue, its retry tiers and its dead-letter queue (idempotent)."""
-        channel.queue_declare(self.dead_letter, durable=True)
-        channel.queue_declare(
-            self.name,
-            durable=True,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.dead_letter},
-        )
+    def arguments(self) -> dict[str, dict]:
+        """Every queue of this work queue (dead-letter queue, work queue, retry tiers) with its declare arguments."""
+        quorum = self.queue_type == QUORUM
+        typed = {"x-queue-type": QUORUM} if quorum else {}  # classic: exactly the arguments of earlier versions
+        safe_dead_lettering = AT_LEAST_ONCE_DEAD_LETTERING if quorum else {}
+        queues = {
+            self.dead_letter: dict(typed),
+            self.name: {
+                **typed,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.dead_letter,
+                **safe_dead_lettering,
+            },
+        }
         for delay, retry_name in zip(self.retry_delays_seconds, self.retry_queues, strict=True):
-            channel.queue_declare(
-                retry_name,
-                durable=True,
-                arguments={
-                    "x-message-ttl": delay * 1000,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": self.name,
-                },
-            )
+            queues[retry_name] = {
+                **typed,
+                "x-message-ttl": delay * 1000,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.name,
+                **safe_dead_lettering,
+            }
+        return queues
+
+    def declare(self, channel) -> None:
+        """Declare the work queue, its retry tiers and its dead-letter queue (idempotent).
+
+        Raises :class:`QueueMismatch` (the channel is then closed) when one exists with other arguments.
+        """
+        for name, arguments in self.arguments().items():
+            try:
+                channel.queue_declare(name, durable=True, arguments=arguments or None)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != PRECONDITION_FAILED:
+                    raise
+                raise QueueMismatch(
+                    f"queue {name!r} exists with other arguments than QUEUE_TYPE={self.queue_type} declares"
+                    f" ({exc.reply_text}). Queues declared by an earlier version are classic: stop the API and the"
+                    " writers and run `python -m chat_common.queue_migration` (moves their messages into"
+                    " quorum queues of the same names; `make migrate` does it), or set QUEUE_TYPE=classic to keep"
+                    " the classic queues."
+                ) from exc
 
 
 @dataclass(frozen=True)
@@ -66,18 +116,46 @@ class Topology:
 
     prefix: str = "chat_system"
     retry_delays_seconds: tuple[int, ...] = (1, 5, 30)
+    queue_type: str = QUORUM
+
+    def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:
+            raise ValueError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, not {self.queue_type!r}")
+
+    @classmethod
+    def from_settings(cls, settings) -> Topology:
+        """The topology a deployment's settings describe (``QUEUE_PREFIX``, retry delays, ``QUEUE_TYPE``)."""
+        return cls(settings.queue_prefix, settings.writer_retry_delays_seconds, settings.queue_type)
 
     @property
     def chats(self) -> WorkQueue:
         """Queue of chat creates and renames, consumed by the chat-writer."""
-        return WorkQueue(f"{self.prefix}.{CHATS}", self.retry_delays_seconds)
+        return WorkQueue(f"{self.prefix}.{CHATS}", self.retry_delays_seconds, self.queue_type)
 
     @property
     def messages(self) -> WorkQueue:
         """Queue of message creates and edits, consumed by the message-writer."""
-        return WorkQueue(f"{self.prefix}.{MESSAGES}", self.retry_delays_seconds)
+        return WorkQueue(f"{self.prefix}.{MESSAGES}", self.retry_delays_seconds, self.queue_type)
 
     def declare(self, channel) -> None:
         """Declare every queue of the deployment."""
         self.chats.declare(channel)
         self.messages.declare(channel)
+
+
+# -- Announcements of committed rows (live message streams) ---------------------------------------------------------
+# Not a queue: a topic exchange the message-writer publishes to after each commit, routing key
+# "<application id>.<chat number>" (chat_common.announcements). Each API worker binds a queue of its own (exclusive,
+# auto-delete, declared by the worker, never here) to the chats its open streams follow.
+ANNOUNCEMENTS = "announcements"
+
+
+def announcements_exchange(prefix: str) -> str:
+    """Name of the announcement exchange of a deployment (``<QUEUE_PREFIX>.announcements``)."""
+    return f"{prefix}.{ANNOUNCEMENTS}"
+
+
+def declare_announcements(channel, exchange: str, callback=None) -> None:
+    """Declare the announcement exchange (durable topic; idempotent). ``callback``: for an asynchronous channel."""
+    extra = {} if callback is None else {"callback": callback}
+    channel.exchange_declare(exchange, exchange_type="topic", durable=True, **extra)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import re
 
+# The one home of every number that shapes a field; settings, columns, contracts and the API's limits refer here.
+NAME_MAX_CHARS = 255  # also the width of the name columns: a configured limit may be lower, never higher
+BODY_MAX_CHARS = 10_000
+QUERY_MAX_CHARS = 200
+MAX_NUMBER = 2**32 - 1  # chat and message numbers are unsigned 32-bit columns
+
 NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
 # Bodies may carry tabs and line breaks; other control characters are refused.
 BODY_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -32,11 +38,11 @@ def clean_text(value: object, field: str, max_chars: int, forbidden: re.Pattern 
     return value
 
 
-def clean_name(value: object, max_chars: int = 255) -> str:
+def clean_name(value: object, max_chars: int = NAME_MAX_CHARS) -> str:
     """A valid application or chat name."""
     return clean_text(value, "name", max_chars)
 
 
-def clean_body(value: object, max_chars: int = 10_000) -> str:
+def clean_body(value: object, max_chars: int = BODY_MAX_CHARS) -> str:
     """A valid message body."""
     return clean_text(value, "body", max_chars, BODY_FORBIDDEN)

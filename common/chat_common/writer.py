@@ -19,13 +19,22 @@ import sqlalchemy.exc
 from sqlalchemy import Engine
 
 from chat_common import logs
+from chat_common.announcements import Announcer, listened_chats
 from chat_common.config import Settings
-from chat_common.consumer import BatchConsumer, BatchHandler
-from chat_common.consumer_hooks import HeartbeatHook, PeriodicChore, QueueDepthSampler, WriterMetrics
+from chat_common.consumer import BatchConsumer, BatchHandler, LoopState
+from chat_common.consumer_hooks import (
+    AnnounceHook,
+    DeferralLedger,
+    HeartbeatHook,
+    PeriodicChore,
+    QueueDepthSampler,
+    WriterMetrics,
+)
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
 from chat_common.metrics import serve_metrics
-from chat_common.topology import Topology, WorkQueue
+from chat_common.redis_client import sync_client
+from chat_common.topology import Topology, WorkQueue, announcements_exchange
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +55,47 @@ CHORE_EVERY_SECONDS = 2.0
 
 
 class WriterHeartbeat(NamedTuple):
-    """One writer's report: how many messages it holds unacknowledged, and when (unix time)."""
+    """One writer's report: how many messages it holds unacknowledged, and when (unix time); and, for numbering
+    recovery, the lowest publish stamp among those it holds (None: none held), the stamp of the latest
+    first-attempt delivery it received, how many of those it received so far, its broker connection number and
+    the heartbeat's own sequence number (see :class:`chat_common.consumer.LoopState`)."""
 
     unacked: int
     at: float
+    oldest: float | None = None
+    last: float = 0.0
+    firsts: int = 0
+    session: int = 0
+    beat: int = 0
 
 
-def format_heartbeat(unacked: int, at: float) -> str:
-    """The value a writer stores under its id in the heartbeat hash: ``"<unacked>:<unix time>"``."""
-    return f"{unacked}:{at:.3f}"
+def format_heartbeat(
+    unacked: int,
+    at: float,
+    oldest: float | None = None,
+    last: float = 0.0,
+    firsts: int = 0,
+    session: int = 0,
+    beat: int = 0,
+) -> str:
+    """The value a writer stores under its id in the heartbeat hash:
+    ``"<unacked>:<unix time>[:<oldest>:<last>:<firsts>:<session>:<beat>]"`` (``oldest`` empty when None)."""
+    short = f"{unacked}:{at:.3f}"
+    if (oldest, last, firsts, session, beat) == (None, 0.0, 0, 0, 0):
+        return short
+    return f"{short}:{'' if oldest is None else f'{oldest:.6f}'}:{last:.6f}:{firsts}:{session}:{beat}"
 
 
 def parse_heartbeat(raw: bytes | str) -> WriterHeartbeat:
     """Read a stored heartbeat; a malformed one reads as ``(0, 0.0)`` — held nothing, infinitely old."""
     text = raw.decode() if isinstance(raw, bytes) else raw
-    unacked, _, stamp = text.partition(":")
+    parts = text.split(":")
     try:
-        return WriterHeartbeat(int(unacked), float(stamp))
+        if len(parts) == 2:
+            return WriterHeartbeat(int(parts[0]), float(parts[1]))
+        unacked, at, oldest, last, firsts, session, beat = parts
+        lowest = float(oldest) if oldest else None
+        return WriterHeartbeat(int(unacked), float(at), lowest, float(last), int(firsts), int(session), int(beat))
     except ValueError:
         return WriterHeartbeat(0, 0.0)
 
@@ -86,6 +119,8 @@ class WriterContext:
     engine: Engine
     redis: redis.Redis
     keys: RedisKeys
+    # Announces committed rows to the API's live streams (the message-writer calls ``committed`` after its commit).
+    announcer: Announcer | None = None
 
 
 H = TypeVar("H", bound=BatchHandler)
@@ -101,25 +136,46 @@ def build_consumer(
 
     ``chore``, when given, is called with the handler every ``CHORE_EVERY_SECONDS`` between batches.
     """
+    client = sync_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    keys = RedisKeys(settings.redis_key_prefix)
     context = WriterContext(
         settings=settings,
         engine=make_engine(settings.database_url, pool_size=2),
-        redis=redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
-        keys=RedisKeys(settings.redis_key_prefix),
+        redis=client,
+        keys=keys,
+        announcer=Announcer(announcements_exchange(settings.queue_prefix), listened_chats(client, keys.stream_rooms)),
     )
-    topology = Topology(settings.queue_prefix, settings.writer_retry_delays_seconds)
+    topology = Topology.from_settings(settings)
 
     last_prune = [0.0]
+    beats = [0]
 
-    def heartbeat(consumer_id: str, unacked: int) -> None:
+    def heartbeat(state: LoopState) -> None:
         now = time.time()
-        context.redis.hset(context.keys.writer_heartbeats, consumer_id, format_heartbeat(unacked, now))
+        beats[0] += 1
+        value = format_heartbeat(state.held, now, state.oldest, state.last, state.firsts, state.session, beats[0])
+        context.redis.hset(context.keys.writer_heartbeats, state.consumer_id, value)
+        # The deferral ledger is complete from this time on (set again right after Redis lost it).
+        context.redis.set(context.keys.deferred_since, f"{now:.3f}", nx=True)
         if now - last_prune[0] > STALE_HEARTBEAT_SECONDS:
             last_prune[0] = now
             prune_heartbeats(context.redis, context.keys, now)
 
+    def defer(entries: dict[str, float]) -> None:
+        context.redis.zadd(context.keys.deferred, entries, lt=True)  # a copy published earlier keeps its stamp
+
+    def settle(names: list[str]) -> None:
+        context.redis.zrem(context.keys.deferred, *names)
+
     handler = make_handler(context)
     hooks = [WriterMetrics(), HeartbeatHook(heartbeat, TRANSIENT_ERRORS), QueueDepthSampler()]
+    hooks.append(DeferralLedger(defer, settle))
+    hooks.append(AnnounceHook(context.announcer))
+
+    def declare(channel) -> None:
+        topology.declare(channel)
+        context.announcer.attach(channel)  # a channel of its own on each new connection of the loop
+
     if chore is not None:
         hooks.append(PeriodicChore(lambda: chore(handler), TRANSIENT_ERRORS, every=CHORE_EVERY_SECONDS))
     consumer = BatchConsumer(
@@ -130,7 +186,7 @@ def build_consumer(
         batch_size=settings.writer_batch_size,
         max_wait=settings.writer_max_wait_seconds,
         max_attempts=settings.writer_max_attempts,
-        declare=topology.declare,
+        declare=declare,
         hooks=hooks,
     )
     return consumer, context

@@ -10,13 +10,13 @@ import uuid
 from dataclasses import dataclass
 
 import pika
-import redis
 from sqlalchemy.engine import make_url
 
 from chat_common.config import Settings
 from chat_common.db import drop_database
 from chat_common.migrate import upgrade
-from chat_common.topology import Topology
+from chat_common.redis_client import sync_client
+from chat_common.topology import Topology, announcements_exchange
 
 BASE_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/?charset=utf8mb4")
 
@@ -56,6 +56,7 @@ class Namespace:
             "RABBITMQ_URL": s.rabbitmq_url,
             "REDIS_KEY_PREFIX": s.redis_key_prefix,
             "QUEUE_PREFIX": s.queue_prefix,
+            "QUEUE_TYPE": s.queue_type,
             "SEARCH_INDEX": s.search_index,
             "PUBLISH_TIMEOUT_SECONDS": str(s.publish_timeout_seconds),
             "WRITER_MAX_WAIT_SECONDS": str(s.writer_max_wait_seconds),
@@ -70,10 +71,12 @@ class Namespace:
 
     def flush_redis(self) -> None:
         """Delete this namespace's Redis keys only (what FLUSHALL would do to it)."""
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = sync_client(self.settings.redis_url)
         keys = list(client.scan_iter(match=f"{self.settings.redis_key_prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        pipe = client.pipeline(transaction=False)
+        for key in keys:  # one DEL each: on Redis Cluster the keys live in many slots
+            pipe.delete(key)
+        pipe.execute()
         client.close()
 
     def destroy(self) -> None:
@@ -81,14 +84,22 @@ class Namespace:
         self.flush_redis()
         drop_database(self.settings.database_url)
         topology = Topology(self.settings.queue_prefix, self.settings.writer_retry_delays_seconds)
-        try:
-            connection = pika.BlockingConnection(pika.URLParameters(self.settings.rabbitmq_url))
-        except pika.exceptions.AMQPError:
+        # RABBITMQ_URL may list several nodes (a cluster): any one of them can delete the queues.
+        urls = [url.strip() for url in self.settings.rabbitmq_url.split(",") if url.strip()]
+        connection = None
+        for url in urls:
+            try:
+                connection = pika.BlockingConnection(pika.URLParameters(url))
+                break
+            except pika.exceptions.AMQPError:
+                continue
+        if connection is None:
             return
         try:
             channel = connection.channel()
             for queue in (topology.chats, topology.messages):
                 for name in (queue.name, queue.dead_letter, *queue.retry_queues):
                     channel.queue_delete(name)
+            channel.exchange_delete(announcements_exchange(self.settings.queue_prefix))  # live streams' exchange
         finally:
             connection.close()

@@ -108,16 +108,13 @@ class System:
         raise TimeoutError(f"system not ready; see logs in {self.log_dir}")
 
     def numbering_open(self) -> bool:
-        """True when the numbering epoch is set (see chat_api.adapters.recovery)."""
-        import redis
-
-        from chat_common.keys import RedisKeys
-
-        client = redis.Redis.from_url(self.namespace.settings.redis_url)
+        """True when the API says numbering is open: every slot that ever opened has its epoch (a fresh system
+        opens each slot on its first create; see chat_api.adapters.recovery)."""
         try:
-            return bool(client.exists(RedisKeys(self.namespace.settings.redis_key_prefix).epoch))
-        finally:
-            client.close()
+            checks = requests.get(f"{self.base_url}/status", timeout=5).json()["checks"]
+        except (requests.RequestException, ValueError, KeyError):
+            return False
+        return checks.get("numbering") == "open"
 
     def sync_counts(self) -> subprocess.CompletedProcess:
         """Run one count sync (`make sync-counts`) in this namespace."""

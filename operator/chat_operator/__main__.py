@@ -11,12 +11,12 @@ import logging
 import sys
 
 import kopf
-import redis
 from kubernetes import client
 from sqlalchemy import create_engine, text
 
 from chat_common.db import make_engine
 from chat_common.metrics import serve_metrics
+from chat_common.redis_client import sync_client
 from chat_common.tenancy import build_applications
 from chat_operator import handlers
 from chat_operator.config import ConfigError, OperatorConfig
@@ -36,7 +36,7 @@ def main() -> None:
     kopf.configure(log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL)
     settings = config.settings
     engine = make_engine(settings.database_url, pool_size=config.workers)
-    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    redis_client = sync_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     reconciler = Reconciler(
         Provisioner(build_applications(settings, engine, redis_client)),
         KubeSecrets(client.CoreV1Api),

@@ -33,6 +33,10 @@ REQUEST_TIMEOUT = 10  # seconds per API call; kopf retries the handler when one 
 
 READY = "Ready"  # the tenant works: application exists, token Secret written
 SYNCED = "Synced"  # the current generation of the spec was applied
+SUSPENDED = "Suspended"  # the tenant is suspended: its tokens answer 403
+TOKEN_ROTATING = "TokenRotating"  # a rotated-away token still works (grace period); the Secret holds both
+# Secret keys besides token and apiUrl, present only during a rotation's grace period.
+PREVIOUS_KEYS = ("previousToken", "previousTokenExpiresAt")
 
 SecretChange = Literal["created", "updated", "adopted", "unchanged"]
 
@@ -50,8 +54,11 @@ def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
-def secret_body(owner: Mapping, token: str, api_url: str) -> dict:
-    """The token Secret of an ``Application``: keys ``token`` and ``apiUrl``, owned by the resource.
+def secret_body(
+    owner: Mapping, token: str, api_url: str, previous_token: str | None = None, previous_expires_at: str | None = None
+) -> dict:
+    """The token Secret of an ``Application``: keys ``token`` and ``apiUrl``, owned by the resource; during a
+    rotation's grace period also ``previousToken`` and ``previousTokenExpiresAt`` (RFC 3339).
 
     Owned (``ownerReferences``) so that Kubernetes garbage-collects it with the resource. Unlike
     ``kopf.adopt``, the owner's labels are not copied: GitOps tools track resources by such labels and
@@ -73,6 +80,9 @@ def secret_body(owner: Mapping, token: str, api_url: str) -> dict:
         },
         "data": {"token": _b64(token), "apiUrl": _b64(api_url)},
     }
+    if previous_token and previous_expires_at:
+        body["data"]["previousToken"] = _b64(previous_token)
+        body["data"]["previousTokenExpiresAt"] = _b64(previous_expires_at)
     kopf.append_owner_reference(body, owner=owner)
     return body
 
@@ -95,18 +105,19 @@ class SecretPlan:
     patch: dict | None = None
 
 
-def plan_secret(current: Mapping | None, desired: Mapping) -> SecretPlan:
+def plan_secret(current: Mapping | None, desired: Mapping, also_ours: frozenset[str] = frozenset()) -> SecretPlan:
     """Decide between create, merge-patch and leaving alone; raise :class:`SecretConflict` when it is not ours.
 
     A Secret is ours when it is owned by the resource, or when the operator left it behind under the
     ``Retain`` policy and it holds the very token being provisioned (re-adoption with ``existingToken``).
-    An owned Secret holding another token is refused too: a resource never changes tenant.
+    An owned Secret holding another tenant's token is refused too: a resource never changes tenant. The same
+    tenant's tokens are the desired one and ``also_ours`` (its token before the last rotation).
     """
     if current is None:
         return SecretPlan("created")
     owner_ref = desired["metadata"]["ownerReferences"][0]
     meta = current.get("metadata", {})
-    same_token = secret_token(current) == secret_token(desired)
+    same_token = secret_token(current) in {secret_token(desired), *also_ours}
     name = meta.get("name")
     if _owned_by(current, owner_ref["uid"]):
         if not same_token:
@@ -119,13 +130,16 @@ def plan_secret(current: Mapping | None, desired: Mapping) -> SecretPlan:
     else:
         raise SecretConflict(f"Secret {name} already exists and does not belong to this Application")
     labels = {**meta.get("labels", {}), **desired["metadata"]["labels"]}
-    if refs is None and current.get("data") == desired["data"] and labels == meta.get("labels", {}):
+    current_data = current.get("data") or {}
+    if refs is None and current_data == desired["data"] and labels == meta.get("labels", {}):
         return SecretPlan("unchanged")
     patch_meta: dict = {"labels": labels, "resourceVersion": meta.get("resourceVersion")}
     if refs is not None:
         patch_meta["ownerReferences"] = refs
         patch_meta["annotations"] = {ANNOTATION_RETAINED: None}
-    return SecretPlan(change, {"metadata": patch_meta, "data": desired["data"]})
+    # null removes a key in a merge patch: the former token leaves the Secret when its grace period ends.
+    data = {**{k: None for k in PREVIOUS_KEYS if k in current_data and k not in desired["data"]}, **desired["data"]}
+    return SecretPlan(change, {"metadata": patch_meta, "data": data})
 
 
 def detach_patch(current: Mapping, owner_uid: str) -> dict | None:
@@ -168,11 +182,13 @@ class KubeSecrets:
             raise
         return self.api.api_client.sanitize_for_serialization(secret)
 
-    def apply(self, desired: dict) -> SecretChange:
-        """Create the Secret or bring it in line; optimistic concurrency makes a racing writer retry the handler."""
+    def apply(self, desired: dict, also_ours: frozenset[str] = frozenset()) -> SecretChange:
+        """Create the Secret or bring it in line; optimistic concurrency makes a racing writer retry the handler.
+
+        ``also_ours``: other tokens of the same tenant the Secret may still hold (before a rotation)."""
         meta = desired["metadata"]
         current = self.read(meta["namespace"], meta["name"])
-        plan = plan_secret(current, desired)
+        plan = plan_secret(current, desired, also_ours)
         if plan.change == "created":
             self.api.create_namespaced_secret(
                 meta["namespace"],

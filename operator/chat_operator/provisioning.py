@@ -1,26 +1,36 @@
 """What an ``Application`` resource means for the chat system, as plain functions over the shared service layer.
 
-Nothing here knows Kubernetes: the create/rename/delete implementation is :class:`chat_common.tenancy.Applications`
-(the one the API uses); this module only decides which of those to call for a resource's spec, so it can be
-tested against the real MariaDB and Redis without an API server.
+Nothing here knows Kubernetes: the create/rename/delete/suspend/rotate/limits implementation is
+:class:`chat_common.tenancy.Applications` (the one the API's admin endpoints use); this module only decides which of
+those to call for a resource's spec, so it can be tested against the real MariaDB and Redis without an API server.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
-
-from chat_common.tables import chats
-from chat_common.tenancy import Application, Applications
+from chat_common.tenancy import (
+    DEFAULT_GRACE_SECONDS,
+    Application,
+    Applications,
+    TenantLimits,
+    Usage,
+    check_grace_seconds,
+)
 from chat_common.validation import Invalid
 
 # Idempotency keys share one column with the REST API's Idempotency-Key header; the prefix keeps a client's
 # key from ever meaning "the application of resource <uid>".
 KEY_PREFIX = "k8s:"
 MISSING = "the application was deleted outside the operator; delete and re-apply this resource for a new tenant"
+# spec.limits (camelCase, as Kubernetes spells fields) -> the tenancy layer's names.
+LIMIT_FIELDS = {
+    "requestsPerSecond": "requests_per_second",
+    "maxChats": "max_chats",
+    "maxMessageBytes": "max_message_bytes",
+}
 
 
 class Policy(enum.StrEnum):
@@ -46,6 +56,10 @@ class Spec:
     name: object
     deletion_policy: Policy = Policy.RETAIN
     existing_token: str | None = None
+    suspended: bool = False
+    rotate_token: int = 0  # rotations asked for so far: the operator rotates while the tenant has made fewer
+    previous_token_grace_seconds: int = DEFAULT_GRACE_SECONDS
+    limits: TenantLimits = field(default_factory=TenantLimits)
 
     @classmethod
     def parse(cls, spec: Mapping) -> Spec:
@@ -58,7 +72,33 @@ class Spec:
         token = spec.get("existingToken") or None
         if token is not None and not isinstance(token, str):
             raise Rejected("InvalidSpec", "spec.existingToken must be a string")
-        return cls(name=spec.get("name"), deletion_policy=deletion_policy, existing_token=token)
+        suspended = spec.get("suspended", False)
+        if not isinstance(suspended, bool):
+            raise Rejected("InvalidSpec", "spec.suspended must be true or false")
+        rotate = spec.get("rotateToken", 0)
+        if isinstance(rotate, bool) or not isinstance(rotate, int) or rotate < 0:
+            raise Rejected("InvalidSpec", "spec.rotateToken must be a non-negative integer")
+        raw_limits = spec.get("limits") or {}
+        try:
+            grace = check_grace_seconds(spec.get("previousTokenGraceSeconds", DEFAULT_GRACE_SECONDS))
+            if not isinstance(raw_limits, Mapping) or set(raw_limits) - set(LIMIT_FIELDS):
+                raise Invalid(f"limits may only set {', '.join(LIMIT_FIELDS)}")
+            limits = TenantLimits.parse({LIMIT_FIELDS[k]: v for k, v in raw_limits.items()})
+        except Invalid as exc:
+            message = str(exc)
+            for camel, snake in LIMIT_FIELDS.items():  # name the field as the resource spells it
+                message = message.replace(snake, f"limits.{camel}")
+            message = message.replace("grace_seconds", "previousTokenGraceSeconds")
+            raise Rejected("InvalidSpec", f"spec.{message}") from None
+        return cls(
+            name=spec.get("name"),
+            deletion_policy=deletion_policy,
+            existing_token=token,
+            suspended=suspended,
+            rotate_token=rotate,
+            previous_token_grace_seconds=grace,
+            limits=limits,
+        )
 
 
 @dataclass(frozen=True)
@@ -69,6 +109,16 @@ class Provisioned:
     created: bool = False
     adopted: bool = False
     renamed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Managed:
+    """The tenant after its management fields were brought in line with the spec, and what that changed."""
+
+    application: Application
+    suspended_changed: bool = False
+    rotated: bool = False
+    limits_changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +163,8 @@ class Provisioner:
             else:
                 application, created = self.applications.create(spec.name, idempotency_key=idempotency_key(uid))
                 adopted = False
+            # Recorded so the resource finds its tenant again after a rotation took existingToken's token away.
+            self.applications.set_owner(application.id, uid)
             renamed_from = None
             if application.name != spec.name:
                 renamed_from = application.name
@@ -124,10 +176,46 @@ class Provisioner:
         return Provisioned(application, created=created, adopted=adopted, renamed_from=renamed_from)
 
     def locate(self, uid: str, spec: Spec) -> Application | None:
-        """The application of a resource, if it exists (one indexed lookup)."""
+        """The application of a resource, if it exists (one or two indexed lookups).
+
+        By owner first: an adopted tenant's ``existingToken`` stops naming it once a rotation's grace period ended.
+        Then as before the owner was recorded: the existing token, or the creation's idempotency key.
+        """
+        application = self.applications.find_by_owner(uid)
+        if application is not None:
+            return application
         if spec.existing_token is not None:
             return self.applications.find(spec.existing_token)
         return self.applications.find_by_idempotency_key(idempotency_key(uid))
+
+    def manage(self, application: Application, spec: Spec) -> Managed:
+        """Bring suspension, limits and token rotation in line with the spec; idempotent, each step one UPDATE.
+
+        A rotation happens only while the tenant has made fewer rotations than ``spec.rotateToken`` (the tenancy
+        layer decides in the UPDATE itself), so a retried or repeated reconcile never rotates twice.
+        """
+        suspended_changed = rotated = limits_changed = False
+        current: Application | None = application
+        if current.suspended != spec.suspended:
+            current = self.applications.set_suspended(current.id, spec.suspended)
+            suspended_changed = True
+        if current is not None and current.limits != spec.limits:
+            current = self.applications.set_limits(current.id, spec.limits)
+            limits_changed = True
+        if current is not None and spec.rotate_token > current.token_generation:
+            current, rotated = self.applications.rotate_token(
+                current.id, spec.previous_token_grace_seconds, generation=spec.rotate_token
+            )
+        if current is None:  # deleted by someone else meanwhile
+            raise Rejected("ApplicationMissing", MISSING)
+        return Managed(current, suspended_changed, rotated, limits_changed)
+
+    def usage(self, application: Application) -> Usage:
+        """Chats, messages (as of the last count sync), last activity and state."""
+        usage = self.applications.usage(application.id)
+        if usage is None:
+            raise Rejected("ApplicationMissing", MISSING)
+        return usage
 
     def rename(self, application: Application, name: object) -> Application | None:
         """Give an application the spec's name again (after someone renamed it through the REST API)."""
@@ -137,16 +225,8 @@ class Provisioner:
             raise Rejected("InvalidSpec", f"spec.{exc}") from None
 
     def messages_count(self, application_id: int) -> int:
-        """Messages of an application, from the per-chat counts the count sync maintains.
-
-        Summing ``chats.messages_count`` reads one index range of the application's chats; counting the
-        messages table instead would scan every message on every refresh of every resource.
-        """
-        query = select(func.coalesce(func.sum(chats.c.messages_count), 0)).where(
-            chats.c.application_id == application_id
-        )
-        with self.applications.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+        """Messages of an application, from the per-chat counts the count sync maintains."""
+        return self.applications.messages_count(application_id)
 
     def release(self, uid: str, spec: Spec) -> Released:
         """Apply the deletion policy: ``Delete`` removes the application and everything in it, ``Retain`` nothing.

@@ -8,6 +8,7 @@ kopf's retry exceptions. That keeps every branch testable without an API server 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -16,12 +17,15 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from sqlalchemy.exc import DBAPIError
 
+from chat_common import metrics as shared_metrics
+from chat_common.tenancy import Application, Usage, rfc3339
 from chat_operator import kube
-from chat_operator.provisioning import MISSING, Policy, Provisioner, Rejected, Spec
+from chat_operator.provisioning import LIMIT_FIELDS, MISSING, Managed, Policy, Provisioner, Rejected, Spec
 
 log = logging.getLogger(__name__)
 
 PENDING, READY, FAILED, DELETING = "Pending", "Ready", "Failed", "Deleting"
+ACTIVE, SUSPENDED = "Active", "Suspended"  # status.state of a Ready tenant (the State printer column)
 MAX_RETRY_DELAY = 300.0
 # Failures that mean there is no working tenant behind the resource (others leave a working one as it was).
 TENANT_GONE = frozenset({"ApplicationMissing", "ApplicationNotFound"})
@@ -93,15 +97,103 @@ class Reconciler:
         secrets: kube.KubeSecrets,
         api_url: str,
         clock: Callable[[], str] = kube.now_rfc3339,
+        unix_clock: Callable[[], float] = time.time,
     ) -> None:
         self.provisioner = provisioner
         self.secrets = secrets
         self.api_url = api_url
         self.clock = clock
+        self.unix_clock = unix_clock
+        self._suspended: dict[str, bool] = {}  # uid -> suspended, for the bounded gauge of suspended tenants
+
+    # -- shared steps ------------------------------------------------------------------------------------------
+    def _count_suspended(self, uid: str, suspended: bool | None) -> None:
+        if suspended is None:
+            self._suspended.pop(uid, None)
+        else:
+            self._suspended[uid] = suspended
+        shared_metrics.TENANTS_SUSPENDED.set(sum(self._suspended.values()))
+
+    def _write_secret(self, resource: Resource, application: Application) -> tuple[dict, kube.SecretChange]:
+        """The token Secret: the current token, and the former one with its expiry while it still works."""
+        in_grace = application.previous_token_valid(self.unix_clock())
+        secret = kube.secret_body(
+            resource.body,
+            application.token,
+            self.api_url,
+            application.previous_token if in_grace else None,
+            rfc3339(application.previous_token_expires_at) if in_grace else None,
+        )
+        also_ours = frozenset({application.previous_token} if application.previous_token else ())
+        return secret, self.secrets.apply(secret, also_ours)
+
+    @staticmethod
+    def _management_events(managed: Managed, spec: Spec) -> list[Event]:
+        application = managed.application
+        events = []
+        if managed.suspended_changed:
+            if application.suspended:
+                events.append(Event("Normal", "Suspended", "application suspended: its tokens answer 403"))
+            else:
+                events.append(Event("Normal", "Resumed", "application resumed: its tokens work again"))
+        if managed.limits_changed:
+            given = {k: getattr(application.limits, v) for k, v in LIMIT_FIELDS.items()}
+            text = ", ".join(f"{k}={'default' if v is None else v}" for k, v in given.items())
+            events.append(Event("Normal", "LimitsChanged", f"limits set: {text}"))
+        if managed.rotated:
+            shared_metrics.TENANT_ROTATIONS.labels("operator").inc()
+            until = rfc3339(application.previous_token_expires_at)
+            events.append(
+                Event(
+                    "Normal",
+                    "TokenRotated",
+                    f"rotated the token (rotation {application.token_generation}); the previous token works "
+                    f"until {until}",
+                )
+            )
+        if managed.suspended_changed:
+            shared_metrics.TENANT_SUSPENSIONS.labels("suspend" if spec.suspended else "resume", "operator").inc()
+        return events
+
+    def _tenant_status(self, resource: Resource, application: Application, usage: Usage) -> dict:
+        """Status fields and conditions that describe a working tenant (both apply and refresh write them)."""
+        now, unix_now = self.clock(), self.unix_clock()
+        in_grace = application.previous_token_valid(unix_now)
+        expires = rfc3339(application.previous_token_expires_at) if in_grace else None
+        conditions = list(resource.status.get("conditions") or [])
+        gen = resource.generation
+        conditions = kube.set_condition(
+            conditions, kube.READY, True, "Provisioned", "token Secret is written", gen, now
+        )
+        if application.suspended:
+            conditions = kube.set_condition(
+                conditions, kube.SUSPENDED, True, "Suspended", "every request with its tokens answers 403", gen, now
+            )
+        else:
+            conditions = kube.set_condition(conditions, kube.SUSPENDED, False, "Active", "", gen, now)
+        if in_grace:
+            message = f"the previous token works until {expires}; the Secret holds both"
+            conditions = kube.set_condition(conditions, kube.TOKEN_ROTATING, True, "GracePeriod", message, gen, now)
+        else:
+            conditions = kube.set_condition(conditions, kube.TOKEN_ROTATING, False, "NoPreviousToken", "", gen, now)
+        self._count_suspended(resource.uid, application.suspended)
+        return {
+            "phase": READY,
+            "state": SUSPENDED if application.suspended else ACTIVE,
+            "chatsCount": usage.chats,
+            "messagesCount": usage.messages,
+            "lastActivityAt": rfc3339(usage.last_activity_at),
+            "suspended": application.suspended,
+            "tokenRotatedAt": rfc3339(application.token_rotated_at),
+            "tokenGeneration": application.token_generation,
+            "previousTokenExpiresAt": expires,
+            "conditions": conditions,
+        }
 
     # -- create, resume, spec update --------------------------------------------------------------------------
     def apply(self, resource: Resource, retry: int = 0) -> Outcome:
-        """Provision the tenant for the current spec and write its token Secret. Idempotent."""
+        """Provision the tenant for the current spec (name, suspension, limits, token rotation) and write its token
+        Secret. Idempotent: repeating it after a failure at any step changes nothing more than once."""
         events: list[Event] = []
         try:
             spec = Spec.parse(resource.spec)
@@ -110,10 +202,10 @@ class Reconciler:
             # secretName is only ever written once the tenant was ready.
             provisioned_before = bool(resource.status.get("secretName"))
             provisioned = self.provisioner.provision(resource.uid, spec, provisioned_before=provisioned_before)
-            application = provisioned.application
-            secret = kube.secret_body(resource.body, application.token, self.api_url)
-            change = self.secrets.apply(secret)
-            messages = self.provisioner.messages_count(application.id)
+            managed = self.provisioner.manage(provisioned.application, spec)
+            application = managed.application
+            secret, change = self._write_secret(resource, application)
+            usage = self.provisioner.usage(application)
         except Rejected as exc:
             return self._failed(resource, exc.reason, exc.message, permanent=True)
         except kube.SecretConflict as exc:
@@ -130,23 +222,16 @@ class Reconciler:
             events.append(
                 Event("Normal", "Renamed", f"renamed application {provisioned.renamed_from!r} to {application.name!r}")
             )
+        events += self._management_events(managed, spec)
         if change != "unchanged":
             events.append(Event("Normal", "SecretWritten", f"Secret {secret['metadata']['name']} {change}"))
 
-        now = self.clock()
-        conditions = list(resource.status.get("conditions") or [])
-        conditions = kube.set_condition(
-            conditions, kube.READY, True, "Provisioned", "token Secret is written", resource.generation, now
+        desired = self._tenant_status(resource, application, usage)
+        desired["conditions"] = kube.set_condition(
+            desired["conditions"], kube.SYNCED, True, "Applied", "", resource.generation, self.clock()
         )
-        conditions = kube.set_condition(conditions, kube.SYNCED, True, "Applied", "", resource.generation, now)
-        desired = {
-            "phase": READY,
-            "secretName": secret["metadata"]["name"],
-            "observedGeneration": resource.generation,
-            "chatsCount": application.chats_count,
-            "messagesCount": messages,
-            "conditions": conditions,
-        }
+        desired["secretName"] = secret["metadata"]["name"]
+        desired["observedGeneration"] = resource.generation
         return Outcome(
             status=kube.status_changes(resource.status, desired),
             events=tuple(events),
@@ -155,7 +240,8 @@ class Reconciler:
 
     # -- timer ---------------------------------------------------------------------------------------------------
     def refresh(self, resource: Resource) -> Outcome:
-        """Refresh counts and readiness; restore the name and the Secret if someone changed them behind our back.
+        """Refresh usage, state and readiness; put back what was changed behind the resource's back (name,
+        suspension, limits — the spec is the desired state — and the Secret); drop an expired former token.
 
         Only for resources whose current generation was applied: while a spec change is pending or was
         rejected, the change handlers own the status.
@@ -175,9 +261,10 @@ class Reconciler:
                 if application is None:
                     return self._missing(resource)
                 events.append(Event("Normal", "Renamed", f"restored the name {spec.name!r} (was {previous!r})"))
-            secret = kube.secret_body(resource.body, application.token, self.api_url)
-            change = self.secrets.apply(secret)
-            messages = self.provisioner.messages_count(application.id)
+            managed = self.provisioner.manage(application, spec)
+            application = managed.application
+            secret, change = self._write_secret(resource, application)
+            usage = self.provisioner.usage(application)
         except (Rejected, kube.SecretConflict) as exc:
             log.warning("refresh of %s/%s skipped: %s", resource.namespace, resource.name, exc)
             return Outcome(failure=getattr(exc, "reason", "SecretConflict"))
@@ -185,23 +272,12 @@ class Reconciler:
             # Counts going stale for a while is fine; the next tick tries again.
             log.warning("refresh of %s/%s failed: %s", resource.namespace, resource.name, _describe(exc))
             return Outcome(failure="Unavailable")
+        events += self._management_events(managed, spec)
+        desired = self._tenant_status(resource, application, usage)
+        if resource.status.get("previousTokenExpiresAt") and not desired["previousTokenExpiresAt"]:
+            events.append(Event("Normal", "PreviousTokenExpired", "the previous token's grace period ended"))
         if change != "unchanged":
             events.append(Event("Normal", "SecretRestored", f"Secret {secret['metadata']['name']} {change}"))
-        now = self.clock()
-        desired = {
-            "phase": READY,
-            "chatsCount": application.chats_count,
-            "messagesCount": messages,
-            "conditions": kube.set_condition(
-                list(resource.status.get("conditions") or []),
-                kube.READY,
-                True,
-                "Provisioned",
-                "token Secret is written",
-                resource.generation,
-                now,
-            ),
-        }
         return Outcome(status=kube.status_changes(resource.status, desired), events=tuple(events))
 
     def _missing(self, resource: Resource) -> Outcome:
@@ -267,6 +343,7 @@ class Reconciler:
                     message = f"deleted the application and its {released.messages_deleted} messages"
                 else:
                     message = "no application to delete"
+                self._count_suspended(resource.uid, None)
                 return Outcome(events=(Event("Normal", "Deleted", message),))
             # Retain needs no database: the data simply stays where it is.
             detached = self.secrets.detach(resource.namespace, kube.secret_name(resource.name), resource.uid)
@@ -277,6 +354,7 @@ class Reconciler:
                 retry_after=backoff(retry),
                 failure="Unavailable",
             )
+        self._count_suspended(resource.uid, None)
         kept = f"; Secret {kube.secret_name(resource.name)} kept for re-adoption" if detached else ""
         return Outcome(events=(Event("Normal", "Retained", "application data kept" + kept),))
 

@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from chat_common.db import make_engine
+from chat_devtools.results import Results
 from tests.conftest import LOG_ROOT
-from tests.reliability.results import Results
 from tests.support.http import Api
 from tests.support.namespace import Namespace
 from tests.support.private_services import PrivateServices, missing_binaries

@@ -57,6 +57,17 @@ VARIANTS: dict[str, tuple[dict | None, tuple[str, ...]]] = {
     "external-urls": (EXTERNAL_URLS, ()),
     # The remaining switches: namespaced operator, fixed replicas, no network policies, no persistence.
     "minimal": (MINIMAL, ()),
+    # A 3-node RabbitMQ cluster (peer discovery, quorum queues replicated over it).
+    "rabbitmq-cluster": ({"rabbitmq": {"replicas": 3}}, KIND_CLUSTER_APIS),
+    # The same as a RabbitmqCluster of the RabbitMQ Cluster Operator; the URLs in a Secret of the user's own.
+    "rabbitmq-operator": (
+        {"rabbitmq": {"replicas": 3, "clusterOperator": True}, "auth": {"existingSecret": "chat-urls"}},
+        KIND_CLUSTER_APIS,
+    ),
+    # Redis with Sentinel: 3 pods, each a redis-server and a Sentinel (tests/chart/test_redis_ha.py).
+    "redis-sentinel": ({"redis": {"mode": "sentinel", "metrics": {"enabled": True}}}, KIND_CLUSTER_APIS),
+    # Redis Cluster: 6 pods, 3 masters with a replica each, created by a hook Job.
+    "redis-cluster": ({"redis": {"mode": "cluster"}}, KIND_CLUSTER_APIS),
 }
 
 

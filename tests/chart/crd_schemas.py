@@ -256,7 +256,40 @@ PROMETHEUS_RULE = _resource(
     },
 )
 
+# The fields of the RabbitMQ Cluster Operator's RabbitmqCluster (rabbitmq.com/v1beta1) the chart sets.
+RABBITMQ_CLUSTER = _resource(
+    "rabbitmq.com/v1beta1",
+    "RabbitmqCluster",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "replicas": {"type": "integer", "minimum": 0},
+            "image": {"type": "string"},
+            "resources": {"type": "object"},
+            "persistence": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"storageClassName": {"type": "string"}, "storage": {"type": ["string", "integer"]}},
+            },
+            "tolerations": {"type": "array"},
+            "affinity": {"type": "object"},
+            "rabbitmq": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "additionalConfig": {"type": "string", "maxLength": 2000},
+                    "advancedConfig": {"type": "string", "maxLength": 100000},
+                    "additionalPlugins": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "override": {"type": "object"},
+        },
+    },
+)
+
 HAND_WRITTEN = {
+    ("rabbitmq.com/v1beta1", "RabbitmqCluster"): RABBITMQ_CLUSTER,
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
     ("keda.sh/v1alpha1", "TriggerAuthentication"): TRIGGER_AUTHENTICATION,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,

@@ -145,6 +145,24 @@ def test_dashboard_shows_what_the_issue_asks_for():
     assert all("route" in t["expr"] or "status" in t["expr"] for t in by_route)
 
 
+def test_dashboard_shows_the_live_streams():
+    """Issue 15's stream metrics: open streams, events delivered per second, delivery lag percentiles, cut-offs."""
+    panels = {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard_panels()}
+    metric = {title: {n for e in exprs for n in metric_names(e)} for title, exprs in panels.items()}
+    assert "chat_api_streams_open" in metric["Open streams"]
+    assert all(e.startswith("sum") for e in panels["Open streams"])  # a livesum gauge: one series per pod
+    assert metric["Events delivered per second"] == {"chat_api_stream_events_total"}
+    assert all("rate(" in e for e in panels["Events delivered per second"])
+    lag = panels["Delivery lag percentiles"]
+    assert {n for e in lag for n in metric_names(e)} == {"chat_api_stream_lag_seconds_bucket"}
+    assert sorted(re.match(r"histogram_quantile\((0\.\d+),", e).group(1) for e in lag) == ["0.5", "0.9", "0.99"]
+    cut = panels["Streams cut off or refused"]
+    assert {"chat_api_stream_closed_total", "chat_api_stream_refused_total"} == metric["Streams cut off or refused"]
+    assert any('reason!="client"' in e for e in cut)  # the server's cut-offs, not clients leaving
+    rows = [p["title"] for p in dashboard()["panels"] if p["type"] == "row"]
+    assert "Live streams (SSE)" in rows
+
+
 def test_dashboard_is_a_well_formed_grafana_dashboard():
     board = dashboard()
     assert board["uid"] == "chat-system" and board["schemaVersion"] >= 36

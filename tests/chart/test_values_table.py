@@ -1,6 +1,6 @@
 """Every value is documented where it is declared, and the chart README's table matches values.yaml."""
 
-from tests.chart.values_table import README, VALUES, rewritten_readme, undocumented
+from chat_devtools.chart_readme import README, VALUES, rewritten_readme, undocumented
 
 
 def test_every_value_is_documented():

@@ -140,10 +140,10 @@ def loaded_system():
         ns.destroy()
 
 
-def _post(session: requests.Session, url: str, body: dict) -> dict | None:
+def _post(session: requests.Session, url: str, body: dict, headers: dict | None = None) -> dict | None:
     """One create; None when the API did not accept it (503 is its documented 'try later')."""
     try:
-        resp = session.post(url, json=body, timeout=10)
+        resp = session.post(url, json=body, timeout=10, headers=headers)
     except requests.RequestException:
         return None
     return resp.json() if resp.status_code == 201 else None
@@ -163,8 +163,13 @@ def test_count_sync_every_second_under_http_write_load(loaded_system: System):
         # Several hundred chats up front, created concurrently; the load then spreads over all of them.
         def new_chat(job: tuple[str, int]) -> tuple[str, int] | None:
             token, i = job
-            created = _post(requests.Session(), f"{base}/applications/{token}/chats", {"name": f"c{i}"})
-            return (token, created["chat_number"]) if created else None
+            key = {"Idempotency-Key": f"setup-{token}-{i}"}  # a retry after a lost answer creates no second chat
+            for _ in range(3):  # a 503 (or a timeout on a starved machine) means "try later": this is set-up
+                created = _post(requests.Session(), f"{base}/applications/{token}/chats", {"name": f"c{i}"}, key)
+                if created:
+                    return token, created["chat_number"]
+                time.sleep(0.5)
+            return None
 
         jobs = [(t, i) for t in tokens for i in range(CHATS_PER_APPLICATION)]
         first = new_chat(jobs[0])

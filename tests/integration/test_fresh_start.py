@@ -9,8 +9,8 @@ import requests
 from sqlalchemy import text
 
 from chat_common.db import make_engine
+from chat_devtools.results import Results
 from tests.conftest import LOG_ROOT
-from tests.reliability.results import Results
 from tests.support.namespace import Namespace
 from tests.support.processes import System
 

@@ -17,7 +17,7 @@ from uuid import uuid4
 import pika
 import pytest
 
-from chat_api.adapters.publisher import ConfirmingPublisher, PublishError
+from chat_api.adapters.publisher import NACKS_BEFORE_RECONNECT, ConfirmingPublisher, PublishError
 from chat_common.topology import Topology
 
 BROKER = ("127.0.0.1", 5672)
@@ -213,6 +213,27 @@ async def test_nack_fails_only_its_own_request(topology: Topology) -> None:
         assert results[0] is None
         assert isinstance(results[1], PublishError)
     assert [body for _, body in await drain(queue)] == [b"first"]
+
+
+@pytest.mark.asyncio
+async def test_a_run_of_refused_messages_makes_the_publisher_reconnect(topology: Topology) -> None:
+    """RabbitMQ 3.10 can keep refusing every message on a channel after a quorum queue's leader died (see
+    NACKS_BEFORE_RECONNECT): a long run of nacks gets a new connection, on which publishing works again."""
+    queue = f"{topology.prefix}.extra.nack"
+    await asyncio.to_thread(_declare, queue, {"x-max-length": 0, "x-overflow": "reject-publish"})  # refuses all
+    async with running(AMQP_URL, topology) as publisher:
+        await until_ready(publisher)
+        first = publisher._connection
+        results = await asyncio.gather(
+            *(publisher.publish(queue, b"refused") for _ in range(NACKS_BEFORE_RECONNECT)), return_exceptions=True
+        )
+        assert all(isinstance(result, PublishError) for result in results), results
+        deadline = time.monotonic() + 5
+        while publisher._connection is first or not publisher.is_ready:
+            assert time.monotonic() < deadline, "the publisher did not reconnect after a run of refusals"
+            await asyncio.sleep(0.05)
+        await publisher.publish(topology.messages.name, b"after")
+    assert [body for _, body in await drain(topology.messages.name)] == [b"after"]
 
 
 @pytest.mark.asyncio

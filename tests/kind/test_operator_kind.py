@@ -162,3 +162,43 @@ def test_adopting_an_application_created_through_the_rest_api(api):
     # Retain (the default): the application stays; clean it up through the API.
     assert api.request("DELETE", f"/applications/{token}").status_code == 204
     kubectl("-n", NAMESPACE, "delete", "secret", f"{name}-chat-token", "--ignore-not-found")
+
+
+def test_suspend_resume_and_rotate_through_the_resource(api):
+    name = unique("e2e-manage")
+    apply_application(name, name="Managed over kubectl", deletionPolicy="Delete", previousTokenGraceSeconds=30)
+    old = wait_secret(name)["token"]
+    chat = api.new_chat(old)
+
+    # Suspend: 403 within the API's tenant cache bound, state and condition in the status, State column.
+    kubectl("-n", NAMESPACE, "patch", "application", name, "--type=merge", "-p", '{"spec":{"suspended":true}}')
+    wait_for(lambda: api.get(f"/applications/{old}/chats").status_code == 403, 60, 0.5, "403 after suspension")
+    assert api.get(f"/applications/{old}/chats").json() == {"error": "application suspended"}
+    obj = wait_status(name, lambda s: s.get("state") == "Suspended", "state Suspended")
+    assert {c["type"]: c["status"] for c in obj["status"]["conditions"]}["Suspended"] == "True"
+    assert "Suspended" in kubectl("-n", NAMESPACE, "get", "capp", name).stdout
+    kubectl("-n", NAMESPACE, "patch", "application", name, "--type=merge", "-p", '{"spec":{"suspended":false}}')
+    wait_for(lambda: api.get(f"/applications/{old}/chats").status_code == 200, 60, 0.5, "200 after resume")
+
+    # Rotate: the Secret carries both tokens; both number into one sequence during the grace period.
+    kubectl("-n", NAMESPACE, "patch", "application", name, "--type=merge", "-p", '{"spec":{"rotateToken":1}}')
+
+    def rotated_secret() -> dict | None:
+        secret = wait_secret(name)
+        return secret if secret.get("previousToken") == old else None
+
+    secret = wait_for(rotated_secret, 120, 1, "rotated Secret")
+    new = secret["token"]
+    assert new != old and secret["previousTokenExpiresAt"]
+    wait_status(name, lambda s: s.get("tokenGeneration") == 1, "tokenGeneration 1")
+    assert api.new_chat(new) == chat + 1
+    assert api.new_chat(old) == chat + 2
+    lowered = kubectl("-n", NAMESPACE, "patch", "application", name, "--type=merge", "-p",
+                      '{"spec":{"rotateToken":0}}', check=False)  # fmt: skip
+    assert lowered.returncode != 0 and "rotateToken" in lowered.stderr
+
+    # After the grace period the old token is gone and the Secret forgets it (next status refresh).
+    wait_for(lambda: api.get(f"/applications/{old}/chats").status_code == 404, 120, 1, "old token 404")
+    wait_for(lambda: "previousToken" not in wait_secret(name), 180, 2, "previousToken removed")
+    assert api.get(f"/applications/{new}/chats").status_code == 200
+    kubectl("-n", NAMESPACE, "delete", "application", name, "--wait=true", "--timeout=180s")

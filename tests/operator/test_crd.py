@@ -88,8 +88,9 @@ def test_schema_is_structural(crd_schema):
 def test_printer_columns_point_at_declared_fields(crd, crd_schema):
     columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
     names = [c["name"] for c in columns]
-    assert names[:5] == ["Display Name", "Phase", "Chats", "Messages", "Token Secret"]
-    assert names[-1] == "Age"
+    default_view = [c["name"] for c in columns if not c.get("priority")]
+    assert default_view == ["Display Name", "State", "Chats", "Messages", "Last Activity", "Age"]
+    assert {"Token Secret", "Token Rotated", "Phase", "Policy"} <= set(names)  # with -o wide
     paths = {path for path, _ in walk(crd_schema)}
     for column in columns:
         if column["jsonPath"].startswith(".metadata."):
@@ -113,6 +114,12 @@ GOOD_SPECS = {
     "delete policy": {"name": "a", "deletionPolicy": "Delete"},
     "retain policy": {"name": "a", "deletionPolicy": "Retain"},
     "adopt": {"name": "a", "existingToken": "AbC_d-9" * 4},
+    "suspended": {"name": "a", "suspended": True},
+    "rotation": {"name": "a", "rotateToken": 3, "previousTokenGraceSeconds": 0},
+    "longest grace": {"name": "a", "previousTokenGraceSeconds": 2_592_000},
+    "all limits": {"name": "a", "limits": {"requestsPerSecond": 50, "maxChats": 1000, "maxMessageBytes": 4096}},
+    "one limit": {"name": "a", "limits": {"maxChats": 1}},
+    "largest limit": {"name": "a", "limits": {"maxChats": 4_294_967_295}},
 }
 BAD_SPECS = {
     "no name": {"deletionPolicy": "Retain"},
@@ -127,6 +134,16 @@ BAD_SPECS = {
     "token with slash": {"name": "a", "existingToken": "abc/def"},
     "empty token": {"name": "a", "existingToken": ""},
     "token too long": {"name": "a", "existingToken": "a" * 65},
+    "suspended not a boolean": {"name": "a", "suspended": "yes"},
+    "negative rotation": {"name": "a", "rotateToken": -1},
+    "rotation not a number": {"name": "a", "rotateToken": "now"},
+    "negative grace": {"name": "a", "previousTokenGraceSeconds": -1},
+    "grace over 30 days": {"name": "a", "previousTokenGraceSeconds": 2_592_001},
+    "zero rate": {"name": "a", "limits": {"requestsPerSecond": 0}},
+    "negative chats": {"name": "a", "limits": {"maxChats": -5}},
+    "limit over 32 bits": {"name": "a", "limits": {"maxMessageBytes": 4_294_967_296}},
+    "limit not a number": {"name": "a", "limits": {"maxChats": "many"}},
+    "limits not an object": {"name": "a", "limits": 5},
 }
 
 
@@ -151,7 +168,14 @@ def test_spec_is_required(crd_schema):
 
 
 def test_bad_status_values_are_rejected(crd_schema):
-    for status in ({"phase": "Exploded"}, {"chatsCount": -1}, {"conditions": [{"type": "Ready"}]}):
+    for status in (
+        {"phase": "Exploded"},
+        {"chatsCount": -1},
+        {"conditions": [{"type": "Ready"}]},
+        {"state": "Sleeping"},
+        {"tokenGeneration": -1},
+        {"suspended": "no"},
+    ):
         obj = application("status")
         obj["status"] = status
         assert schema_errors(crd_schema, obj), status
@@ -175,14 +199,14 @@ def evaluate(rule: str, self_: object, old_self: object | None = None) -> bool:
     return bool(program.evaluate(activation))
 
 
-def rule_at(crd_schema: dict, path: str) -> str:
-    [rule] = [r["rule"] for p, r in cel_rules(crd_schema) if p == path]
+def rule_at(crd_schema: dict, path: str, about: str = "") -> str:
+    [rule] = [r["rule"] for p, r in cel_rules(crd_schema) if p == path and about in r["message"]]
     return rule
 
 
 def test_every_rule_compiles_and_has_a_message(crd_schema):
     rules = list(cel_rules(crd_schema))
-    assert len(rules) == 2
+    assert len(rules) == 4
     for _, rule in rules:
         celpy.Environment().compile(rule["rule"])
         assert rule["message"]
@@ -200,7 +224,38 @@ def test_every_rule_compiles_and_has_a_message(crd_schema):
     ids=["rename", "rename-adopted", "change-token", "add-token", "remove-token"],
 )
 def test_existing_token_is_immutable(crd_schema, old, new, allowed):
-    assert evaluate(rule_at(crd_schema, ".spec"), new, old) is allowed
+    assert evaluate(rule_at(crd_schema, ".spec", "existingToken"), new, old) is allowed
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        ({"name": "a"}, {"name": "a", "rotateToken": 1}, True),
+        ({"name": "a", "rotateToken": 1}, {"name": "a", "rotateToken": 2}, True),
+        ({"name": "a", "rotateToken": 2}, {"name": "a", "rotateToken": 2, "suspended": True}, True),
+        ({"name": "a", "rotateToken": 2}, {"name": "a", "rotateToken": 1}, False),
+        ({"name": "a", "rotateToken": 2}, {"name": "a"}, False),
+    ],
+    ids=["first-rotation", "next-rotation", "unchanged", "decrease", "remove"],
+)
+def test_rotate_token_only_grows(crd_schema, old, new, allowed):
+    assert evaluate(rule_at(crd_schema, ".spec", "rotateToken"), new, old) is allowed
+
+
+@pytest.mark.parametrize(
+    ("limits", "allowed"),
+    [({"maxChats": 1}, True), ({"requestsPerSecond": 5, "maxMessageBytes": 10}, True), ({}, False)],
+    ids=["one", "two", "empty"],
+)
+def test_limits_set_at_least_one_limit(crd_schema, limits, allowed):
+    assert evaluate(rule_at(crd_schema, ".spec.limits"), limits) is allowed
+
+
+def test_defaults_of_the_management_fields(crd_schema):
+    spec = crd_schema["properties"]["spec"]["properties"]
+    assert spec["suspended"]["default"] is False
+    assert spec["rotateToken"]["default"] == 0
+    assert spec["previousTokenGraceSeconds"]["default"] == 86400
 
 
 def test_resource_names_leave_room_for_the_secret_name(crd_schema):
@@ -234,6 +289,9 @@ def test_the_token_secret_is_a_valid_secret(version):
     owner = application("acme")
     secret = kube.secret_body(owner, "t" * 32, "http://chat-system-api.chat.svc:8080")
     kubernetes_validate.validate(secret, version, strict=True)
+    rotating = kube.secret_body(owner, "t" * 32, "http://x", "p" * 32, "2030-01-01T00:00:00Z")
+    kubernetes_validate.validate(rotating, version, strict=True)
+    assert set(rotating["data"]) == {"token", "apiUrl", "previousToken", "previousTokenExpiresAt"}
     assert secret["metadata"]["namespace"] == owner["metadata"]["namespace"]
     [ref] = secret["metadata"]["ownerReferences"]
     assert ref == {
@@ -279,12 +337,20 @@ def test_status_the_operator_writes_fits_the_schema(crd_schema):
     now = "2025-01-01T00:00:00Z"
     conditions = kube.set_condition([], kube.READY, True, "Provisioned", "token Secret is written", 1, now)
     conditions = kube.set_condition(conditions, kube.SYNCED, False, "InvalidSpec", "spec.name …", 1, now)
+    conditions = kube.set_condition(conditions, kube.SUSPENDED, True, "Suspended", "403", 1, now)
+    conditions = kube.set_condition(conditions, kube.TOKEN_ROTATING, True, "GracePeriod", "until …", 1, now)
     obj["status"] = {
         "phase": "Failed",
+        "state": "Suspended",
         "secretName": "acme-chat-token",
         "observedGeneration": 1,
         "chatsCount": 3,
         "messagesCount": 12,
+        "lastActivityAt": now,
+        "suspended": True,
+        "tokenRotatedAt": now,
+        "tokenGeneration": 2,
+        "previousTokenExpiresAt": now,
         "conditions": conditions,
     }
     assert schema_errors(crd_schema, obj) == []

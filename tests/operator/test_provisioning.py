@@ -125,17 +125,17 @@ def test_delete_policy_removes_rows_and_redis_keys_and_nothing_else(
     bystander = provisioner.provision(bystander_uid, Spec(name="Bystander")).application
     add_chats(op_engine, op_redis, keys, doomed.id, [3, 0, 7])
     add_chats(op_engine, op_redis, keys, bystander.id, [2])
-    op_redis.hset(keys.application(doomed.token), mapping={"id": doomed.id, "chats": 3})
-    op_redis.hset(keys.application(bystander.token), mapping={"id": bystander.id, "chats": 1})
+    op_redis.hset(keys.numbers(doomed.id), mapping={"id": doomed.id, "chats": 3})
+    op_redis.hset(keys.numbers(bystander.id), mapping={"id": bystander.id, "chats": 1})
 
     released = provisioner.release(doomed_uid, Spec(name="Doomed", deletion_policy=Policy.DELETE))
 
     assert released.found and released.messages_deleted == 10
     assert rows_of(op_engine, doomed.id) == (0, 0, 0)
-    assert not op_redis.exists(keys.application(doomed.token))
+    assert not op_redis.exists(keys.numbers(doomed.id))
     assert applications.find(doomed.token) is None
     assert rows_of(op_engine, bystander.id) == (1, 1, 2)
-    assert op_redis.exists(keys.application(bystander.token))
+    assert op_redis.exists(keys.numbers(bystander.id))
 
 
 def test_delete_policy_twice_is_harmless(provisioner):
@@ -150,13 +150,13 @@ def test_retain_policy_keeps_every_row_and_key(provisioner, applications, op_eng
     resource = uid()
     app = provisioner.provision(resource, Spec(name="Keeper")).application
     add_chats(op_engine, op_redis, keys, app.id, [4, 1])
-    op_redis.hset(keys.application(app.token), mapping={"id": app.id, "chats": 2})
+    op_redis.hset(keys.numbers(app.id), mapping={"id": app.id, "chats": 2})
 
     released = provisioner.release(resource, Spec(name="Keeper", deletion_policy=Policy.RETAIN))
 
     assert released.policy is Policy.RETAIN and released.found
     assert rows_of(op_engine, app.id) == (1, 2, 5)
-    assert op_redis.exists(keys.application(app.token))
+    assert op_redis.exists(keys.numbers(app.id))
     assert applications.find(app.token).name == "Keeper"
 
 

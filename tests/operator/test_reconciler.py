@@ -26,7 +26,8 @@ from tests.operator.rows import add_chats, rows_of
 def run(step, body: dict, **kwargs) -> Outcome:
     """Call a decision on an object and merge the status it asks for, as kopf's patch would."""
     outcome = step(Resource.from_body(body), **kwargs)
-    body["status"] = {**body.get("status", {}), **outcome.status}
+    merged = {**body.get("status", {}), **outcome.status}
+    body["status"] = {k: v for k, v in merged.items() if v is not None}  # null removes a field in a merge patch
     return outcome
 
 
@@ -286,7 +287,7 @@ def test_delete_policy_removes_the_tenant_and_its_secret(
     token = token_in_secret(apiserver, body)
     app = applications.find(token)
     add_chats(op_engine, op_redis, keys, app.id, [5, 5])
-    op_redis.hset(keys.application(token), mapping={"id": app.id, "chats": 2})
+    op_redis.hset(keys.numbers(app.id), mapping={"id": app.id, "chats": 2})
 
     marked = run(reconciler.mark_deleting, body)
     assert body["status"]["phase"] == DELETING and reasons(marked) == ["Deleting"]
@@ -295,7 +296,7 @@ def test_delete_policy_removes_the_tenant_and_its_secret(
     assert reasons(outcome) == ["Deleted"] and "10 messages" in outcome.events[0].message
 
     assert rows_of(op_engine, app.id) == (0, 0, 0)
-    assert not op_redis.exists(keys.application(token))
+    assert not op_redis.exists(keys.numbers(app.id))
     assert apiserver.collect_garbage(body["metadata"]["uid"]) == [kube.secret_name(body["metadata"]["name"])]
     # A finalizer that runs again (operator restarted mid-way) finds nothing left to do.
     assert run(reconciler.finalize, body).failure is None

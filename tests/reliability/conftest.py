@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from chat_common.db import make_engine
+from chat_devtools.results import Results
 from tests.conftest import LOG_ROOT
-from tests.reliability.results import Results
 from tests.support.http import Api
 from tests.support.namespace import Namespace
 from tests.support.processes import System

@@ -19,6 +19,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from chat_common.keys import RedisKeys
 from tests.reliability import http_raw
 from tests.support.http import wait_for
 
@@ -220,7 +221,7 @@ def _state(engine, redis_url: str, prefix: str, token: str) -> dict:
         ).all()
     client = redis.Redis.from_url(redis_url)
     try:
-        counters = {k.decode(): v.decode() for k, v in client.hgetall(f"{prefix}app:{token}").items()}
+        counters = {k.decode(): v.decode() for k, v in client.hgetall(RedisKeys(prefix).numbers(app.id)).items()}
     finally:
         client.close()
     return {

@@ -14,7 +14,15 @@ from openapi_spec_validator import validate
 
 from chat_api.app import build_service, create_app
 from chat_common.config import Settings
-from chat_common.validation import Invalid, clean_body, clean_name
+from chat_common.validation import (
+    BODY_MAX_CHARS,
+    MAX_NUMBER,
+    NAME_MAX_CHARS,
+    QUERY_MAX_CHARS,
+    Invalid,
+    clean_body,
+    clean_name,
+)
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "services/api/chat_api/openapi.json"
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -68,6 +76,31 @@ def test_path_number_bounds_match_the_route_converters(document, app_routes):
             assert (schema["minimum"], schema["maximum"]) == (low, high), (path, name)
 
 
+def test_field_limits_are_the_ones_the_code_enforces(document):
+    """The document states the limits of ``chat_common.validation``, the one home of those numbers."""
+    schemas = document["components"]["schemas"]
+    assert schemas["Name"]["maxLength"] == NAME_MAX_CHARS
+    assert schemas["Body"]["maxLength"] == BODY_MAX_CHARS
+    assert f"1-{NAME_MAX_CHARS} characters" in schemas["Name"]["description"]
+    assert f"1-{BODY_MAX_CHARS} characters" in schemas["Body"]["description"]
+    queries = [
+        _resolve(document, p)
+        for item in document["paths"].values()
+        for operation in [item.get("get")]
+        if operation
+        for p in operation.get("parameters", [])
+    ]
+    lengths = {p["schema"].get("maxLength") for p in queries if p.get("name") == "query"}
+    assert lengths == {QUERY_MAX_CHARS}
+    numbers = [
+        p["schema"]["maximum"]
+        for item in document["paths"].values()
+        for p in (_resolve(document, x) for x in item.get("parameters", []))
+        if p["name"] in ("chat_number", "message_number")
+    ]
+    assert numbers and set(numbers) == {MAX_NUMBER}
+
+
 def test_every_error_is_the_error_shape_and_bodies_take_json_and_forms(document):
     for path, item in document["paths"].items():
         for method, operation in item.items():
@@ -86,8 +119,10 @@ def test_every_error_is_the_error_shape_and_bodies_take_json_and_forms(document)
                 content = operation["requestBody"]["content"]
                 assert set(content) == {"application/json", "application/x-www-form-urlencoded"}, (method, path)
                 assert {"400", "411", "413", "415", "422"} <= set(operation["responses"]), (method, path)
-            if "{token}" in path:
-                assert {"404", "429"} <= set(operation["responses"]), (method, path)
+            if "{token}" in path and operation.get("security"):  # admin: not a tenant request, never limited
+                assert "404" in operation["responses"] and "429" not in operation["responses"], (method, path)
+            elif "{token}" in path:  # the tenant rules: unknown or expired token, suspended, over its rate
+                assert {"403", "404", "429"} <= set(operation["responses"]), (method, path)
 
 
 def test_admin_operations_declare_the_admin_key(document):
@@ -97,12 +132,22 @@ def test_admin_operations_declare_the_admin_key(document):
         for method, operation in item.items()
         if method in METHODS and operation.get("security")
     }
-    assert secured == {"GET /applications", "POST /applications", "DELETE /applications/{token}"}
+    tenants = {
+        "POST /applications/{token}/suspend",
+        "POST /applications/{token}/resume",
+        "POST /applications/{token}/rotate-token",
+        "GET /applications/{token}/limits",
+        "PUT /applications/{token}/limits",
+        "PATCH /applications/{token}/limits",
+        "GET /applications/{token}/usage",
+    }
+    assert secured == {"GET /applications", "POST /applications", "DELETE /applications/{token}", *tenants}
 
 
 def test_response_objects_never_carry_undocumented_fields(document):
     """``additionalProperties: false`` on every response object: an internal id leaking out fails the fuzzer."""
-    for name in ("Application", "Chat", "Message", "SearchHit", "ChatNumber", "MessageNumber", "Error"):
+    for name in ("Application", "Chat", "Message", "SearchHit", "ChatNumber", "MessageNumber", "Error",
+                 "TenantAdmin", "TokenRotation", "TenantLimits", "Usage"):  # fmt: skip
         schema = document["components"]["schemas"][name]
         assert schema["additionalProperties"] is False, name
         assert "id" not in schema["properties"], name

@@ -17,6 +17,7 @@ patching libraries. :func:`build` wires one :class:`World` of fakes into a real 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections import defaultdict
@@ -33,7 +34,7 @@ from chat_api.model import Application, Chat, Message, NotFound
 from chat_api.services import ChatService, Limits
 from chat_common.idempotency import check_idempotency_key
 from chat_common.search import SearchHit, SearchUnavailable
-from chat_common.tenancy import new_token
+from chat_common.tenancy import TenantLimits, Usage, new_token
 from chat_common.topology import Topology
 from chat_common.validation import clean_name
 
@@ -69,7 +70,8 @@ class FakeApplications(Faults):
         self.max_name_chars = max_name_chars
         self.rows: dict[str, Application] = {}
         self.by_key: dict[str, str] = {}
-        self.cleanups: list = []  # called with the token of a deleted application (the numbering forgets it)
+        self.cleanups: list = []  # called with the id of a deleted application (the numbering forgets it)
+        self.usage_of: dict[int, tuple[int, float | None]] = {}  # id -> (messages, last activity), for usage()
         self._ids = itertools.count(1)
 
     def create(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:
@@ -87,9 +89,24 @@ class FakeApplications(Faults):
         return application, True
 
     def find(self, token: str) -> Application | None:
-        """The application with this token, or None."""
+        """The application with this token (or with it as its former token, in its grace period), or None."""
         self._enter("find", token)
-        return self.rows.get(token)
+        return self._find(token)
+
+    def _find(self, token: str) -> Application | None:
+        if token in self.rows:
+            return self.rows[token]
+        now = time.time()
+        return next((a for a in self.rows.values() if a.previous_token == token and a.previous_token_valid(now)), None)
+
+    def _by_id(self, application_id: int) -> Application | None:
+        return next((a for a in self.rows.values() if a.id == application_id), None)
+
+    def _replace(self, application: Application, **changes: object) -> Application:
+        updated = dataclasses.replace(application, **changes)
+        del self.rows[application.token]
+        self.rows[updated.token] = updated
+        return updated
 
     def list(self, offset: int, limit: int) -> list[Application]:
         """Applications in creation order."""
@@ -100,20 +117,61 @@ class FakeApplications(Faults):
         """Set the name (validated first); None when the token is unknown."""
         self._enter("rename", token, name)
         name = clean_name(name, self.max_name_chars)
-        if token not in self.rows:
-            return None
-        old = self.rows[token]
-        self.rows[token] = Application(token, name, old.chats_count, old.id)
-        return self.rows[token]
+        found = self._find(token)
+        return None if found is None else self._replace(found, name=name)
 
     def delete(self, token: str, batch_size: int = 5000) -> int | None:
         """Forget the application; 0 messages deleted (rows live in the repository), None when unknown."""
         self._enter("delete", token)
-        if self.rows.pop(token, None) is None:
+        found = self._find(token)
+        if found is None:
             return None
+        del self.rows[found.token]
         for cleanup in self.cleanups:
-            cleanup(token)
+            cleanup(found.id)
         return 0
+
+    def set_suspended(self, application_id: int, suspended: bool) -> Application | None:
+        """Suspend or resume; None when the application is gone."""
+        self._enter("set_suspended", application_id, suspended)
+        found = self._by_id(application_id)
+        return None if found is None else self._replace(found, suspended=bool(suspended))
+
+    def rotate_token(
+        self, application_id: int, grace_seconds: int = 86_400, generation: int | None = None
+    ) -> tuple[Application | None, bool]:
+        """A new token; the former one valid ``grace_seconds`` more; with ``generation``, only while below it."""
+        self._enter("rotate_token", application_id, grace_seconds, generation)
+        found = self._by_id(application_id)
+        if found is None:
+            return None, False
+        if generation is not None and found.token_generation >= generation:
+            return found, False
+        now = time.time()
+        rotated = self._replace(
+            found,
+            token=new_token(),
+            previous_token=found.token,
+            previous_token_expires_at=now + grace_seconds,
+            token_rotated_at=now,
+            token_generation=found.token_generation + 1 if generation is None else generation,
+        )
+        return rotated, True
+
+    def set_limits(self, application_id: int, limits: TenantLimits) -> Application | None:
+        """Set the limits; None when the application is gone."""
+        self._enter("set_limits", application_id, limits)
+        found = self._by_id(application_id)
+        return None if found is None else self._replace(found, limits=limits)
+
+    def usage(self, application_id: int) -> Usage | None:
+        """Usage from :attr:`usage_of` (what the count sync and numbering would report)."""
+        self._enter("usage", application_id)
+        found = self._by_id(application_id)
+        if found is None:
+            return None
+        messages, last = self.usage_of.get(application_id, (0, None))
+        return Usage(found.chats_count, messages, last, found.suspended)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -135,7 +193,7 @@ class FakeNumbering(Faults):
     def __init__(self, epoch: str | None = None) -> None:
         super().__init__()
         self.epoch = epoch if epoch is not None else new_epoch(FRESH, time.time())
-        self.hashes: dict[str, _Counters] = {}
+        self.hashes: dict[int, _Counters] = {}
         self.clock = 0
 
     # test controls
@@ -149,19 +207,21 @@ class FakeNumbering(Faults):
         self.epoch = new_epoch(kind, time.time() if at is None else at)
         return self.epoch
 
-    def forget(self, token: str) -> None:
+    def forget(self, application_id: int) -> None:
         """Drop an application's counters (as deleting an application does)."""
-        self.hashes.pop(token, None)
+        self.hashes.pop(application_id, None)
 
     # the port
-    def _script(self, op: str, token: str, chat: int = 0, message: int = 0) -> Allocation:
-        self._enter(op, token, chat, message)
+    def _script(self, op: str, application_id: int, chat: int = 0, message: int = 0, limit: int = 0) -> Allocation:
+        self._enter(op, application_id, chat, message)
         if self.epoch is None:
             return Allocation(codes.RECOVERING, "")
-        counters = self.hashes.get(token)
+        counters = self.hashes.get(application_id)
         if counters is None or counters.chats is None:
             return Allocation(codes.APPLICATION_NOT_LOADED, self.epoch)
         if op == "new_chat":
+            if limit and counters.chats >= limit:
+                return Allocation(codes.LIMIT_REACHED, self.epoch, counters.id)
             counters.chats += 1
             counters.messages[counters.chats] = 0
             return Allocation(codes.OK, self.epoch, counters.id, counters.chats)
@@ -178,38 +238,42 @@ class FakeNumbering(Faults):
         self.clock = max(self.clock + 1, time.time_ns() // 1000)
         return Allocation(codes.OK, self.epoch, counters.id, self.clock)
 
-    async def new_chat(self, token: str) -> Allocation:
-        """Allocate the application's next chat number."""
-        return self._script("new_chat", token)
+    async def new_chat(self, application_id: int, max_chats: int = 0) -> Allocation:
+        """Allocate the application's next chat number (LIMIT_REACHED at ``max_chats``, no number taken)."""
+        return self._script("new_chat", application_id, limit=max_chats)
 
-    async def new_message(self, token: str, chat_number: int) -> Allocation:
+    async def new_message(self, application_id: int, chat_number: int) -> Allocation:
         """Allocate the chat's next message number."""
-        return self._script("new_message", token, chat_number)
+        return self._script("new_message", application_id, chat_number)
 
-    async def edit_chat(self, token: str, chat_number: int) -> Allocation:
+    async def edit_chat(self, application_id: int, chat_number: int) -> Allocation:
         """Check the chat exists and stamp a rename with a fresh version."""
-        return self._script("edit_chat", token, chat_number)
+        return self._script("edit_chat", application_id, chat_number)
 
-    async def edit_message(self, token: str, chat_number: int, message_number: int) -> Allocation:
+    async def edit_message(self, application_id: int, chat_number: int, message_number: int) -> Allocation:
         """Check the message exists and stamp an edit with a fresh version."""
-        return self._script("edit_message", token, chat_number, message_number)
+        return self._script("edit_message", application_id, chat_number, message_number)
 
-    async def load_application(self, token: str, epoch: str, application_id: int, last_chat_number: int) -> bool:
+    async def load_application(
+        self, application_id: int, epoch: str, last_chat_number: int, legacy_token: str = ""
+    ) -> bool:
         """HSETNX ``id`` and ``chats``; refused when the epoch changed."""
-        self._enter("load_application", token, epoch, application_id, last_chat_number)
+        self._enter("load_application", application_id, epoch, last_chat_number)
         if self.epoch != epoch:
             return False
-        counters = self.hashes.setdefault(token, _Counters(application_id))
+        counters = self.hashes.setdefault(application_id, _Counters(application_id))
         if counters.chats is None:
             counters.chats = last_chat_number
         return True
 
-    async def load_chat(self, token: str, epoch: str, chat_number: int, last_message_number: int) -> bool:
+    async def load_chat(
+        self, application_id: int, epoch: str, chat_number: int, last_message_number: int, legacy_token: str = ""
+    ) -> bool:
         """HSETNX ``m:<chat>``; refused when the epoch changed."""
-        self._enter("load_chat", token, epoch, chat_number, last_message_number)
+        self._enter("load_chat", application_id, epoch, chat_number, last_message_number)
         if self.epoch != epoch:
             return False
-        self.hashes[token].messages.setdefault(chat_number, last_message_number)
+        self.hashes[application_id].messages.setdefault(chat_number, last_message_number)
         return True
 
     async def ping(self) -> bool:
@@ -227,9 +291,9 @@ class FakeRecovery(Faults):
         self.opens_after = opens_after
         self.attempts = 0
 
-    async def attempt(self) -> bool:
-        """One attempt; True when numbering is open."""
-        self._enter("attempt")
+    async def attempt(self, application_id: int) -> bool:
+        """One attempt (one numbering store, so every application's slot alike); True when numbering is open."""
+        self._enter("attempt", application_id)
         if self.numbering.epoch is not None:
             return True
         self.attempts += 1
@@ -279,42 +343,42 @@ class FakeIdempotency(Faults):
         super().__init__()
         self.numbering = numbering
         self.claim_seconds = claim_seconds
-        self.values: dict[tuple[str, str, str], str | Recorded] = {}
+        self.values: dict[tuple[int, str, str], str | Recorded] = {}
 
-    async def claim(self, token: str, scope: str, key: str) -> Claim:
+    async def claim(self, application_id: int, scope: str, key: str) -> Claim:
         """Claim the key (``pending``) or answer the record; :class:`KeyInUse` while another request holds it."""
-        self._enter("claim", token, scope, key)
+        self._enter("claim", application_id, scope, key)
         epoch = self.numbering.epoch or ""
-        value = self.values.get((token, scope, key))
+        value = self.values.get((application_id, scope, key))
         if value is None:
-            self.values[(token, scope, key)] = PENDING
+            self.values[(application_id, scope, key)] = PENDING
             return Claim(None, epoch)
         if value == PENDING:
             raise KeyInUse(key, retry_after=self.claim_seconds)
         return Claim(value, epoch)
 
-    async def record(self, token: str, scope: str, key: str, outcome: Recorded) -> None:
+    async def record(self, application_id: int, scope: str, key: str, outcome: Recorded) -> None:
         """Remember the outcome."""
-        self._enter("record", token, scope, key, outcome)
-        self.values[(token, scope, key)] = outcome
+        self._enter("record", application_id, scope, key, outcome)
+        self.values[(application_id, scope, key)] = outcome
 
-    async def release(self, token: str, scope: str, key: str) -> None:
+    async def release(self, application_id: int, scope: str, key: str) -> None:
         """Free the key."""
-        self._enter("release", token, scope, key)
-        self.values.pop((token, scope, key), None)
+        self._enter("release", application_id, scope, key)
+        self.values.pop((application_id, scope, key), None)
 
 
 class FakeStoredKeys(Faults):
-    """The ``idempotency_keys`` table: ``(token, chat number, key) -> Recorded``; every lookup is recorded."""
+    """The ``idempotency_keys`` table: ``(application id, chat number, key) -> Recorded``; every lookup is recorded."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: dict[tuple[str, int, str], Recorded] = {}
+        self.rows: dict[tuple[int, int, str], Recorded] = {}
 
-    async def find(self, token: str, chat_number: int, key: str) -> Recorded | None:
+    async def find(self, application_id: int, chat_number: int, key: str) -> Recorded | None:
         """What the writers stored for this key, if anything."""
-        self._enter("find", token, chat_number, key)
-        return self.rows.get((token, chat_number, key))
+        self._enter("find", application_id, chat_number, key)
+        return self.rows.get((application_id, chat_number, key))
 
 
 # -- MySQL reads and edits ------------------------------------------------------------------------------------
@@ -477,6 +541,42 @@ class FakeSearch(Faults):
         """Nothing to release."""
 
 
+# -- the tenant directory (cached MySQL lookups) and the rate limiter (Redis) --------------------------------
+class FakeTenantDirectory(Faults):
+    """Looks tokens up in the fake applications, with no cache (staleness is the real directory's own test)."""
+
+    def __init__(self, applications: FakeApplications) -> None:
+        super().__init__()
+        self.applications = applications
+
+    async def lookup(self, token: str, fresh: bool = False) -> Application | None:
+        """The application the token names now, or None."""
+        self._enter("lookup", token, fresh)
+        return self.applications._find(token)
+
+    def invalidate(self, token: str) -> None:
+        """Nothing cached."""
+        self._enter("invalidate", token)
+
+
+class FakeRateLimiter(Faults):
+    """Counts requests per application in the current window; :meth:`next_second` starts a new one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[int, int] = defaultdict(int)
+
+    def next_second(self) -> None:
+        """A new one-second window."""
+        self.counts.clear()
+
+    async def admit(self, application_id: int, limit: int) -> bool:
+        """Count this request; False when over ``limit``."""
+        self._enter("admit", application_id, limit)
+        self.counts[application_id] += 1
+        return self.counts[application_id] <= limit
+
+
 # -- one wired world ------------------------------------------------------------------------------------------
 @dataclass
 class World:
@@ -491,6 +591,8 @@ class World:
     repository: FakeRepository
     search: FakeSearch
     topology: Topology
+    tenants: FakeTenantDirectory
+    rate_limiter: FakeRateLimiter
 
     def application(self, name: str = "acme") -> Application:
         """A new application (as an admin creates it)."""
@@ -524,6 +626,8 @@ def build(limits: Limits | None = None, recovery_opens_after: int | None = 1) ->
         repository=repository,
         search=FakeSearch(repository),
         topology=Topology("unit", (1, 5, 30)),
+        tenants=FakeTenantDirectory(applications),
+        rate_limiter=FakeRateLimiter(),
     )
     service = ChatService(
         applications=world.applications,
@@ -536,5 +640,7 @@ def build(limits: Limits | None = None, recovery_opens_after: int | None = 1) ->
         search=world.search,
         idempotency=world.idempotency,
         stored_keys=world.stored_keys,
+        tenants=world.tenants,
+        rate_limiter=world.rate_limiter,
     )
     return service, world

@@ -10,6 +10,7 @@ import json
 import socket
 from types import SimpleNamespace
 
+import pika.exceptions
 import pytest
 
 from chat_common.batches import ATTEMPT_HEADER, decode_batch
@@ -43,6 +44,9 @@ class FakeChannel:
 
     def confirm_delivery(self):
         self.broker.confirming.append(self)
+
+    def add_on_cancel_callback(self, callback):
+        self.broker.on_cancel = callback
 
     def basic_consume(self, queue, callback):
         self.broker.consuming = (queue, callback)
@@ -272,3 +276,66 @@ def test_hooks_are_called_at_their_named_points():
         "iteration held=0",
         "stop held=0",
     ]
+
+
+def test_several_broker_urls_a_dead_node_is_skipped_and_a_lost_node_is_tried_last():
+    """RABBITMQ_URL lists the cluster's nodes: connect to the first that answers; after losing it, start after it."""
+    tried: list[str] = []
+    brokers = [FakeBroker([(row(1), 0)]), FakeBroker([(row(2), 0)])]
+
+    def connect(url):
+        tried.append(url)
+        if url == "amqp://a":
+            raise ConnectionRefusedError("node a is down")
+        broker = brokers.pop(0)
+        broker.consumer = consumer
+        if brokers:  # the first connection is lost right after its batch: the broker's node crashed
+            broker.process_data_events = lambda time_limit, b=broker: _deliver_then_crash(b, time_limit)
+        return broker
+
+    db = FakeDatabase()
+    consumer = BatchConsumer(
+        amqp_url="amqp://a, amqp://b,amqp://c",
+        queue=QUEUE,
+        handler=db,
+        transient_errors=(Transient,),
+        max_wait=0.0,
+        connect=connect,
+    )
+    consumer._sleep = lambda _seconds: None  # no real backoff in a unit test
+    consumer.run()
+    assert tried == ["amqp://a", "amqp://b", "amqp://c"]  # a refused, b served then crashed, c next (not a again)
+    assert db.rows == [1, 2]
+
+
+def _deliver_then_crash(broker, time_limit):
+    if broker.pending:
+        FakeBroker.process_data_events(broker, time_limit)
+        broker.consumer.should_stop = False
+        return
+    raise pika.exceptions.StreamLostError("node crashed")
+
+
+def test_a_consumer_cancelled_by_the_broker_reconnects():
+    """The broker cancels a consumer whose queue's node went away: the loop must not wait for deliveries forever."""
+    connections = []
+
+    def connect(_url):
+        broker = FakeBroker([])
+        broker.consumer = consumer
+        if not connections:
+            broker.process_data_events = lambda time_limit, b=broker: b.on_cancel(object())
+        connections.append(broker)
+        return broker
+
+    consumer = BatchConsumer(
+        amqp_url="amqp://a",
+        queue=QUEUE,
+        handler=FakeDatabase(),
+        transient_errors=(Transient,),
+        max_wait=0.0,
+        connect=connect,
+    )
+    consumer._sleep = lambda _seconds: None
+    consumer.run()
+    assert len(connections) == 2 and not connections[0].is_open

@@ -50,11 +50,44 @@ def test_every_tier_is_declared_with_its_ttl_and_dead_letters_back_to_the_work_q
 
     Topology("t", (1, 5)).chats.declare(Channel())
     assert declared["t.chats.retry.5s"] == {
+        "x-queue-type": "quorum",
         "x-message-ttl": 5000,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": "t.chats",
+        # Dead-lettering out of a quorum queue is at-most-once without these two: a retry could vanish.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
     }
-    assert declared["t.chats"]["x-dead-letter-routing-key"] == "t.chats.dead"
+    assert declared["t.chats"] == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "t.chats.dead",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    assert declared["t.chats.dead"] == {"x-queue-type": "quorum"}
+
+
+def test_classic_queues_are_declared_with_exactly_the_arguments_of_earlier_versions():
+    declared = {}
+
+    class Channel:
+        def queue_declare(self, name, durable, arguments=None):
+            declared[name] = arguments
+
+    Topology("t", (1, 5), "classic").chats.declare(Channel())
+    back_to_work = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "t.chats"}
+    assert declared == {
+        "t.chats.dead": None,
+        "t.chats": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "t.chats.dead"},
+        "t.chats.retry.1s": {"x-message-ttl": 1000, **back_to_work},
+        "t.chats.retry.5s": {"x-message-ttl": 5000, **back_to_work},
+    }
+
+
+def test_an_unknown_queue_type_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="quorum, classic"):
+        Topology("t", (1,), "mirrored")
 
 
 def test_route_sends_a_retry_to_the_tier_of_its_next_attempt_and_acks_the_batch():

@@ -35,7 +35,7 @@ async def test_first_create_loads_the_application_counters_from_mysql(service, w
     app = world.application()
     world.repository.add_chat(app.id, 7, "written before Redis lost its data")
     assert await service.create_chat(app.token, "next") == (8, False)
-    assert world.numbering.called("load_application") == [(app.token, world.numbering.epoch, app.id, 7)]
+    assert world.numbering.called("load_application") == [(app.id, world.numbering.epoch, 7)]
 
 
 async def test_chat_create_publishes_the_row_contract_once(service, world):
@@ -73,7 +73,7 @@ async def test_chat_not_loaded_loads_its_last_message_number(service, world):
     for m in (1, 2, 3):
         world.repository.add_message(app.id, 2, m, "old")
     assert await service.create_message(app.token, 2, "new") == (4, False)
-    assert world.numbering.called("load_chat") == [(app.token, world.numbering.epoch, 2, 3)]
+    assert world.numbering.called("load_chat") == [(app.id, world.numbering.epoch, 2, 3)]
 
 
 async def test_keyed_create_carries_key_and_fingerprint(service, world):
@@ -114,7 +114,7 @@ async def test_unknown_chat(service, world):
 
 
 async def test_not_found_without_a_chat_names_the_application(service, world, monkeypatch):
-    async def not_found(token):
+    async def not_found(application_id, max_chats=0):
         return Allocation(codes.NOT_FOUND, world.numbering.epoch)
 
     monkeypatch.setattr(world.numbering, "new_chat", not_found)
@@ -224,7 +224,7 @@ async def test_same_key_other_text_is_a_conflict_without_retry_after(service, wo
 
 async def test_key_in_use_is_a_conflict_with_retry_after(service, world):
     app = world.application()
-    world.idempotency.values[(app.token, "chats", "k")] = PENDING
+    world.idempotency.values[(app.id, "chats", "k")] = PENDING
     with pytest.raises(Conflict, match="in progress") as caught:
         await service.create_chat(app.token, "room", "k")
     assert caught.value.retry_after == world.idempotency.claim_seconds
@@ -239,10 +239,10 @@ async def test_keys_are_scoped_per_chat_and_kind(service, world):
     assert await service.create_message(app.token, 2, "m", "k") == (1, False)
     assert await service.create_message(app.token, 1, "m", "k") == (1, True)
     assert set(world.idempotency.values) == {
-        (app.token, "chats", "k"),
-        (app.token, "chats", "other"),
-        (app.token, "chats/1/messages", "k"),
-        (app.token, "chats/2/messages", "k"),
+        (app.id, "chats", "k"),
+        (app.id, "chats", "other"),
+        (app.id, "chats/1/messages", "k"),
+        (app.id, "chats/2/messages", "k"),
     }
 
 
@@ -255,7 +255,7 @@ async def test_malformed_key_is_invalid(service, world, key):
 
 async def test_fresh_epoch_never_looks_keys_up_in_mysql(service, world):
     app = world.application()
-    world.stored_keys.rows[(app.token, 0, "k")] = Recorded(app.id, 9, fingerprint("room"))
+    world.stored_keys.rows[(app.id, 0, "k")] = Recorded(app.id, 9, fingerprint("room"))
     assert world.numbering.epoch.split(":")[1] == FRESH
     assert await service.create_chat(app.token, "room", "k") == (1, False)
     assert world.stored_keys.calls == []
@@ -264,9 +264,9 @@ async def test_fresh_epoch_never_looks_keys_up_in_mysql(service, world):
 async def test_recovered_epoch_finds_the_key_in_mysql_and_records_it_again(service, world):
     app = world.application()
     world.numbering.open(RECOVERED)
-    world.stored_keys.rows[(app.token, 0, "k")] = Recorded(app.id, 9, fingerprint("room"))
+    world.stored_keys.rows[(app.id, 0, "k")] = Recorded(app.id, 9, fingerprint("room"))
     assert await service.create_chat(app.token, "room", "k") == (9, True)
-    assert world.idempotency.values[(app.token, "chats", "k")] == Recorded(app.id, 9, fingerprint("room"))
+    assert world.idempotency.values[(app.id, "chats", "k")] == Recorded(app.id, 9, fingerprint("room"))
     assert world.numbering.calls == []  # no new number
     assert world.payloads("chats")[0]["chat_number"] == 9
     # the next retry is answered from Redis again
@@ -278,7 +278,7 @@ async def test_recovered_epoch_key_unknown_to_mysql_gets_a_new_number(service, w
     app = world.application()
     world.numbering.open(RECOVERED)
     assert await service.create_chat(app.token, "room", "k") == (1, False)
-    assert world.stored_keys.called("find") == [(app.token, 0, "k")]
+    assert world.stored_keys.called("find") == [(app.id, 0, "k")]
 
 
 async def test_recovery_older_than_a_key_lifetime_needs_no_lookup(service, world):
@@ -291,7 +291,7 @@ async def test_recovery_older_than_a_key_lifetime_needs_no_lookup(service, world
 async def test_key_stored_for_other_text_is_a_conflict(service, world):
     app = world.application()
     world.numbering.open(RECOVERED)
-    world.stored_keys.rows[(app.token, 1, "k")] = Recorded(app.id, 4, fingerprint("first text"))
+    world.stored_keys.rows[(app.id, 1, "k")] = Recorded(app.id, 4, fingerprint("first text"))
     world.repository.add_chat(app.id, 1, "c")
     with pytest.raises(Conflict, match="different request"):
         await service.create_message(app.token, 1, "second text", "k")
@@ -304,8 +304,8 @@ async def test_key_while_numbering_is_closed_is_looked_up_then_released(built):
     world.numbering.lose_data()
     with pytest.raises(Unavailable, match="recovering"):
         await service.create_chat(app.token, "room", "k")
-    assert world.stored_keys.called("find") == [(app.token, 0, "k")]  # closed ('') may have forgotten keys
-    assert (app.token, "chats", "k") not in world.idempotency.values  # freed for the retry
+    assert world.stored_keys.called("find") == [(app.id, 0, "k")]  # closed ('') may have forgotten keys
+    assert (app.id, "chats", "k") not in world.idempotency.values  # freed for the retry
 
 
 # -- Redis and MySQL failures around keys -----------------------------------------------------------------------
@@ -320,7 +320,7 @@ async def test_redis_down_at_record_is_503_and_frees_the_key(service, world):
     world.idempotency.fail("record", RedisConnectionError("down"))
     with pytest.raises(Unavailable, match="numbering store unavailable"):
         await service.create_chat(app.token, "x", "k")
-    assert world.idempotency.called("release") == [(app.token, "chats", "k")]
+    assert world.idempotency.called("release") == [(app.id, "chats", "k")]
     assert world.publisher.published == []
     assert await service.create_chat(app.token, "x", "k") == (2, False)  # the key is free; number 1 was lost
 
@@ -340,7 +340,7 @@ async def test_numbering_error_with_a_key_is_503_and_frees_the_key(service, worl
     world.numbering.fail("new_chat", RedisConnectionError("down"))
     with pytest.raises(Unavailable, match="numbering store unavailable"):
         await service.create_chat(app.token, "x", "k")
-    assert (app.token, "chats", "k") not in world.idempotency.values
+    assert (app.id, "chats", "k") not in world.idempotency.values
 
 
 async def test_mysql_down_at_key_lookup_is_503_and_frees_the_key(service, world):
@@ -349,7 +349,7 @@ async def test_mysql_down_at_key_lookup_is_503_and_frees_the_key(service, world)
     world.stored_keys.fail("find", DB_DOWN)
     with pytest.raises(Unavailable, match="database unavailable"):
         await service.create_chat(app.token, "x", "k")
-    assert (app.token, "chats", "k") not in world.idempotency.values
+    assert (app.id, "chats", "k") not in world.idempotency.values
 
 
 async def test_a_replayed_key_is_never_released(service, world):
@@ -359,4 +359,4 @@ async def test_a_replayed_key_is_never_released(service, world):
     with pytest.raises(Unavailable):
         await service.create_chat(app.token, "x", "k")
     assert world.idempotency.called("release") == []
-    assert world.idempotency.values[(app.token, "chats", "k")].number == 1
+    assert world.idempotency.values[(app.id, "chats", "k")].number == 1

@@ -14,6 +14,7 @@ from chat_api.adapters.publisher import ConfirmingPublisher
 from chat_api.adapters.recovery import NumberingRecovery
 from chat_api.adapters.repository import SqlRepository
 from chat_api.adapters.search import ElasticsearchSearchReader, MySqlSearchReader
+from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
 from chat_api.services import ChatService
 from chat_common.tenancy import Applications
 from tests.unit import fakes
@@ -28,6 +29,8 @@ PAIRS = [
     (ports.Applications, Applications, fakes.FakeApplications),
     (ports.SearchReader, MySqlSearchReader, fakes.FakeSearch),
     (ports.SearchReader, ElasticsearchSearchReader, fakes.FakeSearch),
+    (ports.TenantDirectoryPort, TenantDirectory, fakes.FakeTenantDirectory),
+    (ports.RateLimiterPort, RedisRateLimiter, fakes.FakeRateLimiter),
 ]
 
 

@@ -251,9 +251,9 @@ async def test_rename_application(service, world):
 async def test_delete_application_forgets_its_counters(service, world):
     app = world.application()
     await service.create_chat(app.token, "x")
-    assert app.token in world.numbering.hashes
+    assert app.id in world.numbering.hashes
     assert await service.delete_application(app.token) == 0
-    assert app.token not in world.numbering.hashes
+    assert app.id not in world.numbering.hashes
     with pytest.raises(NotFound):
         await service.create_chat(app.token, "y")
 

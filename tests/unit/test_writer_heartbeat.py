@@ -36,7 +36,7 @@ def test_a_malformed_heartbeat_reads_as_holding_nothing_and_infinitely_old(raw):
 
 def test_the_heartbeat_hook_reports_what_the_loop_holds_then_waits_its_interval():
     beats = []
-    hook = HeartbeatHook(lambda cid, held: beats.append((cid, held)), (ConnectionError,), every=3600)
+    hook = HeartbeatHook(lambda state: beats.append((state.consumer_id, state.held)), (ConnectionError,), every=3600)
     hook.on_iteration(STATE)
     hook.on_iteration(STATE)
     assert beats == [("t.chats|abc", 7)]

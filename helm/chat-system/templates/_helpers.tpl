@@ -221,6 +221,8 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 {{- range $dep := list "mariadb" "redis" "rabbitmq" "elasticsearch" }}
 {{- $_ := set $inputs $dep (dict "enabled" (index $v $dep).enabled "auth" (index $v $dep).auth) }}
 {{- end }}
+{{- /* REDIS_URL also follows the Redis topology. */}}
+{{- $_ := set $inputs "redisTopology" (dict "mode" $v.redis.mode "sentinel" $v.redis.sentinel "cluster" $v.redis.cluster) }}
 checksum/secret: {{ toJson $inputs | sha256sum }}
 {{- end }}
 {{- end -}}

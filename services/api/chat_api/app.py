@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import falcon
 import falcon.asgi
-import redis as blocking_redis
 import redis.asyncio as redis
 
 from chat_api import errors
@@ -26,22 +25,28 @@ from chat_api.adapters.publisher import ConfirmingPublisher
 from chat_api.adapters.recovery import NumberingMarker, NumberingRecovery
 from chat_api.adapters.repository import SqlRepository
 from chat_api.adapters.search import build_search_reader
+from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
 from chat_api.event_loop import install_blocking_guard
 from chat_api.media import media_handlers
 from chat_api.metrics_buffer import BUFFER
-from chat_api.middleware import RateLimit, RequestMetrics, SecureResponse, SizeLimits, TokenShape
-from chat_api.resources.applications import ApplicationsResource
+from chat_api.middleware import RequestMetrics, SecureResponse, SizeLimits, TokenShape
+from chat_api.resources.applications import ApplicationsResource, TenantAdminResource
 from chat_api.resources.chats import ChatsResource
 from chat_api.resources.health import HealthResource, MetricsResource, ProcessState, ReadinessResource, StatusResource
 from chat_api.resources.messages import MessageSearchResource, MessagesResource
 from chat_api.resources.openapi import DocsResource, OpenApiResource
-from chat_api.services import MAX_NUMBER, ChatService, Limits
+from chat_api.resources.streams import MessageStreamResource
+from chat_api.services import ChatService, Limits
+from chat_api.streams import StreamHub, build_hub
+from chat_api.streams.asgi import StreamingApp
 from chat_common import logs
 from chat_common.config import Settings
 from chat_common.db import make_engine
-from chat_common.keys import RedisKeys
+from chat_common.keys import RedisKeys, slot_tag
+from chat_common.redis_client import async_client, sync_client
 from chat_common.tenancy import build_applications
 from chat_common.topology import Topology
+from chat_common.validation import MAX_NUMBER
 
 NUMBER = f"int(min=1, max={MAX_NUMBER})"
 
@@ -57,6 +62,7 @@ class Lifecycle:
     db: Database
     state: ProcessState
     slow_callback_ms: float = 0.0
+    streams: StreamHub | None = None  # live streams; their broker connection opens with the first stream
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def process_startup(self, scope: dict, event: dict) -> None:  # noqa: D102
@@ -70,6 +76,8 @@ class Lifecycle:
 
     async def process_shutdown(self, scope: dict, event: dict) -> None:  # noqa: D102
         self.state.draining = True
+        if self.streams is not None:  # usually ended already, when the server began shutting down (chat_api.worker)
+            await self.streams.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -87,11 +95,10 @@ def create_app(
 ) -> falcon.asgi.App:
     """Routes, media handlers, error handlers and middleware; nothing here opens a connection."""
     middleware = [] if lifecycle is None else [lifecycle]
+    # Rate limits are a tenant rule: ChatService.tenant applies them (per application, RATE_LIMIT_PER_SECOND or
+    # the tenant's own), with suspension and expired tokens.
     middleware += [RequestMetrics(), SizeLimits(settings.max_request_bytes), TokenShape()]
-    if settings.rate_limit_per_second:  # no per-request step at all when the limit is off
-        keys = RedisKeys(settings.redis_key_prefix)
-        middleware.append(RateLimit(service.idempotency.client, keys, settings.rate_limit_per_second))
-    app = falcon.asgi.App(middleware=middleware, response_type=SecureResponse)
+    app = StreamingApp(middleware=middleware, response_type=SecureResponse)
     handlers = media_handlers()
     app.req_options.media_handlers = handlers
     app.resp_options.media_handlers = handlers
@@ -104,10 +111,16 @@ def create_app(
     chat = f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}"
     app.add_route("/applications", applications)
     app.add_route("/applications/{token}", applications, suffix="item")
+    tenant_admin = TenantAdminResource(service, settings.admin_api_key)
+    for action in ("suspend", "resume", "rotate", "limits", "usage"):
+        path = "rotate-token" if action == "rotate" else action
+        app.add_route(f"/applications/{{token}}/{path}", tenant_admin, suffix=action)
     app.add_route("/applications/{token}/chats", chats)
     app.add_route(chat, chats, suffix="item")
     app.add_route(f"{chat}/messages", messages)
     app.add_route(f"{chat}/messages/search", MessageSearchResource(service))
+    streams = lifecycle.streams if lifecycle is not None else None
+    app.add_route(f"{chat}/messages/stream", MessageStreamResource(service, streams))
     app.add_route(f"{chat}/messages/{{message_number:{NUMBER}}}", messages, suffix="item")
     app.add_route("/healthz", HealthResource())
     state = lifecycle.state if lifecycle is not None else ProcessState(started=True)
@@ -122,51 +135,47 @@ def create_app(
 
 def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
     """Collaborators for one process (unconnected), the status checks over them, and their lifecycle."""
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
-    )
+    client = async_client(settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
     # Numbering's own client has no per-read timeout: its pipelined round trips are bounded as a whole (one timer
     # per round trip instead of one per reply).
-    numbering_client = redis.Redis.from_url(
+    numbering_client = async_client(
         settings.redis_url, socket_timeout=None, socket_connect_timeout=2, health_check_interval=10
     )
     db = Database(settings.database_url)
     keys = RedisKeys(settings.redis_key_prefix)
-    topology = Topology(settings.queue_prefix, settings.writer_retry_delays_seconds)
+    slot_tag(0)  # the slot-tag table (~0.1 s of CPU, once per process) is built now, never on the event loop
+    topology = Topology.from_settings(settings)
     publisher = ConfirmingPublisher(
         settings.rabbitmq_url, declare=topology.declare, timeout=settings.publish_timeout_seconds
     )
     repository = SqlRepository(db)
-    numbering = Numbering(numbering_client, keys, timeout=settings.redis_timeout_seconds)
+    # With replicas (Sentinel, Cluster), numbers and idempotency records are answered only once replicated.
+    replication = {
+        "replicas": settings.redis_replicas_to_ack,
+        "replica_timeout_ms": settings.redis_replica_ack_timeout_ms,
+    }
+    numbering = Numbering(numbering_client, keys, timeout=settings.redis_timeout_seconds, **replication)
     # The application lifecycle is shared with the operator and synchronous: the service runs it in threads,
     # over a small blocking pool of its own (it is admin work: rare, never on the create or read path).
     admin_engine = make_engine(settings.database_url, pool_size=2)
-    admin_redis = blocking_redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    recovery = NumberingRecovery(
+        client, keys, settings.rabbitmq_url, topology, settings.publish_timeout_seconds, NumberingMarker(db)
+    )
+    admin_redis = sync_client(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     service = ChatService(
         applications=build_applications(settings, admin_engine, admin_redis),
         repository=repository,
         numbering=numbering,
-        recovery=NumberingRecovery(
-            client,
-            keys,
-            settings.rabbitmq_url,
-            topology,
-            settings.publish_timeout_seconds,
-            NumberingMarker(db),
-        ),
+        recovery=recovery,
         publisher=publisher,
         topology=topology,
         search=build_search_reader(settings, db),
         # A claim outlives the longest a create can take (its publish timeout), then frees the key.
-        idempotency=IdempotencyStore(client, keys, claim_seconds=settings.publish_timeout_seconds + 2),
+        idempotency=IdempotencyStore(client, keys, claim_seconds=settings.publish_timeout_seconds + 2, **replication),
         stored_keys=StoredKeys(db),
-        limits=Limits(
-            max_name_chars=settings.max_name_chars,
-            max_body_chars=settings.max_body_chars,
-            default_page_size=settings.default_page_size,
-            max_page_size=settings.max_page_size,
-            max_query_chars=settings.max_query_chars,
-        ),
+        tenants=TenantDirectory(db, settings.tenant_cache_seconds, settings.tenant_cache_size),
+        rate_limiter=RedisRateLimiter(client, keys),
+        limits=Limits.from_settings(settings),
     )
 
     async def database() -> str:
@@ -179,10 +188,12 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
         return "ok" if publisher.is_ready else "unavailable"
 
     async def numbering_state() -> str:
-        return "open" if await client.exists(keys.epoch) else "recovering"
+        # Every slot that ever opened still has its epoch (a fresh system has none to check).
+        return "recovering" if await recovery.closed_slots() else "open"
 
     status_checks = {"database": database, "redis": cache, "rabbitmq": broker, "numbering": numbering_state}
     lifecycle = Lifecycle(service, [client, numbering_client], db, ProcessState(), settings.api_slow_callback_ms)
+    lifecycle.streams = build_hub(settings, db, client, keys, standing=service.token_standing)
     return service, status_checks, lifecycle
 
 

@@ -10,7 +10,7 @@ import orjson
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from chat_api.model import Conflict, Invalid, NotFound, Unavailable
+from chat_api.model import Conflict, Invalid, NotFound, RateLimited, Suspended, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,14 @@ async def _invalid(req, resp, exc, params) -> None:
 async def _conflict(req, resp, exc, params) -> None:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     raise falcon.HTTPConflict(description=str(exc), headers=headers)
+
+
+async def _suspended(req, resp, exc, params) -> None:
+    raise falcon.HTTPForbidden(description=str(exc))
+
+
+async def _rate_limited(req, resp, exc, params) -> None:
+    raise falcon.HTTPTooManyRequests(description=str(exc), retry_after=exc.retry_after)
 
 
 async def _unavailable(req, resp, exc, params) -> None:
@@ -60,4 +68,6 @@ def register(app: falcon.asgi.App) -> None:
     app.add_error_handler(Invalid, _invalid)
     app.add_error_handler(Conflict, _conflict)
     app.add_error_handler(Unavailable, _unavailable)
+    app.add_error_handler(Suspended, _suspended)
+    app.add_error_handler(RateLimited, _rate_limited)
     app.set_error_serializer(serialize_error)

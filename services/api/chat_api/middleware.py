@@ -1,4 +1,8 @@
-"""Middleware: request metrics, request and body size limits, token shape, per-token rate limit, security headers."""
+"""Middleware: request metrics, request and body size limits, token shape, security headers.
+
+Per-tenant rules (suspension, expired tokens, request rate) are not middleware: they live once, in
+:meth:`chat_api.services.ChatService.tenant`.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,9 @@ import time
 
 import falcon
 import falcon.asgi
-import redis.asyncio as redis
 from prometheus_client import Counter, Histogram
-from redis.exceptions import RedisError
 
 from chat_api.metrics_buffer import BUFFER
-from chat_common.keys import RedisKeys
 from chat_common.metrics import LATENCY_BUCKETS
 from chat_common.tenancy import TOKEN_SHAPE
 
@@ -109,33 +110,3 @@ class TokenShape:
         token = params.get("token")
         if token is not None and not TOKEN_SHAPE.fullmatch(token):
             raise falcon.HTTPNotFound(description="application not found")
-
-
-class RateLimit:
-    """Per-token limit: at most ``per_second`` requests in each wall-clock second, counted in Redis.
-
-    A fixed one-second window (one INCR per request) is shared by every API process; the excess gets 429
-    with ``Retry-After: 1``. When Redis cannot be reached the request goes through: the limiter protects
-    the system, it must not become the reason the API is down.
-    """
-
-    def __init__(self, client: redis.Redis, keys: RedisKeys, per_second: int) -> None:
-        self.client = client
-        self.keys = keys
-        self.per_second = per_second
-
-    async def process_resource(self, req, resp, resource, params: dict) -> None:  # noqa: D102
-        token = params.get("token")
-        if not self.per_second or token is None:
-            return
-        key = self.keys.rate_window(token, int(time.time()))
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                count = (await pipe.incr(key).expire(key, 2).execute())[0]
-        except RedisError as exc:
-            log.debug("rate limit not checked: %s", exc.__class__.__name__)
-            return
-        if count > self.per_second:
-            raise falcon.HTTPTooManyRequests(
-                description=f"more than {self.per_second} requests per second for this application", retry_after=1
-            )

@@ -16,6 +16,8 @@ __all__ = [
     "Message",
     "NotFound",
     "Page",
+    "RateLimited",
+    "Suspended",
     "Unavailable",
 ]
 
@@ -63,6 +65,18 @@ class Conflict(Exception):
     """The request collides with another one (same idempotency key); retry after ``retry_after`` s if given."""
 
     def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Suspended(Exception):
+    """The application is suspended: its tokens are refused (403) until it is resumed; nothing was deleted."""
+
+
+class RateLimited(Exception):
+    """The application made more requests this second than its limit allows (429, retry after ``retry_after``)."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

@@ -24,16 +24,19 @@ from chat_api.adapters.idempotency import Claim, Recorded
 from chat_api.adapters.numbering import Allocation
 from chat_api.adapters.search import SearchReader  # the one definition of that port; re-exported here
 from chat_api.model import Application, Chat, Message
+from chat_common.tenancy import TenantLimits, Usage
 
 __all__ = [
     "Applications",
     "IdempotencyPort",
     "NumberingPort",
     "Publisher",
+    "RateLimiterPort",
     "RecoveryPort",
     "Repository",
     "SearchReader",
     "StoredKeysPort",
+    "TenantDirectoryPort",
 ]
 
 
@@ -92,32 +95,38 @@ class NumberingPort(Protocol):
     """Atomic numbering and edit versions (adapter: ``Numbering``, Redis + Lua).
 
     Every call answers an :class:`Allocation` whose ``status`` is one of ``chat_api.adapters.numbering``'s codes
-    (OK, APPLICATION_NOT_LOADED, CHAT_NOT_LOADED, RECOVERING, NOT_FOUND) and whose ``epoch`` is the numbering
-    epoch it ran under (``<id>:fresh|recovered:<unix time>``, '' while numbering is closed).
+    (OK, APPLICATION_NOT_LOADED, CHAT_NOT_LOADED, RECOVERING, NOT_FOUND, LIMIT_REACHED) and whose ``epoch`` is the
+    numbering epoch it ran under (``<id>:fresh|recovered:<unix time>``, '' while numbering is closed). Counters are
+    keyed by application id: every token of an application numbers into one sequence.
     """
 
-    async def new_chat(self, token: str) -> Allocation:
-        """Allocate the application's next chat number."""
+    async def new_chat(self, application_id: int, max_chats: int = 0) -> Allocation:
+        """Allocate the application's next chat number; LIMIT_REACHED (no number taken) at ``max_chats``."""
         ...
 
-    async def new_message(self, token: str, chat_number: int) -> Allocation:
+    async def new_message(self, application_id: int, chat_number: int) -> Allocation:
         """Allocate the chat's next message number."""
         ...
 
-    async def edit_chat(self, token: str, chat_number: int) -> Allocation:
+    async def edit_chat(self, application_id: int, chat_number: int) -> Allocation:
         """Check the chat exists and stamp a rename with a fresh version."""
         ...
 
-    async def edit_message(self, token: str, chat_number: int, message_number: int) -> Allocation:
+    async def edit_message(self, application_id: int, chat_number: int, message_number: int) -> Allocation:
         """Check the message exists and stamp an edit with a fresh version."""
         ...
 
-    async def load_application(self, token: str, epoch: str, application_id: int, last_chat_number: int) -> bool:
-        """Seed an application's counters; refused (False) if the epoch changed meanwhile."""
+    async def load_application(
+        self, application_id: int, epoch: str, last_chat_number: int, legacy_token: str = ""
+    ) -> bool:
+        """Seed an application's counters (never below the pre-upgrade per-token counters of ``legacy_token``);
+        refused (False) if the epoch changed meanwhile."""
         ...
 
-    async def load_chat(self, token: str, epoch: str, chat_number: int, last_message_number: int) -> bool:
-        """Seed one chat's message counter; refused (False) if the epoch changed meanwhile."""
+    async def load_chat(
+        self, application_id: int, epoch: str, chat_number: int, last_message_number: int, legacy_token: str = ""
+    ) -> bool:
+        """Seed one chat's message counter (as :meth:`load_application`); refused if the epoch changed."""
         ...
 
     async def ping(self) -> bool:
@@ -151,15 +160,16 @@ class Publisher(Protocol):
 class IdempotencyPort(Protocol):
     """Claims and records of idempotency keys (adapter: ``IdempotencyStore``, Redis)."""
 
-    async def claim(self, token: str, scope: str, key: str) -> Claim:
-        """Claim the key, or return what an earlier request recorded; ``KeyInUse`` while another holds it."""
+    async def claim(self, application_id: int, scope: str, key: str) -> Claim:
+        """Claim the key (per application: all its tokens), or return what an earlier request recorded;
+        ``KeyInUse`` while another holds it."""
         ...
 
-    async def record(self, token: str, scope: str, key: str, outcome: Recorded) -> None:
+    async def record(self, application_id: int, scope: str, key: str, outcome: Recorded) -> None:
         """Remember what the claimed key was given."""
         ...
 
-    async def release(self, token: str, scope: str, key: str) -> None:
+    async def release(self, application_id: int, scope: str, key: str) -> None:
         """Give a claimed key back (no number was given)."""
         ...
 
@@ -168,7 +178,7 @@ class IdempotencyPort(Protocol):
 class StoredKeysPort(Protocol):
     """The keys the writers stored beside the rows (adapter: ``StoredKeys``, MySQL)."""
 
-    async def find(self, token: str, chat_number: int, key: str) -> Recorded | None:
+    async def find(self, application_id: int, chat_number: int, key: str) -> Recorded | None:
         """What a create with this key (in this chat, or 0 for chats) was given, if it was written."""
         ...
 
@@ -177,8 +187,8 @@ class StoredKeysPort(Protocol):
 class RecoveryPort(Protocol):
     """Re-opening numbering after the numbering store lost its data (adapter: ``NumberingRecovery``)."""
 
-    async def attempt(self) -> bool:
-        """One bounded attempt; True when numbering is open (again)."""
+    async def attempt(self, application_id: int) -> bool:
+        """One bounded attempt for the application's hash slot; True when its numbering is open (again)."""
         ...
 
 
@@ -208,4 +218,44 @@ class Applications(Protocol):
 
     def delete(self, token: str, batch_size: int = 5000) -> int | None:
         """Delete it with everything in it; the number of messages deleted, or None when unknown."""
+        ...
+
+    def set_suspended(self, application_id: int, suspended: bool) -> Application | None:
+        """Suspend or resume; the application after, None when it is gone."""
+        ...
+
+    def rotate_token(
+        self, application_id: int, grace_seconds: int = 86_400, generation: int | None = None
+    ) -> tuple[Application | None, bool]:
+        """A new token; the former one works ``grace_seconds`` more. ``(application, rotated)``."""
+        ...
+
+    def set_limits(self, application_id: int, limits: TenantLimits) -> Application | None:
+        """Set the per-tenant limits; None when the application is gone."""
+        ...
+
+    def usage(self, application_id: int) -> Usage | None:
+        """Chats, messages, last activity and state; None when the application is gone."""
+        ...
+
+
+@runtime_checkable
+class TenantDirectoryPort(Protocol):
+    """token -> application, cached per process with bounded staleness (adapter: ``TenantDirectory``)."""
+
+    async def lookup(self, token: str, fresh: bool = False) -> Application | None:
+        """The application the token names now (current token, or former one in its grace period), or None."""
+        ...
+
+    def invalidate(self, token: str) -> None:
+        """Forget what is cached for a token."""
+        ...
+
+
+@runtime_checkable
+class RateLimiterPort(Protocol):
+    """Per-application request counting in one-second windows (adapter: ``RedisRateLimiter``)."""
+
+    async def admit(self, application_id: int, limit: int) -> bool:
+        """Count this request; False when it is over ``limit`` in the current second."""
         ...

@@ -6,6 +6,11 @@ return — so a number is reported only for a write the broker has durably accep
 
 Everything here runs on the worker's event loop. The application lifecycle (:mod:`chat_common.tenancy`, shared
 with the operator, synchronous) is rare admin work and runs in a worker thread, never on the loop.
+
+Every tenant-scoped call first resolves its token through :meth:`ChatService.tenant` — the one place of the tenant
+rules (unknown or expired token 404, suspended 403, per-tenant request rate 429) — from the per-process tenant
+directory (no MySQL query per request). The per-tenant ``maxChats`` and ``maxMessageBytes`` are checked where chats
+and messages are created (422). Admin operations do not go through it: they work on suspended tenants too.
 """
 
 from __future__ import annotations
@@ -23,29 +28,44 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from chat_api.adapters import numbering as codes
 from chat_api.adapters.idempotency import KeyInUse, Recorded
 from chat_api.adapters.numbering import Allocation
-from chat_api.adapters.publisher import PublishError
+from chat_api.adapters.publisher import PublishError, stamp_numbering
 from chat_api.adapters.recovery import keys_may_be_forgotten
 from chat_api.metrics_buffer import BUFFER
-from chat_api.model import Application, Chat, Conflict, DatabaseUnavailable, Message, NotFound, Page, Unavailable
+from chat_api.model import (
+    Application,
+    Chat,
+    Conflict,
+    DatabaseUnavailable,
+    Invalid,
+    Message,
+    NotFound,
+    Page,
+    RateLimited,
+    Suspended,
+    Unavailable,
+)
 from chat_api.ports import (
     Applications,
     IdempotencyPort,
     NumberingPort,
     Publisher,
+    RateLimiterPort,
     RecoveryPort,
     Repository,
     SearchReader,
     StoredKeysPort,
+    TenantDirectoryPort,
 )
 from chat_common import metrics
+from chat_common.config import Settings
 from chat_common.contracts import ChatUpsert, MessageUpsert
 from chat_common.idempotency import check_idempotency_key, fingerprint
 from chat_common.search import SearchUnavailable
+from chat_common.tenancy import DEFAULT_GRACE_SECONDS, TenantLimits, Usage, check_grace_seconds
 from chat_common.topology import Topology
 from chat_common.validation import clean_body, clean_name
 
 MAX_PAGE = 100_000
-MAX_NUMBER = 4_294_967_295  # chat and message numbers are unsigned 32-bit columns
 
 
 class Keyed(NamedTuple):
@@ -57,13 +77,19 @@ class Keyed(NamedTuple):
 
 @dataclass(frozen=True)
 class Limits:
-    """The product's input limits."""
+    """The product's input limits, as configured (:class:`~chat_common.config.Settings` holds the defaults)."""
 
-    max_name_chars: int = 255
-    max_body_chars: int = 10_000
-    default_page_size: int = 20
-    max_page_size: int = 100
-    max_query_chars: int = 200
+    max_name_chars: int = Settings.max_name_chars
+    max_body_chars: int = Settings.max_body_chars
+    default_page_size: int = Settings.default_page_size
+    max_page_size: int = Settings.max_page_size
+    max_query_chars: int = Settings.max_query_chars
+    rate_limit_per_second: int = Settings.rate_limit_per_second  # default per tenant; a tenant's own overrides
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits of a running configuration."""
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
 
 
 class ChatService:
@@ -86,6 +112,8 @@ class ChatService:
         search: SearchReader,
         idempotency: IdempotencyPort,
         stored_keys: StoredKeysPort,
+        tenants: TenantDirectoryPort,
+        rate_limiter: RateLimiterPort,
     ) -> None:
         self.applications = applications
         self.repository = repository
@@ -97,6 +125,8 @@ class ChatService:
         self.search = search
         self.idempotency = idempotency
         self.stored_keys = stored_keys
+        self.tenants = tenants
+        self.rate_limiter = rate_limiter
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _name(self, value: object) -> str:
@@ -123,33 +153,100 @@ class ChatService:
         rows = await fetch(offset, per_page + 1)
         return Page(rows[:per_page], page, per_page, has_next=len(rows) > per_page)
 
-    async def _application(self, token: str) -> Application:
-        application = await asyncio.to_thread(self.applications.find, token)
-        if application is None:
-            raise NotFound("application not found")
+    # -- tenants ---------------------------------------------------------------------------------------------
+    async def tenant(self, token: str, fresh: bool = False) -> Application:
+        """The application a token names, if that token may be served now: the tenant rules, in one place.
+
+        Unknown token, or a rotated-away one past its grace period: 404 (:class:`NotFound`, the same answer, so
+        an expired token tells nothing). Suspended: :class:`Suspended` (403). Over the tenant's requests per second
+        (its own limit, else ``RATE_LIMIT_PER_SECOND``): :class:`RateLimited` (429). Resolved from the tenant
+        directory (cached per process, bounded staleness); ``fresh`` asks MySQL (reads of the application itself).
+        """
+        application = await self.tenants.lookup(token, fresh)
+        refusal = self._refusal(token, application)
+        if refusal is not None:
+            if refusal[0] != "unknown":
+                BUFFER.inc(metrics.TENANT_REFUSALS, refusal[0])
+            raise refusal[1]
+        limit = application.limits.requests_per_second or self.limits.rate_limit_per_second
+        if limit and not await self.rate_limiter.admit(application.id, limit):
+            BUFFER.inc(metrics.TENANT_REFUSALS, "rate_limited")
+            raise RateLimited(f"more than {limit} requests per second for this application", retry_after=1)
         return application
 
+    @staticmethod
+    def _refusal(token: str, application: Application | None) -> tuple[str, NotFound | Suspended] | None:
+        """Why this token may not be served now (reason, error), or None: the 404 and 403 rules of :meth:`tenant`."""
+        if application is None:
+            return "unknown", NotFound("application not found")
+        if token != application.token and not application.previous_token_valid(time.time()):
+            return "expired_token", NotFound("application not found")
+        if application.suspended:
+            return "suspended", Suspended("application suspended")
+        return None
+
+    async def token_standing(self, token: str) -> tuple[str, str] | None:
+        """For open live streams: ``(reason, error)`` when the token may no longer be served, else None.
+
+        The rules of :meth:`tenant` (one place: :meth:`_refusal`) over the same cached directory, without the
+        request rate (a stream re-checked by the hub's ticker is not a request). MySQL unreachable with nothing
+        cached: None — a stream is not cut because the check could not be made; the next round checks again.
+        """
+        try:
+            application = await self.tenants.lookup(token)
+        except DatabaseUnavailable:
+            return None
+        refusal = self._refusal(token, application)
+        return None if refusal is None else (refusal[0], str(refusal[1]))
+
+    async def _read(self, token: str, read: Callable[[Application], Awaitable]):
+        """A MySQL read of a tenant's data (by its current token); once more if a rotation made the cache stale.
+
+        The directory may still hold an entry from before a rotation (at most its staleness bound): the read then
+        names the token the row no longer has. Asking the directory afresh and reading again closes that window.
+        """
+        application = await self.tenant(token)
+        try:
+            return await read(application)
+        except NotFound as exc:
+            if str(exc) != "application not found":
+                raise
+            fresh = await self.tenants.lookup(token, True)
+            if fresh is None or fresh.token == application.token:
+                raise
+            return await read(fresh)
+
+    def _check_message_bytes(self, application: Application, body: str) -> None:
+        limit = application.limits.max_message_bytes
+        if limit and len(body.encode()) > limit:
+            BUFFER.inc(metrics.TENANT_REFUSALS, "max_message_bytes")
+            raise Invalid(f"body is larger than this application's limit of {limit} bytes (UTF-8)")
+
     async def _allocate(
-        self, call: Callable[[], Awaitable[Allocation]], token: str, chat_number: int = 0
+        self, call: Callable[[], Awaitable[Allocation]], application: Application, chat_number: int = 0
     ) -> Allocation:
         """Run a numbering script, loading counters from MySQL or waiting out a recovery as needed."""
+        legacy = application.previous_token or application.token  # the token the pre-upgrade counters are under
         try:
             for _ in range(5):
+                stamp_numbering()  # the message publishing this number carries the time (numbering recovery)
                 allocation = await call()
                 if allocation.status == codes.OK:
                     return allocation
                 if allocation.status == codes.NOT_FOUND:
                     raise NotFound("chat not found" if chat_number else "application not found")
+                if allocation.status == codes.LIMIT_REACHED:
+                    BUFFER.inc(metrics.TENANT_REFUSALS, "max_chats")
+                    raise Invalid(f"this application has reached its limit of {application.limits.max_chats} chats")
                 if allocation.status == codes.RECOVERING:
-                    if not await self.recovery.attempt():
+                    if not await self.recovery.attempt(application.id):
                         raise Unavailable("numbering is recovering after a cache restart", retry_after=1)
                 elif allocation.status == codes.APPLICATION_NOT_LOADED:
-                    application = await self._application(token)
                     last = await self.repository.last_chat_number(application.id)
-                    await self.numbering.load_application(token, allocation.epoch, application.id, last)
+                    await self.numbering.load_application(application.id, allocation.epoch, last, legacy)
                 elif allocation.status == codes.CHAT_NOT_LOADED:
-                    last = await self.repository.last_message_number(allocation.application_id, chat_number)
-                    await self.numbering.load_chat(token, allocation.epoch, chat_number, last)
+                    last = await self.repository.last_message_number(application.id, chat_number)
+                    await self.numbering.load_chat(application.id, allocation.epoch, chat_number, last, legacy)
         except (RedisError, TimeoutError) as exc:
             raise Unavailable(f"numbering store unavailable: {exc.__class__.__name__}") from None
         except (OperationalError, InterfaceError):
@@ -166,7 +263,7 @@ class ChatService:
 
     async def _create_once(
         self,
-        token: str,
+        application: Application,
         chat_number: int,
         text: str,
         key: str | None,
@@ -176,18 +273,21 @@ class ChatService:
         """Number a create and publish it; with an idempotency key, a repeat re-publishes the same number.
 
         Returns ``(number, replayed)``. Re-publishing is safe: the writers' upsert ignores a create it already has.
+        Keys are per application, so a retry with the new token of a create made with the old one replays.
         A key Redis does not know is looked up in MySQL while Redis may have forgotten it (see
         :mod:`chat_api.adapters.idempotency`), so a retry across a Redis loss still answers the first number.
         """
         if key is None:
-            allocation = await self._allocate(allocate, token, chat_number)
+            allocation = await self._allocate(allocate, application, chat_number)
             await publish(allocation.application_id, allocation.value, None)
             return allocation.value, False
         check_idempotency_key(key)
+        app_id = application.id
         scope = f"chats/{chat_number}/messages" if chat_number else "chats"
         keyed = Keyed(key, fingerprint(text))
+        stamp_numbering()  # a replay re-publishes a number this claim finds: stamped before it was read
         try:
-            claim = await self.idempotency.claim(token, scope, key)
+            claim = await self.idempotency.claim(app_id, scope, key)
         except KeyInUse as busy:
             raise Conflict(
                 f"a request with this Idempotency-Key is still in progress; retry in {busy.retry_after} s",
@@ -198,13 +298,13 @@ class ChatService:
         try:
             earlier = claim.earlier
             if earlier is None and keys_may_be_forgotten(claim.epoch, time.time()):
-                earlier = await self.stored_keys.find(token, chat_number, key)
+                earlier = await self.stored_keys.find(app_id, chat_number, key)
                 if earlier is not None:  # back into Redis, so that further retries stay off MySQL
-                    await self.idempotency.record(token, scope, key, earlier)
+                    await self.idempotency.record(app_id, scope, key, earlier)
             if earlier is None:
-                allocation = await self._allocate(allocate, token, chat_number)
+                allocation = await self._allocate(allocate, application, chat_number)
                 earlier = Recorded(allocation.application_id, allocation.value, keyed.fingerprint)
-                await self.idempotency.record(token, scope, key, earlier)
+                await self.idempotency.record(app_id, scope, key, earlier)
                 replayed = False
             else:
                 replayed = True
@@ -213,7 +313,7 @@ class ChatService:
             # reported stays the one that stopped the create, never the cleanup's.
             if claim.earlier is None:
                 with contextlib.suppress(RedisError):
-                    await self.idempotency.release(token, scope, key)
+                    await self.idempotency.release(app_id, scope, key)
             if isinstance(exc, RedisError):
                 raise Unavailable(f"numbering store unavailable: {exc.__class__.__name__}") from None
             raise
@@ -228,8 +328,8 @@ class ChatService:
         return await asyncio.to_thread(self.applications.create, name, idempotency_key)
 
     async def get_application(self, token: str) -> Application:
-        """The application behind a token."""
-        return await self._application(token)
+        """The application behind a token (read afresh: a rename shows at once)."""
+        return await self.tenant(token, fresh=True)
 
     async def list_applications(self, page: int = 1, per_page: int | None = None) -> Page:
         """A page of applications in creation order."""
@@ -239,42 +339,111 @@ class ChatService:
 
     async def rename_application(self, token: str, name: object) -> Application:
         """Set an application's name."""
+        await self.tenant(token)
         application = await asyncio.to_thread(self.applications.rename, token, name)
+        self.tenants.invalidate(token)
         if application is None:
             raise NotFound("application not found")
         return application
 
     async def delete_application(self, token: str) -> int:
-        """Delete an application and everything in it; returns how many messages went with it."""
+        """Delete an application and everything in it; returns how many messages went with it (admin)."""
         deleted = await asyncio.to_thread(self.applications.delete, token)
+        self.tenants.invalidate(token)
         if deleted is None:
             raise NotFound("application not found")
         return deleted
 
+    # -- tenant management (admin: works on suspended tenants too) -------------------------------------------
+    async def _admin_find(self, token: str) -> Application:
+        application = await asyncio.to_thread(self.applications.find, token)
+        if application is None:
+            raise NotFound("application not found")
+        return application
+
+    def _changed(self, token: str, application: Application | None) -> Application:
+        # This process sees the change at once; the others within the directory's staleness bound.
+        self.tenants.invalidate(token)
+        if application is not None:
+            self.tenants.invalidate(application.token)
+        if application is None:
+            raise NotFound("application not found")
+        return application
+
+    async def admin_application(self, token: str) -> Application:
+        """An application with its state, limits and token rotation, whatever its state (admin)."""
+        return await self._admin_find(token)
+
+    async def suspend_application(self, token: str, suspended: bool) -> Application:
+        """Suspend (its tokens answer 403; nothing is deleted) or resume an application (admin)."""
+        found = await self._admin_find(token)
+        application = await asyncio.to_thread(self.applications.set_suspended, found.id, suspended)
+        if application is not None and found.suspended != suspended:
+            metrics.TENANT_SUSPENSIONS.labels("suspend" if suspended else "resume", "api").inc()
+        return self._changed(token, application)
+
+    async def rotate_token(self, token: str, grace_seconds: object = None) -> Application:
+        """Give the application a new token; the current one keeps working ``grace_seconds`` (default 24 h) (admin).
+
+        Chats, messages, counters, numbering and search documents stay with the application.
+        """
+        grace = check_grace_seconds(DEFAULT_GRACE_SECONDS if grace_seconds is None else grace_seconds)
+        found = await self._admin_find(token)
+        application, _ = await asyncio.to_thread(self.applications.rotate_token, found.id, grace)
+        if application is not None:
+            metrics.TENANT_ROTATIONS.labels("api").inc()
+        return self._changed(token, application)
+
+    async def set_limits(self, token: str, limits: object, merge: bool = False) -> Application:
+        """Set the tenant's limits (``merge``: only the ones given; else the ones not given return to the default)."""
+        found = await self._admin_find(token)
+        if limits is None:
+            raise Invalid("send the limits in the body")
+        if merge and isinstance(limits, dict):
+            limits = {**found.limits.public(), **limits}
+        parsed = TenantLimits.parse(limits)
+        return self._changed(token, await asyncio.to_thread(self.applications.set_limits, found.id, parsed))
+
+    async def usage(self, token: str) -> Usage:
+        """Chats and messages (as of the last count sync), last activity and state (admin)."""
+        found = await self._admin_find(token)
+        usage = await asyncio.to_thread(self.applications.usage, found.id)
+        if usage is None:
+            raise NotFound("application not found")
+        return usage
+
     # -- chats -----------------------------------------------------------------------------------------------
     async def create_chat(self, token: str, name: object, idempotency_key: str | None = None) -> tuple[int, bool]:
         """Number a new chat and hand its row to the chat-writer; returns (chat number, replayed)."""
+        application = await self.tenant(token)
         name = self._name(name)
         queue = self.topology.chats.name
+        max_chats = application.limits.max_chats or 0
         return await self._create_once(
-            token,
+            application,
             0,
             name,
             idempotency_key,
-            lambda: self.numbering.new_chat(token),
+            lambda: self.numbering.new_chat(application.id, max_chats),
             lambda app, n, keyed: self._publish(queue, ChatUpsert(app, n, name, 0, *(keyed or ())).encode()),
         )
 
     async def get_chat(self, token: str, chat_number: int) -> Chat:
         """One chat."""
-        return await self.repository.find_chat(token, chat_number)
+        return await self._read(token, lambda app: self.repository.find_chat(app.token, chat_number))
 
     async def list_chats(
         self, token: str, page: int = 1, per_page: int | None = None, after: int | None = None
     ) -> Page:
         """A page of an application's chats in number order (after chat ``after`` when given)."""
-        return await self._page(
-            lambda offset, limit: self.repository.list_chats(token, after or 0, offset, limit), page, per_page, after
+        return await self._read(
+            token,
+            lambda app: self._page(
+                lambda offset, limit: self.repository.list_chats(app.token, after or 0, offset, limit),
+                page,
+                per_page,
+                after,
+            ),
         )
 
     async def rename_chat(self, token: str, chat_number: int, name: object) -> tuple[Chat, bool]:
@@ -284,13 +453,16 @@ class ChatService:
         applied to the row in this request, so the next read sees it. ``applied`` is False when the row is not
         written yet (or the database is unreachable): the queued edit is applied after the create, by version.
         """
+        application = await self.tenant(token)
         name = self._name(name)
-        allocation = await self._allocate(lambda: self.numbering.edit_chat(token, chat_number), token, chat_number)
+        allocation = await self._allocate(
+            lambda: self.numbering.edit_chat(application.id, chat_number), application, chat_number
+        )
         change = ChatUpsert(allocation.application_id, chat_number, name, allocation.value)
         await self._publish(self.topology.chats.name, change.encode())
         try:
             await self.repository.rename_chat(allocation.application_id, chat_number, name, allocation.value)
-            return await self.repository.find_chat(token, chat_number), True
+            return await self.repository.find_chat(application.token, chat_number), True
         except (NotFound, DatabaseUnavailable):
             return Chat(chat_number, name, 0), False
 
@@ -299,14 +471,16 @@ class ChatService:
         self, token: str, chat_number: int, body: object, idempotency_key: str | None = None
     ) -> tuple[int, bool]:
         """Number a new message and hand it to the message-writer; returns (message number, replayed)."""
+        application = await self.tenant(token)
         body = self._body(body)
+        self._check_message_bytes(application, body)
         queue = self.topology.messages.name
         return await self._create_once(
-            token,
+            application,
             chat_number,
             body,
             idempotency_key,
-            lambda: self.numbering.new_message(token, chat_number),
+            lambda: self.numbering.new_message(application.id, chat_number),
             lambda app, n, keyed: self._publish(
                 queue, MessageUpsert(app, chat_number, n, body, 0, *(keyed or ())).encode()
             ),
@@ -314,17 +488,20 @@ class ChatService:
 
     async def get_message(self, token: str, chat_number: int, message_number: int) -> Message:
         """One message."""
-        return await self.repository.find_message(token, chat_number, message_number)
+        return await self._read(token, lambda app: self.repository.find_message(app.token, chat_number, message_number))
 
     async def list_messages(
         self, token: str, chat_number: int, page: int = 1, per_page: int | None = None, after: int | None = None
     ) -> Page:
         """A page of a chat's messages in number order (after message ``after`` when given)."""
-        return await self._page(
-            lambda offset, limit: self.repository.list_messages(token, chat_number, after or 0, offset, limit),
-            page,
-            per_page,
-            after,
+        return await self._read(
+            token,
+            lambda app: self._page(
+                lambda offset, limit: self.repository.list_messages(app.token, chat_number, after or 0, offset, limit),
+                page,
+                per_page,
+                after,
+            ),
         )
 
     async def edit_message(
@@ -334,9 +511,11 @@ class ChatService:
 
         The queued copy of the edit also brings the search index up to date (after the row, asynchronously).
         """
+        application = await self.tenant(token)
         body = self._body(body)
+        self._check_message_bytes(application, body)
         allocation = await self._allocate(
-            lambda: self.numbering.edit_message(token, chat_number, message_number), token, chat_number
+            lambda: self.numbering.edit_message(application.id, chat_number, message_number), application, chat_number
         )
         change = MessageUpsert(allocation.application_id, chat_number, message_number, body, allocation.value)
         await self._publish(self.topology.messages.name, change.encode())
@@ -344,7 +523,7 @@ class ChatService:
             await self.repository.edit_message(
                 allocation.application_id, chat_number, message_number, body, allocation.value
             )
-            return await self.repository.find_message(token, chat_number, message_number), True
+            return await self.repository.find_message(application.token, chat_number, message_number), True
         except (NotFound, DatabaseUnavailable):
             return Message(message_number, body), False
 
@@ -354,8 +533,9 @@ class ChatService:
         """Messages of one chat containing ``query`` (a fragment, case-insensitive), best matches first.
 
         The query's shape (present, not blank, not too long) is checked where it is parsed, in the resource.
+        Search documents are keyed by application id, so they follow the application through token rotations.
         """
-        application_id = await self.repository.locate(token, chat_number)
+        application_id = await self._read(token, lambda app: self.repository.locate(app.token, chat_number))
         started = time.perf_counter()
         try:
             result = await self._page(
@@ -367,3 +547,15 @@ class ChatService:
             raise Unavailable(f"search unavailable: {exc}", retry_after=5) from None
         BUFFER.observe(metrics.SEARCH_SECONDS, time.perf_counter() - started, self.search.name)
         return result
+
+    # -- live streams (chat_api.streams) ---------------------------------------------------------------------
+    async def stream_position(self, token: str, chat_number: int, after: int | None) -> tuple[int, int]:
+        """Where a live stream of a chat starts: ``(application id, last message number the client has)``.
+
+        The same tenant rules and the same 404 as every chat route (the chat must belong to the token's
+        application). Without ``after`` the stream starts after the chat's newest stored message.
+        """
+        application_id = await self._read(token, lambda app: self.repository.locate(app.token, chat_number))
+        if after is None:
+            after = await self.repository.last_message_number(application_id, chat_number)
+        return application_id, after

@@ -7,7 +7,6 @@ import logging
 import signal
 import time
 
-import redis
 from prometheus_client import CollectorRegistry, Gauge
 
 from chat_common import logs
@@ -15,6 +14,7 @@ from chat_common.config import Settings
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
 from chat_common.metrics import push_metrics
+from chat_common.redis_client import sync_client
 from counter_cron.sync import CountSync
 
 log = logging.getLogger("counter_cron")
@@ -66,7 +66,7 @@ def main() -> None:
     logs.configure()
     settings = Settings.from_env()
     engine = make_engine(settings.database_url, pool_size=1)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    client = sync_client(settings.redis_url, socket_timeout=10)
     stop = False
 
     def request_stop(*_: object) -> None:

@@ -2,6 +2,15 @@
 
 A message can arrive before its chat's row (the chat-writer is a separate consumer): it goes to a
 delayed-retry queue, never dropped. A message for an application that no longer exists is dead-lettered.
+
+After the commit the rows are announced to the API's live streams (``chat_common.announcements``), at least once:
+every create, and every edit whose version is the one stored once the batch is applied — including a row already
+stored with that very version, which is what a redelivered batch finds when its writer died between the commit and
+the announcement (a stream drops numbers it has delivered and edits it has seen). Never announced: an edit the
+stored row already outdoes (an older edit arriving late), which a stream would show as the newest body. Telling
+them apart costs one locking read of the batch's rows right after the upsert (the rows are locked by it already),
+made only for batches that may hold such rows: edits, and deliveries seen before (redelivered, retried). A create
+is then announced with the row's stored body (an edit that got there first wins).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from sqlalchemy import case, func, literal_column, select, tuple_
 from sqlalchemy.dialects.mysql import insert
 from sqlalchemy.exc import IntegrityError
 
+from chat_common.announcements import Committed
 from chat_common.consumer import BatchResult, Delivery, decode_batch
 from chat_common.contracts import ContractError, MessageUpsert
 from chat_common.idempotency import store_keys
@@ -37,6 +47,36 @@ UPSERT_MESSAGES = _upsert.on_duplicate_key_update(
 )
 
 ChatKey = tuple[int, int]  # (application id, chat number)
+RowKey = tuple[int, int]  # (chat row id, message number)
+
+
+def may_be_stored(changes: Sequence[tuple[Delivery, MessageUpsert]]) -> bool:
+    """Whether a batch may hold upserts the stored rows outdo or equal: edits, and deliveries seen before.
+
+    A first delivery of a create (version 0) is new unless it is a duplicate publish (announcing that again is
+    harmless), so such batches — nearly all of them — skip the read of the stored rows.
+    """
+    return any(d.redelivered or d.attempt or c.version for d, c in changes)
+
+
+def to_announce(
+    applied: Sequence[tuple[int, MessageUpsert]], stored: dict[RowKey, tuple[int, str]] | None
+) -> list[Committed]:
+    """What to announce of the applied upserts, given the rows as stored after the upsert (None: not read).
+
+    Creates: always, with the stored body. Edits: when their version is the stored one (newly applied, or already
+    stored by a run of this batch that died before announcing). Edits older than the stored row: never.
+    """
+    announced = []
+    for cid, c in applied:
+        row = stored.get((cid, c.message_number)) if stored is not None else None
+        if row is None:  # not read: as delivered
+            announced.append(Committed(c.application_id, c.chat_number, c.message_number, c.body, c.version))
+        elif c.version == 0:
+            announced.append(Committed(c.application_id, c.chat_number, c.message_number, row[1], 0))
+        elif c.version == row[0]:
+            announced.append(Committed(c.application_id, c.chat_number, c.message_number, c.body, c.version))
+    return announced
 
 
 class ChatIdCache:
@@ -99,6 +139,25 @@ class MessageBatchWriter:
                 self.chat_ids.put(key, row.id)
         return found
 
+    @staticmethod
+    def _stored(conn, rows: Sequence[RowKey]) -> dict[RowKey, tuple[int, str]]:
+        """``(version, body)`` of these rows as this transaction's upsert left them.
+
+        A locking read: a plain one would answer from the transaction's snapshot, older than a concurrent writer's
+        newer edit that the upsert kept. The upsert holds these rows' locks already, so it waits for nobody.
+        """
+        found: dict[RowKey, tuple[int, str]] = {}
+        unique = list(dict.fromkeys(rows))
+        for start in range(0, len(unique), 500):
+            query = (
+                select(messages.c.chat_id, messages.c.number, messages.c.version, messages.c.body)
+                .where(tuple_(messages.c.chat_id, messages.c.number).in_(unique[start : start + 500]))
+                .with_for_update()
+            )
+            for row in conn.execute(query):
+                found[(row.chat_id, row.number)] = (row.version, row.body)
+        return found
+
     def __call__(self, deliveries: Sequence[Delivery]) -> BatchResult:
         """Write every applicable message of the batch in one transaction."""
         max_chars = self.context.settings.max_body_chars
@@ -106,6 +165,7 @@ class MessageBatchWriter:
         if not changes:
             return result
         applied: list[tuple[int, MessageUpsert]] = []
+        stored: dict[RowKey, tuple[int, str]] | None = None
         try:
             with self.context.engine.begin() as conn:
                 chat_ids = self._resolve(conn, {(c.application_id, c.chat_number) for _, c in changes})
@@ -131,6 +191,8 @@ class MessageBatchWriter:
                             for cid, c in applied
                         ],
                     )
+                    if self.context.announcer is not None and may_be_stored(changes):
+                        stored = self._stored(conn, [(cid, c.message_number) for cid, c in applied])
                     store_keys(
                         conn,
                         (
@@ -150,6 +212,9 @@ class MessageBatchWriter:
             self.chat_ids.clear()
             raise
         if applied:
+            if self.context.announcer is not None:  # committed: live streams may show these rows now
+                self.context.announcer.committed(to_announce(applied, stored))
+                self.context.announcer.flush()  # at once, before the dirty marks and search (never raises)
             self.context.redis.sadd(self.context.keys.dirty_chats, *{cid for cid, _ in applied})
             if self.indexer is not None:
                 self.indexer.after_commit(applied)

@@ -21,19 +21,22 @@ import redis.asyncio as redis
 from sqlalchemy import bindparam, func, select, text
 
 from chat_api.adapters.database import Database
+from chat_api.adapters.pipelining import PipelinedScript
 from chat_common.idempotency import KEY_LIFETIME_SECONDS
 from chat_common.keys import RedisKeys
-from chat_common.tables import applications, idempotency_keys
+from chat_common.tables import idempotency_keys
 
 PENDING = "pending"
 
-# KEYS: idempotency key, numbering epoch   ARGV: claim milliseconds
+# KEYS: idempotency key, the numbering epoch of the application's slot (one hash slot)   ARGV: claim milliseconds
 # Returns {claimed (1/0), recorded value or '', epoch or '', milliseconds the pending claim still holds}.
 _CLAIM = """
 local epoch = redis.call('GET', KEYS[2]) or ''
 if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then return {1, '', epoch, 0} end
 return {0, redis.call('GET', KEYS[1]), epoch, redis.call('PTTL', KEYS[1])}
 """
+# KEYS: idempotency key   ARGV: value, lifetime seconds
+_RECORD = "return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +67,31 @@ class KeyInUse(Exception):
 class IdempotencyStore:
     """Claims, records and releases idempotency keys of one Redis namespace."""
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys, claim_seconds: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: RedisKeys,
+        claim_seconds: float,
+        *,
+        replicas: int = 0,
+        replica_timeout_ms: int = 500,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.claim_ms = int(claim_seconds * 1000)
         self._claim = client.register_script(_CLAIM)
+        # A record is made durable on replicas like a number (WAIT; see chat_api.adapters.pipelining): a failover
+        # keeps the epoch, so a record lost with the old master would not be looked up in MySQL, and a retry
+        # would get a second number.
+        self._record = PipelinedScript(client, _RECORD, replicas=replicas, replica_timeout_ms=replica_timeout_ms)
 
-    async def claim(self, token: str, scope: str, key: str) -> Claim:
-        """Claim the key for this request, or return what an earlier request recorded; :class:`KeyInUse` if busy."""
-        name = self.keys.idempotency(token, scope, key)
-        claimed, value, epoch, pending_ms = await self._claim(keys=[name, self.keys.epoch], args=[self.claim_ms])
+    async def claim(self, application_id: int, scope: str, key: str) -> Claim:
+        """Claim the key for this request, or return what an earlier request recorded; :class:`KeyInUse` if busy.
+
+        Keys are per application (all its tokens), so a retry with a rotated token replays.
+        """
+        names = [self.keys.idempotency(application_id, scope, key), self.keys.epoch_of(application_id)]
+        claimed, value, epoch, pending_ms = await self._claim(keys=names, args=[self.claim_ms])
         epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
         if claimed:
             return Claim(None, epoch)
@@ -83,25 +101,23 @@ class IdempotencyStore:
         application_id, number, digest = value.split(":", 2)
         return Claim(Recorded(int(application_id), int(number), digest), epoch)
 
-    async def record(self, token: str, scope: str, key: str, outcome: Recorded) -> None:
+    async def record(self, application_id: int, scope: str, key: str, outcome: Recorded) -> None:
         """Remember what the claimed key was given."""
         value = f"{outcome.application_id}:{outcome.number}:{outcome.fingerprint}"
-        await self.client.set(self.keys.idempotency(token, scope, key), value, ex=KEY_LIFETIME_SECONDS)
+        await self._record([self.keys.idempotency(application_id, scope, key)], [value, KEY_LIFETIME_SECONDS])
 
-    async def release(self, token: str, scope: str, key: str) -> None:
+    async def release(self, application_id: int, scope: str, key: str) -> None:
         """Give a claimed key back (the request failed before a number was given)."""
-        await self.client.delete(self.keys.idempotency(token, scope, key))
+        await self.client.delete(self.keys.idempotency(application_id, scope, key))
 
 
-_FIND_STORED = (
-    select(idempotency_keys.c.application_id, idempotency_keys.c.number, idempotency_keys.c.fingerprint)
-    .select_from(applications.join(idempotency_keys, idempotency_keys.c.application_id == applications.c.id))
-    .where(
-        applications.c.token == bindparam("token"),
-        idempotency_keys.c.chat_number == bindparam("chat"),
-        idempotency_keys.c.idempotency_key == bindparam("key"),
-        idempotency_keys.c.created_at > func.now(6) - text(f"INTERVAL {KEY_LIFETIME_SECONDS} SECOND"),
-    )
+_FIND_STORED = select(
+    idempotency_keys.c.application_id, idempotency_keys.c.number, idempotency_keys.c.fingerprint
+).where(
+    idempotency_keys.c.application_id == bindparam("app"),
+    idempotency_keys.c.chat_number == bindparam("chat"),
+    idempotency_keys.c.idempotency_key == bindparam("key"),
+    idempotency_keys.c.created_at > func.now(6) - text(f"INTERVAL {KEY_LIFETIME_SECONDS} SECOND"),
 )
 
 
@@ -111,7 +127,7 @@ class StoredKeys:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def find(self, token: str, chat_number: int, key: str) -> Recorded | None:
+    async def find(self, application_id: int, chat_number: int, key: str) -> Recorded | None:
         """What a create with this key (in this chat, or 0 for chats) was given, if it was written."""
-        rows = await self.db.rows(_FIND_STORED, {"token": token, "chat": chat_number, "key": key})
+        rows = await self.db.rows(_FIND_STORED, {"app": application_id, "chat": chat_number, "key": key})
         return Recorded(int(rows[0][0]), int(rows[0][1]), rows[0][2]) if rows else None

@@ -5,6 +5,12 @@ A request coroutine publishes directly (no thread hop, no outbox) and awaits a f
 (often ``multiple``) Basic.Ack resolves, so concurrent requests share the broker's disk syncs while each
 answers 201 only after the broker confirmed its own message. A background task connects, declares the
 topology and reconnects with backoff; a nack, a return, a lost channel or a missing confirm fails the request.
+
+Every message carries ``x-published-at-ms``: the time the request stamped (:func:`stamp_numbering`) just before its
+number or version was handed out, or the publish time when nothing was numbered (a replay). The publish must be
+confirmed within ``timeout`` of that stamp, never later, and is not even sent once that is over: a message
+stamped ``s`` is in the broker or abandoned by ``s + timeout`` — what numbering recovery relies on
+(:mod:`chat_api.adapters.recovery`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import pika
@@ -24,15 +31,31 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.utils import io_services_utils
 from pika.channel import Channel
 
+from chat_api.adapters.pika_callbacks import guarded
+from chat_common.batches import PUBLISHED_AT_HEADER, stamp_header
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 30
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 PERSISTENT_JSON = {"delivery_mode": pika.DeliveryMode.Persistent, "content_type": "application/json"}
 FAIL_FAST_SECONDS = 1.0  # right after a failure, fail at once instead of making every request wait for a dead broker
+# After this many refused (nacked) messages in a row, reconnect. RabbitMQ 3.10's quorum-queue client can keep refusing
+# every message on a channel that began publishing while the queue's recorded leader was a node that had just died
+# (seen in tests/cluster/test_rabbit_failover.py: 503 "refused" for 15 s and more); a new connection publishes normally.
+NACKS_BEFORE_RECONNECT = 20
 
 
 _produce_frame_by_frame = io_services_utils._AsyncTransportBase._produce
+
+# When the current request (its asyncio task: one per request) asked for a number or version; see stamp_numbering.
+_NUMBERED_AT: ContextVar[float | None] = ContextVar("numbered_at", default=None)
+
+
+def stamp_numbering() -> None:
+    """Record, for the current request, that a number or version is about to be handed out now: the message
+    publishing it carries this time and must be confirmed within the publish timeout of it."""
+    _NUMBERED_AT.set(time.time())
 
 
 def _produce_joined(transport: io_services_utils._AsyncTransportBase) -> None:
@@ -52,22 +75,6 @@ def _produce_joined(transport: io_services_utils._AsyncTransportBase) -> None:
 
 class PublishError(Exception):
     """The broker did not confirm the message: the caller must not report success."""
-
-
-def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
-    """Keep exceptions out of pika (its state would be left half-updated): drop the connection instead."""
-
-    @functools.wraps(callback)
-    def wrapper(self: ConfirmingPublisher, *args: Any) -> None:
-        try:
-            callback(self, *args)
-        except Exception:
-            log.exception("publisher callback %s failed; dropping the connection", callback.__name__)
-            self._mark_down("publisher callback failed")
-            if self._connection is not None and not (self._connection.is_closing or self._connection.is_closed):
-                self._connection.close()
-
-    return wrapper
 
 
 class ConfirmingPublisher:
@@ -98,6 +105,7 @@ class ConfirmingPublisher:
         self._returned: set[int] = set()
         self._next_tag = 0
         self._last_failure = float("-inf")
+        self._nacks_in_a_row = 0
 
     @property
     def is_ready(self) -> bool:
@@ -113,8 +121,14 @@ class ConfirmingPublisher:
     async def publish(self, queue: str, body: bytes) -> None:
         """Publish persistent and mandatory to ``queue``, return once confirmed; else raise :class:`PublishError`."""
         channel = self._channel if self._channel is not None else await self._wait_ready()
+        stamp = _NUMBERED_AT.get() or time.time()
+        remaining = stamp + self.timeout - time.time()
+        if remaining <= 0:  # numbering recovery counts on nothing stamped this long ago still arriving
+            raise PublishError(f"message broker did not confirm within {self.timeout}s")
         tag = self._next_tag + 1
-        properties = pika.BasicProperties(message_id=str(tag), **PERSISTENT_JSON)  # message_id: see _on_return
+        properties = pika.BasicProperties(  # message_id: see _on_return
+            message_id=str(tag), headers={PUBLISHED_AT_HEADER: stamp_header(stamp)}, **PERSISTENT_JSON
+        )
         try:
             channel.basic_publish("", queue, body, properties, mandatory=True)
         except pika.exceptions.AMQPError as exc:  # the channel is closing: nothing was sent
@@ -123,7 +137,7 @@ class ConfirmingPublisher:
         self._next_tag = tag
         loop = asyncio.get_running_loop()
         future = self._pending[tag] = loop.create_future()
-        timer = loop.call_later(self.timeout, self._expire, tag)
+        timer = loop.call_later(remaining, self._expire, tag)
         try:
             await future
         finally:  # success, failure, timeout or cancellation alike: nothing of this request stays behind
@@ -196,6 +210,12 @@ class ConfirmingPublisher:
         with pika.BlockingConnection(pika.URLParameters(url)) as connection:
             self.declare(connection.channel())
 
+    def callback_failed(self) -> None:
+        """A pika callback failed (:func:`~chat_api.adapters.pika_callbacks.guarded`): drop the connection."""
+        self._mark_down("publisher callback failed")
+        if self._connection is not None and not (self._connection.is_closing or self._connection.is_closed):
+            self._connection.close()
+
     def _mark_down(self, reason: str) -> None:
         """Not ready any more: fail every pending publish (its confirm can no longer arrive)."""
         self._channel = None
@@ -208,11 +228,11 @@ class ConfirmingPublisher:
                 future.set_exception(PublishError(reason))
 
     # -- pika callbacks (on the loop) ------------------------------------------------------------------------
-    @_guarded
+    @guarded
     def _on_open(self, connection: AsyncioConnection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
 
-    @_guarded
+    @guarded
     def _on_connection_over(self, _connection: AsyncioConnection, reason: BaseException) -> None:
         """Connection failed to open or closed: the task's wait for this connection ends."""
         if not self._closing:
@@ -221,14 +241,14 @@ class ConfirmingPublisher:
         if self._over is not None and not self._over.done():
             self._over.set_result(None)
 
-    @_guarded
+    @guarded
     def _on_channel_open(self, channel: Channel) -> None:
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         on_select_ok = functools.partial(self._on_select_ok, channel)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=on_select_ok)
 
-    @_guarded
+    @guarded
     def _on_select_ok(self, channel: Channel, _frame: object) -> None:
         self._next_tag = 0  # the broker numbers publishes per channel, from 1
         self._channel = channel
@@ -236,20 +256,20 @@ class ConfirmingPublisher:
         self._ready.set()
         log.info("publisher ready (confirm mode)")
 
-    @_guarded
+    @guarded
     def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
         self._mark_down(f"message broker closed the channel: {reason!r}")
         # One recovery path for everything: drop the connection; the task reconnects and declares again.
         if not self._closing and self._connection is not None and self._connection.is_open:
             self._connection.close()
 
-    @_guarded
+    @guarded
     def _on_return(self, _channel: Channel, _method: object, properties: pika.BasicProperties, _body: bytes) -> None:
         # An unroutable message comes back before its ack: remember its tag so that the ack fails it.
         if properties.message_id and properties.message_id.isdigit():
             self._returned.add(int(properties.message_id))
 
-    @_guarded
+    @guarded
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         if method.multiple:  # every pending tag up to this one; the dict's insertion order is tag order
@@ -257,6 +277,7 @@ class ConfirmingPublisher:
         else:
             tags = [method.delivery_tag]
         nacked = isinstance(method, pika.spec.Basic.Nack)
+        self._nacks_in_a_row = self._nacks_in_a_row + len(tags) if nacked else 0
         for tag in tags:
             future = self._pending.pop(tag, None)
             if future is None or future.done():  # timed out or cancelled meanwhile
@@ -267,6 +288,10 @@ class ConfirmingPublisher:
                 future.set_exception(PublishError("message broker has no such queue"))
             else:
                 future.set_result(None)
+        if self._nacks_in_a_row >= NACKS_BEFORE_RECONNECT and self._connection is not None and self._connection.is_open:
+            log.warning("%d messages refused in a row; reconnecting", self._nacks_in_a_row)
+            self._nacks_in_a_row = 0
+            self._connection.close()  # the task reconnects (to the next node) and declares again
 
     def _expire(self, tag: int) -> None:
         future = self._pending.pop(tag, None)

@@ -1,22 +1,94 @@
 """Re-open numbering after Redis lost its data, without ever handing out a number twice.
 
-A number handed out before the loss may still be on its way to MySQL: in an API process waiting for its
-publish confirm, in a work queue, in a retry queue, or in a writer's unacknowledged batch. Counters are
-re-seeded from MySQL, so numbering may resume only once all of those are empty:
+A number (or edit version) handed out before the loss may still be on its way to MySQL: in an API process waiting
+for its publish confirm, in a work queue, in a retry tier, or in a writer's unacknowledged batch. Counters are
+re-seeded from MySQL, so a lost slot may re-open only once every such message is committed (or dead-lettered:
+never written). Both rules below start once the grace period (the publish timeout) has passed since the loss was
+first seen (``T``, per slot); either one re-opens.
 
-1. the grace period (the publish timeout) has passed since the loss was first seen, so every publish that
-   started before it has been confirmed or failed;
-2. the work queues and their retry tiers hold no ready message;
-3. every consumer the broker knows of has reported, since the loss, that it holds no unacknowledged message;
-4. the queues are checked once more.
+**Coarse rule** (cheap; holds at once on an idle system): the work queues and their retry tiers hold no ready
+message; every consumer the broker knows of has reported, since ``T``, that it holds no unacknowledged message;
+the queues are checked once more.
+
+**Precise rule** (holds under any steady load of the other slots' applications). Its ingredients:
+
+- *Stamps.* The API stamps every create and edit with the time just before its number or version was handed out
+  (``x-published-at-ms``; :func:`chat_api.adapters.publisher.stamp_numbering`; a replay: just before its idempotency
+  claim). The publisher neither sends it nor waits for its confirm later than ``stamp + publish timeout``. Writers
+  keep the stamp on every retry-tier hop; dead-lettering keeps the headers. No stamp (an older API) reads as 0.
+- *Heartbeats.* Every writer reports every 0.2 s (:func:`chat_common.writer.format_heartbeat`) the lowest stamp
+  among the deliveries it holds unacknowledged (``oldest``), the stamp of the latest first-attempt delivery it
+  received (``last``) and how many of those it received (``firsts``), its broker connection number
+  (``session``) and the heartbeat's own sequence number (``beat``).
+- *Deferral ledger.* Before a writer sends a message to a retry tier (so before it acknowledges the original) it
+  adds ``digest -> stamp`` to ``RedisKeys.deferred``; once a retried or redelivered message is committed or
+  dead-lettered, and before it is acknowledged, it removes it (:class:`chat_common.consumer_hooks.DeferralLedger`;
+  both idempotent). ``RedisKeys.deferred_since`` says since when the ledger is complete (set again by the writers
+  within 0.2 s after Redis lost it). The retry queues themselves cannot be read without consuming them.
+
+With the cutoff ``C = T + grace`` and the evidence time ``E = max(C + grace, deferred_since + longest retry delay
++ 1 s)``, a round that starts after ``E`` reads the queue counts (ready, consumers) ``Q1``; four heartbeat snapshots
+``H1..H4``, 0.5, 0.5, 0.5 and 0.8 s after the previous read; the ledger; the queue counts ``Q2``. The slots re-open when
+
+(a) the ledger holds no stamp below ``C`` and ``deferred_since`` did not change during the round;
+
+and for every work queue ``q``, calling *live* the writers of ``q`` whose beat numbers grow ``H1 < H2 < H3`` and
+then by at least 2 to ``H4`` (so their ``H4`` beat was written at least one beat interval after the ``H3`` read),
+all within one session:
+
+(b) ``q`` had no ready message at ``Q1``, or a live writer received, between its ``H2`` and ``H3`` beats, a
+    first-attempt delivery stamped at or after ``E``;
+(c) no live writer reports in ``H4`` a held message stamped below ``C``;
+(e) the broker counted exactly as many consumers of ``q`` as there are live writers, at ``Q1`` and at ``Q2``.
+
+*Why nothing with a pre-loss number is left then.* Let ``M`` carry a number of a lost slot handed out before the
+loss. Its stamp ``s`` is below ``T`` (taken before the number was handed out; the numbering script refuses to
+number without the slot's epoch), so below ``C``. ``M`` reached its work queue ``q`` before ``s + grace < E``, or
+never will. Until it is committed or dead-lettered, ``M`` is in one of these places:
+
+- *Ready in q, never deferred:* enqueued before ``E``, so before ``Q1``. If ``q`` had nothing ready at ``Q1``,
+  ``M`` had been dispatched. Otherwise a delivery ``X`` stamped at or after ``E`` was published after ``E``, so
+  enqueued after ``M``; a queue dispatches in order, so ``M`` was dispatched before ``X`` (requeues: below).
+- *Dispatched to a consumer:* by (e) the consumers during ``Q1..Q2`` are exactly the live writers, whose
+  connections did not change. Assumption (transit): a delivery the broker dispatched is in the writer's batch,
+  and so in its next heartbeat's ``oldest``, within 0.2 s (one beat interval; a writer stuck in a longer turn of
+  its loop does not beat, is not live, and (e) fails). ``M`` dispatched before ``Q1`` or before ``X`` was
+  dispatched before the ``H3`` read (``X`` was received before its writer's ``H3`` beat), so it is held in some
+  live writer's ``H4`` report: (c). ``X`` was received after its writer's ``H2`` beat, written after the ``H1``
+  read, 0.5 s after ``Q1``: so ``X`` was dispatched after ``Q1``.
+- *Requeued* (the broker returns a closing channel's unacknowledged messages to the head of ``q``): a channel
+  that closed between ``Q1`` and ``Q2`` changed a consumer count or a session, (e). One that closed before
+  ``Q1`` left ``M`` ready at the head at ``Q1``: the empty branch of (b) fails, and ``X``, dispatched after
+  ``Q1``, came after ``M``, which was then held at ``H4``: (c). One that closes after ``Q2`` held ``M`` at
+  ``H4``: (c).
+- *Deferred* (in a retry tier, or back in ``q`` behind newer messages): its ledger entry was written before the
+  writer let go of it and is removed only once it is committed or dead-lettered: (a). If the ledger itself was
+  lost at ``V <= deferred_since``, a message deferred before ``V`` was back in ``q`` by ``V + longest delay +
+  1 s <= E`` and is covered like any message ready in ``q``; a loss during the round changes ``deferred_since``.
+- *In an API process:* sent and confirmed, sent and given up (then in ``q`` like the others), or never sent,
+  by ``s + grace < E``.
+
+Messages stamped at or after ``C`` may be anywhere: they were numbered after the loss was seen, never in a lost
+slot before it re-opens. Clocks: the API processes' and writers' clocks are assumed to agree within a fraction of
+the grace period (stamps, ``T`` and ``E`` are compared across processes). A ledger entry whose message was
+removed from the broker by hand (a purged queue) keeps the precise rule waiting; the coarse rule still re-opens
+once everything is drained (or delete ``RedisKeys.deferred``). Cost: a round takes ~2.5 s and two short broker
+connections; the ledger is written only for batches that retry or hold retried or redelivered messages.
 
 Only then is a new epoch written; the API's loads of counters from MySQL carry the epoch they read under.
 
-A missing epoch means a loss only if numbering ever opened: a durable marker in MySQL (``system_markers``)
-is written the first time it opens, so a brand-new deployment opens at once instead of waiting out a recovery
-that has nothing to recover. The epoch's value says which happened and when (``<id>:fresh|recovered:<unix>``),
-which tells idempotency lookups whether Redis may have forgotten keys (``keys_may_be_forgotten``).
-One API process at a time runs an attempt (a short Redis lock); the others answer 503 meanwhile.
+Epochs are per Redis Cluster hash slot (``RedisKeys.slot_epoch``, in the slot of the applications it guards):
+a shard that lost its data pauses only the applications of its slots while the others keep numbering; on a
+single Redis every slot is on the one server, and a restart closes all of them. A missing epoch means a loss only
+if the slot ever opened: a durable marker per slot in MySQL (``system_markers``, ``numbering_opened:<slot>``) is
+written before the slot's first epoch, so a brand-new deployment — and a slot used for the first time on an old
+one — opens at once instead of waiting out a recovery that has nothing to recover. (A system that opened before
+per-slot markers existed has only the ``numbering_opened`` marker: its slots recover once, unless the single epoch
+of that version is still in Redis.) The epoch's value says which happened and when
+(``<id>:fresh|recovered:<unix>``), which tells idempotency lookups whether Redis may have forgotten keys
+(``keys_may_be_forgotten``). One API process at a time runs the recovery of a slot (a short Redis lock per
+slot); the others answer 503 meanwhile. Slots lose data only when a shard loses its master and every replica
+that acknowledged its writes (see ``REDIS_REPLICAS_TO_ACK``): a failover to a replica keeps every epoch and number.
 Redis is asked on the event loop; the broker's queue counts come from a short blocking connection run in a
 worker thread, so an attempt never blocks the loop.
 """
@@ -33,18 +105,24 @@ import pika
 import pika.exceptions
 import redis.asyncio as redis
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import bindparam, literal, or_, select
 from sqlalchemy.dialects.mysql import insert
 
 from chat_api.adapters.database import Database
 from chat_api.model import Unavailable
 from chat_common.idempotency import KEY_LIFETIME_SECONDS
-from chat_common.keys import RedisKeys
+from chat_common.keys import RedisKeys, application_slot
 from chat_common.tables import system_markers
 from chat_common.topology import Topology
-from chat_common.writer import parse_heartbeat
+from chat_common.writer import WriterHeartbeat, parse_heartbeat
 
 log = logging.getLogger(__name__)
+
+# Waits before the four heartbeat snapshots of the precise rule: writers beat every 0.2 s when busy and every
+# 0.25 s when idle, so each window holds a beat, and the last one two.
+SETTLE_SECONDS = (0.5, 0.5, 0.5, 0.8)
+RETRY_EXPIRY_SLACK = 1.0  # a retry tier hands a message back this long after its delay at most
+LOCK_MS = 6000  # a recovery round (the precise rule reads the writers four times) takes ~2.5 s
 
 
 FRESH, RECOVERED = "fresh", "recovered"
@@ -67,33 +145,110 @@ def keys_may_be_forgotten(epoch: str, now: float) -> bool:
     return True
 
 
-_MARKER = select(system_markers.c.name).where(system_markers.c.name == NUMBERING_OPENED)
-_SET_MARKER = insert(system_markers).prefix_with("IGNORE").values(name=NUMBERING_OPENED)
+SLOTS_MARKER = "numbering_slots"  # this system opened under per-slot epochs (absent: it predates them)
+SLOT_MARKER_PREFIX = f"{NUMBERING_OPENED}:"
+NEW, OPENED, LEGACY = "new", "opened", "legacy"
+
+marker_name = system_markers.c.name
+_SLOT_MARKERS = select(marker_name).where(
+    or_(
+        marker_name == bindparam("slot"),
+        marker_name == literal(NUMBERING_OPENED),
+        marker_name == literal(SLOTS_MARKER),
+    )
+)
+_OPENED_SLOTS = select(marker_name).where(marker_name.like(literal(f"{SLOT_MARKER_PREFIX}%")))
+_SET_MARKER = insert(system_markers).prefix_with("IGNORE").values(name=bindparam("name"))
+
+
+def slot_marker(slot: int) -> str:
+    """The marker row of one slot: written before its first epoch, so a slot's numbers exist only once it is."""
+    return f"{SLOT_MARKER_PREFIX}{slot}"
 
 
 class NumberingMarker:
-    """The durable "numbering has opened before" fact, in MySQL."""
+    """The durable "numbering has opened before" facts, in MySQL: per slot, and for the system as a whole.
+
+    Per slot, so that a slot that never held a number (its applications never created anything) opens at once
+    even on an old system: with 16384 slots, an established system keeps meeting slots used for the first time.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._opened: set[int] = set()  # slots known to be marked: markers are never removed
+        self._system_marked = False  # NUMBERING_OPENED and SLOTS_MARKER known to be there
 
-    async def is_set(self) -> bool:
-        """True once numbering has opened on this database (or the database predates the marker)."""
-        return bool(await self.db.rows(_MARKER))
+    async def slot_state(self, slot: int) -> str:
+        """OPENED (the slot held numbers: a missing epoch is a loss), NEW (it never did) or LEGACY (the system
+        predates per-slot markers and opened before: any slot may have held numbers)."""
+        if slot in self._opened:
+            return OPENED
+        names = {row[0] for row in await self.db.rows(_SLOT_MARKERS, {"slot": slot_marker(slot)})}
+        self._system_marked = self._system_marked or {NUMBERING_OPENED, SLOTS_MARKER} <= names
+        if slot_marker(slot) in names:
+            self._opened.add(slot)
+            return OPENED
+        return LEGACY if NUMBERING_OPENED in names and SLOTS_MARKER not in names else NEW
 
-    async def set(self) -> None:
-        """Record that numbering opened (idempotent)."""
-        await self.db.execute(_SET_MARKER)
+    async def open_slot(self, slot: int, state: str) -> None:
+        """Record that ``slot`` opens (idempotent; durable before any number is handed out in it)."""
+        if state == NEW and not self._system_marked:  # SLOTS_MARKER first: a legacy system never gets it
+            await self.db.execute(_SET_MARKER, {"name": SLOTS_MARKER})
+            await self.db.execute(_SET_MARKER, {"name": NUMBERING_OPENED})
+            self._system_marked = True
+        await self.db.execute(_SET_MARKER, {"name": slot_marker(slot)})
+        self._opened.add(slot)
+
+    async def opened_slots(self) -> set[int]:
+        """Every slot that ever opened."""
+        rows = await self.db.rows(_OPENED_SLOTS)
+        return {int(row[0][len(SLOT_MARKER_PREFIX) :]) for row in rows}
 
 
 def writer_heartbeat_fresh(raw: bytes | str, since: float, now: float, max_age: float = 2.0) -> tuple[bool, int]:
     """One writer heartbeat (:func:`chat_common.writer.parse_heartbeat`): (newer than ``since`` and recent, unacked)."""
-    held, at = parse_heartbeat(raw)
-    return at > since and now - at <= max_age, held
+    beat = parse_heartbeat(raw)
+    return beat.at > since and now - beat.at <= max_age, beat.unacked
+
+
+Beats = dict[str, WriterHeartbeat]
+Counts = dict[str, tuple[int, int]]
+
+
+def queue_settled(
+    queue: str, first: Counts, second: Counts, beats: tuple[Beats, Beats, Beats, Beats], cutoff: float, evidence: float
+) -> bool:
+    """Conditions (b), (c) and (e) of the precise rule for one work queue (see the module docstring).
+
+    ``first``/``second``: (ready, consumers) read before and after the four heartbeat snapshots ``beats``.
+    """
+    h1, h2, h3, h4 = beats
+    live: list[tuple[WriterHeartbeat, WriterHeartbeat, WriterHeartbeat]] = []
+    for field, b4 in h4.items():
+        if not field.startswith(f"{queue}|") or not all(field in h for h in (h1, h2, h3)):
+            continue
+        b1, b2, b3 = h1[field], h2[field], h3[field]
+        if b1.beat < b2.beat < b3.beat < b4.beat - 1 and b1.session == b2.session == b3.session == b4.session:
+            live.append((b2, b3, b4))
+    consumers = {first.get(queue, (0, 0))[1], second.get(queue, (0, 0))[1]}
+    if consumers != {len(live)}:  # (e) a consumer came, went or reconnected: the broker may have requeued
+        return False
+    if any(b4.oldest is not None and b4.oldest < cutoff for _, _, b4 in live):
+        return False  # (c) a writer still holds a message stamped before the cutoff
+    if first.get(queue, (0, 0))[0] == 0:
+        return True  # (b) nothing was waiting in the queue at a time after every such message was enqueued
+    # (b) a first delivery stamped at or after ``evidence``, received between the H2 and H3 beats
+    return any(b3.firsts > b2.firsts and b3.last >= evidence for b2, b3, _ in live)
 
 
 class NumberingRecovery:
-    """Decides when numbering may resume after Redis lost its data; see the module docstring."""
+    """Decides when numbering of a slot may resume after its data was lost; see the module docstring.
+
+    The request path (:meth:`attempt`) only opens slots that need no recovery and registers the others; the
+    watchdog (:meth:`watch`, one task per process) finds slots that lost their epoch without waiting for traffic and
+    runs the recovery conditions once for every registered slot together, so a loss of many slots costs one broker
+    check a second per process, not one per slot.
+    """
 
     def __init__(
         self,
@@ -103,6 +258,7 @@ class NumberingRecovery:
         topology: Topology,
         grace_seconds: float,
         marker: NumberingMarker,
+        sweep_slots: int = 1024,
     ) -> None:
         self.client = client
         self.marker = marker
@@ -110,45 +266,164 @@ class NumberingRecovery:
         self.amqp_url = amqp_url
         self.topology = topology
         self.grace_seconds = grace_seconds
+        self.sweep_slots = sweep_slots  # opened slots whose epoch the watchdog checks per round (rotating)
+        self.pending: set[int] = set()  # slots this process found without an epoch after they had opened
+        self._opened: list[int] = []
+        self._opened_at = 0.0
+        self._sweep_from = 0
 
-    async def attempt(self) -> bool:
-        """One bounded attempt; True when numbering is open (again)."""
-        if await self.client.exists(self.keys.epoch):
+    async def attempt(self, application_id: int) -> bool:
+        """One cheap attempt for the application's slot; True when its numbering is open (again).
+
+        A slot that never held numbers opens at once; one that lost its epoch is left to the watchdog."""
+        return await self.open_slot(application_slot(application_id))
+
+    async def open_slot(self, slot: int) -> bool:
+        """True when ``slot`` is open, or was opened now because it needs no recovery; else registers it."""
+        if await self.client.exists(self.keys.slot_epoch(slot)):
+            self.pending.discard(slot)
             return True
-        if not await self.marker.is_set():  # nothing was ever numbered: nothing to recover
-            await self.marker.set()  # durable before any number is handed out under the new epoch
-            if await self.client.set(self.keys.epoch, new_epoch(FRESH, time.time()), nx=True):
-                log.info("numbering opened on a new system")
+        state = await self.marker.slot_state(slot)
+        inherited = None
+        if state == LEGACY:  # the single epoch of the previous version still there: Redis lost nothing
+            inherited = await self.client.get(self.keys.epoch)
+        if state == NEW or inherited is not None:
+            await self.marker.open_slot(slot, state)  # durable before any number is handed out under the epoch
+            value = inherited or new_epoch(FRESH, time.time())
+            if await self.client.set(self.keys.slot_epoch(slot), value, nx=True):
+                log.info("numbering opened for slot %d (%s)", slot, state)
             return True
+        self.pending.add(slot)
+        await self.client.set(self.keys.slot_recovery_started(slot), repr(time.time()), nx=True)
+        return False
+
+    async def closed_slots(self, slots: list[int] | None = None) -> list[int]:
+        """Those of ``slots`` (default: every slot that ever opened) whose epoch is missing now."""
+        if slots is None:
+            slots = sorted(await self.marker.opened_slots())
+        if not slots:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for slot in slots:
+            pipe.exists(self.keys.slot_epoch(slot))
+        present = await pipe.execute()
+        return [slot for slot, there in zip(slots, present, strict=True) if not there]
+
+    async def recover(self) -> set[int]:
+        """One bounded recovery round over the registered slots; returns the slots it re-opened."""
+        if not self.pending:
+            return set()
         now = time.time()
-        await self.client.set(self.keys.recovery_started, repr(now), nx=True)
-        started = float(await self.client.get(self.keys.recovery_started) or now)
-        if now - started < self.grace_seconds:
-            return False
-        if not await self.client.set(self.keys.recovery_lock, "1", nx=True, px=1000):
-            return False
+        ready: dict[int, float] = {}
+        for slot in sorted(self.pending):
+            started_key = self.keys.slot_recovery_started(slot)
+            if await self.client.exists(self.keys.slot_epoch(slot)):  # another process re-opened it
+                self.pending.discard(slot)
+                continue
+            await self.client.set(started_key, repr(now), nx=True)
+            started = float(await self.client.get(started_key) or now)
+            if now - started >= self.grace_seconds:
+                ready[slot] = started
+        locked = [
+            slot
+            for slot in ready
+            if await self.client.set(self.keys.slot_recovery_lock(slot), "1", nx=True, px=LOCK_MS)
+        ]
+        if not locked:
+            return set()
+        opened: set[int] = set()
         try:
-            counts = await asyncio.to_thread(self._queue_counts)
-            if not self._drained(counts) or not await self._writers_idle_since(started, counts):
-                return False
-            if not self._drained(await asyncio.to_thread(self._queue_counts)):
-                return False
-            if await self.client.set(self.keys.epoch, new_epoch(RECOVERED, time.time()), nx=True):
-                log.warning("numbering re-opened after %.1fs; counters reload from MySQL", time.time() - started)
-            await self.client.delete(self.keys.recovery_started)
-            return True
+            # One check for all of them: writers idle since the latest loss implies idle since each earlier one.
+            since = max(ready[slot] for slot in locked)
+            if await self._everything_drained(since):
+                rule = "coarse"
+            elif await self._settled(since):
+                rule = "precise"
+            else:
+                return set()
+            for slot in locked:
+                if await self.client.set(self.keys.slot_epoch(slot), new_epoch(RECOVERED, time.time()), nx=True):
+                    log.warning(
+                        "numbering of slot %d re-opened after %.1fs (%s rule); counters reload from MySQL",
+                        slot,
+                        time.time() - ready[slot],
+                        rule,
+                    )
+                await self.client.delete(self.keys.slot_recovery_started(slot))
+                self.pending.discard(slot)
+                opened.add(slot)
+            return opened
         except (pika.exceptions.AMQPError, OSError) as exc:
             log.warning("numbering recovery cannot reach the broker: %s", exc)
-            return False
+            return opened
         finally:
-            with contextlib.suppress(RedisError):  # the lock expires by itself; never hide the real outcome
-                await self.client.delete(self.keys.recovery_lock)
+            for slot in locked:
+                with contextlib.suppress(RedisError):  # the lock expires by itself; never hide the real outcome
+                    await self.client.delete(self.keys.slot_recovery_lock(slot))
+
+    async def _everything_drained(self, since: float) -> bool:
+        """The coarse rule: every work queue and retry tier empty and every writer idle since ``since``."""
+        counts = await asyncio.to_thread(self._queue_counts)
+        if not self._drained(counts) or not await self._writers_idle_since(since, counts):
+            return False
+        return self._drained(await asyncio.to_thread(self._queue_counts))
+
+    async def _settled(self, lost: float) -> bool:
+        """The precise rule for slots lost at ``lost`` (the latest of them): every message stamped before
+        ``lost + grace`` is committed or dead-lettered, whatever the other slots' load (module docstring)."""
+        cutoff = lost + self.grace_seconds
+        since = await self.client.get(self.keys.deferred_since)
+        if since is None:  # the ledger itself was lost and no writer has restarted it yet
+            return False
+        evidence = max(cutoff + self.grace_seconds, float(since) + self._longest_retry + RETRY_EXPIRY_SLACK)
+        if time.time() < evidence:
+            return False
+        first = await asyncio.to_thread(self._queue_counts)
+        snapshots = []
+        for wait in SETTLE_SECONDS:
+            await asyncio.sleep(wait)
+            snapshots.append(await self._beats())
+        lowest = await self.client.zrange(self.keys.deferred, 0, 0, withscores=True)
+        if await self.client.get(self.keys.deferred_since) != since:  # the ledger was lost meanwhile
+            return False
+        if lowest and lowest[0][1] < cutoff:
+            return False  # (d) a message stamped before the cutoff is in a retry tier or on its way back
+        second = await asyncio.to_thread(self._queue_counts)
+        beats = (snapshots[0], snapshots[1], snapshots[2], snapshots[3])
+        return all(
+            queue_settled(name, first, second, beats, cutoff, evidence)
+            for name, is_work_queue in self._queue_names()
+            if is_work_queue
+        )
+
+    @property
+    def _longest_retry(self) -> float:
+        delays = [d for q in (self.topology.chats, self.topology.messages) for d in q.retry_delays_seconds]
+        return float(max(delays, default=0))
+
+    async def _beats(self) -> Beats:
+        raw = await self.client.hgetall(self.keys.writer_heartbeats)
+        return {(k.decode() if isinstance(k, bytes) else k): parse_heartbeat(v) for k, v in raw.items()}
+
+    async def _sweep(self) -> None:
+        """Find opened slots that lost their epoch, ``sweep_slots`` of them per round (all of them, usually)."""
+        now = time.monotonic()
+        if now - self._opened_at > 10.0:  # slots open rarely: re-read the list every 10 s
+            self._opened = sorted(await self.marker.opened_slots())
+            self._opened_at = now
+        if not self._opened:
+            return
+        start = self._sweep_from % len(self._opened)
+        window = (self._opened[start:] + self._opened[:start])[: self.sweep_slots]
+        self._sweep_from = start + len(window)
+        self.pending.update(await self.closed_slots(window))
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Check the epoch every ``interval`` seconds and recover without waiting for traffic (a task on the loop)."""
+        """Every ``interval`` seconds: find slots that lost their epoch and recover them (a task on the loop)."""
         while True:
             try:
-                await self.attempt()
+                await self._sweep()
+                await self.recover()
             except (RedisError, OSError, Unavailable) as exc:  # a dependency is down: the next round retries
                 log.debug("numbering watchdog: %s", exc)
             except Exception:  # never let the watchdog die: without it, numbering waits for traffic to recover

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import falcon
 
+from chat_api.model import Invalid
 from chat_api.resources.params import add_page_links, body_field, page_params, require_admin
 from chat_api.services import ChatService
 
@@ -49,3 +50,65 @@ class ApplicationsResource:
         """Delete an application with all its chats and messages (admin only)."""
         await self.service.delete_application(token)
         resp.status = falcon.HTTP_204
+
+
+async def _body_object(req: falcon.Request) -> dict | None:
+    """The body as an object, None without a body; 400 for anything else."""
+    if not req.content_length:
+        return None
+    media = await req.get_media()
+    if not isinstance(media, dict):
+        raise falcon.HTTPBadRequest(description="request body must be an object")
+    return media
+
+
+class TenantAdminResource:
+    """Tenant management (admin key): suspend and resume, rotate the token, limits, usage.
+
+    The same :mod:`chat_common.tenancy` operations the operator applies from an ``Application``'s spec. They work
+    on suspended tenants, and with the former token during its grace period.
+    """
+
+    def __init__(self, service: ChatService, admin_api_key: str | None) -> None:
+        self.service = service
+        self.admin_api_key = admin_api_key
+
+    @falcon.before(require_admin)
+    async def on_post_suspend(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """Suspend: every tenant-scoped request with its tokens answers 403; nothing is deleted."""
+        resp.media = (await self.service.suspend_application(token, True)).admin()
+
+    @falcon.before(require_admin)
+    async def on_post_resume(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """Resume a suspended application."""
+        resp.media = (await self.service.suspend_application(token, False)).admin()
+
+    @falcon.before(require_admin)
+    async def on_post_rotate(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """Rotate the token; the current one keeps working for ``grace_seconds`` (default 86400), then 404s."""
+        body = await _body_object(req) or {}
+        if set(body) - {"grace_seconds"}:
+            raise Invalid(f"unknown field {sorted(set(body) - {'grace_seconds'})[0]!r}; send only grace_seconds")
+        application = await self.service.rotate_token(token, body.get("grace_seconds"))
+        # The token the rotation replaced (set in the same UPDATE as the new one).
+        resp.media = {**application.admin(), "previous_token": application.previous_token}
+
+    @falcon.before(require_admin)
+    async def on_get_limits(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """The tenant's limits (null: the deployment's default)."""
+        resp.media = (await self.service.admin_application(token)).limits.public()
+
+    @falcon.before(require_admin)
+    async def on_put_limits(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """Replace the limits (a limit not given returns to the default)."""
+        resp.media = (await self.service.set_limits(token, await _body_object(req))).admin()
+
+    @falcon.before(require_admin)
+    async def on_patch_limits(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """Change the limits given (null: back to the default), keep the others."""
+        resp.media = (await self.service.set_limits(token, await _body_object(req), merge=True)).admin()
+
+    @falcon.before(require_admin)
+    async def on_get_usage(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """Chats and messages (as of the last count sync), last activity and state."""
+        resp.media = (await self.service.usage(token)).public()

@@ -7,7 +7,8 @@ import hmac
 import falcon
 
 from chat_api.model import Invalid
-from chat_api.services import MAX_NUMBER, MAX_PAGE
+from chat_api.services import MAX_PAGE
+from chat_common.validation import MAX_NUMBER
 
 _NONE = object()  # a form the body does not send (None is a value a client can send)
 

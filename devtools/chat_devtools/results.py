@@ -2,7 +2,7 @@
 
 Each suite (hostile input, security, fuzzing, chaos, soak) records one row per fault or input it tried and
 writes ``<RELIABILITY_RESULTS_DIR>/<suite>.json`` when its tests finish, passed or not.
-``python -m tests.reliability.report`` turns the files of the last run into the Markdown report.
+``python -m chat_devtools.reliability_report`` turns the files of the last run into the Markdown report.
 """
 
 from __future__ import annotations

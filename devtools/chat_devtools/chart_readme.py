@@ -1,6 +1,6 @@
 """The chart README's values table, generated from the `## @param` comments of values.yaml.
 
-`python -m tests.chart.values_table` rewrites the table in helm/chat-system/README.md (`make chart-readme`);
+`python -m chat_devtools.chart_readme` rewrites the table in helm/chat-system/README.md (`make chart-readme`);
 tests/chart/test_values_table.py fails when the README is out of date or a value is undocumented.
 """
 

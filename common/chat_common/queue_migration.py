@@ -1,0 +1,148 @@
+"""Move queues declared with other arguments (classic queues of earlier versions) to the configured ``QUEUE_TYPE``.
+
+RabbitMQ cannot change a queue's type, and declaring an existing queue with another type fails
+(``PRECONDITION_FAILED``). For each queue of the topology whose declaration is refused, this moves its messages
+into a holding queue of the right type (``<name>.migrating``), deletes the old queue, declares it anew and moves
+the messages back. Every move publishes with confirms and acknowledges only after the confirm, so a crash halfway
+loses nothing: running it again finishes the job (a message may then be moved twice, and the writers' idempotent
+upserts store it once). Queues that already have the right arguments, or do not exist, are left alone, so it is a
+no-op on a migrated or fresh broker (it declares nothing there); `make migrate` (hence `make run`) runs it.
+
+Run it with the API and the writers stopped: while the old queue is gone, a create would find no queue and answer
+503. Retry tiers' messages start their delay afresh.
+
+    python -m chat_common.queue_migration        # uses RABBITMQ_URL, QUEUE_PREFIX, QUEUE_TYPE, retry delays
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pika
+import pika.exceptions
+
+from chat_common.config import Settings
+from chat_common.consumer import broker_urls, connect_blocking
+from chat_common.topology import PRECONDITION_FAILED, QUORUM, Topology
+
+log = logging.getLogger(__name__)
+HOLDING_SUFFIX = ".migrating"
+
+
+def _refused(connection, name: str, arguments: dict) -> bool:
+    """True when declaring ``name`` with ``arguments`` is refused as inequivalent (a fresh channel is spent)."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, durable=True, arguments=arguments or None)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != PRECONDITION_FAILED:
+            raise
+        return True
+    channel.close()
+    return False
+
+
+def _move(connection, source: str, target: str) -> int:
+    """Move every message of ``source`` to ``target`` (confirmed publish, then ack); returns how many."""
+    channel = connection.channel()
+    channel.confirm_delivery()
+    moved = 0
+    while True:
+        method, properties, body = channel.basic_get(source, auto_ack=False)
+        if method is None:
+            break
+        channel.basic_publish("", target, body, properties, mandatory=True)  # raises unless confirmed
+        channel.basic_ack(method.delivery_tag)
+        moved += 1
+    channel.close()
+    return moved
+
+
+def _delete_empty(connection, name: str) -> None:
+    """Delete a queue we just emptied (quorum queues refuse ``if_empty``: count first; nothing else publishes)."""
+    channel = connection.channel()
+    left = channel.queue_declare(name, passive=True).method.message_count
+    if left:
+        raise RuntimeError(f"queue {name} received {left} messages while being migrated: stop the API, run again")
+    channel.queue_delete(name)
+    channel.close()
+
+
+def _exists(connection, name: str) -> bool:
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    channel.close()
+    return True
+
+
+def migrate(settings: Settings) -> list[str]:
+    """Bring every queue of the deployment to its configured arguments; returns the names of the queues migrated."""
+    topology = Topology.from_settings(settings)
+    connection = _connect(settings.rabbitmq_url)
+    migrated = []
+    try:
+        for queue in (topology.chats, topology.messages):
+            for name, arguments in queue.arguments().items():
+                holding = name + HOLDING_SUFFIX
+                if _exists(connection, name) and _refused(connection, name, arguments):
+                    holding_arguments = {"x-queue-type": QUORUM} if settings.queue_type == QUORUM else {}
+                    connection.channel().queue_declare(holding, durable=True, arguments=holding_arguments or None)
+                    _move(connection, name, holding)
+                    _delete_empty(connection, name)
+                    channel = connection.channel()
+                    channel.queue_declare(name, durable=True, arguments=arguments or None)
+                    channel.close()
+                    migrated.append(name)
+                if _exists(connection, holding):  # also what an interrupted earlier run left behind
+                    channel = connection.channel()
+                    channel.queue_declare(name, durable=True, arguments=arguments or None)
+                    channel.close()
+                    moved = _move(connection, holding, name)
+                    _delete_empty(connection, holding)
+                    log.warning("queue %s is %s now (%d messages moved back)", name, settings.queue_type, moved)
+    finally:
+        if connection.is_open:
+            connection.close()
+    return migrated
+
+
+def _connect(amqp_url: str):
+    failure: BaseException | None = None
+    for url in broker_urls(amqp_url):
+        try:
+            return connect_blocking(url)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            failure = exc
+    raise BrokerUnreachable(f"no broker node answered: {failure!r}")
+
+
+class BrokerUnreachable(RuntimeError):
+    """No node of ``RABBITMQ_URL`` accepted a connection."""
+
+
+def main() -> None:
+    """Migrate the queues of the configured deployment; exit 1 with the reason when the broker refuses.
+
+    An unreachable broker is not an error here (exit 0 with a warning): there is nothing to migrate before it is
+    up, and the API and the writers wait for it and report a queue of the wrong type themselves.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # the probes of missing queues are expected refusals
+    settings = Settings.from_env()
+    try:
+        migrated = migrate(settings)
+    except BrokerUnreachable as exc:
+        print(f"queue migration skipped: {exc}", file=sys.stderr)
+        return
+    except (pika.exceptions.AMQPError, RuntimeError) as exc:
+        print(f"queue migration failed: {exc!r}", file=sys.stderr)
+        sys.exit(1)
+    print(f"queues of {settings.queue_prefix!r}: " + (f"migrated {', '.join(migrated)}" if migrated else "up to date"))
+
+
+if __name__ == "__main__":
+    main()

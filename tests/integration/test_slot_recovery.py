@@ -1,0 +1,437 @@
+"""Per-slot numbering epochs against the real Redis, MariaDB and RabbitMQ: a slot that lost its data recovers
+alone while the others keep numbering; a slot never used opens at once; numbers wait for replicas (WAIT).
+
+The precise recovery rule (chat_api.adapters.recovery): the API stamps each publish; a lost slot re-opens under
+another tenant's continuous load (real API and writers), and stays closed while a writer holds, or a retry tier
+keeps, a message stamped before the loss."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections import Counter
+
+import pika
+import pytest
+import pytest_asyncio
+import requests
+from sqlalchemy import text
+
+from chat_api.adapters import numbering as codes
+from chat_api.adapters.database import Database
+from chat_api.adapters.numbering import Numbering
+from chat_api.adapters.pipelining import NotReplicated
+from chat_api.adapters.publisher import ConfirmingPublisher, PublishError, stamp_numbering
+from chat_api.adapters.recovery import (
+    FRESH,
+    NUMBERING_OPENED,
+    RECOVERED,
+    NumberingMarker,
+    NumberingRecovery,
+    keys_may_be_forgotten,
+    slot_marker,
+)
+from chat_common.batches import PUBLISHED_AT_HEADER, read_stamp, stamp_header
+from chat_common.contracts import MessageUpsert
+from chat_common.db import make_engine
+from chat_common.keys import RedisKeys, application_slot
+from chat_common.redis_client import async_client, sync_client
+from chat_common.topology import Topology
+from chat_common.writer import format_heartbeat
+from tests.conftest import LOG_ROOT
+from tests.support.http import wait_for
+from tests.support.namespace import Namespace
+from tests.support.processes import System
+
+GRACE = 0.5
+
+
+def _apps_in_distinct_slots(count: int) -> list[int]:
+    found: dict[int, int] = {}
+    for app in range(1, 1000):
+        found.setdefault(application_slot(app), app)
+        if len(found) == count:
+            break
+    return list(found.values())
+
+
+@pytest_asyncio.fixture
+async def parts(fresh_namespace):
+    settings = fresh_namespace.settings
+    client = async_client(settings.redis_url, socket_timeout=2)
+    db = Database(settings.database_url, pool_size=2)
+    keys = RedisKeys(settings.redis_key_prefix)
+    recovery = NumberingRecovery(
+        client, keys, settings.rabbitmq_url, Topology.from_settings(settings), GRACE, NumberingMarker(db)
+    )
+    yield recovery, client, keys, db
+    await client.aclose()
+    await db.close()
+
+
+async def _markers(db: Database) -> set[str]:
+    return {row[0] for row in await db.rows(text("SELECT name FROM system_markers"))}
+
+
+async def test_a_lost_slot_recovers_alone_and_a_new_slot_opens_at_once(parts):
+    recovery, client, keys, db = parts
+    lost, other, later = _apps_in_distinct_slots(3)
+    assert await recovery.attempt(lost) and await recovery.attempt(other)  # a new system: open at once
+    assert (await client.get(keys.epoch_of(lost))).decode().split(":")[1] == FRESH
+    assert slot_marker(application_slot(lost)) in await _markers(db)  # durable before the first number
+    assert NUMBERING_OPENED in await _markers(db)
+    await client.delete(keys.epoch_of(lost))  # the shard holding this slot lost its data
+    assert not await recovery.attempt(lost)  # it held numbers: wait for the recovery conditions
+    assert await recovery.attempt(other)  # the other slot never pauses
+    assert await recovery.attempt(later)  # a slot used for the first time on an old system opens at once
+    assert await recovery.closed_slots() == [application_slot(lost)]
+    assert await recovery.recover() == set()  # within the grace period
+    await asyncio.sleep(GRACE + 0.1)
+    assert await recovery.recover() == {application_slot(lost)}  # no queue, no writer holds anything
+    epoch = (await client.get(keys.epoch_of(lost))).decode()
+    assert epoch.split(":")[1] == RECOVERED and await recovery.closed_slots() == []
+    assert keys_may_be_forgotten(epoch, float(epoch.split(":")[2]) + 1)  # idempotency falls back to MySQL there
+    assert not keys_may_be_forgotten((await client.get(keys.epoch_of(other))).decode(), 0)
+
+
+async def test_a_busy_writer_holds_the_recovery_of_a_lost_slot(parts):
+    recovery, client, keys, _ = parts
+    (app,) = _apps_in_distinct_slots(1)
+    assert await recovery.attempt(app)
+    await client.delete(keys.epoch_of(app))
+    assert not await recovery.attempt(app)
+    await asyncio.sleep(GRACE + 0.1)
+    queue = recovery.topology.chats.name
+    connection = pika.BlockingConnection(pika.URLParameters(recovery.amqp_url))
+    try:
+        channel = connection.channel()
+        recovery.topology.declare(channel)
+        channel.basic_consume(queue, lambda *_: None)  # a writer the broker knows of
+        await client.hset(keys.writer_heartbeats, f"{queue}|w1", format_heartbeat(3, time.time()))
+        assert await recovery.recover() == set()  # it still holds 3 messages that may carry the slot's numbers
+        await client.hset(keys.writer_heartbeats, f"{queue}|w1", format_heartbeat(0, time.time()))
+        assert await recovery.recover() == {application_slot(app)}
+    finally:
+        connection.close()
+
+
+async def test_a_system_older_than_slot_markers_keeps_its_single_epoch(parts):
+    recovery, client, keys, db = parts
+    first, second = _apps_in_distinct_slots(2)
+    await db.execute(text(f"INSERT INTO system_markers (name) VALUES ('{NUMBERING_OPENED}')"))
+    await client.set(keys.epoch, "old:fresh:1")  # the previous version's epoch: Redis lost nothing
+    assert await recovery.attempt(first)
+    assert await client.get(keys.epoch_of(first)) == b"old:fresh:1"  # its meaning carried over
+    await client.delete(keys.epoch)  # now Redis lost its data: any slot may have held numbers
+    assert not await recovery.attempt(second)
+
+
+async def test_numbers_wait_for_replicas_and_fail_without_them(parts):
+    _, client, keys, _ = parts
+    numbering = Numbering(client, keys, timeout=2, replicas=1, replica_timeout_ms=50)
+    await client.set(keys.epoch_of(5), "e")
+    await client.hset(keys.numbers(5), mapping={"id": 5, "chats": 0})
+    with pytest.raises(NotReplicated):  # the shared Redis has no replica: nothing may be answered
+        await numbering.new_chat(5)
+    plain = Numbering(client, keys, timeout=2)
+    assert (await plain.new_chat(5)).status == codes.OK  # REDIS_REPLICAS_TO_ACK=0: no WAIT at all
+
+
+# -- The precise rule: a lost slot re-opens under other tenants' load, never before its messages are committed ----
+
+
+class Beating:
+    """Writes a writer's heartbeat every 0.1 s, as a real writer's loop would, holding what it is told."""
+
+    def __init__(self, client, keys: RedisKeys, field: str) -> None:
+        self.client, self.keys, self.field = client, keys, field
+        self.oldest: float | None = None
+        self.held = 0
+        self.beat = 0
+        self.task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.beat += 1
+            value = format_heartbeat(self.held, time.time(), self.oldest, 0.0, 0, 1, self.beat)
+            await self.client.hset(self.keys.writer_heartbeats, self.field, value)
+            await asyncio.sleep(0.1)
+
+    async def __aenter__(self) -> Beating:
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def test_a_writer_holding_a_message_from_before_the_loss_keeps_the_slot_closed_until_it_is_acked(parts):
+    recovery, client, keys, _ = parts
+    (app,) = _apps_in_distinct_slots(1)
+    assert await recovery.attempt(app)
+    await client.set(keys.deferred_since, "1.0")  # the writers' ledger has been complete for long
+    await client.delete(keys.epoch_of(app))
+    assert not await recovery.attempt(app)
+    lost = time.time()
+    queue = recovery.topology.chats.name
+    connection = pika.BlockingConnection(pika.URLParameters(recovery.amqp_url))
+    try:
+        channel = connection.channel()
+        recovery.topology.declare(channel)
+        for stamp in (lost - 1, lost + 3600):  # one numbered before the loss, one long after it
+            props = pika.BasicProperties(delivery_mode=2, headers={PUBLISHED_AT_HEADER: stamp_header(stamp)})
+            channel.basic_publish("", queue, b"{}", props)
+        held: list[int] = []
+        channel.basic_qos(prefetch_count=10)
+        channel.basic_consume(queue, lambda _ch, method, _p, _b: held.append(method.delivery_tag))
+        connection.process_data_events(time_limit=1)
+        assert len(held) == 2  # both delivered to this "writer", unacknowledged
+        async with Beating(client, keys, f"{queue}|w1") as writer:
+            writer.held, writer.oldest = 2, lost - 1
+            await asyncio.sleep(2 * GRACE + 0.2)  # past the evidence time E
+            assert await recovery.recover() == set()  # the old message may carry one of the slot's numbers
+            channel.basic_ack(held[0])  # committed
+            writer.held, writer.oldest = 1, lost + 3600
+            # Still busy (the coarse rule would wait for it to be idle) but with a message numbered after the loss:
+            assert await recovery.recover() == {application_slot(app)}
+    finally:
+        connection.close()
+
+
+async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_closed_until_it_is_settled(parts):
+    recovery, client, keys, _ = parts
+    (app,) = _apps_in_distinct_slots(1)
+    assert await recovery.attempt(app)
+    await client.set(keys.deferred_since, "1.0")
+    await client.delete(keys.epoch_of(app))
+    assert not await recovery.attempt(app)
+    lost = time.time()
+    await asyncio.sleep(2 * GRACE + 0.2)
+    # The ledger alone (the retry queues cannot be read): an entry from before the loss keeps the precise rule shut.
+    await client.zadd(keys.deferred, {"a-retried-message": lost - 1, "a-newer-one": lost + 3600})
+    assert not await recovery._settled(lost)
+    await client.zrem(keys.deferred, "a-retried-message")
+    assert await recovery._settled(lost)  # only a message numbered after the loss is still deferred
+    # The whole round, with the message really in a retry tier (as the writer left it: ledger first, then the tier).
+    await client.zadd(keys.deferred, {"a-retried-message": lost - 1})
+    queue = recovery.topology.messages
+    connection = pika.BlockingConnection(pika.URLParameters(recovery.amqp_url))
+    try:
+        channel = connection.channel()
+        recovery.topology.declare(channel)
+        props = pika.BasicProperties(delivery_mode=2, headers={PUBLISHED_AT_HEADER: stamp_header(lost - 1)})
+        channel.basic_publish("", queue.retry(1), b"{}", props)
+        assert await recovery.recover() == set()
+        got = (None, None, None)
+        for _ in range(50):  # in the tier, or back in the work queue once its delay is over: "commit" it
+            got = channel.basic_get(queue.retry(1))
+            if got[0] is None:
+                got = channel.basic_get(queue.name)
+            if got[0] is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert got[0] is not None
+        assert got[1].headers[PUBLISHED_AT_HEADER] == stamp_header(lost - 1)  # kept through the tier's dead-lettering
+        await client.zrem(keys.deferred, "a-retried-message")  # settled before the acknowledgement
+        channel.basic_ack(got[0].delivery_tag)
+        assert await recovery.recover() == {application_slot(app)}
+    finally:
+        connection.close()
+
+
+async def test_a_ledger_lost_with_the_slot_waits_out_the_longest_retry_delay(parts):
+    recovery, client, keys, _ = parts
+    (app,) = _apps_in_distinct_slots(1)
+    assert await recovery.attempt(app)
+    await client.delete(keys.epoch_of(app))
+    assert not await recovery.attempt(app)
+    await asyncio.sleep(2 * GRACE + 0.2)
+    assert not await recovery._settled(time.time() - 2 * GRACE - 0.2)  # no ledger: it may have lost entries
+    await client.set(keys.deferred_since, repr(time.time()))  # a writer restarted it just now
+    assert not await recovery._settled(time.time() - 2 * GRACE - 0.2)  # a deferred message may still come back
+
+
+# -- The same with the real API and writers (separate processes) and the real broker --------------------------------
+
+
+class CreateLoad:
+    """Threads creating messages in chat 1 of ``apps`` (id -> token) without pause, recording every answer."""
+
+    def __init__(self, base_url: str, apps: dict[int, str], threads: int = 4) -> None:
+        self.base_url, self.apps = base_url, apps
+        self.stop = threading.Event()
+        self.answers: list[tuple[float, int, int, int | None, str]] = []  # (at, app, status, number, body)
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self.stop.is_set():
+            for app, token in self.apps.items():
+                body = f"b-{uuid.uuid4().hex}"
+                try:
+                    resp = session.post(
+                        f"{self.base_url}/applications/{token}/chats/1/messages", json={"body": body}, timeout=15
+                    )
+                    status, number = resp.status_code, resp.json().get("message_number")
+                except (requests.RequestException, ValueError):
+                    status, number = 0, None
+                self.answers.append((time.monotonic(), app, status, number, body))
+
+    def __enter__(self) -> CreateLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def statuses(self, app: int, since: float = 0.0) -> Counter:
+        return Counter(status for at, a, status, _, _ in list(self.answers) if a == app and at >= since)
+
+    def first_201(self, app: int, since: float) -> float | None:
+        return min((at for at, a, status, _, _ in list(self.answers) if a == app and status == 201 and at >= since),
+                   default=None)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def running():
+    """API (2 workers) and both writers as processes, two applications in distinct slots with a chat each."""
+    ns = Namespace.create("rec")
+    system = System(ns, LOG_ROOT / ns.name, api_workers=2)
+    engine = make_engine(ns.settings.database_url, pool_size=2)
+    try:
+        system.start()
+        apps: dict[int, str] = {}
+        while len({application_slot(app) for app in apps}) < 2 or len(apps) < 2:
+            token = requests.post(f"{system.base_url}/applications", json={"name": "t"}, timeout=15).json()["token"]
+            with engine.connect() as conn:
+                app = conn.execute(text("SELECT id FROM applications WHERE token = :t"), {"t": token}).scalar_one()
+            if application_slot(int(app)) not in {application_slot(a) for a in apps}:
+                apps[int(app)] = token
+                resp = requests.post(f"{system.base_url}/applications/{token}/chats", json={"name": "c"}, timeout=15)
+                assert resp.status_code == 201, resp.text
+        yield ns, system, engine, apps
+    finally:
+        system.stop()
+        engine.dispose()
+        ns.destroy()
+
+
+def _stored(engine, app: int, chat: int = 1) -> dict[int, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
+                "WHERE c.application_id = :a AND c.number = :c"
+            ),
+            {"a": app, "c": chat},
+        ).all()
+    return {int(n): body for n, body in rows}
+
+
+def _lose_slot(ns: Namespace, app: int) -> None:
+    """What a shard losing its data does to one application's slot: its epoch and counters are gone."""
+    client = sync_client(ns.settings.redis_url)
+    keys = RedisKeys(ns.settings.redis_key_prefix)
+    client.delete(keys.epoch_of(app), keys.numbers(app))
+    client.close()
+
+
+def _publish(ns: Namespace, queue: str, body: bytes, stamp: float) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(ns.settings.rabbitmq_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        props = pika.BasicProperties(delivery_mode=2, headers={PUBLISHED_AT_HEADER: stamp_header(stamp)})
+        channel.basic_publish("", queue, body, props, mandatory=True)
+    finally:
+        connection.close()
+
+
+def test_a_slot_lost_under_another_tenants_continuous_load_reopens_within_a_bounded_time(running):
+    ns, system, engine, apps = running
+    other, lost = sorted(apps)
+    topology = Topology.from_settings(ns.settings)
+    # Another tenant's message whose chat is not written yet keeps cycling through the retry tiers for the whole
+    # test (stamped far after the loss): the queues are never all empty, so only the precise rule can re-open.
+    _publish(ns, topology.messages.name, MessageUpsert(other, 999, 1, "later", 0).encode(), time.time() + 3600)
+    with CreateLoad(system.base_url, apps) as load:
+        time.sleep(2)
+        lost_at = time.monotonic()
+        _lose_slot(ns, lost)
+        reopened = wait_for(lambda: load.first_201(lost, lost_at + 0.5), 40, what="the lost slot re-opened")
+        time.sleep(1)
+    reopened_at = load.first_201(lost, lost_at + 0.5)
+    assert reopened and reopened_at is not None
+    took = reopened_at - lost_at
+    # grace (2 s) + evidence (another 2 s) + a recovery round (~2.5 s) + the watchdog's second: well under 15 s.
+    assert took < 15, f"re-opened only {took:.1f}s after the loss"
+    assert set(load.statuses(other)) == {201}, load.statuses(other)  # the other tenant never paused
+    during = load.statuses(lost, since=lost_at)
+    assert during[503] > 0 and set(during) <= {201, 503}, during
+    assert load.statuses(other, since=reopened_at)[201] > 0  # the load went on while the slot re-opened
+    accepted = [(n, body) for _, a, status, n, body in load.answers if a == lost and status == 201]
+    numbers = [n for n, _ in accepted]
+    assert len(numbers) == len(set(numbers)), "a number was answered twice"
+    wait_for(lambda: {n for n in numbers} <= set(_stored(engine, lost)), 60, what="every accepted message stored")
+    stored = _stored(engine, lost)
+    assert all(stored[n] == body for n, body in accepted), "a number was given to two messages"
+    print(f"lost slot re-opened {took:.1f}s after the loss under load; its tenant's answers meanwhile {dict(during)}")
+
+
+def test_a_message_deferred_from_before_the_loss_keeps_the_slot_closed_until_it_is_committed(running):
+    ns, system, engine, apps = running
+    other, lost = sorted(apps)
+    topology = Topology.from_settings(ns.settings)
+    with engine.connect() as conn:
+        chats = conn.execute(text("SELECT MAX(number) FROM chats WHERE application_id = :a"), {"a": other})
+        next_chat = int(chats.scalar_one() or 0) + 1
+    # Published before the loss, for a chat not written yet: the message-writer defers it (retry tiers) again and again.
+    _publish(ns, topology.messages.name, MessageUpsert(other, next_chat, 1, "deferred", 0).encode(), time.time())
+    time.sleep(0.5)
+    lost_at = time.monotonic()
+    _lose_slot(ns, lost)
+    url = f"{system.base_url}/applications/{apps[lost]}/chats/1/messages"
+    time.sleep(10)  # well past the grace period, the evidence time and a few recovery rounds
+    assert requests.post(url, json={"body": "too early"}, timeout=15).status_code == 503
+    resp = requests.post(f"{system.base_url}/applications/{apps[other]}/chats", json={"name": "c"}, timeout=15)
+    assert (resp.status_code, resp.json()["chat_number"]) == (201, next_chat)  # its chat: now it can be written
+    wait_for(lambda: 1 in _stored(engine, other, next_chat), 30, what="the deferred message committed")
+    committed_at = time.monotonic()
+    wait_for(lambda: requests.post(url, json={"body": "after"}, timeout=15).status_code == 201, 30, what="re-open")
+    print(f"closed {committed_at - lost_at:.1f}s until the deferred message was committed, re-opened "
+          f"{time.monotonic() - committed_at:.1f}s after that")  # fmt: skip
+
+
+async def test_the_api_stamps_each_publish_and_never_sends_one_past_its_deadline(parts):
+    recovery, *_ = parts
+    topology = recovery.topology
+    publisher = ConfirmingPublisher(recovery.amqp_url, declare=topology.declare, timeout=0.5)
+    await publisher.start()
+    connection = pika.BlockingConnection(pika.URLParameters(recovery.amqp_url))
+    try:
+
+        async def request(delay: float) -> None:  # one request: numbered, then published ``delay`` s later
+            stamp_numbering()
+            await asyncio.sleep(delay)
+            await publisher.publish(topology.chats.name, b"{}")
+
+        before = time.time()
+        await request(0)
+        with pytest.raises(PublishError):  # numbered longer ago than the publish timeout: not sent at all
+            await request(0.6)
+        channel = connection.channel()
+        got = [channel.basic_get(topology.chats.name, auto_ack=True) for _ in range(2)]
+        assert got[1][0] is None  # only the first one reached the queue
+        stamp = read_stamp(got[0][1].headers[PUBLISHED_AT_HEADER])
+        assert before <= stamp <= before + 0.2  # the time it was numbered, not the time it was confirmed
+    finally:
+        connection.close()
+        await publisher.close()
