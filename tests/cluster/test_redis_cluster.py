@@ -46,6 +46,19 @@ SHARED_REDIS = "redis://127.0.0.1:6379/0"
 APPS = 12
 
 
+def stored_bodies(engine, application_id: int) -> dict[int, str]:
+    """message number -> body of chat 1 of an application, as MySQL holds them."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
+                "WHERE c.application_id = :a AND c.number = 1"
+            ),
+            {"a": application_id},
+        ).all()
+    return {int(n): body for n, body in rows}
+
+
 @dataclasses.dataclass
 class Deployment:
     cluster: RedisCluster
@@ -69,15 +82,7 @@ class Deployment:
 
     def stored(self, app: int) -> dict[int, str]:
         """message number -> body of chat 1 of ``app`` in MySQL."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
-                    "WHERE c.application_id = :a AND c.number = 1"
-                ),
-                {"a": app},
-            ).all()
-        return {int(n): body for n, body in rows}
+        return stored_bodies(self.engine, app)
 
 
 @pytest.fixture(scope="module")

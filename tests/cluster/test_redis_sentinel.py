@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from chat_common.db import make_engine
 from chat_devtools.redis_sentinel import RedisSentinel, unavailable_reason
-from tests.cluster.test_redis_cluster import Load, _check_no_number_twice
+from tests.cluster.test_redis_cluster import Load, _check_no_number_twice, stored_bodies
 from tests.conftest import LOG_ROOT
 from tests.support.http import wait_for
 from tests.support.namespace import Namespace
@@ -44,15 +44,7 @@ class Deployment:
 
     def stored(self, app: int) -> dict[int, str]:
         """message number -> body of chat 1 of ``app`` in MySQL."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
-                    "WHERE c.application_id = :a AND c.number = 1"
-                ),
-                {"a": app},
-            ).all()
-        return {int(n): body for n, body in rows}
+        return stored_bodies(self.engine, app)
 
 
 @pytest.fixture(scope="module")
