@@ -43,8 +43,9 @@ def bare_app() -> falcon.asgi.App:
 
 
 INSERT_MESSAGE = text(
-    "INSERT INTO messages (chat_id, number, body, version)"
-    " SELECT id, :number, :body, :version FROM chats WHERE application_id = :application_id AND number = :chat_number"
+    "INSERT INTO messages (application_id, chat_id, number, body, version)"
+    " SELECT application_id, id, :number, :body, :version FROM chats"
+    " WHERE application_id = :application_id AND number = :chat_number"
 )
 INSERT_CHAT = text(
     "INSERT INTO chats (application_id, number, name, version) VALUES (:application_id, :chat_number, :name, :version)"

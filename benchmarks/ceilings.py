@@ -177,7 +177,7 @@ def publish_unconfirmed(amqp_url: str, queue: str, body: bytes, count: int) -> R
 
 
 # -- MySQL ---------------------------------------------------------------------------------------------------
-MESSAGE_COLUMNS = ["chat_id", "number", "body", "version"]
+MESSAGE_COLUMNS = ["application_id", "chat_id", "number", "body", "version"]
 
 
 def _upsert_sql() -> str:
@@ -203,7 +203,7 @@ def pymysql_connection(database_url: str) -> pymysql.Connection:
 
 
 def raw_insert(database_url: str, rows: Sequence[dict], batch_size: int) -> Rate:
-    """The writer's upsert statement on ``rows`` (chat_id, number, body, version), one commit per batch."""
+    """The writer's upsert on ``rows`` (application_id, chat_id, number, body, version), one commit per batch."""
     sql = _upsert_sql()
     connection = pymysql_connection(database_url)
     try:

@@ -56,15 +56,15 @@ def insert_chats(engine: Engine, app_id: int, numbers: Iterable[int]) -> dict[in
         return {number: chat_id for number, chat_id in rows}
 
 
-def bulk_messages(database_url: str, rows: Iterable[tuple[int, int]], batch_size: int = 5000) -> int:
-    """Insert (chat id, number) message rows with generated bodies, fast: big multi-row INSERTs."""
-    sql = "INSERT INTO messages (chat_id, number, body) VALUES (%s, %s, %s)"
+def bulk_messages(database_url: str, app_id: int, rows: Iterable[tuple[int, int]], batch_size: int = 5000) -> int:
+    """Insert (chat id, number) message rows of one application with generated bodies, fast: big multi-row INSERTs."""
+    sql = "INSERT INTO messages (application_id, chat_id, number, body) VALUES (%s, %s, %s, %s)"
     connection = pymysql_connection(database_url)
     written = 0
     try:
         with connection.cursor() as cursor:
             for chunk in _chunks(rows, batch_size):
-                cursor.executemany(sql, [(chat_id, n, body_for(n)) for chat_id, n in chunk])
+                cursor.executemany(sql, [(app_id, chat_id, n, body_for(n)) for chat_id, n in chunk])
                 connection.commit()
                 written += len(chunk)
     finally:
@@ -72,10 +72,10 @@ def bulk_messages(database_url: str, rows: Iterable[tuple[int, int]], batch_size
     return written
 
 
-def message_rows(chat_ids: dict[int, int], per_chat: int) -> list[dict]:
+def message_rows(app_id: int, chat_ids: dict[int, int], per_chat: int) -> list[dict]:
     """Rows shaped like the message-writer's upsert parameters: ``per_chat`` messages in every chat."""
     return [
-        {"chat_id": chat_id, "number": n, "body": body_for(n), "version": 0}
+        {"application_id": app_id, "chat_id": chat_id, "number": n, "body": body_for(n), "version": 0}
         for chat_id in chat_ids.values()
         for n in range(1, per_chat + 1)
     ]
@@ -118,7 +118,7 @@ def count_messages(engine: Engine, app_id: int) -> int:
     """Message rows of one application."""
     with engine.connect() as conn:
         return conn.execute(
-            text("SELECT COUNT(*) FROM messages m JOIN chats c ON c.id = m.chat_id WHERE c.application_id = :a"),
+            text("SELECT COUNT(*) FROM messages WHERE application_id = :a"),
             {"a": app_id},
         ).scalar_one()
 
@@ -135,7 +135,7 @@ def write_times(engine: Engine, app_id: int) -> dict[tuple[int, int], float]:
         rows = conn.execute(
             text(
                 "SELECT c.number, m.number, UNIX_TIMESTAMP(m.created_at) FROM messages m"
-                " JOIN chats c ON c.id = m.chat_id WHERE c.application_id = :a"
+                " JOIN chats c ON c.application_id = m.application_id AND c.id = m.chat_id WHERE m.application_id = :a"
             ),
             {"a": app_id},
         )
@@ -151,17 +151,11 @@ def drain_rate(engine: Engine, app_id: int) -> tuple[float, int, float]:
     """
     with engine.connect() as conn:
         first, last, rows = conn.execute(
-            text(
-                "SELECT MIN(m.created_at), MAX(m.created_at), COUNT(*) FROM messages m"
-                " JOIN chats c ON c.id = m.chat_id WHERE c.application_id = :a"
-            ),
+            text("SELECT MIN(created_at), MAX(created_at), COUNT(*) FROM messages WHERE application_id = :a"),
             {"a": app_id},
         ).one()
         in_last = conn.execute(
-            text(
-                "SELECT COUNT(*) FROM messages m JOIN chats c ON c.id = m.chat_id"
-                " WHERE c.application_id = :a AND m.created_at = :last"
-            ),
+            text("SELECT COUNT(*) FROM messages WHERE application_id = :a AND created_at = :last"),
             {"a": app_id, "last": last},
         ).scalar_one()
     span = (last - first).total_seconds()

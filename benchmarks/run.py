@@ -421,8 +421,9 @@ class Bench:
             "table_rows_before": data.total_messages(self.engine),
         }
         token = self.client.new_application(f"raw {label}")
-        raw_chats = data.insert_chats(self.engine, data.application_id(self.engine, token), range(1, 101))
-        rows = data.message_rows(raw_chats, per_chat)
+        raw_app = data.application_id(self.engine, token)
+        raw_chats = data.insert_chats(self.engine, raw_app, range(1, 101))
+        rows = data.message_rows(raw_app, raw_chats, per_chat)
         self.log(f"scenario 4 ({label}, {out['table_rows_before']} rows in the table): raw upsert of {total} rows")
         raw = ceilings.raw_insert(self.settings.database_url, rows, self.settings.writer_batch_size)
         out["raw_insert"] = raw.as_dict()
@@ -486,7 +487,7 @@ class Bench:
         started = time.monotonic()
         rows = [(chat_ids[1], n) for n in range(1, big + 1)] + [(chat_ids[2], n) for n in range(1, small + 1)]
         rows += ((chat_ids[c], n) for c in range(3, COUNT_SYNC_CHATS + 3) for n in range(1, per_chat + 1))
-        written = data.bulk_messages(self.settings.database_url, rows)
+        written = data.bulk_messages(self.settings.database_url, app_id, rows)
         with self.engine.connect() as conn:
             conn.execute(text("ANALYZE TABLE messages, chats"))
         elapsed = time.monotonic() - started

@@ -28,6 +28,11 @@ class Settings:
     """Every knob of the system. Build it with :meth:`from_env`; pass it down, never re-read the environment."""
 
     database_url: str = "mysql+pymysql://root@127.0.0.1:3306/chat_system?charset=utf8mb4"
+    # A read replica of database_url (optional): the API's pages and embedded search read from it while it
+    # replicates at most database_read_max_lag_seconds behind (chat_api.adapters.replica); everything else, and
+    # every read of a tenant that edited more recently than the replica may lag, stays on the primary.
+    database_read_url: str | None = None
+    database_read_max_lag_seconds: float = 5.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     elasticsearch_url: str | None = None

@@ -6,11 +6,12 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 
-def make_engine(database_url: str, *, pool_size: int = 10, **kwargs: object) -> Engine:
+def make_engine(database_url: str, *, pool_size: int = 10, read_timeout: float | None = 30, **kwargs: object) -> Engine:
     """An engine with the connection hygiene every service needs.
 
     READ COMMITTED avoids the gap locks REPEATABLE READ takes on ``INSERT … ON DUPLICATE KEY``,
-    which would otherwise make concurrent writer batches deadlock each other.
+    which would otherwise make concurrent writer batches deadlock each other. ``read_timeout`` (seconds, None:
+    none) bounds the wait for one answer: migrations that rebuild a big table wait longer than services should.
     """
     return create_engine(
         database_url,
@@ -19,7 +20,7 @@ def make_engine(database_url: str, *, pool_size: int = 10, **kwargs: object) -> 
         pool_pre_ping=True,
         pool_recycle=1800,
         isolation_level="READ COMMITTED",
-        connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+        connect_args={"connect_timeout": 5, "read_timeout": read_timeout, "write_timeout": 30},
         **kwargs,
     )
 

@@ -52,6 +52,16 @@ API_PUBLISH_FAILURES = Counter(
     "chat_api_publish_failures_total", "Publishes answered with 503 (nack, unroutable, timeout, broker down)", ["queue"]
 )
 
+# Read replica (DATABASE_READ_URL): where the API's lag-tolerant reads ran, and the replica as last probed.
+API_DB_READS = Counter(
+    "chat_api_db_reads_total", "Page and search reads by the database that answered them", ["target"]
+)  # target: primary, replica
+API_DB_REPLICA_LAG = Gauge(
+    "chat_api_db_replica_lag_seconds",
+    "Replication lag of the read replica as last probed (-1: not replicating or unreachable)",
+    multiprocess_mode="max",
+)
+
 # Search indexing (message-writer) and search queries (API).
 SEARCH_BACKLOG = Gauge("chat_search_backlog", "Messages whose search document is waiting to be written")
 SEARCH_BULK_FAILURES = Counter("chat_search_bulk_failures_total", "Search documents a bulk request failed to write")

@@ -20,7 +20,8 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     """Bring the database at ``database_url`` to ``revision`` (creating the database first if needed)."""
     if create_database_if_missing(database_url):
         log.info("created database")
-    engine = make_engine(database_url, pool_size=1)
+    # No read timeout: a revision that rebuilds a big table (0004) answers only when the rebuild is done.
+    engine = make_engine(database_url, pool_size=1, read_timeout=None)
     try:
         with engine.begin() as connection:
             config = Config()

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     func,
 )
 from sqlalchemy.dialects import mysql
@@ -99,13 +100,21 @@ messages = Table(
     "messages",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("chat_id", Id, ForeignKey("chats.id", ondelete="CASCADE"), nullable=False),
+    # The tenant's key on every row (migration 0004): each query names it first, so the table can shard by
+    # application (Vitess: a hash vindex on application_id) and no query needs a join to find its tenant.
+    Column("application_id", Id, ForeignKey("applications.id", ondelete="CASCADE"), nullable=False),
+    Column("chat_id", Id, nullable=False),
     Column("number", Number, nullable=False),
     Column("body", BodyType, nullable=False),
     Column("version", BigInteger, nullable=False, server_default="0"),
     *_timestamps(),
-    UniqueConstraint("chat_id", "number", name="uq_messages_chat_number"),
+    UniqueConstraint("application_id", "chat_id", "number", name="uq_messages_application_chat_number"),
     **TABLE_OPTIONS,
+)
+
+# A chat with its messages, the tenant's key first: a join that walks uq_messages_application_chat_number.
+chat_messages = chats.join(
+    messages, and_(messages.c.application_id == chats.c.application_id, messages.c.chat_id == chats.c.id)
 )
 
 Index("ix_applications_created_at", applications.c.created_at)

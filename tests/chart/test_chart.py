@@ -32,6 +32,7 @@ from tests.chart.rendering import (
 WRITERS = ("chat-writer", "message-writer")
 CREDENTIAL_KEYS = {
     "DATABASE_URL",
+    "DATABASE_READ_URL",
     "REDIS_URL",
     "RABBITMQ_URL",
     "ELASTICSEARCH_URL",
@@ -326,6 +327,20 @@ def decoded_secrets(manifests) -> dict[str, str]:
         for key, value in (secret.obj.get("data") or {}).items():
             values[f"{secret.name}/{key}"] = base64.b64decode(value).decode()
     return values
+
+
+def test_a_read_replica_url_reaches_every_service_through_the_secret_only():
+    replica = "mysql+pymysql://reader:s3cret-pw@db-replica:3306/chat_system?charset=utf8mb4"
+    manifests = render({"externalDatabase": {"readUrl": replica}, "config": {"databaseReadMaxLagSeconds": 2}})
+    assert decoded_secrets(manifests)[f"{named(manifests, 'Secret', 'system').name}/DATABASE_READ_URL"] == replica
+    (api,) = [m for m in of_kind(manifests, "Deployment") if component(m) == "api"]
+    (container,) = containers(api.obj["spec"]["template"]["spec"])
+    assert env_of(container)["DATABASE_READ_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    config = next(m for m in of_kind(manifests, "ConfigMap") if component(m) == "config")
+    assert config.obj["data"]["DATABASE_READ_MAX_LAG_SECONDS"] == "2"
+    assert not any(k.endswith("/DATABASE_READ_URL") for k in decoded_secrets(render()))  # none by default
+    with pytest.raises(helm.HelmError, match="DATABASE_READ_URL"):
+        render({"externalDatabase": {"readUrl": replica}, "auth": {"existingSecret": "mine"}})
 
 
 def test_credentials_are_only_in_secrets(variant):

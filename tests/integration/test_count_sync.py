@@ -36,8 +36,8 @@ def seeded(fresh_namespace):
                 count = (chat_id * 7) % 11
                 for m in range(1, count + 1):
                     conn.execute(
-                        text("INSERT INTO messages (chat_id, number, body) VALUES (:c, :m, 'b')"),
-                        {"c": chat_id, "m": m},
+                        text("INSERT INTO messages (application_id, chat_id, number, body) VALUES (:a, :c, :m, 'b')"),
+                        {"a": app_id, "c": chat_id, "m": m},
                     )
                 expected[chat_id] = count
     client.sadd(keys.dirty_chats, *expected)

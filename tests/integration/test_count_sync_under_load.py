@@ -297,11 +297,16 @@ def test_count_sync_every_second_against_back_to_back_writer_batches(seeded_chat
 def test_rows_a_writer_holds_are_waited_for_one_at_a_time(seeded_chats):
     _, engine, client, keys = seeded_chats
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO messages (chat_id, number, body) SELECT id, 1, 'm' FROM chats WHERE id <= 20"))
+        conn.execute(
+            text(
+                "INSERT INTO messages (application_id, chat_id, number, body)"
+                " SELECT application_id, id, 1, 'm' FROM chats WHERE id <= 20"
+            )
+        )
     client.sadd(keys.dirty_chats, *range(1, 21))
     holder = engine.connect()
     held = holder.begin()
-    # What a writer's foreign-key check holds until it commits: shared locks on parent rows.
+    # A writer holding chat rows until it commits (a chat-writer's rename; before 0004, a message insert's FK check).
     holder.execute(text("SELECT id FROM chats WHERE id IN (3, 17) LOCK IN SHARE MODE")).all()
     releaser = threading.Timer(1.0, held.commit)
     releaser.start()
@@ -317,7 +322,12 @@ def test_rows_a_writer_holds_are_waited_for_one_at_a_time(seeded_chats):
 def test_a_deadlock_victim_is_retried_and_a_batch_that_keeps_failing_is_given_back(seeded_chats, monkeypatch):
     _, engine, client, keys = seeded_chats
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO messages (chat_id, number, body) SELECT id, 1, 'm' FROM chats WHERE id <= 20"))
+        conn.execute(
+            text(
+                "INSERT INTO messages (application_id, chat_id, number, body)"
+                " SELECT application_id, id, 1, 'm' FROM chats WHERE id <= 20"
+            )
+        )
     client.sadd(keys.dirty_chats, *range(1, 21))
     monkeypatch.setattr(count_sync, "LOCK_BACKOFF_SECONDS", 0.001)
     real = CountSync._raise_free_rows
@@ -336,7 +346,12 @@ def test_a_deadlock_victim_is_retried_and_a_batch_that_keeps_failing_is_given_ba
 
     # A conflict that outlasts every retry escapes the run, and the claimed ids go straight back to the dirty set.
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO messages (chat_id, number, body) SELECT id, 2, 'm' FROM chats WHERE id <= 5"))
+        conn.execute(
+            text(
+                "INSERT INTO messages (application_id, chat_id, number, body)"
+                " SELECT application_id, id, 2, 'm' FROM chats WHERE id <= 5"
+            )
+        )
     client.sadd(keys.dirty_chats, *range(1, 6))
     monkeypatch.setattr(CountSync, "_raise_free_rows", lambda *_: (_ for _ in ()).throw(_lock_error(1213)))
     with pytest.raises(OperationalError):

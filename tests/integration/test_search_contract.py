@@ -40,8 +40,8 @@ class Corpus:
             ).lastrowid
             for i, body in enumerate(bodies, start=1):
                 conn.execute(
-                    text("INSERT INTO messages (chat_id, number, body) VALUES (:c, :m, :b)"),
-                    {"c": chat_id, "m": i, "b": body},
+                    text("INSERT INTO messages (application_id, chat_id, number, body) VALUES (:a, :c, :m, :b)"),
+                    {"a": application_id, "c": chat_id, "m": i, "b": body},
                 )
         self.backend.index([IndexedMessage(application_id, number, i, b, 0) for i, b in enumerate(bodies, start=1)])
         self.backend.refresh()
@@ -50,8 +50,9 @@ class Corpus:
         with self.engine.begin() as conn:
             conn.execute(
                 text(
-                    "UPDATE messages m JOIN chats c ON c.id = m.chat_id SET m.body = :b, m.version = :v "
-                    "WHERE c.application_id = :a AND c.number = :n AND m.number = :m AND m.version < :v"
+                    "UPDATE messages m JOIN chats c ON c.application_id = m.application_id AND c.id = m.chat_id"
+                    " SET m.body = :b, m.version = :v"
+                    " WHERE m.application_id = :a AND c.number = :n AND m.number = :m AND m.version < :v"
                 ),
                 {"b": body, "v": version, "a": application_id, "n": number, "m": message},
             )

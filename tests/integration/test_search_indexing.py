@@ -55,7 +55,7 @@ def parts(fresh_namespace):
         conn.execute(text("INSERT INTO chats (id, application_id, number, name) VALUES (10, 1, 1, 'c')"))
         for n in (1, 2, 3):
             conn.execute(
-                text("INSERT INTO messages (chat_id, number, body, version) VALUES (10, :n, :b, 5)"),
+                text("INSERT INTO messages (application_id, chat_id, number, body, version) VALUES (1, 10, :n, :b, 5)"),
                 {"n": n, "b": f"current {n}"},
             )
     yield engine, client, keys

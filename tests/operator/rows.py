@@ -21,7 +21,11 @@ def add_chats(engine: Engine, client: redis.Redis, keys: RedisKeys, application_
             ).inserted_primary_key[0]
             if count:
                 conn.execute(
-                    messages.insert(), [{"chat_id": chat_id, "number": n, "body": f"m{n}"} for n in range(1, count + 1)]
+                    messages.insert(),
+                    [
+                        {"application_id": application_id, "chat_id": chat_id, "number": n, "body": f"m{n}"}
+                        for n in range(1, count + 1)
+                    ],
                 )
             client.sadd(keys.dirty_chats, chat_id)
     client.sadd(keys.dirty_applications, application_id)
@@ -37,8 +41,6 @@ def rows_of(engine: Engine, application_id: int) -> tuple[int, int, int]:
             select(func.count()).select_from(chats).where(chats.c.application_id == application_id)
         ).scalar_one()
         n_messages = conn.execute(
-            select(func.count())
-            .select_from(messages.join(chats, messages.c.chat_id == chats.c.id))
-            .where(chats.c.application_id == application_id)
+            select(func.count()).select_from(messages).where(messages.c.application_id == application_id)
         ).scalar_one()
     return int(n_apps), int(n_chats), int(n_messages)

@@ -179,10 +179,14 @@ class PrivateMariaDB(PrivateService):
             f"--log-error={self.log_path}",
             "--user=" + os.environ.get("USER", "root"),
             "--skip-name-resolve",
-            "--skip-log-bin",
+            *self.replication_args(),
             "--innodb-buffer-pool-size=64M",
             "--max-connections=300",
         ]
+
+    def replication_args(self) -> list[str]:
+        """Binary log and server id (a standalone server keeps no binary log)."""
+        return ["--skip-log-bin"]
 
     def _connect(self, user: str = "root", password: str = "") -> pymysql.Connection:
         return pymysql.connect(host="127.0.0.1", port=self.port, user=user, password=password, connect_timeout=2)
@@ -215,6 +219,63 @@ class PrivateMariaDB(PrivateService):
                 return int(cursor.fetchone()[1])
         finally:
             connection.close()
+
+
+class ReplicationPrimary(PrivateMariaDB):
+    """A private MariaDB that writes a row-based binary log with GTIDs, for a :class:`ReplicationReplica`."""
+
+    name = "mariadb-primary"
+    server_id = 1
+
+    def replication_args(self) -> list[str]:
+        return [f"--server-id={self.server_id}", "--log-bin=binlog", "--binlog-format=ROW"]
+
+    def gtid_position(self) -> str:
+        """The primary's current GTID position (where a new replica starts)."""
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT @@gtid_binlog_pos")
+                return cursor.fetchone()[0]
+        finally:
+            connection.close()
+
+
+class ReplicationReplica(PrivateMariaDB):
+    """A private MariaDB replicating a :class:`ReplicationPrimary` (GTID, asynchronous, as a managed replica is)."""
+
+    name = "mariadb-replica"
+    server_id = 2
+
+    def replication_args(self) -> list[str]:
+        return [f"--server-id={self.server_id}", "--skip-log-bin"]
+
+    def sql(self, *statements: str) -> list[dict]:
+        """Run statements as root; the rows of the last one, as dicts."""
+        connection = self._connect()
+        try:
+            with connection.cursor(pymysql.cursors.DictCursor) as cursor:
+                for statement in statements:
+                    cursor.execute(statement)
+                rows = list(cursor.fetchall())
+            connection.commit()
+            return rows
+        finally:
+            connection.close()
+
+    def follow(self, primary: ReplicationPrimary) -> None:
+        """Replicate ``primary`` from its current position (each server's own users stay its own)."""
+        self.sql(
+            f"SET GLOBAL gtid_slave_pos = '{primary.gtid_position()}'",
+            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='{primary.user}', "
+            f"MASTER_PASSWORD='{primary.password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+            "START SLAVE",
+        )
+
+    def replication_status(self) -> dict:
+        """``SHOW REPLICA STATUS`` as a dict (empty when not replicating at all)."""
+        rows = self.sql("SHOW REPLICA STATUS")
+        return rows[0] if rows else {}
 
 
 class PrivateRedis(PrivateService):

@@ -185,6 +185,7 @@ class _Counters:
     id: int
     chats: int | None = None
     messages: dict[int, int] = field(default_factory=dict)
+    edited: int = 0  # the version handed to the last edit (the edit clock, field ``v``)
 
 
 class FakeNumbering(Faults):
@@ -236,6 +237,7 @@ class FakeNumbering(Faults):
         if op == "edit_message" and message > last:
             return Allocation(codes.NOT_FOUND, self.epoch)
         self.clock = max(self.clock + 1, time.time_ns() // 1000)
+        counters.edited = self.clock
         return Allocation(codes.OK, self.epoch, counters.id, self.clock)
 
     async def new_chat(self, application_id: int, max_chats: int = 0) -> Allocation:
@@ -275,6 +277,12 @@ class FakeNumbering(Faults):
             return False
         self.hashes[application_id].messages.setdefault(chat_number, last_message_number)
         return True
+
+    async def last_edit(self, application_id: int) -> float | None:
+        """Unix time of the application's last edit; None if it never edited."""
+        self._enter("last_edit", application_id)
+        counters = self.hashes.get(application_id)
+        return counters.edited / 1e6 if counters and counters.edited else None
 
     async def ping(self) -> bool:
         """True (unless a failure is injected)."""
@@ -397,6 +405,8 @@ class FakeRepository(Faults):
         self.applications = applications
         self.chats: dict[tuple[int, int], _Row] = {}
         self.messages: dict[tuple[int, int, int], _Row] = {}
+        self.replica_bound: float | None = None  # a replica that may serve, this far behind (None: none)
+        self.replica_asked: list[bool] = []  # from_replica of each page read, in order
 
     # the writers' side, for tests
     def add_chat(self, application_id: int, number: int, name: str, messages_count: int = 0) -> None:
@@ -409,12 +419,12 @@ class FakeRepository(Faults):
 
     def apply(self, queue: str, payload: dict) -> None:
         """What a writer does with one published upsert: insert, or update when the version is newer."""
-        app, chat = payload["application_id"], payload["chat_number"]
+        application_id, chat = payload["application_id"], payload["chat_number"]
         if queue.endswith(".chats"):
-            key, rows, text = (app, chat), self.chats, payload["name"]
+            key, rows, text = (application_id, chat), self.chats, payload["name"]
         else:
-            key, rows, text = (app, chat, payload["message_number"]), self.messages, payload["body"]
-            if (app, chat) not in self.chats:
+            key, rows, text = (application_id, chat, payload["message_number"]), self.messages, payload["body"]
+            if (application_id, chat) not in self.chats:
                 return  # the writer retries it later
         row = rows.get(key)
         if row is None:
@@ -422,53 +432,56 @@ class FakeRepository(Faults):
         elif payload["version"] > row.version:
             row.text, row.version = text, payload["version"]
 
-    def _app_id(self, token: str) -> int | None:
-        application = self.applications.rows.get(token)
-        return application.id if application else None
-
-    def _missing(self, token: str, chat_number: int = 0) -> NotFound | None:
-        app = self._app_id(token)
-        if app is None:
+    def _missing(self, application_id: int, chat_number: int = 0) -> NotFound | None:
+        if all(application.id != application_id for application in self.applications.rows.values()):
             return NotFound("application not found")
-        if chat_number and (app, chat_number) not in self.chats:
+        if chat_number and (application_id, chat_number) not in self.chats:
             return NotFound("chat not found")
         return None
 
     # the port
-    async def find_chat(self, token: str, number: int) -> Chat:
+    def replica_lag_bound(self) -> float | None:
+        """The test's :attr:`replica_bound` (None: no replica may serve)."""
+        return self.replica_bound
+
+    async def find_chat(self, application_id: int, number: int) -> Chat:
         """One chat; NotFound naming the application or the chat."""
-        self._enter("find_chat", token, number)
-        if missing := self._missing(token, number):
+        self._enter("find_chat", application_id, number)
+        if missing := self._missing(application_id, number):
             raise missing
-        row = self.chats[(self._app_id(token), number)]
+        row = self.chats[(application_id, number)]
         return Chat(number, row.text, row.count)
 
-    async def list_chats(self, token: str, after: int, offset: int, limit: int) -> list[Chat]:
+    async def list_chats(
+        self, application_id: int, after: int, offset: int, limit: int, from_replica: bool = False
+    ) -> list[Chat]:
         """Chats numbered above ``after`` in number order, skipping ``offset``, at most ``limit``."""
-        self._enter("list_chats", token, after, offset, limit)
-        app = self._app_id(token)
-        numbers = sorted(n for (a, n) in self.chats if a == app and n > after)[offset : offset + limit]
-        if not numbers and (missing := self._missing(token)):
+        self._enter("list_chats", application_id, after, offset, limit)
+        self.replica_asked.append(from_replica)
+        numbers = sorted(n for (a, n) in self.chats if a == application_id and n > after)[offset : offset + limit]
+        if not numbers and (missing := self._missing(application_id)):
             raise missing
-        return [Chat(n, self.chats[(app, n)].text, self.chats[(app, n)].count) for n in numbers]
+        return [Chat(n, self.chats[(application_id, n)].text, self.chats[(application_id, n)].count) for n in numbers]
 
-    async def find_message(self, token: str, chat_number: int, number: int) -> Message:
+    async def find_message(self, application_id: int, chat_number: int, number: int) -> Message:
         """One message; NotFound naming the application, the chat or the message."""
-        self._enter("find_message", token, chat_number, number)
-        row = self.messages.get((self._app_id(token), chat_number, number))
+        self._enter("find_message", application_id, chat_number, number)
+        row = self.messages.get((application_id, chat_number, number))
         if row is None:
-            raise self._missing(token, chat_number) or NotFound("message not found")
+            raise self._missing(application_id, chat_number) or NotFound("message not found")
         return Message(number, row.text)
 
-    async def list_messages(self, token: str, chat_number: int, after: int, offset: int, limit: int) -> list[Message]:
+    async def list_messages(
+        self, application_id: int, chat_number: int, after: int, offset: int, limit: int, from_replica: bool = False
+    ) -> list[Message]:
         """Messages numbered above ``after`` in number order, skipping ``offset``, at most ``limit``."""
-        self._enter("list_messages", token, chat_number, after, offset, limit)
-        app = self._app_id(token)
-        numbers = sorted(m for (a, c, m) in self.messages if (a, c) == (app, chat_number) and m > after)
+        self._enter("list_messages", application_id, chat_number, after, offset, limit)
+        self.replica_asked.append(from_replica)
+        numbers = sorted(m for (a, c, m) in self.messages if (a, c) == (application_id, chat_number) and m > after)
         numbers = numbers[offset : offset + limit]
-        if not numbers and (missing := self._missing(token, chat_number)):
+        if not numbers and (missing := self._missing(application_id, chat_number)):
             raise missing
-        return [Message(m, self.messages[(app, chat_number, m)].text) for m in numbers]
+        return [Message(m, self.messages[(application_id, chat_number, m)].text) for m in numbers]
 
     async def last_chat_number(self, application_id: int) -> int:
         """Highest chat number written (0 if none)."""
@@ -480,12 +493,11 @@ class FakeRepository(Faults):
         self._enter("last_message_number", application_id, chat_number)
         return max((m for (a, c, m) in self.messages if (a, c) == (application_id, chat_number)), default=0)
 
-    async def locate(self, token: str, chat_number: int) -> int:
-        """The application id of an existing chat; NotFound otherwise."""
-        self._enter("locate", token, chat_number)
-        if missing := self._missing(token, chat_number):
+    async def locate(self, application_id: int, chat_number: int) -> None:
+        """Nothing for an existing chat; NotFound otherwise."""
+        self._enter("locate", application_id, chat_number)
+        if missing := self._missing(application_id, chat_number):
             raise missing
-        return self._app_id(token)
 
     async def rename_chat(self, application_id: int, chat_number: int, name: str, version: int) -> bool:
         """Apply the rename if newer; False when the row is missing or newer."""
@@ -524,10 +536,11 @@ class FakeSearch(Faults):
         self.unavailable = False
 
     async def search(
-        self, application_id: int, chat_number: int, query: str, offset: int, limit: int
+        self, application_id: int, chat_number: int, query: str, offset: int, limit: int, from_replica: bool = False
     ) -> list[SearchHit]:
         """Matching messages; :class:`SearchUnavailable` when told to be down."""
         self._enter("search", application_id, chat_number, query, offset, limit)
+        self.repository.replica_asked.append(from_replica)
         if self.unavailable:
             raise SearchUnavailable("search backend down")
         hits = [

@@ -128,7 +128,7 @@ async def test_page_uses_the_default_size_and_asks_one_row_more(service, world):
     page = await service.list_messages(app.token, 1)
     assert [m.message_number for m in page.items] == list(range(1, 21))
     assert (page.page, page.per_page, page.has_next) == (1, 20, True)
-    assert world.repository.called("list_messages")[-1] == (app.token, 1, 0, 0, 21)
+    assert world.repository.called("list_messages")[-1] == (app.id, 1, 0, 0, 21)
 
 
 async def test_page_number_becomes_an_offset(service, world):
@@ -136,7 +136,7 @@ async def test_page_number_becomes_an_offset(service, world):
     page = await service.list_messages(app.token, 1, page=3, per_page=10)
     assert [m.message_number for m in page.items] == [21, 22, 23, 24, 25]
     assert page.has_next is False
-    assert world.repository.called("list_messages")[-1] == (app.token, 1, 0, 20, 11)
+    assert world.repository.called("list_messages")[-1] == (app.id, 1, 0, 20, 11)
 
 
 async def test_after_seeks_by_number_with_offset_zero(service, world):
@@ -144,7 +144,7 @@ async def test_after_seeks_by_number_with_offset_zero(service, world):
     page = await service.list_messages(app.token, 1, page=5, per_page=10, after=10)
     assert [m.message_number for m in page.items] == list(range(11, 21))
     assert page.has_next is True and page.page == 5
-    assert world.repository.called("list_messages")[-1] == (app.token, 1, 10, 0, 11)
+    assert world.repository.called("list_messages")[-1] == (app.id, 1, 10, 0, 11)
 
 
 async def test_has_next_is_false_on_an_exact_last_page(service, world):

@@ -1,6 +1,6 @@
 """The embedded default: search one chat's messages inside MySQL/MariaDB with ``LIKE '%fragment%'``.
 
-Scoped to one chat, the (chat_id, number) unique index narrows the scan to that chat's rows; the
+Scoped to one chat, the (application_id, chat_id, number) unique index narrows the scan to that chat's rows; the
 ``utf8mb4_unicode_520_ci`` collation makes the match case-insensitive and keeps emoji distinct. Ranking:
 messages where the fragment starts a word first, then shorter bodies (the fragment is a larger share),
 then newest first. Fine for chats of up to ~10^5 messages; use Elasticsearch beyond that.
@@ -29,7 +29,14 @@ def search_statement(application_id: int, chat_number: int, query: str, offset: 
     )
     return (
         select(messages.c.number, messages.c.body)
-        .where(and_(messages.c.chat_id == chat_id, messages.c.body.like("%" + fragment + "%", escape="\\")))
+        .where(
+            and_(
+                # The tenant first: the unique key's prefix, and the shard key of a database sharded by application.
+                messages.c.application_id == application_id,
+                messages.c.chat_id == chat_id,
+                messages.c.body.like("%" + fragment + "%", escape="\\"),
+            )
+        )
         .order_by(
             case((word_start, literal(0)), else_=literal(1)),
             func.char_length(messages.c.body),

@@ -196,6 +196,7 @@ Call with (dict "ctx" $ "key" "MARIADB_PASSWORD" "value" .Values.mariadb.auth.pa
 {{/* Environment of the Python services: settings from the ConfigMap, credentials from the Secret, key by key. */}}
 {{- define "chat-system.appEnv" -}}
 {{ include "chat-system.secretEnv" (dict "ctx" . "key" "DATABASE_URL") }}
+{{ include "chat-system.secretEnv" (dict "ctx" . "key" "DATABASE_READ_URL" "optional" true) }}
 {{ include "chat-system.secretEnv" (dict "ctx" . "key" "REDIS_URL") }}
 {{ include "chat-system.secretEnv" (dict "ctx" . "key" "RABBITMQ_URL") }}
 {{ include "chat-system.secretEnv" (dict "ctx" . "key" "ELASTICSEARCH_URL" "optional" true) }}

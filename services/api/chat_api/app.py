@@ -23,6 +23,7 @@ from chat_api.adapters.idempotency import IdempotencyStore, StoredKeys
 from chat_api.adapters.numbering import Numbering
 from chat_api.adapters.publisher import ConfirmingPublisher
 from chat_api.adapters.recovery import NumberingMarker, NumberingRecovery
+from chat_api.adapters.replica import ReadRouter, ReplicaMonitor
 from chat_api.adapters.repository import SqlRepository
 from chat_api.adapters.search import build_search_reader
 from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
@@ -61,6 +62,7 @@ class Lifecycle:
     redis_clients: list[redis.Redis]
     db: Database
     state: ProcessState
+    replica: ReplicaMonitor | None = None
     slow_callback_ms: float = 0.0
     streams: StreamHub | None = None  # live streams; their broker connection opens with the first stream
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -72,6 +74,8 @@ class Lifecycle:
             asyncio.create_task(self.service.recovery.watch(), name="numbering-watchdog"),
             asyncio.create_task(BUFFER.flush_every(), name="metrics-flush"),
         ]
+        if self.replica is not None:
+            self._tasks.append(asyncio.create_task(self.replica.watch(), name="replica-probe"))
         self.state.started = True
 
     async def process_shutdown(self, scope: dict, event: dict) -> None:  # noqa: D102
@@ -87,6 +91,8 @@ class Lifecycle:
         for client in self.redis_clients:
             await client.aclose()
         await self.db.close()
+        if self.replica is not None:
+            await self.replica.close()
         await asyncio.to_thread(self.service.applications.close)
 
 
@@ -148,7 +154,11 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
     publisher = ConfirmingPublisher(
         settings.rabbitmq_url, declare=topology.declare, timeout=settings.publish_timeout_seconds
     )
-    repository = SqlRepository(db)
+    replica = None
+    if settings.database_read_url:
+        replica = ReplicaMonitor(Database(settings.database_read_url), settings.database_read_max_lag_seconds)
+    router = ReadRouter(db, replica)
+    repository = SqlRepository(router)
     # With replicas (Sentinel, Cluster), numbers and idempotency records are answered only once replicated.
     replication = {
         "replicas": settings.redis_replicas_to_ack,
@@ -169,7 +179,7 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
         recovery=recovery,
         publisher=publisher,
         topology=topology,
-        search=build_search_reader(settings, db),
+        search=build_search_reader(settings, router),
         # A claim outlives the longest a create can take (its publish timeout), then frees the key.
         idempotency=IdempotencyStore(client, keys, claim_seconds=settings.publish_timeout_seconds + 2, **replication),
         stored_keys=StoredKeys(db),
@@ -192,7 +202,9 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
         return "recovering" if await recovery.closed_slots() else "open"
 
     status_checks = {"database": database, "redis": cache, "rabbitmq": broker, "numbering": numbering_state}
-    lifecycle = Lifecycle(service, [client, numbering_client], db, ProcessState(), settings.api_slow_callback_ms)
+    lifecycle = Lifecycle(
+        service, [client, numbering_client], db, ProcessState(), replica, settings.api_slow_callback_ms
+    )
     lifecycle.streams = build_hub(settings, db, client, keys, standing=service.token_standing)
     return service, status_checks, lifecycle
 

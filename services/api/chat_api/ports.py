@@ -47,32 +47,42 @@ class Repository(Protocol):
     Reads raise :class:`chat_api.model.NotFound` naming what is missing (application, chat or message).
     """
 
-    async def find_chat(self, token: str, number: int) -> Chat:
-        """One chat of the token's application."""
+    async def find_chat(self, application_id: int, number: int) -> Chat:
+        """One chat of the application (read on the primary)."""
         ...
 
-    async def list_chats(self, token: str, after: int, offset: int, limit: int) -> list[Chat]:
-        """Chats numbered above ``after``, in number order, skipping ``offset``, at most ``limit``."""
+    async def list_chats(
+        self, application_id: int, after: int, offset: int, limit: int, from_replica: bool = False
+    ) -> list[Chat]:
+        """Chats numbered above ``after``, in number order, skipping ``offset``, at most ``limit``.
+
+        ``from_replica``: the caller accepts an answer up to :meth:`replica_lag_bound` seconds old."""
         ...
 
-    async def find_message(self, token: str, chat_number: int, number: int) -> Message:
-        """One message."""
+    async def find_message(self, application_id: int, chat_number: int, number: int) -> Message:
+        """One message (read on the primary)."""
         ...
 
-    async def list_messages(self, token: str, chat_number: int, after: int, offset: int, limit: int) -> list[Message]:
+    async def list_messages(
+        self, application_id: int, chat_number: int, after: int, offset: int, limit: int, from_replica: bool = False
+    ) -> list[Message]:
         """Messages numbered above ``after``, in number order, skipping ``offset``, at most ``limit``."""
         ...
 
     async def last_chat_number(self, application_id: int) -> int:
-        """Highest chat number written for the application (0 if none)."""
+        """Highest chat number written for the application (0 if none; the primary's answer)."""
         ...
 
     async def last_message_number(self, application_id: int, chat_number: int) -> int:
-        """Highest message number written in the chat (0 if none)."""
+        """Highest message number written in the chat (0 if none; the primary's answer)."""
         ...
 
-    async def locate(self, token: str, chat_number: int) -> int:
-        """The application id of a chat that exists; NotFound otherwise."""
+    async def locate(self, application_id: int, chat_number: int) -> None:
+        """Nothing when the chat exists; NotFound naming what is missing otherwise."""
+        ...
+
+    def replica_lag_bound(self) -> float | None:
+        """How far behind the primary a read replica's answers may be now (seconds); None: none may serve."""
         ...
 
     async def rename_chat(self, application_id: int, chat_number: int, name: str, version: int) -> bool:
@@ -127,6 +137,10 @@ class NumberingPort(Protocol):
         self, application_id: int, epoch: str, chat_number: int, last_message_number: int, legacy_token: str = ""
     ) -> bool:
         """Seed one chat's message counter (as :meth:`load_application`); refused if the epoch changed."""
+        ...
+
+    async def last_edit(self, application_id: int) -> float | None:
+        """Unix time of the application's last edit (rename or message edit); None if it never edited."""
         ...
 
     async def ping(self) -> bool:

@@ -199,22 +199,22 @@ class ChatService:
         refusal = self._refusal(token, application)
         return None if refusal is None else (refusal[0], str(refusal[1]))
 
-    async def _read(self, token: str, read: Callable[[Application], Awaitable]):
-        """A MySQL read of a tenant's data (by its current token); once more if a rotation made the cache stale.
+    async def _from_replica(self, application: Application) -> bool:
+        """Whether a lag-tolerant read of this tenant (a page, a search) may be answered by the read replica.
 
-        The directory may still hold an entry from before a rotation (at most its staleness bound): the read then
-        names the token the row no longer has. Asking the directory afresh and reading again closes that window.
+        Only while a replica may serve at all, and only when the tenant's last edit is older than how far behind
+        the replica may be (:meth:`Repository.replica_lag_bound`): a client that just renamed a chat or edited a
+        message reads it back wherever the read runs. Creates do not count: their rows are written after the
+        201 in any case. When the edit clock cannot be read, the primary answers.
         """
-        application = await self.tenant(token)
+        bound = self.repository.replica_lag_bound()
+        if bound is None:
+            return False
         try:
-            return await read(application)
-        except NotFound as exc:
-            if str(exc) != "application not found":
-                raise
-            fresh = await self.tenants.lookup(token, True)
-            if fresh is None or fresh.token == application.token:
-                raise
-            return await read(fresh)
+            last_edit = await self.numbering.last_edit(application.id)
+        except (RedisError, TimeoutError):
+            return False
+        return last_edit is None or time.time() - last_edit > bound
 
     def _check_message_bytes(self, application: Application, body: str) -> None:
         limit = application.limits.max_message_bytes
@@ -430,20 +430,20 @@ class ChatService:
 
     async def get_chat(self, token: str, chat_number: int) -> Chat:
         """One chat."""
-        return await self._read(token, lambda app: self.repository.find_chat(app.token, chat_number))
+        application = await self.tenant(token)
+        return await self.repository.find_chat(application.id, chat_number)
 
     async def list_chats(
         self, token: str, page: int = 1, per_page: int | None = None, after: int | None = None
     ) -> Page:
         """A page of an application's chats in number order (after chat ``after`` when given)."""
-        return await self._read(
-            token,
-            lambda app: self._page(
-                lambda offset, limit: self.repository.list_chats(app.token, after or 0, offset, limit),
-                page,
-                per_page,
-                after,
-            ),
+        application = await self.tenant(token)
+        replica = await self._from_replica(application)
+        return await self._page(
+            lambda offset, limit: self.repository.list_chats(application.id, after or 0, offset, limit, replica),
+            page,
+            per_page,
+            after,
         )
 
     async def rename_chat(self, token: str, chat_number: int, name: object) -> tuple[Chat, bool]:
@@ -462,7 +462,7 @@ class ChatService:
         await self._publish(self.topology.chats.name, change.encode())
         try:
             await self.repository.rename_chat(allocation.application_id, chat_number, name, allocation.value)
-            return await self.repository.find_chat(application.token, chat_number), True
+            return await self.repository.find_chat(application.id, chat_number), True
         except (NotFound, DatabaseUnavailable):
             return Chat(chat_number, name, 0), False
 
@@ -488,20 +488,22 @@ class ChatService:
 
     async def get_message(self, token: str, chat_number: int, message_number: int) -> Message:
         """One message."""
-        return await self._read(token, lambda app: self.repository.find_message(app.token, chat_number, message_number))
+        application = await self.tenant(token)
+        return await self.repository.find_message(application.id, chat_number, message_number)
 
     async def list_messages(
         self, token: str, chat_number: int, page: int = 1, per_page: int | None = None, after: int | None = None
     ) -> Page:
         """A page of a chat's messages in number order (after message ``after`` when given)."""
-        return await self._read(
-            token,
-            lambda app: self._page(
-                lambda offset, limit: self.repository.list_messages(app.token, chat_number, after or 0, offset, limit),
-                page,
-                per_page,
-                after,
+        application = await self.tenant(token)
+        replica = await self._from_replica(application)
+        return await self._page(
+            lambda offset, limit: self.repository.list_messages(
+                application.id, chat_number, after or 0, offset, limit, replica
             ),
+            page,
+            per_page,
+            after,
         )
 
     async def edit_message(
@@ -523,7 +525,7 @@ class ChatService:
             await self.repository.edit_message(
                 allocation.application_id, chat_number, message_number, body, allocation.value
             )
-            return await self.repository.find_message(application.token, chat_number, message_number), True
+            return await self.repository.find_message(application.id, chat_number, message_number), True
         except (NotFound, DatabaseUnavailable):
             return Message(message_number, body), False
 
@@ -535,11 +537,13 @@ class ChatService:
         The query's shape (present, not blank, not too long) is checked where it is parsed, in the resource.
         Search documents are keyed by application id, so they follow the application through token rotations.
         """
-        application_id = await self._read(token, lambda app: self.repository.locate(app.token, chat_number))
+        application = await self.tenant(token)
+        await self.repository.locate(application.id, chat_number)  # the primary: a new chat is not missing
+        replica = await self._from_replica(application)
         started = time.perf_counter()
         try:
             result = await self._page(
-                lambda offset, limit: self.search.search(application_id, chat_number, query, offset, limit),
+                lambda offset, limit: self.search.search(application.id, chat_number, query, offset, limit, replica),
                 page,
                 per_page,
             )
@@ -555,7 +559,8 @@ class ChatService:
         The same tenant rules and the same 404 as every chat route (the chat must belong to the token's
         application). Without ``after`` the stream starts after the chat's newest stored message.
         """
-        application_id = await self._read(token, lambda app: self.repository.locate(app.token, chat_number))
+        application = await self.tenant(token)
+        await self.repository.locate(application.id, chat_number)
         if after is None:
-            after = await self.repository.last_message_number(application_id, chat_number)
-        return application_id, after
+            after = await self.repository.last_message_number(application.id, chat_number)
+        return application.id, after

@@ -11,9 +11,10 @@ Each count is read *after* its id was claimed, so it includes every write commit
 write committed later marks its id dirty again (the writers mark after their commit), and a later run
 raises the count once more.
 
-No deadlocks with the writers: a writer's batch takes shared locks on the parent rows (the foreign-key
-check of each inserted message or chat) in whatever order its batch has, so a sync that waits for a parent
-row while holding others can close a cycle with it — as the former single ``UPDATE … WHERE id IN (…)`` did,
+No deadlocks with the writers: a writer's batch takes locks on rows the sync locks too (shared ones on the
+application rows: the foreign-key check of each inserted chat or, since migration 0004, message; a renamed chat's
+row) in whatever order its batch has, so a sync that waits for such a row while holding others can close a cycle
+with it — as the former single ``UPDATE … WHERE id IN (…)`` did,
 locking rows in id order while it counted. Instead, each chunk of ids (ascending, ``LOCK_CHUNK`` at most) is
 counted with a non-locking read first; then one short transaction locks those of its rows that nobody holds
 (``FOR UPDATE SKIP LOCKED``) and raises their counts with one ``UPDATE`` of the rows it already holds. Rows a
@@ -93,15 +94,25 @@ return 0
 
 @dataclass(frozen=True)
 class CountColumn:
-    """A stored count: ``column`` of ``table`` holds the number of rows whose ``child_key`` points at the row."""
+    """A stored count: ``column`` of ``table`` holds the number of rows whose ``child_key`` points at the row.
+
+    ``tenant_key`` (child column, parent column), when set, is matched too, first: the children are keyed by
+    tenant (``messages``: unique key ``(application_id, chat_id, number)``), so the count reads a range of that
+    key's prefix, and on a database sharded by application it stays on the parent's shard.
+    """
 
     table: Table
     column: Column
     child_key: Column
+    tenant_key: tuple[Column, Column] | None = None
 
     def stale(self, ids: list[int]):
         """(id, stored count, exact count) of the ids — a plain SELECT: a non-locking, consistent read."""
-        exact = select(func.count()).where(self.child_key == self.table.c.id).scalar_subquery()
+        match = [self.child_key == self.table.c.id]
+        if self.tenant_key is not None:
+            child_tenant, parent_tenant = self.tenant_key
+            match.insert(0, child_tenant == parent_tenant)
+        exact = select(func.count()).where(*match).scalar_subquery()
         return select(self.table.c.id, self.column, exact).where(self.table.c.id.in_(ids))
 
     def lock_free_rows(self, ids: list[int]):
@@ -127,7 +138,9 @@ class CountColumn:
         )
 
 
-CHAT_MESSAGES = CountColumn(chats, chats.c.messages_count, messages.c.chat_id)
+CHAT_MESSAGES = CountColumn(
+    chats, chats.c.messages_count, messages.c.chat_id, tenant_key=(messages.c.application_id, chats.c.application_id)
+)
 APPLICATION_CHATS = CountColumn(applications, applications.c.chats_count, chats.c.application_id)
 
 

@@ -1,5 +1,8 @@
 """Apply a batch of message upserts: resolve chat ids, one multi-row upsert, then mark chats dirty.
 
+Every row carries its application id (migration 0004), and every read of ``messages`` here names it first: the
+unique key is ``(application_id, chat_id, number)``, the key a database sharded by application routes on.
+
 A message can arrive before its chat's row (the chat-writer is a separate consumer): it goes to a
 delayed-retry queue, never dropped. A message for an application that no longer exists is dead-lettered.
 
@@ -19,7 +22,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from sqlalchemy import case, func, literal_column, select, tuple_
+from sqlalchemy import Select, case, func, literal_column, select, tuple_
 from sqlalchemy.dialects.mysql import insert
 from sqlalchemy.exc import IntegrityError
 
@@ -47,7 +50,20 @@ UPSERT_MESSAGES = _upsert.on_duplicate_key_update(
 )
 
 ChatKey = tuple[int, int]  # (application id, chat number)
-RowKey = tuple[int, int]  # (chat row id, message number)
+RowKey = tuple[int, int]  # (chat row id, message number): chat row ids are unique across applications
+StoredKey = tuple[int, int, int]  # (application id, chat row id, message number): the unique key of messages
+
+
+def stored_rows(keys: Sequence[StoredKey]) -> Select:
+    """Locking read of (chat id, number, version, body) of the rows with these keys.
+
+    The application id leads, as in the unique key ``(application_id, chat_id, number)`` the read goes through.
+    """
+    return (
+        select(messages.c.chat_id, messages.c.number, messages.c.version, messages.c.body)
+        .where(tuple_(messages.c.application_id, messages.c.chat_id, messages.c.number).in_(list(keys)))
+        .with_for_update()
+    )
 
 
 def may_be_stored(changes: Sequence[tuple[Delivery, MessageUpsert]]) -> bool:
@@ -140,8 +156,8 @@ class MessageBatchWriter:
         return found
 
     @staticmethod
-    def _stored(conn, rows: Sequence[RowKey]) -> dict[RowKey, tuple[int, str]]:
-        """``(version, body)`` of these rows as this transaction's upsert left them.
+    def _stored(conn, rows: Sequence[StoredKey]) -> dict[RowKey, tuple[int, str]]:
+        """``(version, body)`` of these rows as this transaction's upsert left them, by (chat row id, number).
 
         A locking read: a plain one would answer from the transaction's snapshot, older than a concurrent writer's
         newer edit that the upsert kept. The upsert holds these rows' locks already, so it waits for nobody.
@@ -149,12 +165,7 @@ class MessageBatchWriter:
         found: dict[RowKey, tuple[int, str]] = {}
         unique = list(dict.fromkeys(rows))
         for start in range(0, len(unique), 500):
-            query = (
-                select(messages.c.chat_id, messages.c.number, messages.c.version, messages.c.body)
-                .where(tuple_(messages.c.chat_id, messages.c.number).in_(unique[start : start + 500]))
-                .with_for_update()
-            )
-            for row in conn.execute(query):
+            for row in conn.execute(stored_rows(unique[start : start + 500])):
                 found[(row.chat_id, row.number)] = (row.version, row.body)
         return found
 
@@ -187,12 +198,18 @@ class MessageBatchWriter:
                     conn.execute(
                         UPSERT_MESSAGES,
                         [
-                            {"chat_id": cid, "number": c.message_number, "body": c.body, "version": c.version}
+                            {
+                                "application_id": c.application_id,
+                                "chat_id": cid,
+                                "number": c.message_number,
+                                "body": c.body,
+                                "version": c.version,
+                            }
                             for cid, c in applied
                         ],
                     )
                     if self.context.announcer is not None and may_be_stored(changes):
-                        stored = self._stored(conn, [(cid, c.message_number) for cid, c in applied])
+                        stored = self._stored(conn, [(c.application_id, cid, c.message_number) for cid, c in applied])
                     store_keys(
                         conn,
                         (

@@ -19,21 +19,32 @@ from chat_common import metrics
 from chat_common.contracts import MessageUpsert
 from chat_common.keys import RedisKeys
 from chat_common.search import IndexedMessage, SearchBackend, SearchUnavailable
-from chat_common.tables import chats, messages
+from chat_common.tables import chat_messages, chats, messages
 
 log = logging.getLogger(__name__)
 
 
 def indexable_messages():
-    """SELECT of messages with what a search document needs (application id and chat number joined in)."""
+    """SELECT of messages with what a search document needs (the chat number joined in).
+
+    The join names the tenant first (``chats.application_id = messages.application_id``): on a database sharded
+    by application the chat row is on the message's shard, and both sides are reached through their tenant key.
+    """
     return select(
         messages.c.id,
-        chats.c.application_id,
+        messages.c.application_id,
         chats.c.number.label("chat_number"),
         messages.c.number.label("message_number"),
         messages.c.body,
         messages.c.version,
-    ).join(chats, chats.c.id == messages.c.chat_id)
+    ).select_from(chat_messages)
+
+
+def backlog_query(wanted: set[tuple[int, int, int]]):
+    """The current rows of these (application id, chat number, message number), as :func:`indexable_messages`."""
+    return indexable_messages().where(
+        tuple_(messages.c.application_id, chats.c.number, messages.c.number).in_(list(wanted))
+    )
 
 
 def as_document(row) -> IndexedMessage:
@@ -103,11 +114,8 @@ class SearchIndexer:
             log.info("search still unavailable (%d+ deferred): %s", len(members), exc)
             return 0
         wanted = {tuple(int(part) for part in m.split(":")) for m in members}
-        query = indexable_messages().where(
-            tuple_(chats.c.application_id, chats.c.number, messages.c.number).in_(list(wanted))
-        )
         with self.engine.connect() as conn:
-            docs = [as_document(row) for row in conn.execute(query)]
+            docs = [as_document(row) for row in conn.execute(backlog_query(wanted))]
         settled = {backlog_member(m) for m in self._index_or_defer(docs)} if docs else set()
         found = {backlog_member(m) for m in docs}
         settled |= {m for m in members if m not in found}  # rows gone (application deleted): nothing to index

@@ -26,7 +26,11 @@ log = logging.getLogger("message_writer.reindex")
 
 
 def _rows(engine: Engine, batch: int, changed_since: datetime | None = None):
-    """Every message (or those changed since a moment) in id order, in batches."""
+    """Every message (or those changed since a moment) in id order, in batches.
+
+    The one read of ``messages`` across every tenant, on purpose: a rebuild wants them all (on a database
+    sharded by application, a scatter read). Each row's chat is joined through its application id.
+    """
     last_id = 0
     while True:
         query = indexable_messages().where(messages.c.id > last_id).order_by(messages.c.id).limit(batch)

@@ -61,7 +61,7 @@ class Database:
             self._pool = await asyncmy.create_pool(minsize=0, maxsize=self.pool_size, **self.connect_args)
         return await self._pool.acquire()
 
-    async def _run(self, sql: str, params: dict, fetch: bool) -> Any:
+    async def _run(self, sql: str, params: dict | None, fetch: bool, named: bool = False) -> Any:
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self.timeout):
@@ -72,6 +72,9 @@ class Database:
                 async with asyncio.timeout(self.timeout), conn.cursor() as cursor:
                     count = await cursor.execute(sql, params)
                     result = await cursor.fetchall() if fetch else count
+                    if named:  # column names with each row (server status statements)
+                        names = [column[0] for column in cursor.description or ()]
+                        result = [dict(zip(names, row, strict=True)) for row in result]
             except (errors.OperationalError, errors.InterfaceError, OSError, TimeoutError) as exc:
                 conn.close()  # a broken connection never goes back to the pool
                 self._pool.release(conn)
@@ -93,6 +96,10 @@ class Database:
     async def rows_of_sql(self, sql: str, params: dict) -> list[tuple]:
         """The rows of SQL text compiled by the caller (statements built per call, like a search)."""
         return await self._run(sql, params, fetch=True)
+
+    async def named_rows(self, sql: str) -> list[dict[str, Any]]:
+        """The rows of a statement without parameters as dicts by column name (``SHOW REPLICA STATUS``)."""
+        return await self._run(sql, None, fetch=True, named=True)
 
     async def execute(self, statement: ClauseElement, params: dict | None = None) -> int:
         """Run a write; returns the number of rows it matched."""

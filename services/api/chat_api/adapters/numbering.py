@@ -167,6 +167,12 @@ class Numbering:
         """Seed one chat's message counter from MySQL (as :meth:`load_application`); refused if the epoch changed."""
         return await self._seed(application_id, epoch, {f"m:{chat_number}": last_message_number}, legacy_token)
 
+    async def last_edit(self, application_id: int) -> float | None:
+        """Unix time of the application's last edit (its edit clock, field ``v``), None if it never edited."""
+        async with asyncio.timeout(self.timeout):
+            version = await self.client.hget(self.keys.numbers(application_id), "v")
+        return None if version is None else int(version) / 1e6
+
     async def ping(self) -> bool:
         """True when Redis answers."""
         async with asyncio.timeout(self.timeout):

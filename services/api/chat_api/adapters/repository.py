@@ -1,33 +1,36 @@
 """MySQL reads of chats and messages for the API: one statement, one round trip per read.
 
-Every read joins from the application's token, so checking the token, checking the chat and fetching the
-rows is one statement on one pooled connection (autocommit: no ping on checkout, no rollback on return; see
-:mod:`chat_api.adapters.database`). Only when a statement finds nothing does a second query tell which part is
-missing (application or chat). Statements are built once at import with bind parameters and compiled once.
+Every read is keyed by the application's id, resolved before it by the tenant directory
+(:meth:`chat_api.services.ChatService.tenant`), and names it first: each statement walks an index that leads with
+``application_id`` (the key a sharded deployment routes on) with no join to ``applications``, and a token rotation
+never changes what a read finds. Statements run on pooled autocommit connections (no ping on checkout, no rollback
+on return; see :mod:`chat_api.adapters.database`). Only when a statement finds nothing does a second query, on the
+primary, tell which part is missing (application or chat). Statements are built once at import and compiled once.
+
+With a read replica (``DATABASE_READ_URL``), the reads the service marks lag-tolerant (pages of chats and messages,
+the embedded search) run on it while :class:`chat_api.adapters.replica.ReplicaMonitor` finds it replicating within
+its lag bound (:mod:`chat_api.adapters.replica`); one that fails a read is set aside and the read runs on the
+primary.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import and_, bindparam, func, literal_column, select, update
 
-from chat_api.adapters.database import Database
+from chat_api.adapters.replica import ReadRouter
 from chat_api.model import Chat, Message, NotFound
-from chat_common.tables import applications, chats, messages
+from chat_common.tables import applications, chat_messages, chats, messages
 
-_TOKEN = applications.c.token == bindparam("token")
+_APP = chats.c.application_id == bindparam("app")
 _CHAT = chats.c.number == bindparam("chat")
-_APP_CHATS = applications.join(chats, chats.c.application_id == applications.c.id)
 
-# A chat of the token's application.
-_FIND_CHAT = select(chats.c.number, chats.c.name, chats.c.messages_count).select_from(_APP_CHATS).where(_TOKEN, _CHAT)
+_FIND_CHAT = select(chats.c.number, chats.c.name, chats.c.messages_count).where(_APP, _CHAT)
 
-# A page of an application's chats. Inner joins only: with the token and chat lookups resolved as constants, MySQL
-# walks the (parent, number) index in order and stops after LIMIT rows (an outer join here makes it sort them
-# all). An empty page costs a second query that tells an unknown token from an empty list.
+# A page of an application's chats: MySQL walks the (application_id, number) index in order and stops after LIMIT
+# rows. An empty page costs a second query that tells a deleted application from an empty list.
 _LIST_CHATS = (
     select(chats.c.number, chats.c.name, chats.c.messages_count)
-    .select_from(_APP_CHATS)
-    .where(_TOKEN, chats.c.number > bindparam("after"))
+    .where(_APP, chats.c.number > bindparam("after"))
     .order_by(chats.c.number)
     .limit(bindparam("limit"))
     .offset(bindparam("offset"))
@@ -35,46 +38,42 @@ _LIST_CHATS = (
 
 _FIND_MESSAGE = (
     select(messages.c.number, messages.c.body)
-    .select_from(_APP_CHATS.join(messages, messages.c.chat_id == chats.c.id))
-    .where(_TOKEN, _CHAT, messages.c.number == bindparam("message"))
+    .select_from(chat_messages)
+    .where(_APP, _CHAT, messages.c.number == bindparam("message"))
 )
 
-# A page of a chat's messages, keyset (``number > after``) and/or offset; inner joins as for chats.
+# A page of a chat's messages, keyset (``number > after``) and/or offset, in the index's order.
 _LIST_MESSAGES = (
     select(messages.c.number, messages.c.body)
-    .select_from(_APP_CHATS.join(messages, messages.c.chat_id == chats.c.id))
-    .where(_TOKEN, _CHAT, messages.c.number > bindparam("after"))
+    .select_from(chat_messages)
+    .where(_APP, _CHAT, messages.c.number > bindparam("after"))
     .order_by(messages.c.number)
     .limit(bindparam("limit"))
     .offset(bindparam("offset"))
 )
 
-# Which part of a path is missing: (application id, chat id or NULL), or no row for an unknown token.
+# Which part of a path is missing: (application id, chat id or NULL), or no row once the application is deleted.
 _LOCATE = (
     select(applications.c.id, chats.c.id.label("chat_id"))
     .select_from(applications.outerjoin(chats, and_(chats.c.application_id == applications.c.id, _CHAT)))
-    .where(_TOKEN)
+    .where(applications.c.id == bindparam("app"))
 )
 
-_LAST_CHAT = select(func.coalesce(func.max(chats.c.number), 0)).where(chats.c.application_id == bindparam("app"))
-_LAST_MESSAGE = (
-    select(func.coalesce(func.max(messages.c.number), 0))
-    .select_from(chats.join(messages, messages.c.chat_id == chats.c.id))
-    .where(chats.c.application_id == bindparam("app"), _CHAT)
-)
+_LAST_CHAT = select(func.coalesce(func.max(chats.c.number), 0)).where(_APP)
+_LAST_MESSAGE = select(func.coalesce(func.max(messages.c.number), 0)).select_from(chat_messages).where(_APP, _CHAT)
 _PING = select(literal_column("1"))
 
 # Edits in the request, versioned like the writers' upserts: an older edit never overwrites a newer one.
 _RENAME_CHAT = (
     update(chats)
-    .where(chats.c.application_id == bindparam("app"), _CHAT, chats.c.version < bindparam("new_version"))
+    .where(_APP, _CHAT, chats.c.version < bindparam("new_version"))
     .values(name=bindparam("new_name"), version=bindparam("new_version"), updated_at=func.now(6))
 )
 _EDIT_MESSAGE = (
     update(messages)
     .where(
-        messages.c.chat_id
-        == select(chats.c.id).where(chats.c.application_id == bindparam("app"), _CHAT).scalar_subquery(),
+        messages.c.application_id == bindparam("app"),
+        messages.c.chat_id == select(chats.c.id).where(_APP, _CHAT).scalar_subquery(),
         messages.c.number == bindparam("message"),
         messages.c.version < bindparam("new_version"),
     )
@@ -83,10 +82,18 @@ _EDIT_MESSAGE = (
 
 
 class SqlRepository:
-    """Chat and message reads (and in-request edits) over the API's connection pool."""
+    """Chat and message reads (and in-request edits) over the primary's pool, and the replica's when there is one."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, router: ReadRouter) -> None:
+        self.router = router
+        self.db = router.primary
+
+    def replica_lag_bound(self) -> float | None:
+        """How far behind the primary the replica's answers may be now (seconds); None: no replica may serve."""
+        return self.router.lag_bound()
+
+    async def _rows(self, statement, params: dict, from_replica: bool) -> list[tuple]:
+        return await self.router.run(from_replica, lambda db: db.rows(statement, params))
 
     async def rename_chat(self, application_id: int, chat_number: int, name: str, version: int) -> bool:
         """Apply a rename now if it is newer than the stored one; False when the row is not written yet
@@ -107,61 +114,66 @@ class SqlRepository:
         }
         return await self.db.execute(_EDIT_MESSAGE, params) == 1
 
-    async def _missing(self, token: str, chat_number: int = 0) -> NotFound | None:
-        """What a path names that does not exist: the application, the chat, or nothing (None)."""
-        rows = await self.db.rows(_LOCATE, {"token": token, "chat": chat_number})
+    async def _missing(self, application_id: int, chat_number: int = 0) -> NotFound | None:
+        """What a path names that does not exist: the application, the chat, or nothing (None).
+
+        Always asked of the primary: a replica behind it would call a just-created chat missing."""
+        rows = await self.db.rows(_LOCATE, {"app": application_id, "chat": chat_number})
         if not rows:
             return NotFound("application not found")
         if chat_number and rows[0][1] is None:
             return NotFound("chat not found")
         return None
 
-    async def locate(self, token: str, chat_number: int) -> int:
-        """The application id of a chat that exists; :class:`NotFound` naming what is missing otherwise."""
-        rows = await self.db.rows(_LOCATE, {"token": token, "chat": chat_number})
-        if rows and rows[0][1] is not None:
-            return int(rows[0][0])
-        raise NotFound("chat not found" if rows else "application not found")
+    async def locate(self, application_id: int, chat_number: int) -> None:
+        """Nothing when the chat exists; :class:`NotFound` naming what is missing otherwise."""
+        if missing := await self._missing(application_id, chat_number):
+            raise missing
 
     # -- chats -----------------------------------------------------------------------------------------------
-    async def find_chat(self, token: str, number: int) -> Chat:
-        """One chat of the token's application; :class:`NotFound` while it is not written (yet)."""
-        rows = await self.db.rows(_FIND_CHAT, {"token": token, "chat": number})
+    async def find_chat(self, application_id: int, number: int) -> Chat:
+        """One chat of the application; :class:`NotFound` while it is not written (yet)."""
+        rows = await self.db.rows(_FIND_CHAT, {"app": application_id, "chat": number})
         if not rows:
-            raise await self._missing(token, number) or NotFound("chat not found")
+            raise await self._missing(application_id, number) or NotFound("chat not found")
         return Chat(*rows[0])
 
-    async def list_chats(self, token: str, after: int, offset: int, limit: int) -> list[Chat]:
+    async def list_chats(
+        self, application_id: int, after: int, offset: int, limit: int, from_replica: bool = False
+    ) -> list[Chat]:
         """The application's chats numbered above ``after`` in number order, skipping ``offset``."""
-        rows = await self.db.rows(_LIST_CHATS, {"token": token, "after": after, "offset": offset, "limit": limit})
-        if not rows and (missing := await self._missing(token)):
+        params = {"app": application_id, "after": after, "offset": offset, "limit": limit}
+        rows = await self._rows(_LIST_CHATS, params, from_replica)
+        if not rows and (missing := await self._missing(application_id)):
             raise missing
         return [Chat(*row) for row in rows]
 
     async def last_chat_number(self, application_id: int) -> int:
-        """Highest chat number written for the application (0 if none)."""
+        """Highest chat number written for the application (0 if none); always the primary's answer."""
         return int((await self.db.rows(_LAST_CHAT, {"app": application_id}))[0][0])
 
     # -- messages --------------------------------------------------------------------------------------------
-    async def find_message(self, token: str, chat_number: int, number: int) -> Message:
+    async def find_message(self, application_id: int, chat_number: int, number: int) -> Message:
         """One message; :class:`NotFound` (application, chat or message) while it is not written (yet)."""
-        rows = await self.db.rows(_FIND_MESSAGE, {"token": token, "chat": chat_number, "message": number})
+        rows = await self.db.rows(_FIND_MESSAGE, {"app": application_id, "chat": chat_number, "message": number})
         if not rows:
-            raise await self._missing(token, chat_number) or NotFound("message not found")
+            raise await self._missing(application_id, chat_number) or NotFound("message not found")
         return Message(*rows[0])
 
-    async def list_messages(self, token: str, chat_number: int, after: int, offset: int, limit: int) -> list[Message]:
+    async def list_messages(
+        self, application_id: int, chat_number: int, after: int, offset: int, limit: int, from_replica: bool = False
+    ) -> list[Message]:
         """The chat's messages numbered above ``after`` in number order, skipping ``offset``."""
-        params = {"token": token, "chat": chat_number, "after": after, "offset": offset, "limit": limit}
-        rows = await self.db.rows(_LIST_MESSAGES, params)
-        if not rows and (missing := await self._missing(token, chat_number)):
+        params = {"app": application_id, "chat": chat_number, "after": after, "offset": offset, "limit": limit}
+        rows = await self._rows(_LIST_MESSAGES, params, from_replica)
+        if not rows and (missing := await self._missing(application_id, chat_number)):
             raise missing
         return [Message(*row) for row in rows]
 
     async def last_message_number(self, application_id: int, chat_number: int) -> int:
-        """Highest message number written in the chat (0 if none)."""
+        """Highest message number written in the chat (0 if none); always the primary's answer."""
         return int((await self.db.rows(_LAST_MESSAGE, {"app": application_id, "chat": chat_number}))[0][0])
 
     async def ping(self) -> bool:
-        """True when the database answers."""
+        """True when the primary answers."""
         return (await self.db.rows(_PING))[0][0] == 1

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from chat_api.adapters.database import Database, compile_sql
+from chat_api.adapters.database import compile_sql
+from chat_api.adapters.replica import ReadRouter
 from chat_common.config import Settings
 from chat_common.search import SearchHit, SearchUnavailable
 from chat_common.search.mysql import search_statement
@@ -20,9 +21,10 @@ class SearchReader(Protocol):
     name: str
 
     async def search(
-        self, application_id: int, chat_number: int, query: str, offset: int, limit: int
+        self, application_id: int, chat_number: int, query: str, offset: int, limit: int, from_replica: bool = False
     ) -> list[SearchHit]:
-        """Best matches first; :class:`SearchUnavailable` when the backend cannot answer."""
+        """Best matches first; :class:`SearchUnavailable` when the backend cannot answer. ``from_replica``: the
+        caller allows a read replica's answer (a backend without one ignores it)."""
         ...
 
     async def close(self) -> None:
@@ -31,18 +33,19 @@ class SearchReader(Protocol):
 
 
 class MySqlSearchReader:
-    """Search inside MySQL/MariaDB (the embedded default)."""
+    """Search inside MySQL/MariaDB (the embedded default), on the read replica when allowed and healthy."""
 
     name = "mysql"
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, router: ReadRouter) -> None:
+        self.router = router
 
     async def search(  # noqa: D102
-        self, application_id: int, chat_number: int, query: str, offset: int, limit: int
+        self, application_id: int, chat_number: int, query: str, offset: int, limit: int, from_replica: bool = False
     ) -> list[SearchHit]:
         sql, params = compile_sql(search_statement(application_id, chat_number, query, offset, limit))
-        return [SearchHit(number, body) for number, body in await self.db.rows_of_sql(sql, params)]
+        rows = await self.router.run(from_replica, lambda db: db.rows_of_sql(sql, params))
+        return [SearchHit(number, body) for number, body in rows]
 
     async def close(self) -> None:
         """The pool belongs to the repository."""
@@ -60,7 +63,7 @@ class ElasticsearchSearchReader:
         self.alias = alias
 
     async def search(  # noqa: D102
-        self, application_id: int, chat_number: int, query: str, offset: int, limit: int
+        self, application_id: int, chat_number: int, query: str, offset: int, limit: int, from_replica: bool = False
     ) -> list[SearchHit]:
         from elasticsearch import ApiError, TransportError
 
@@ -78,8 +81,8 @@ class ElasticsearchSearchReader:
         await self.client.close()
 
 
-def build_search_reader(settings: Settings, db: Database) -> SearchReader:
+def build_search_reader(settings: Settings, router: ReadRouter) -> SearchReader:
     """Elasticsearch when ``ELASTICSEARCH_URL`` is set, otherwise MySQL/MariaDB (as the writers decide)."""
     if settings.elasticsearch_url:
         return ElasticsearchSearchReader(settings.elasticsearch_url, settings.search_index)
-    return MySqlSearchReader(db)
+    return MySqlSearchReader(router)

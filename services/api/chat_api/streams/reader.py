@@ -1,7 +1,8 @@
 """MySQL reads for live streams: a chat's stored messages after a number, with how long each row has been stored.
 
 A stream was authorised when it opened (token → application, the chat's own check in the service layer); from
-then on it reads by application id and chat number, one indexed range of ``messages (chat_id, number)``. The age
+then on it reads by application id and chat number, one indexed range of ``messages (application_id, chat_id,
+number)``. The age
 of each row is computed by the database (``NOW(6) - created_at``), so the API's and the database's clocks never
 need to agree: the gap rule of :mod:`chat_api.streams.hub` compares that age with ``STREAM_GAP_SECONDS``.
 """
@@ -13,7 +14,7 @@ from typing import Protocol
 from sqlalchemy import bindparam, func, literal_column, select
 
 from chat_api.adapters.database import Database
-from chat_common.tables import chats, messages
+from chat_common.tables import chat_messages, chats, messages
 
 # (number, body, age in seconds) of a chat's messages in (after, upto], in number order.
 Row = tuple[int, str, float]
@@ -24,7 +25,7 @@ _RANGE = (
         messages.c.body,
         func.timestampdiff(literal_column("MICROSECOND"), messages.c.created_at, func.now(6)),
     )
-    .select_from(chats.join(messages, messages.c.chat_id == chats.c.id))
+    .select_from(chat_messages)
     .where(
         chats.c.application_id == bindparam("app"),
         chats.c.number == bindparam("chat"),
