@@ -38,7 +38,7 @@ from benchmarks.loadgen import HttpResult, paced_posts, quantile, require_wrk, w
 from benchmarks.system import PeakMemory, Stack, peak_rss_mb
 from chat_common.config import Settings
 from chat_common.db import make_engine
-from chat_common.keys import RedisKeys
+from chat_common.keys import RedisKeys, dirty_chat_mark
 from chat_common.topology import Topology
 from chat_devtools.http import Api
 from chat_devtools.namespace import Namespace
@@ -586,7 +586,7 @@ class Bench:
         try:
             client.delete(self.keys.dirty_chats, self.keys.dirty_applications)
             client.set(self.keys.counts_epoch, "bench")  # skip the one-off full recount after a fresh start
-            client.sadd(self.keys.dirty_chats, *filled["sync_chats"])
+            client.sadd(self.keys.dirty_chats, *(dirty_chat_mark(filled["app_id"], c) for c in filled["sync_chats"]))
             self.log(f"scenario 6: count sync of {len(filled['sync_chats'])} dirty chats")
             report_ = CountSync(self.engine, client, self.keys, self.settings.counts_batch_size).run()
         finally:

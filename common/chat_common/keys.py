@@ -51,6 +51,30 @@ def slot_tag(slot: int) -> str:
     return _slot_tags()[slot]
 
 
+def dirty_chat_mark(application_id: int, row_id: int) -> str:
+    """How a writer marks a chat dirty: ``<application id>:<chat id>``, so the recount is keyed by application."""
+    return f"{application_id}:{row_id}"
+
+
+def parse_dirty_marks(raw: list) -> tuple[list[int], dict[int, int]]:
+    """Row ids of claimed dirty marks (ascending, unique) and the application of those that name one.
+
+    A mark is ``<application id>:<row id>`` (chats, :func:`dirty_chat_mark`) or a bare row id (applications, whose
+    id is the tenant, and chats marked by writers before marks carried the application); anything else is junk.
+    """
+    ids: set[int] = set()
+    tenants: dict[int, int] = {}
+    for member in raw:
+        text_ = member.decode() if isinstance(member, bytes) else str(member)
+        tenant, _, row = text_.rpartition(":")
+        if not row.isdigit() or (tenant and not tenant.isdigit()):
+            continue
+        ids.add(int(row))
+        if tenant:
+            tenants[int(row)] = int(tenant)
+    return sorted(ids), tenants
+
+
 @dataclass(frozen=True)
 class RedisKeys:
     """Key names for one deployment (one prefix)."""
@@ -119,7 +143,8 @@ class RedisKeys:
 
     @property
     def dirty_chats(self) -> str:
-        """Set of chat ids whose ``messages_count`` may be stale."""
+        """Set of chats whose ``messages_count`` may be stale: marks ``<application id>:<chat id>``
+        (:func:`dirty_chat_mark`; a bare chat id from writers of an earlier version)."""
         return f"{self.prefix}{META_TAG}:dirty:chats"
 
     @property

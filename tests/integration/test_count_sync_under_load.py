@@ -333,11 +333,11 @@ def test_a_deadlock_victim_is_retried_and_a_batch_that_keeps_failing_is_given_ba
     real = CountSync._raise_free_rows
     failures = iter([1213, 1205])
 
-    def lose_twice(self, target, counts):
+    def lose_twice(self, target, counts, apps):
         code = next(failures, None)
         if code:
             raise _lock_error(code)
-        return real(self, target, counts)
+        return real(self, target, counts, apps)
 
     monkeypatch.setattr(CountSync, "_raise_free_rows", lose_twice)
     report = CountSync(engine, client, keys).run()

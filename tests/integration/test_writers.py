@@ -6,6 +6,8 @@ import pika
 import pytest
 
 from chat_common.contracts import ChatUpsert, MessageUpsert
+from chat_common.keys import RedisKeys, parse_dirty_marks
+from chat_common.redis_client import sync_client
 from chat_common.topology import Topology
 from tests.support.http import Api, wait_for
 
@@ -102,3 +104,19 @@ def test_writer_stops_cleanly_on_sigterm(private_system):
     assert private_system.chat_writer.stop() == 0
     log = private_system.message_writer.log_path.read_text()
     assert "consumer stopped" in log
+
+
+def test_the_writer_marks_each_chat_dirty_with_its_application(private_api, private_db, fresh_namespace):
+    """The count sync's marks name the tenant (``<application id>:<chat id>``): its recount is keyed by it."""
+    token = private_api.new_application("marks")
+    chat = private_api.new_chat(token)
+    private_api.wait_message(token, chat, private_api.new_message(token, chat, "hello"))
+    app_id = private_db.scalar("SELECT id FROM applications WHERE token = :t", t=token)
+    chat_id = private_db.scalar("SELECT id FROM chats WHERE application_id = :a AND number = :n", a=app_id, n=chat)
+    client = sync_client(fresh_namespace.settings.redis_url)
+    try:
+        marks = client.smembers(RedisKeys(fresh_namespace.settings.redis_key_prefix).dirty_chats)
+    finally:
+        client.close()
+    assert marks == {f"{app_id}:{chat_id}".encode()}
+    assert parse_dirty_marks(list(marks)) == ([chat_id], {chat_id: app_id})

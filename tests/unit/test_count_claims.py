@@ -91,7 +91,7 @@ class RecordingSync(CountSync):
         self.fail_on = fail_on
         self.on_recount = on_recount
 
-    def _recount(self, target, ids, report):
+    def _recount(self, target, ids, report, tenants=None):
         if self.on_recount:
             self.on_recount()
         if self.fail_on in ids:

@@ -26,6 +26,11 @@ InnoDB then rolls back the lighter transaction, which is the sync's (it has writ
 sync runs that transaction again: a deadlock or lock-wait timeout is retried ``LOCK_ATTEMPTS`` times with a
 short jittered backoff, counted in ``SyncReport.lock_retries``.
 
+Keyed by application: a writer marks a chat ``<application id>:<chat id>`` (``chat_common.keys.dirty_chat_mark``),
+so every statement of a recount names the applications of its rows before their ids (``application_id IN (…) AND
+id IN (…)``): on a database sharded by tenant it reaches those tenants' shards only. Bare ids (marks of writers of
+an earlier version) are recounted by id alone. The full recount below walks every row.
+
 A run recounts what was dirty when it started (ids marked while it runs are left to the next run, so a
 run ends even under a steady write load). After Redis lost its data (the dirty marks with it), the next run
 recounts everything once.
@@ -45,7 +50,7 @@ import redis
 from sqlalchemy import Column, Engine, Table, func, select, text
 from sqlalchemy.exc import OperationalError
 
-from chat_common.keys import RedisKeys
+from chat_common.keys import RedisKeys, parse_dirty_marks
 from chat_common.tables import applications, chats, messages
 
 log = logging.getLogger(__name__)
@@ -106,25 +111,39 @@ class CountColumn:
     child_key: Column
     tenant_key: tuple[Column, Column] | None = None
 
-    def stale(self, ids: list[int]):
+    def tenants_of(self, ids: list[int], tenants: dict[int, int] | None) -> list[int] | None:
+        """The applications the rows ``ids`` belong to, when every one is known (else None: no tenant filter)."""
+        if self.tenant_key is None or not tenants or any(i not in tenants for i in ids):
+            return None
+        return sorted({tenants[i] for i in ids})
+
+    def _rows(self, ids: list[int], apps: list[int] | None) -> list:
+        """WHERE of the rows ``ids``: with their applications first when known, so a sharded database routes the
+        statement to those tenants' shards (``application_id IN (…)``) instead of asking every shard."""
+        rows = [self.table.c.id.in_(ids)]
+        if apps is not None and self.tenant_key is not None:
+            rows.insert(0, self.tenant_key[1].in_(apps))
+        return rows
+
+    def stale(self, ids: list[int], apps: list[int] | None = None):
         """(id, stored count, exact count) of the ids — a plain SELECT: a non-locking, consistent read."""
         match = [self.child_key == self.table.c.id]
         if self.tenant_key is not None:
             child_tenant, parent_tenant = self.tenant_key
             match.insert(0, child_tenant == parent_tenant)
         exact = select(func.count()).where(*match).scalar_subquery()
-        return select(self.table.c.id, self.column, exact).where(self.table.c.id.in_(ids))
+        return select(self.table.c.id, self.column, exact).where(*self._rows(ids, apps))
 
-    def lock_free_rows(self, ids: list[int]):
+    def lock_free_rows(self, ids: list[int], apps: list[int] | None = None):
         """Lock, in id order, those of the rows nobody else holds, skipping the rest (see the module docstring)."""
         return (
             select(self.table.c.id)
-            .where(self.table.c.id.in_(ids))
+            .where(*self._rows(ids, apps))
             .order_by(self.table.c.id)
             .with_for_update(skip_locked=True)
         )
 
-    def raise_to(self, counts: dict[int, int]):
+    def raise_to(self, counts: dict[int, int], apps: list[int] | None = None):
         """Raise each row's count to the given one (never lower it).
 
         Integers are written inline: building this statement is on the path of a held lock, and a ``CASE`` of a
@@ -133,8 +152,12 @@ class CountColumn:
         table, column = self.table.name, self.column.name
         whens = " ".join(f"WHEN {int(i)} THEN {int(n)}" for i, n in counts.items())
         ids = ", ".join(str(int(i)) for i in counts)
+        tenant = ""
+        if apps is not None and self.tenant_key is not None:
+            tenant = f"{self.tenant_key[1].name} IN ({', '.join(str(int(a)) for a in apps)}) AND "
         return text(
-            f"UPDATE {table} SET {column} = GREATEST({column}, CASE id {whens} ELSE {column} END) WHERE id IN ({ids})"
+            f"UPDATE {table} SET {column} = GREATEST({column}, CASE id {whens} ELSE {column} END) "
+            f"WHERE {tenant}id IN ({ids})"
         )
 
 
@@ -197,13 +220,18 @@ class CountSync:
         return report
 
     # -- the database side ------------------------------------------------------------------------------------
-    def _recount(self, target: CountColumn, ids: list[int], report: SyncReport) -> None:
-        """Bring the stored counts of ``ids`` up to the exact ones, in ascending chunks, without deadlocks."""
+    def _recount(
+        self, target: CountColumn, ids: list[int], report: SyncReport, tenants: dict[int, int] | None = None
+    ) -> None:
+        """Bring the stored counts of ``ids`` up to the exact ones, in ascending chunks, without deadlocks.
+
+        ``tenants`` (row id -> application id, as the dirty marks carry it) keys each statement by application."""
         ids = sorted(ids)
         for start in range(0, len(ids), LOCK_CHUNK):
             chunk = ids[start : start + LOCK_CHUNK]
+            apps = target.tenants_of(chunk, tenants)
             with self.engine.connect() as conn:
-                rows = conn.execute(target.stale(chunk)).all()
+                rows = conn.execute(target.stale(chunk, apps)).all()
             counts = {row_id: exact for row_id, stored, exact in rows if exact > stored}
             if not counts:
                 continue
@@ -212,20 +240,24 @@ class CountSync:
                 if attempt:  # the writers hold their locks for one short batch: wait for it to commit
                     time.sleep(CONTENDED_PAUSE_SECONDS)
                 pending = {i: counts[i] for i in contended}
-                changed, contended = self._retrying(report, lambda p=pending: self._raise_free_rows(target, p))
+                changed, contended = self._retrying(
+                    report, lambda p=pending, a=apps: self._raise_free_rows(target, p, a)
+                )
                 report.rows_changed += changed
                 if not contended:
                     break
             for row_id in contended:
                 one = {row_id: counts[row_id]}
-                report.rows_changed += self._retrying(report, lambda o=one: self._write(target.raise_to(o)))
+                report.rows_changed += self._retrying(report, lambda o=one, a=apps: self._write(target.raise_to(o, a)))
             report.rows_contended += len(contended)
 
-    def _raise_free_rows(self, target: CountColumn, counts: dict[int, int]) -> tuple[int, list[int]]:
+    def _raise_free_rows(
+        self, target: CountColumn, counts: dict[int, int], apps: list[int] | None
+    ) -> tuple[int, list[int]]:
         """One transaction: lock the rows nobody holds and raise their counts; (rows changed, ids skipped)."""
         with self.engine.begin() as conn:
-            free = set(conn.execute(target.lock_free_rows(list(counts))).scalars())
-            changed = conn.execute(target.raise_to({i: counts[i] for i in free})).rowcount if free else 0
+            free = set(conn.execute(target.lock_free_rows(list(counts), apps)).scalars())
+            changed = conn.execute(target.raise_to({i: counts[i] for i in free}, apps)).rowcount if free else 0
         return changed, [i for i in counts if i not in free]
 
     def _write(self, statement) -> int:
@@ -264,10 +296,10 @@ class CountSync:
             if not raw:
                 break
             left -= len(raw)
-            ids = sorted({int(i) for i in raw if i.isdigit()})
+            ids, tenants = parse_dirty_marks(raw)
             try:
                 if ids:
-                    self._recount(target, ids, report)
+                    self._recount(target, ids, report, tenants)
             except BaseException:
                 self._give_back_claim(dirty_key, claim)
                 raise
@@ -301,18 +333,21 @@ class CountSync:
         self.client.set(pending, self.run_id)
         for target in (CHAT_MESSAGES, APPLICATION_CHATS):
             table = target.table.name
+            # Every row, so every shard: the one pass that is not keyed by application (after Redis lost the marks).
+            tenant = target.tenant_key[1].name if target.tenant_key is not None else "id"
             last = 0
             while True:
                 with self.engine.connect() as conn:
-                    ids = list(
+                    tenants = dict(
                         conn.execute(
-                            text(f"SELECT id FROM {table} WHERE id > :last ORDER BY id LIMIT :n"),
+                            text(f"SELECT id, {tenant} FROM {table} WHERE id > :last ORDER BY id LIMIT :n"),
                             {"last": last, "n": self.batch_size},
-                        ).scalars()
+                        ).all()
                     )
-                if not ids:
+                if not tenants:
                     break
-                self._recount(target, ids, report)
+                ids = sorted(tenants)
+                self._recount(target, ids, report, tenants)
                 last = ids[-1]
                 log.info("full recount: %s up to id %d", table, last)
         if not self._finish_full(keys=[pending, self.keys.counts_epoch], args=[self.run_id]):

@@ -30,6 +30,7 @@ from chat_common.announcements import Committed
 from chat_common.consumer import BatchResult, Delivery, decode_batch
 from chat_common.contracts import ContractError, MessageUpsert
 from chat_common.idempotency import store_keys
+from chat_common.keys import dirty_chat_mark
 from chat_common.search import SearchUnavailable, build_search
 from chat_common.tables import applications, chats, messages
 from chat_common.writer import WriterContext
@@ -232,7 +233,8 @@ class MessageBatchWriter:
             if self.context.announcer is not None:  # committed: live streams may show these rows now
                 self.context.announcer.committed(to_announce(applied, stored))
                 self.context.announcer.flush()  # at once, before the dirty marks and search (never raises)
-            self.context.redis.sadd(self.context.keys.dirty_chats, *{cid for cid, _ in applied})
+            marks = {dirty_chat_mark(c.application_id, cid) for cid, c in applied}  # keyed by application (count sync)
+            self.context.redis.sadd(self.context.keys.dirty_chats, *marks)
             if self.indexer is not None:
                 self.indexer.after_commit(applied)
         return result
