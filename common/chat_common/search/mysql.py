@@ -10,32 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Engine, Select, and_, case, func, literal, or_, select
+from sqlalchemy import Engine, Select, case, func, literal, or_, select
 
 from chat_common.search.base import BulkOutcome, IndexedMessage, SearchHit, escape_like
-from chat_common.tables import chats, messages
+from chat_common.tables import in_chat, messages
 
 
 def search_statement(application_id: int, chat_number: int, query: str, offset: int, limit: int) -> Select:
     """Messages of one chat whose body contains ``query``, best first (shared by the writers' and the API's reads)."""
     fragment = escape_like(query)
-    chat_id = (
-        select(chats.c.id)
-        .where(chats.c.application_id == application_id, chats.c.number == chat_number)
-        .scalar_subquery()
-    )
     word_start = or_(
         messages.c.body.like(fragment + "%", escape="\\"), messages.c.body.like("% " + fragment + "%", escape="\\")
     )
     return (
         select(messages.c.number, messages.c.body)
         .where(
-            and_(
-                # The tenant first: the unique key's prefix, and the shard key of a database sharded by application.
-                messages.c.application_id == application_id,
-                messages.c.chat_id == chat_id,
-                messages.c.body.like("%" + fragment + "%", escape="\\"),
-            )
+            # The tenant first: the unique key's prefix, and the shard key of a database sharded by application.
+            *in_chat(application_id, chat_number),
+            messages.c.body.like("%" + fragment + "%", escape="\\"),
         )
         .order_by(
             case((word_start, literal(0)), else_=literal(1)),

@@ -19,7 +19,7 @@ from sqlalchemy import and_, bindparam, func, literal_column, select, update
 
 from chat_api.adapters.replica import ReadRouter
 from chat_api.model import Chat, Message, NotFound
-from chat_common.tables import applications, chat_messages, chats, messages
+from chat_common.tables import applications, chats, in_chat, messages
 
 _APP = chats.c.application_id == bindparam("app")
 _CHAT = chats.c.number == bindparam("chat")
@@ -36,17 +36,14 @@ _LIST_CHATS = (
     .offset(bindparam("offset"))
 )
 
-_FIND_MESSAGE = (
-    select(messages.c.number, messages.c.body)
-    .select_from(chat_messages)
-    .where(_APP, _CHAT, messages.c.number == bindparam("message"))
-)
+_IN_CHAT = in_chat(bindparam("app"), bindparam("chat"))
+
+_FIND_MESSAGE = select(messages.c.number, messages.c.body).where(*_IN_CHAT, messages.c.number == bindparam("message"))
 
 # A page of a chat's messages, keyset (``number > after``) and/or offset, in the index's order.
 _LIST_MESSAGES = (
     select(messages.c.number, messages.c.body)
-    .select_from(chat_messages)
-    .where(_APP, _CHAT, messages.c.number > bindparam("after"))
+    .where(*_IN_CHAT, messages.c.number > bindparam("after"))
     .order_by(messages.c.number)
     .limit(bindparam("limit"))
     .offset(bindparam("offset"))
@@ -60,7 +57,7 @@ _LOCATE = (
 )
 
 _LAST_CHAT = select(func.coalesce(func.max(chats.c.number), 0)).where(_APP)
-_LAST_MESSAGE = select(func.coalesce(func.max(messages.c.number), 0)).select_from(chat_messages).where(_APP, _CHAT)
+_LAST_MESSAGE = select(func.coalesce(func.max(messages.c.number), 0)).where(*_IN_CHAT)
 _PING = select(literal_column("1"))
 
 # Edits in the request, versioned like the writers' upserts: an older edit never overwrites a newer one.
@@ -72,8 +69,7 @@ _RENAME_CHAT = (
 _EDIT_MESSAGE = (
     update(messages)
     .where(
-        messages.c.application_id == bindparam("app"),
-        messages.c.chat_id == select(chats.c.id).where(_APP, _CHAT).scalar_subquery(),
+        *_IN_CHAT,
         messages.c.number == bindparam("message"),
         messages.c.version < bindparam("new_version"),
     )

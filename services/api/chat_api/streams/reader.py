@@ -14,7 +14,7 @@ from typing import Protocol
 from sqlalchemy import bindparam, func, literal_column, select
 
 from chat_api.adapters.database import Database
-from chat_common.tables import chat_messages, chats, messages
+from chat_common.tables import in_chat, messages
 
 # (number, body, age in seconds) of a chat's messages in (after, upto], in number order.
 Row = tuple[int, str, float]
@@ -25,10 +25,8 @@ _RANGE = (
         messages.c.body,
         func.timestampdiff(literal_column("MICROSECOND"), messages.c.created_at, func.now(6)),
     )
-    .select_from(chat_messages)
     .where(
-        chats.c.application_id == bindparam("app"),
-        chats.c.number == bindparam("chat"),
+        *in_chat(bindparam("app"), bindparam("chat")),
         messages.c.number > bindparam("after"),
         messages.c.number <= bindparam("upto"),
     )
