@@ -93,7 +93,8 @@ def messages_access(engine: Engine, sql: str, params: dict | None = None, ranked
         if not reads:
             problems.append(f"messages not in the plan: {plan}")
         for step in reads:
-            if not ranked and "filesort" in (step["Extra"] or ""):  # every message of the chat sorted before LIMIT applies
+            # A sort: every message of the chat read and sorted before LIMIT applies.
+            if not ranked and "filesort" in (step["Extra"] or ""):
                 problems.append(f"sorts messages ({step['Extra']})")
             if step["type"] in ("ALL", "index") or not step["key"]:
                 problems.append(f"scans messages ({step['type']}, key {step['key']})")
