@@ -58,7 +58,8 @@ API_DB_READS = Counter(
 )  # target: primary, replica
 API_DB_REPLICA_LAG = Gauge(
     "chat_api_db_replica_lag_seconds",
-    "Replication lag of the read replica as last probed (-1: not replicating or unreachable)",
+    "Replication lag of a read replica as last probed (-1: set aside: lagging, not replicating or unreachable)",
+    ["replica"],  # host:port of each DATABASE_READ_URL
     multiprocess_mode="max",
 )
 

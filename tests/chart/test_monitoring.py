@@ -229,8 +229,12 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
             },
             {"series": f"chat_counts_sync_last_success_timestamp_seconds{{{sync}}}", "values": "0x40"},
             {"series": f'up{{{ns}, job="chat-chat-system-chat-writer", instance="a"}}', "values": "0x40"},
-            {"series": f'chat_api_db_replica_lag_seconds{{{api}, instance="a"}}', "values": "0x40"},
-            {"series": f'chat_api_db_replica_lag_seconds{{{api}, instance="b"}}', "values": "0 0 -1x40"},
+            {"series": f'chat_api_db_replica_lag_seconds{{{api}, instance="a", replica="r1:3306"}}', "values": "0x40"},
+            {
+                "series": f'chat_api_db_replica_lag_seconds{{{api}, instance="b", replica="r1:3306"}}',
+                "values": "0 0 -1x40",
+            },
+            {"series": f'chat_api_db_replica_lag_seconds{{{api}, instance="b", replica="r2:3306"}}', "values": "0x40"},
         ],
         "alert_rule_test": [
             {
@@ -277,7 +281,7 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
                 # one API pod cannot use the replica (the other still can): the replica is set aside there
                 "eval_time": "15m",
                 "alertname": "ChatDatabaseReplicaSetAside",
-                "exp_alerts": [{"exp_labels": {"severity": "warning", "namespace": NAMESPACE}}],
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "namespace": NAMESPACE, "replica": "r1:3306"}}],
             },
             {
                 "eval_time": "10m",
@@ -312,7 +316,10 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
             {"series": f"chat_counts_sync_last_success_timestamp_seconds{{{sync}}}", "values": "0+60x40"},
             {"series": f'up{{{ns}, job="chat-chat-system-chat-writer", instance="a"}}', "values": "1x40"},
             {"series": f'up{{{ns}, job="chat-chat-system-message-writer", instance="b"}}', "values": "1x40"},
-            {"series": f'chat_api_db_replica_lag_seconds{{{api}, instance="a"}}', "values": "0 3 1 0x40"},
+            {
+                "series": f'chat_api_db_replica_lag_seconds{{{api}, instance="a", replica="r1:3306"}}',
+                "values": "0 3 1 0x40",
+            },
         ],
         "alert_rule_test": [
             {"eval_time": "40m", "alertname": name, "exp_alerts": []} for name in sorted(alert_exprs())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from chat_api.adapters.replica import ReadRouter, ReplicaMonitor, replication_lag
+from chat_api.adapters.replica import ReadRouter, ReplicaMonitor, replica_name, replication_lag
 from chat_api.model import DatabaseUnavailable
 
 
@@ -156,7 +156,7 @@ async def test_an_unreachable_or_refusing_replica_is_set_aside():
 async def test_the_router_falls_back_to_the_primary_and_sets_a_failing_replica_aside():
     primary, replica_db = StatusDatabase([], "primary"), StatusDatabase([status(lag=0)])
     monitor = ReplicaMonitor(replica_db, max_lag=5)
-    router = ReadRouter(primary, monitor)
+    router = ReadRouter(primary, [monitor])
     await monitor.probe()
     assert await router.run(True, lambda db: db.rows(None, {})) == [("replica",)]
     assert await router.run(False, lambda db: db.rows(None, {})) == [("primary",)]
@@ -165,3 +165,28 @@ async def test_the_router_falls_back_to_the_primary_and_sets_a_failing_replica_a
     assert primary.reads == 2 and monitor.lag_bound() is None  # this read answered by the primary
     await router.run(True, lambda db: db.rows(None, {}))  # set aside: not even tried until a probe finds it
     assert (replica_db.reads, primary.reads) == (2, 3)
+
+
+async def test_several_replicas_take_turns_and_a_failing_one_hands_over_to_the_next():
+    primary = StatusDatabase([], "primary")
+    a, b = StatusDatabase([status(lag=0)], "a"), StatusDatabase([status(lag=2)], "b")
+    monitors = [ReplicaMonitor(a, max_lag=5, name="a:3306"), ReplicaMonitor(b, max_lag=5, name="b:3306")]
+    router = ReadRouter(primary, monitors)
+    assert router.lag_bound() is None  # none probed yet: none may serve
+    for monitor in monitors:
+        await monitor.probe()
+    assert 3.0 <= router.lag_bound() < 3.5  # the larger bound: whichever answers is within it
+    answers = [(await router.run(True, lambda db: db.rows(None, {})))[0][0] for _ in range(4)]
+    assert sorted(answers) == ["a", "a", "b", "b"]  # taking turns
+    b.answer = DatabaseUnavailable("gone")
+    answers = [(await router.run(True, lambda db: db.rows(None, {})))[0][0] for _ in range(3)]
+    assert answers == ["a", "a", "a"] and primary.reads == 0  # b failed once, set aside; a served every read
+    assert 1.0 <= router.lag_bound() < 1.5  # only a's bound counts now
+    a.answer = DatabaseUnavailable("gone")
+    assert (await router.run(True, lambda db: db.rows(None, {})))[0][0] == "primary"
+    assert router.lag_bound() is None
+
+
+def test_a_replica_is_named_by_host_and_port_never_by_its_credentials():
+    assert replica_name(" mysql+pymysql://reader:s3cret@db-replica-2:3307/chat?charset=utf8mb4") == "db-replica-2:3307"
+    assert replica_name("mysql+pymysql://reader@db-replica/chat") == "db-replica:3306"

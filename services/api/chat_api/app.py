@@ -23,7 +23,7 @@ from chat_api.adapters.idempotency import IdempotencyStore, StoredKeys
 from chat_api.adapters.numbering import Numbering
 from chat_api.adapters.publisher import ConfirmingPublisher
 from chat_api.adapters.recovery import NumberingMarker, NumberingRecovery
-from chat_api.adapters.replica import ReadRouter, ReplicaMonitor
+from chat_api.adapters.replica import ReadRouter, ReplicaMonitor, replica_name
 from chat_api.adapters.repository import SqlRepository
 from chat_api.adapters.search import build_search_reader
 from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
@@ -62,7 +62,7 @@ class Lifecycle:
     redis_clients: list[redis.Redis]
     db: Database
     state: ProcessState
-    replica: ReplicaMonitor | None = None
+    replicas: list[ReplicaMonitor] = field(default_factory=list)
     slow_callback_ms: float = 0.0
     streams: StreamHub | None = None  # live streams; their broker connection opens with the first stream
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -74,8 +74,8 @@ class Lifecycle:
             asyncio.create_task(self.service.recovery.watch(), name="numbering-watchdog"),
             asyncio.create_task(BUFFER.flush_every(), name="metrics-flush"),
         ]
-        if self.replica is not None:
-            self._tasks.append(asyncio.create_task(self.replica.watch(), name="replica-probe"))
+        for replica in self.replicas:
+            self._tasks.append(asyncio.create_task(replica.watch(), name=f"replica-probe {replica.name}"))
         self.state.started = True
 
     async def process_shutdown(self, scope: dict, event: dict) -> None:  # noqa: D102
@@ -91,8 +91,8 @@ class Lifecycle:
         for client in self.redis_clients:
             await client.aclose()
         await self.db.close()
-        if self.replica is not None:
-            await self.replica.close()
+        for replica in self.replicas:
+            await replica.close()
         await asyncio.to_thread(self.service.applications.close)
 
 
@@ -154,10 +154,12 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
     publisher = ConfirmingPublisher(
         settings.rabbitmq_url, declare=topology.declare, timeout=settings.publish_timeout_seconds
     )
-    replica = None
-    if settings.database_read_url:
-        replica = ReplicaMonitor(Database(settings.database_read_url), settings.database_read_max_lag_seconds)
-    router = ReadRouter(db, replica)
+    replicas = [
+        ReplicaMonitor(Database(url), settings.database_read_max_lag_seconds, name=replica_name(url))
+        for url in (settings.database_read_url or "").split(",")
+        if url.strip()
+    ]
+    router = ReadRouter(db, replicas)
     repository = SqlRepository(router)
     # With replicas (Sentinel, Cluster), numbers and idempotency records are answered only once replicated.
     replication = {
@@ -203,7 +205,7 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
 
     status_checks = {"database": database, "redis": cache, "rabbitmq": broker, "numbering": numbering_state}
     lifecycle = Lifecycle(
-        service, [client, numbering_client], db, ProcessState(), replica, settings.api_slow_callback_ms
+        service, [client, numbering_client], db, ProcessState(), replicas, settings.api_slow_callback_ms
     )
     lifecycle.streams = build_hub(settings, db, client, keys, standing=service.token_standing)
     return service, status_checks, lifecycle

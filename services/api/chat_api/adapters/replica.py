@@ -1,6 +1,7 @@
-"""The read replica (``DATABASE_READ_URL``): whether it may serve a lag-tolerant read now, and how stale it may be.
+"""Read replicas (``DATABASE_READ_URL``, one or several): whether one may serve a lag-tolerant read now, and how
+stale its answer may be.
 
-A background task on each API worker asks the replica every ``interval`` seconds for its replication status
+A background task per replica on each API worker asks it every ``interval`` seconds for its replication status
 (``SHOW REPLICA STATUS``: MariaDB 10.5+ and MySQL 8.0.22+; the database user needs ``REPLICA MONITOR`` on MariaDB
 10.5+/``REPLICATION CLIENT`` on MySQL). The replica may serve while both replication threads run and its lag is at
 most ``max_lag`` seconds. Its answers are then at most :meth:`ReplicaMonitor.lag_bound` behind the primary: the
@@ -20,8 +21,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
+
+from sqlalchemy.engine import make_url
 
 from chat_api.adapters.database import Database
 from chat_api.metrics_buffer import BUFFER
@@ -54,11 +57,18 @@ def replication_lag(status: list[dict]) -> float | None:
     return worst
 
 
+def replica_name(database_url: str) -> str:
+    """``host:port`` of a replica's URL: its label in metrics and logs (never the credentials)."""
+    url = make_url(database_url.strip())
+    return f"{url.host or '127.0.0.1'}:{url.port or 3306}"
+
+
 class ReplicaMonitor:
     """The replica's pool and its last probe: :meth:`lag_bound` says whether, and how stale, it may serve."""
 
-    def __init__(self, db: Database, max_lag: float, interval: float = PROBE_SECONDS) -> None:
+    def __init__(self, db: Database, max_lag: float, interval: float = PROBE_SECONDS, name: str = "replica") -> None:
         self.db = db
+        self.name = name  # host:port, the ``replica`` label of its lag gauge
         self.max_lag = max_lag
         self.interval = interval
         self._lag: float | None = None  # as last probed; None: set aside
@@ -77,7 +87,7 @@ class ReplicaMonitor:
     def failed(self) -> None:
         """A read on the replica failed: set it aside until the next probe finds it healthy."""
         self._lag = None
-        metrics.API_DB_REPLICA_LAG.set(-1)
+        metrics.API_DB_REPLICA_LAG.labels(self.name).set(-1)
 
     async def probe(self) -> float | None:
         """Ask the replica for its status once; returns (and keeps) the lag it may serve with, or None."""
@@ -92,7 +102,7 @@ class ReplicaMonitor:
             lag = None
         self._probed_at = time.monotonic()
         self._lag = lag if lag is not None and lag <= self.max_lag else None
-        metrics.API_DB_REPLICA_LAG.set(-1 if lag is None else lag)
+        metrics.API_DB_REPLICA_LAG.labels(self.name).set(-1 if lag is None else lag)
         return self._lag
 
     async def watch(self) -> None:
@@ -108,24 +118,37 @@ class ReplicaMonitor:
 
 
 class ReadRouter:
-    """Runs a read on the replica when the caller allows it and the replica may serve, else on the primary."""
+    """Runs a read on a replica when the caller allows it and one may serve, else on the primary.
 
-    def __init__(self, primary: Database, replica: ReplicaMonitor | None = None) -> None:
+    With several replicas (``DATABASE_READ_URL`` lists them, comma-separated), reads take turns over those that may
+    serve; one that fails a read is set aside and the next is tried, then the primary. :meth:`lag_bound` is the
+    largest bound among the replicas that may serve: whichever answers is at most that far behind.
+    """
+
+    def __init__(self, primary: Database, replicas: Sequence[ReplicaMonitor] = ()) -> None:
         self.primary = primary
-        self.replica = replica
+        self.replicas = list(replicas)
+        self._turn = 0
 
     def lag_bound(self) -> float | None:
-        """The replica's :meth:`ReplicaMonitor.lag_bound`; None without a replica."""
-        return None if self.replica is None else self.replica.lag_bound()
+        """How far behind the primary a replica's answer may be now (seconds); None when no replica may serve."""
+        bounds = [bound for replica in self.replicas if (bound := replica.lag_bound()) is not None]
+        return max(bounds) if bounds else None
 
     async def run(self, from_replica: bool, read: Callable[[Database], Awaitable[T]]) -> T:
-        """``read(database)`` on the replica if ``from_replica`` and it may serve (the primary if it fails)."""
-        if from_replica and self.replica is not None and self.replica.lag_bound() is not None:
-            try:
-                result = await read(self.replica.db)
-            except DatabaseUnavailable:
-                self.replica.failed()
-            else:
+        """``read(database)`` on a replica if ``from_replica`` and one may serve (the primary if every one fails)."""
+        if from_replica and self.replicas:
+            count = len(self.replicas)
+            self._turn = (self._turn + 1) % count
+            for step in range(count):
+                replica = self.replicas[(self._turn + step) % count]
+                if replica.lag_bound() is None:
+                    continue
+                try:
+                    result = await read(replica.db)
+                except DatabaseUnavailable:
+                    replica.failed()
+                    continue
                 BUFFER.inc(metrics.API_DB_READS, "replica")
                 return result
         BUFFER.inc(metrics.API_DB_READS, "primary")
