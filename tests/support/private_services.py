@@ -210,15 +210,22 @@ class PrivateMariaDB(PrivateService):
         """SQLAlchemy URL of the server (no database: add one with ``.set(database=…)``)."""
         return f"mysql+pymysql://{self.user}:{self.password}@127.0.0.1:{self.port}/?charset=utf8mb4"
 
-    def status(self, variable: str) -> int:
-        """A global status counter (e.g. ``Threads_connected``), read as root."""
+    def sql(self, *statements: str) -> list[dict]:
+        """Run statements as root; the rows of the last one, as dicts."""
         connection = self._connect()
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SHOW GLOBAL STATUS LIKE %s", (variable,))
-                return int(cursor.fetchone()[1])
+            with connection.cursor(pymysql.cursors.DictCursor) as cursor:
+                for statement in statements:
+                    cursor.execute(statement)
+                rows = list(cursor.fetchall())
+            connection.commit()
+            return rows
         finally:
             connection.close()
+
+    def status(self, variable: str) -> int:
+        """A global status counter (e.g. ``Threads_connected``), read as root."""
+        return int(self.sql(f"SHOW GLOBAL STATUS LIKE '{variable}'")[0]["Value"])
 
 
 class ReplicationPrimary(PrivateMariaDB):
@@ -249,19 +256,6 @@ class ReplicationReplica(PrivateMariaDB):
 
     def replication_args(self) -> list[str]:
         return [f"--server-id={self.server_id}", "--skip-log-bin"]
-
-    def sql(self, *statements: str) -> list[dict]:
-        """Run statements as root; the rows of the last one, as dicts."""
-        connection = self._connect()
-        try:
-            with connection.cursor(pymysql.cursors.DictCursor) as cursor:
-                for statement in statements:
-                    cursor.execute(statement)
-                rows = list(cursor.fetchall())
-            connection.commit()
-            return rows
-        finally:
-            connection.close()
 
     def follow(self, primary: ReplicationPrimary) -> None:
         """Replicate ``primary`` from its current position (each server's own users stay its own)."""

@@ -398,7 +398,7 @@ class _Row:
 
 
 class FakeRepository(Faults):
-    """Chats and messages in dicts keyed by application id; the token is resolved through the applications."""
+    """Chats and messages in dicts keyed by application id, read by application id as the adapter reads them."""
 
     def __init__(self, applications: FakeApplications) -> None:
         super().__init__()
@@ -657,3 +657,13 @@ def build(limits: Limits | None = None, recovery_opens_after: int | None = 1) ->
         rate_limiter=world.rate_limiter,
     )
     return service, world
+
+
+async def chat_with_messages(service, world, count: int = 0):
+    """An application with one written chat holding ``count`` written messages."""
+    app = world.application()
+    await service.create_chat(app.token, "room")
+    for i in range(count):
+        await service.create_message(app.token, 1, f"message {i + 1}")
+    world.deliver()
+    return app

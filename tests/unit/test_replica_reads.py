@@ -12,41 +12,33 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chat_api.adapters.replica import ReadRouter, ReplicaMonitor, replica_name, replication_lag
 from chat_api.model import DatabaseUnavailable
-
-
-async def tenant_with_a_chat(service, world, messages: int = 2):
-    app = world.application()
-    await service.create_chat(app.token, "room")
-    for i in range(messages):
-        await service.create_message(app.token, 1, f"hello {i}")
-    world.deliver()
-    return app
+from tests.unit.fakes import chat_with_messages
 
 
 async def reads_of(service, app) -> None:
     await service.list_chats(app.token)
     await service.list_messages(app.token, 1)
-    await service.search_messages(app.token, 1, "hello")
+    await service.search_messages(app.token, 1, "message")
 
 
 # -- the service's rule ----------------------------------------------------------------------------------------
 async def test_without_a_replica_every_read_is_the_primarys(service, world):
-    app = await tenant_with_a_chat(service, world)
+    app = await chat_with_messages(service, world, 2)
     await reads_of(service, app)
     assert world.repository.replica_asked == [False, False, False]
     assert world.numbering.called("last_edit") == []  # no Redis round trip when there is nothing to decide
 
 
 async def test_pages_and_searches_of_a_tenant_that_never_edited_may_use_the_replica(service, world):
-    app = await tenant_with_a_chat(service, world)
+    app = await chat_with_messages(service, world, 2)
     world.repository.replica_bound = 2.0
     await reads_of(service, app)
     assert world.repository.replica_asked == [True, True, True]
 
 
 async def test_a_tenant_that_just_edited_reads_the_primary_while_the_others_keep_the_replica(service, world):
-    editor = await tenant_with_a_chat(service, world)
-    other = await tenant_with_a_chat(service, world)
+    editor = await chat_with_messages(service, world, 2)
+    other = await chat_with_messages(service, world, 2)
     world.repository.replica_bound = 2.0
     await service.edit_message(editor.token, 1, 1, "edited")
     await reads_of(service, editor)
@@ -58,7 +50,7 @@ async def test_a_tenant_that_just_edited_reads_the_primary_while_the_others_keep
 
 
 async def test_a_rename_counts_as_an_edit(service, world):
-    app = await tenant_with_a_chat(service, world)
+    app = await chat_with_messages(service, world, 2)
     world.repository.replica_bound = 2.0
     await service.rename_chat(app.token, 1, "renamed")
     await service.list_chats(app.token)
@@ -66,7 +58,7 @@ async def test_a_rename_counts_as_an_edit(service, world):
 
 
 async def test_an_edit_older_than_the_replicas_lag_bound_no_longer_holds_reads_on_the_primary(service, world):
-    app = await tenant_with_a_chat(service, world)
+    app = await chat_with_messages(service, world, 2)
     await service.edit_message(app.token, 1, 1, "edited")
     world.numbering.hashes[app.id].edited -= 3_000_000  # three seconds ago, in microseconds
     world.repository.replica_bound = 2.0
@@ -77,7 +69,7 @@ async def test_an_edit_older_than_the_replicas_lag_bound_no_longer_holds_reads_o
 
 
 async def test_when_the_edit_clock_cannot_be_read_the_primary_answers(service, world):
-    app = await tenant_with_a_chat(service, world)
+    app = await chat_with_messages(service, world, 2)
     world.repository.replica_bound = 2.0
     world.numbering.fail("last_edit", RedisConnectionError("down"))
     page = await service.list_messages(app.token, 1)
@@ -85,7 +77,7 @@ async def test_when_the_edit_clock_cannot_be_read_the_primary_answers(service, w
 
 
 async def test_single_reads_never_ask_for_the_replica(service, world):
-    app = await tenant_with_a_chat(service, world)
+    app = await chat_with_messages(service, world, 2)
     world.repository.replica_bound = 2.0
     await service.get_chat(app.token, 1)
     await service.get_message(app.token, 1, 1)
@@ -181,7 +173,8 @@ async def test_several_replicas_take_turns_and_a_failing_one_hands_over_to_the_n
     b.answer = DatabaseUnavailable("gone")
     answers = [(await router.run(True, lambda db: db.rows(None, {})))[0][0] for _ in range(3)]
     assert answers == ["a", "a", "a"] and primary.reads == 0  # b failed once, set aside; a served every read
-    assert 1.0 <= router.lag_bound() < 1.5  # only a's bound counts now
+    assert monitors[1].lag_bound() is None  # b is set aside: only a's bound counts now (b's alone is >= 3 s)
+    assert router.lag_bound() < 3.0  # a's (lag 0): would be >= 3 s if b still counted
     a.answer = DatabaseUnavailable("gone")
     assert (await router.run(True, lambda db: db.rows(None, {})))[0][0] == "primary"
     assert router.lag_bound() is None

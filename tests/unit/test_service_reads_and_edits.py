@@ -8,19 +8,9 @@ from chat_api.metrics_buffer import BUFFER
 from chat_api.model import Chat, DatabaseUnavailable, Invalid, Message, NotFound, Unavailable
 from chat_api.services import Limits
 from chat_common import metrics
-from tests.unit.fakes import build
+from tests.unit.fakes import build, chat_with_messages
 
 DB_DOWN = DatabaseUnavailable("gone away")
-
-
-async def chat_with_messages(service, world, count: int = 0):
-    """An application with one written chat holding ``count`` written messages."""
-    app = world.application()
-    await service.create_chat(app.token, "room")
-    for i in range(count):
-        await service.create_message(app.token, 1, f"message {i + 1}")
-    world.deliver()
-    return app
 
 
 # -- edits ------------------------------------------------------------------------------------------------------
