@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PACKAGES := common services/api services/chat-writer services/message-writer services/counter-cron operator devtools
 export COUNT_SYNC_EVERY_SECONDS ?= 30
 
-.PHONY: help venv migrate run sync-counts reindex test test-unit test-fast lint format bench clean
+.PHONY: help services control-plane venv migrate run sync-counts reindex test test-unit test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -18,6 +18,12 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt $(PACKAGES:%=%/pyprojec
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet -c requirements.txt $(PACKAGES:%=-e %)
 	touch $@
+
+services: ## install (Debian packages) and start MariaDB, Redis and RabbitMQ on loopback, if not running (root)
+	bash devtools/services.sh
+
+control-plane: ## build etcd, kube-apiserver, controller manager, scheduler, kubectl, kwok, helm (Go module proxy; cached)
+	@bash devtools/control-plane/build.sh >/dev/null
 
 venv: $(BIN)/.installed ## create the virtualenv: pinned dependencies, every package of the repository editable
 
