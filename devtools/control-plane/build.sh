@@ -24,6 +24,10 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 work="$cache/work"
 mkdir -p "$work"
 
+progress() { # progress <what>: go build -v names each package it compiles: count them, pass anything else through
+  awk -v what="$1" '/ / { print; next } { n++; if (n % 250 == 0) { printf "[control-plane] %s: %d packages compiled\n", what, n; fflush() } }' >&2
+}
+
 step() { # step <binary> <what>: skip a binary already built (a build interrupted half-way resumes)
   if [ -x "$bin/$1" ]; then log "$1: present"; return 1; fi
   log "$1: $2"
@@ -65,7 +69,7 @@ else
   done
   for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     step "$cmd" "compiling k8s.io/kubernetes/cmd/$cmd" || continue
-    (cd "$k8s" && go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd.partial" "k8s.io/kubernetes/cmd/$cmd")
+    (cd "$k8s" && go build -v -trimpath -ldflags "$ldflags" -o "$bin/$cmd.partial" "k8s.io/kubernetes/cmd/$cmd" 2>&1 | progress "$cmd")
     mv "$bin/$cmd.partial" "$bin/$cmd"
   done
 fi
@@ -75,7 +79,7 @@ if step etcd "compiling go.etcd.io/etcd/server/v3 $ETCD_VERSION"; then
   e="$work/etcd-$ETCD_VERSION"; mkdir -p "$e"
   printf 'module chat-system/control-plane/etcd\n\ngo 1.23.0\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > "$e/go.mod"
   printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' > "$e/tools.go"
-  (cd "$e" && go mod tidy -e >/dev/null 2>"$e/tidy.log" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd.partial" go.etcd.io/etcd/server/v3)
+  (cd "$e" && go mod tidy -e >/dev/null 2>"$e/tidy.log" && go build -v -trimpath -ldflags "-s -w" -o "$bin/etcd.partial" go.etcd.io/etcd/server/v3 2>&1 | progress etcd)
   mv "$bin/etcd.partial" "$bin/etcd"
 fi
 
@@ -83,7 +87,7 @@ fi
 for spec in "kwok sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "helm helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; do
   name="${spec%% *}"; target="${spec#* }"
   step "$name" "go install $target" || continue
-  GOBIN="$work/gobin" go install -trimpath -ldflags "-s -w" "$target"
+  GOBIN="$work/gobin" go install -v -trimpath -ldflags "-s -w" "$target" 2>&1 | progress "$name"
   mv "$work/gobin/$name" "$bin/$name"
 done
 

@@ -1,0 +1,270 @@
+"""The operator as it runs in a cluster: the chart's Deployment, the chart's ServiceAccount and RBAC, for real.
+
+The chart is installed on the loopback control plane with the operator's pods sent to a :class:`ProcessNode`, whose
+kubelet runs them as real processes with a TokenRequest token of the chart's ServiceAccount mounted where a pod has
+it — so what the operator may do is exactly what the chart's RBAC grants. The operator reaches the real MariaDB and
+Redis of a test namespace (the chart's `auth.existingSecret` holds their loopback URLs); an API process of the same
+namespace answers the REST side of each round trip. Everything else of the release runs on kwok's nodes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from chat_common.db import make_engine
+from chat_devtools.control_plane import ControlPlane
+from chat_devtools.process_node import ProcessNode
+from tests.conftest import LOG_ROOT
+from tests.support.http import Api, wait_for
+from tests.support.namespace import Namespace
+from tests.support.processes import System
+
+pytestmark = [pytest.mark.kube, pytest.mark.slow]
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "chat-system"
+RELEASE = "chat"
+OPERATOR = "app.kubernetes.io/component=operator"
+
+
+@dataclass
+class Release:
+    """One installed release whose operator runs for real, and the API of the same data."""
+
+    plane: ControlPlane
+    node: ProcessNode
+    namespace: str
+    data: Namespace
+    api: Api
+    values_file: Path
+
+    def kubectl(self, *args: str, **kwargs):
+        return self.plane.kubectl("-n", self.namespace, *args, **kwargs)
+
+    def get(self, kind: str, name: str) -> dict | None:
+        result = self.kubectl("get", kind, name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def apply_application(self, name: str, **spec: object) -> None:
+        body = {"apiVersion": "chat-system.io/v1", "kind": "Application",
+                "metadata": {"name": name, "namespace": self.namespace}, "spec": spec}  # fmt: skip
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(body))
+
+    def patch_spec(self, name: str, spec: dict, check: bool = True):
+        return self.kubectl("patch", "application", name, "--type=merge", "-p", json.dumps({"spec": spec}), check=check)
+
+    def secret(self, name: str, timeout: float = 90) -> dict[str, str]:
+        found = wait_for(lambda: self.get("secret", f"{name}-chat-token"), timeout, 0.5, f"Secret {name}-chat-token")
+        return {k: base64.b64decode(v).decode() for k, v in found["data"].items()}
+
+    def status(self, name: str, predicate, what: str, timeout: float = 90) -> dict:
+        def probe():
+            obj = self.get("application", name)
+            return obj if obj and predicate(obj.get("status") or {}) else None
+
+        return wait_for(probe, timeout, 0.5, what)
+
+    def events(self, name: str) -> set[str]:
+        listed = self.plane.get_json("events", "-n", self.namespace, f"--field-selector=involvedObject.name={name}")
+        return {e["reason"] for e in listed["items"]}
+
+    def operator_pods(self) -> list[dict]:
+        pods = self.plane.get_json("pods", "-n", self.namespace, "-l", OPERATOR)["items"]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def tenants(self, name: str) -> int:
+        engine = make_engine(self.data.settings.database_url, pool_size=1)
+        try:
+            with engine.connect() as conn:
+                return conn.execute(text("SELECT COUNT(*) FROM applications WHERE name = :n"), {"n": name}).scalar()
+        finally:
+            engine.dispose()
+
+
+def release_values(node: ProcessNode, data: Namespace, uninstall: str = "delete") -> dict:
+    s = data.settings
+    return {
+        "auth": {"existingSecret": "loopback-connections"},
+        "mariadb": {"enabled": False},
+        "redis": {"enabled": False},
+        "rabbitmq": {"enabled": False},
+        "elasticsearch": {"enabled": False},
+        "keda": "false",
+        "monitoring": "false",
+        "networkPolicy": {"enabled": False},
+        "config": {
+            "redisKeyPrefix": s.redis_key_prefix,
+            "queuePrefix": s.queue_prefix,
+            "searchIndex": s.search_index,
+            "queueType": s.queue_type,
+        },
+        "operator": {
+            "nodeSelector": node.node_selector,
+            "tolerations": node.tolerations,
+            # Counts and the previous token's expiry reach the status on this refresh.
+            "extraEnv": [{"name": "STATUS_REFRESH_SECONDS", "value": "5"}],
+            "uninstall": {"applications": uninstall, "timeoutSeconds": 120},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def release(control_plane: ControlPlane) -> Iterator[Release]:
+    data = Namespace.create("kop")
+    system = System(data, LOG_ROOT / data.name, api_workers=1).start()
+    node = ProcessNode(control_plane, f"process-{uuid.uuid4().hex[:4]}").start()
+    namespace = f"op-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    env = data.environ()
+    control_plane.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "secret",
+        "generic",
+        "loopback-connections",
+        *(f"--from-literal={k}={env[k]}" for k in ("DATABASE_URL", "REDIS_URL", "RABBITMQ_URL")),
+        f"--from-literal=ADMIN_API_KEY={data.settings.admin_api_key or 'admin-key-' + 'x' * 32}",
+    )
+    values_file = control_plane.workdir / f"operator-values-{namespace}.json"
+    values_file.write_text(json.dumps(release_values(node, data)))
+    control_plane.helm("install", RELEASE, str(CHART), "-n", namespace, "-f", str(values_file), "--wait",
+                       "--timeout", "5m", timeout=400)  # fmt: skip
+    released = Release(control_plane, node, namespace, data, Api(system.base_url, data.settings.admin_api_key),
+                       values_file)  # fmt: skip
+    wait_for(lambda: len(released.operator_pods()) == 1 and node.pods, 60, 0.5, "the operator running on the node")
+    yield released
+    control_plane.helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "3m", timeout=300, check=False)
+    node.stop()
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    system.stop()
+    data.destroy()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def test_the_operator_runs_as_the_charts_service_account(release: Release):
+    pod = release.operator_pods()[0]
+    account = pod["spec"]["serviceAccountName"]
+    assert account != "default"
+    can = release.plane.kubectl(
+        "auth",
+        "can-i",
+        "list",
+        "secrets",
+        "-n",
+        "kube-system",
+        f"--as=system:serviceaccount:{release.namespace}:{account}",
+        check=False,
+    )
+    assert can.stdout.strip() == "no", "the operator's RBAC reaches only the namespaces it serves"
+
+
+def test_an_application_becomes_a_tenant_with_secret_status_conditions_and_events(release: Release):
+    name = unique("made")
+    release.apply_application(name, name="Made by kubectl", deletionPolicy="Delete")
+    secret = release.secret(name)
+    token = secret["token"]
+    assert secret["apiUrl"].startswith("http")
+    assert release.api.get(f"/applications/{token}").json()["name"] == "Made by kubectl"
+    obj = release.status(name, lambda s: s.get("phase") == "Ready", "phase Ready")
+    conditions = {c["type"]: c["status"] for c in obj["status"]["conditions"]}
+    assert conditions["Ready"] == "True"
+    assert obj["status"]["secretName"] == f"{name}-chat-token"
+    assert {"Created", "SecretWritten"} <= release.events(name)
+    assert release.get("secret", f"{name}-chat-token")["metadata"]["ownerReferences"][0]["name"] == name
+
+
+def test_suspend_rotate_and_limits_round_trip_with_the_rest_api(release: Release):
+    name = unique("managed")
+    release.apply_application(name, name="Managed", deletionPolicy="Delete", previousTokenGraceSeconds=20)
+    old = release.secret(name)["token"]
+    chat = release.api.new_chat(old)
+
+    release.patch_spec(name, {"suspended": True})
+    wait_for(lambda: release.api.get(f"/applications/{old}/chats").status_code == 403, 60, 0.5, "403 when suspended")
+    release.status(name, lambda s: s.get("state") == "Suspended", "state Suspended")
+    release.patch_spec(name, {"suspended": False})
+    wait_for(lambda: release.api.get(f"/applications/{old}/chats").status_code == 200, 60, 0.5, "200 when resumed")
+
+    release.patch_spec(name, {"limits": {"maxChats": chat + 1}})
+    wait_for(lambda: release.api.get(f"/applications/{old}/limits").json().get("maxChats") == chat + 1,
+             60, 0.5, "limits reach the API")  # fmt: skip
+    assert release.api.new_chat(old) == chat + 1
+    assert release.api.post(f"/applications/{old}/chats", json={"name": "one too many"}).status_code in (409, 422)
+
+    release.patch_spec(name, {"rotateToken": 1})
+    secret = wait_for(lambda: (s := release.secret(name)).get("previousToken") == old and s, 60, 0.5, "rotation")
+    new = secret["token"]
+    assert new != old
+    assert release.api.get(f"/applications/{new}/chats").status_code == 200
+    wait_for(lambda: release.api.get(f"/applications/{old}/chats").status_code == 404, 90, 1, "old token expires")
+    wait_for(lambda: "previousToken" not in release.secret(name), 90, 1, "the Secret forgets the old token")
+
+
+def test_a_hand_deleted_secret_is_restored(release: Release):
+    name = unique("restored")
+    release.apply_application(name, name="Restored", deletionPolicy="Delete")
+    token = release.secret(name)["token"]
+    release.kubectl("delete", "secret", f"{name}-chat-token")
+    assert wait_for(lambda: release.secret(name)["token"] == token, 90, 1, "Secret restored")
+    assert "SecretRestored" in release.events(name)
+
+
+def test_deletion_follows_each_deletion_policy_through_the_finalizer(release: Release):
+    gone, kept = unique("gone"), unique("kept")
+    release.apply_application(gone, name="Deleted with its data", deletionPolicy="Delete")
+    release.apply_application(kept, name="Kept after deletion", deletionPolicy="Retain")
+    gone_token, kept_token = release.secret(gone)["token"], release.secret(kept)["token"]
+    for name in (gone, kept):
+        assert "chat-system.io/application-cleanup" in release.get("application", name)["metadata"]["finalizers"]
+        release.kubectl("delete", "application", name, "--wait=true", "--timeout=120s", timeout=150)
+    assert release.api.get(f"/applications/{gone_token}").status_code == 404
+    assert release.api.get(f"/applications/{kept_token}").status_code == 200
+    retained = release.get("secret", f"{kept}-chat-token")
+    assert retained is not None and not retained["metadata"].get("ownerReferences")
+    release.api.request("DELETE", f"/applications/{kept_token}")
+
+
+def test_an_operator_killed_mid_reconcile_finishes_the_work_once(release: Release):
+    pod = release.operator_pods()[0]["metadata"]["name"]
+    names = [unique("crash") for _ in range(5)]
+    for name in names:
+        release.apply_application(name, name=name, deletionPolicy="Delete")
+    release.node.kill(release.namespace, pod)  # SIGKILL while it works through them; the node restarts it
+    for name in names:
+        release.status(name, lambda s: s.get("phase") == "Ready", f"{name} Ready after the restart", timeout=120)
+        assert release.tenants(name) == 1, "a reconcile cut short created no second tenant"
+    assert release.get("pod", pod)["status"]["containerStatuses"][0]["restartCount"] >= 1
+    for name in names:
+        release.kubectl("delete", "application", name, "--wait=false")
+
+
+def test_two_replicas_one_active_the_other_takes_over(release: Release):
+    release.kubectl("scale", "deployment", "-l", OPERATOR, "--replicas=2")
+    try:
+        wait_for(lambda: len([p for p in release.operator_pods() if p["status"].get("phase") == "Running"]) == 2,
+                 60, 0.5, "two operator replicas")  # fmt: skip
+        first = unique("peer")
+        release.apply_application(first, name="Served by one replica", deletionPolicy="Delete")
+        release.status(first, lambda s: s.get("phase") == "Ready", "Ready with two replicas")
+        assert release.tenants("Served by one replica") == 1
+        # Delete whichever replica leads; the other must serve the next Application.
+        for pod in release.operator_pods():
+            release.kubectl("delete", "pod", pod["metadata"]["name"], "--wait=false")
+            break
+        second = unique("peer")
+        release.apply_application(second, name="Served after a takeover", deletionPolicy="Delete")
+        release.status(second, lambda s: s.get("phase") == "Ready", "Ready after the takeover", timeout=120)
+        assert release.tenants("Served after a takeover") == 1
+    finally:
+        release.kubectl("scale", "deployment", "-l", OPERATOR, "--replicas=1")
