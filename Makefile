@@ -23,6 +23,7 @@ services: ## install (Debian packages) and start MariaDB, Redis and RabbitMQ on 
 	bash devtools/services.sh
 
 control-plane: ## build etcd, kube-apiserver, controller manager, scheduler, kubectl, kwok, helm (Go module proxy; cached)
+	@# Found in KUBEBUILDER_ASSETS or the cache: returns at once. Otherwise ~20 min on 2 cores, with progress.
 	@bash devtools/control-plane/build.sh >/dev/null
 
 venv: $(BIN)/.installed ## create the virtualenv: pinned dependencies, every package of the repository editable
@@ -41,7 +42,7 @@ sync-counts: venv ## run one count sync and exit
 reindex: venv ## rebuild the Elasticsearch index from MySQL (no-op with the embedded MySQL search)
 	$(BIN)/python -m message_writer.reindex
 
-test: venv ## the whole test suite (needs MariaDB, Redis and RabbitMQ running)
+test: venv control-plane ## the whole test suite (needs `make services`; builds or finds the control plane first)
 	$(BIN)/python -m pytest
 
 test-unit: venv ## the unit tests only: the rules on in-memory fakes, no service reachable (seconds)

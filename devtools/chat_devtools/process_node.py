@@ -17,9 +17,9 @@ else lands on it) becomes one process per container, started the way a container
   crash under ``restartPolicy: Always``, Succeeded/Failed when it exits otherwise; a deleted pod's process gets
   SIGTERM, SIGKILL after the grace period, then the pod object is removed.
 
-What differs from a real kubelet, knowingly: every pod shares the host's network, so a container port another pod
-of this node already uses is moved to a free port — the pod's environment values naming it are rewritten to match
-(the chart passes ports through the environment); no image is pulled, no resource limit enforced, no probe run.
+What differs from a real kubelet, knowingly: every pod shares the host's network, so each declared container port is
+moved to a free port — the pod's environment values naming it are rewritten to match (the chart passes ports through
+the environment); no image is pulled, no resource limit enforced, no probe run; processes run as root.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,12 +77,13 @@ class ProcessNode:
     def __init__(self, plane: ControlPlane, name: str = "process-node") -> None:
         self.plane = plane
         self.name = name
-        self.directory = plane.workdir / name
+        self.logs = plane.workdir / name
+        # Pods' files (tokens, emptyDirs) live outside /tmp: a pod that mounts an emptyDir over /tmp would otherwise
+        # hide the sources of its other mounts from itself.
+        self.directory = Path(os.environ.get("PROCESS_NODE_ROOT", "/run/chat-system-process-nodes")) / name
         self.pods: dict[str, RunningPod] = {}
-        self.ports_in_use: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     @property
     def node_selector(self) -> dict[str, str]:
@@ -94,6 +96,7 @@ class ProcessNode:
     # -- life of the node ----------------------------------------------------------------------------------------
     def start(self) -> ProcessNode:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.plane.apply(
             {
                 "apiVersion": "v1",
@@ -114,6 +117,7 @@ class ProcessNode:
             self._thread.join(10)
         for pod in list(self.pods.values()):
             self._terminate(pod, grace=5)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def _heartbeat(self) -> None:
         now = _now()
@@ -263,7 +267,7 @@ class ProcessNode:
             for source, target in mounts
         )
         wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{script}exec "$@"', "sh", *argv]
-        log_file = (self.directory / f"{pod.namespace}_{pod.name}_{container['name']}.log").open("ab")
+        log_file = (self.logs / f"{pod.namespace}_{pod.name}_{container['name']}.log").open("ab")
         pod.processes[container["name"]] = subprocess.Popen(
             wrapped, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
         )
@@ -291,17 +295,14 @@ class ProcessNode:
                 value = self._value_from(pod, meta, var["valueFrom"])
                 if value is not None:
                     env[var["name"]] = value
-        return self._move_taken_ports(container, env)
+        return self._move_ports(container, env)
 
-    def _move_taken_ports(self, container: dict, env: dict[str, str]) -> dict[str, str]:
-        with self._lock:
-            for port in container.get("ports", []):
-                wanted = port["containerPort"]
-                if wanted not in self.ports_in_use:
-                    self.ports_in_use.add(wanted)
-                    continue
-                moved = free_port()
-                env = {k: v.replace(str(wanted), str(moved)) for k, v in env.items()}
+    @staticmethod
+    def _move_ports(container: dict, env: dict[str, str]) -> dict[str, str]:
+        """Each declared container port becomes a free host port, in every environment value that names it."""
+        for port in container.get("ports", []):
+            moved = str(free_port())
+            env = {k: v.replace(str(port["containerPort"]), moved) for k, v in env.items()}
         return env
 
     def _value_from(self, pod: RunningPod, meta: dict, source: dict) -> str | None:

@@ -17,8 +17,10 @@ bin="$cache/k8s-$KUBERNETES_VERSION/bin"
 binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 log() { printf '[control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-have_all() { for b in "${binaries[@]}"; do [ -x "$1/$b" ] || return 1; done; }
-if have_all "$bin"; then echo "$bin"; exit 0; fi
+# A binary counts as present in the cache, or in KUBEBUILDER_ASSETS (envtest's binaries, a kind node's, ...).
+present() { [ -x "$bin/$1" ] || { [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$1" ]; }; }
+have_all() { for b in "${binaries[@]}"; do present "$b" || return 1; done; }
+if have_all; then echo "$bin"; exit 0; fi
 mkdir -p "$bin"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 work="$cache/work"
@@ -29,7 +31,7 @@ progress() { # progress <what>: go build -v names each package it compiles: coun
 }
 
 step() { # step <binary> <what>: skip a binary already built (a build interrupted half-way resumes)
-  if [ -x "$bin/$1" ]; then log "$1: present"; return 1; fi
+  if present "$1"; then log "$1: present"; return 1; fi
   log "$1: $2"
   return 0
 }
@@ -37,8 +39,7 @@ step() { # step <binary> <what>: skip a binary already built (a build interrupte
 # -- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl -------------------------------------------
 # k8s.io/kubernetes requires its staging modules at v0.0.0 with replace lines pointing into its own tree; a module
 # that depends on it must pin each to the v0.<minor>.<patch> release of the same tag (what downstream projects do).
-if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] \
-     && [ -x "$bin/kube-scheduler" ] && [ -x "$bin/kubectl" ]; then
+if present kube-apiserver && present kube-controller-manager && present kube-scheduler && present kubectl; then
   log "kubernetes $KUBERNETES_VERSION: present"
 else
   k8s="$work/kubernetes-$KUBERNETES_VERSION"
@@ -91,6 +92,6 @@ for spec in "kwok sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "helm helm.sh/helm/v3
   mv "$work/gobin/$name" "$bin/$name"
 done
 
-have_all "$bin"
+have_all
 log "ready: $bin"
 echo "$bin"

@@ -39,11 +39,11 @@ SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 RULES = list(rules(SCHEMA))
 
 
-def application(name: str, namespace: str, **spec: object) -> dict:
+def application(resource: str, namespace: str, **spec: object) -> dict:
     return {
         "apiVersion": "chat-system.io/v1",
         "kind": "Application",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {"name": resource, "namespace": namespace},
         "spec": {"name": "A tenant", **spec},
     }
 

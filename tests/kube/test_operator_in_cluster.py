@@ -52,9 +52,9 @@ class Release:
         result = self.kubectl("get", kind, name, "-o", "json", check=False)
         return json.loads(result.stdout) if result.returncode == 0 else None
 
-    def apply_application(self, name: str, **spec: object) -> None:
+    def apply_application(self, resource: str, **spec: object) -> None:
         body = {"apiVersion": "chat-system.io/v1", "kind": "Application",
-                "metadata": {"name": name, "namespace": self.namespace}, "spec": spec}  # fmt: skip
+                "metadata": {"name": resource, "namespace": self.namespace}, "spec": spec}  # fmt: skip
         self.kubectl("apply", "-f", "-", stdin=json.dumps(body))
 
     def patch_spec(self, name: str, spec: dict, check: bool = True):
@@ -106,6 +106,7 @@ def release_values(node: ProcessNode, data: Namespace, uninstall: str = "delete"
             "queueType": s.queue_type,
         },
         "operator": {
+            "replicaCount": 1,  # test_two_replicas_... scales it to the default's two
             "nodeSelector": node.node_selector,
             "tolerations": node.tolerations,
             # Counts and the previous token's expiry reach the status on this refresh.
