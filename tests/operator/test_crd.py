@@ -8,6 +8,7 @@ built-in kinds (the CRD object, Secrets, Pods), jsonschema for the CRD's openAPI
 from __future__ import annotations
 
 import copy
+import re
 
 import celpy
 import jsonschema
@@ -210,6 +211,32 @@ def test_every_rule_compiles_and_has_a_message(crd_schema):
     for _, rule in rules:
         celpy.Environment().compile(rule["rule"])
         assert rule["message"]
+
+
+# self.<field> and oldSelf.<field> in a rule.
+RULE_FIELD = re.compile(r"\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def test_every_rule_type_checks_against_its_node(crd_schema):
+    """What the API server does to every rule when it accepts the CRD, and cel-python does not: type-check it
+    against the schema of its node, and bound its cost. An offline stand-in for the mistakes that get the CRD
+    refused (the control-plane tests apply it to a real server): ``size()`` of an object with fixed properties
+    (only strings, lists and maps have a size), a field the node does not declare, and a string or list read
+    without maxLength/maxItems (the server estimates a rule's cost from those bounds)."""
+    for path, node in walk(crd_schema):
+        for rule in node.get("x-kubernetes-validations", []):
+            text = rule["rule"]
+            if node["type"] == "object" and "additionalProperties" not in node:
+                assert "size(self)" not in text.replace(" ", ""), f"{path or '<root>'}: an object has no size()"
+            for name in RULE_FIELD.findall(text):
+                if path == "" and name == "metadata":
+                    continue  # metadata.name is readable at the root, bounded by the server (253)
+                field = node.get("properties", {}).get(name)
+                assert field is not None, f"{path or '<root>'}: the rule reads undeclared {name}"
+                if field["type"] == "string":
+                    assert "maxLength" in field, f"{path}.{name}: a string read by a rule needs maxLength"
+                if field["type"] == "array":
+                    assert "maxItems" in field, f"{path}.{name}: a list read by a rule needs maxItems"
 
 
 @pytest.mark.parametrize(
