@@ -17,9 +17,35 @@
 {{- end -}}
 {{- end -}}
 
-{{/* Name of one component's objects; call with (dict "ctx" $ "component" "api"). */}}
+{{/*
+Name of one component's objects: "<fullname>-<component>", the fullname cut at 45 characters (as it always was,
+so a name that was valid never changes). A name longer than its component's kinds allow is cut further and ends
+in a hash of the whole name (chat-system.fitName), so it stays unique and the same on every render. The limits:
+a StatefulSet's pods carry the label controller-revision-hash "<name>-<up to 10 characters>" (at most 63), so
+the dependencies' StatefulSets take 52, as does the CronJob (the API server's limit, which leaves room for the
+Jobs' time suffix); a RabbitmqCluster 45 (the operator names its StatefulSet "<name>-server"); everything else
+63, a Service's limit. The headless and Sentinel Services add 9 characters to a name of at most 52.
+Call with (dict "ctx" $ "component" "api").
+*/}}
 {{- define "chat-system.componentName" -}}
-{{- printf "%s-%s" (include "chat-system.fullname" .ctx | trunc 45 | trimSuffix "-") .component -}}
+{{- $name := printf "%s-%s" (include "chat-system.fullname" .ctx | trunc 45 | trimSuffix "-") .component -}}
+{{- $max := 63 -}}
+{{- if has .component (list "mariadb" "redis" "rabbitmq" "elasticsearch" "counter-cron") -}}
+{{- $max = 52 -}}
+{{- end -}}
+{{- if and (eq .component "rabbitmq") .ctx.Values.rabbitmq.clusterOperator -}}
+{{- $max = 45 -}}
+{{- end -}}
+{{- include "chat-system.fitName" (dict "name" $name "max" $max) -}}
+{{- end -}}
+
+{{/* A name of at most "max" characters: unchanged when it fits, else cut and ended by 8 characters of its hash. */}}
+{{- define "chat-system.fitName" -}}
+{{- if le (len .name) (int .max) -}}
+{{- .name -}}
+{{- else -}}
+{{- printf "%s-%s" (.name | trunc (sub (int .max) 9 | int) | trimSuffix "-") (.name | sha256sum | trunc 8) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* chart label value: name-version. */}}
