@@ -123,6 +123,20 @@ namespace, so the same release name installed in two namespaces never collides. 
 {{- end -}}
 {{- end -}}
 
+{{/*
+Labels that select the bundled RabbitMQ's pods (and, with the Cluster Operator, its Service): the chart's selector
+labels, or with rabbitmq.clusterOperator the labels the operator gives everything of the RabbitmqCluster (its name
+and component rabbitmq; it drops labels under app.kubernetes.io/ that it did not set itself).
+*/}}
+{{- define "chat-system.rabbitmqPodLabels" -}}
+{{- if .Values.rabbitmq.clusterOperator -}}
+app.kubernetes.io/name: {{ include "chat-system.componentName" (dict "ctx" . "component" "rabbitmq") }}
+app.kubernetes.io/component: rabbitmq
+{{- else -}}
+{{ include "chat-system.selectorLabels" (dict "ctx" . "component" "rabbitmq") }}
+{{- end -}}
+{{- end -}}
+
 {{/* In-cluster DNS name of one component's Service, resolvable from other namespaces (KEDA reads RabbitMQ). */}}
 {{- define "chat-system.serviceHost" -}}
 {{- printf "%s.%s.svc" (include "chat-system.componentName" .) .ctx.Release.Namespace -}}
