@@ -73,6 +73,21 @@ app.kubernetes.io/part-of: chat-system
 {{- end -}}
 
 {{/*
+Labels of a component's pods: its labels without helm.sh/chart, so that a new chart version alone restarts no
+pod (the databases least of all). The bundled dependencies' pods (dependency: true) also go without
+app.kubernetes.io/version, which is chat-system's version, not theirs. Call with (dict "ctx" $ "component" "api")
+or (dict "ctx" $ "component" "mariadb" "dependency" true).
+*/}}
+{{- define "chat-system.podLabels" -}}
+{{- $labels := include "chat-system.labels" . | fromYaml -}}
+{{- $_ := unset $labels "helm.sh/chart" -}}
+{{- if .dependency -}}
+{{- $_ := unset $labels "app.kubernetes.io/version" -}}
+{{- end -}}
+{{- toYaml $labels -}}
+{{- end -}}
+
+{{/*
 Image reference of a chat-system component; call with (dict "ctx" $ "image" .Values.api.image). The registry is
 global.imageRegistry, else image.registry, prepended to the repository (which already holds the chat-system/ path).
 */}}
@@ -314,6 +329,21 @@ Call with (dict "handler" (dict "httpGet" (dict "path" "/healthz" "port" "http")
 {{- with include .template .context | trim }}
 {{- . | nindent $.indent }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Pod security context of a bundled dependency: non-root and RuntimeDefault seccomp always, the user, group and
+fsGroup of its image from values (<dependency>.podSecurityContext), where each may be null for a platform that
+assigns them itself (OpenShift's restricted SCC refuses ids outside the namespace's range).
+Call with the dependency's podSecurityContext values.
+*/}}
+{{- define "chat-system.dependencyPodSecurityContext" -}}
+runAsNonRoot: true
+{{- with . }}
+{{ toYaml . }}
+{{- end }}
+seccompProfile:
+  type: RuntimeDefault
 {{- end -}}
 
 {{/* Security context of a bundled dependency running as its image's own non-root user. */}}
