@@ -173,6 +173,20 @@ def test_each_writer_has_exactly_one_scaler(variant):
         assert "replicas" not in deployment.obj["spec"]
 
 
+def test_installing_keda_and_upgrading_hands_each_writers_hpa_over_to_its_scaled_object():
+    """The upgrade creates the ScaledObject while the chart's HPA still exists; KEDA's webhook refuses it unless
+    it takes that very HPA over (KEDA's transfer-hpa-ownership, with the HPA named in the ScaledObject)."""
+    before = {
+        m.obj["spec"]["scaleTargetRef"]["name"]: m.name for m in of_kind(rendered("default"), "HorizontalPodAutoscaler")
+    }
+    scaled_objects = of_kind(render(None, api_versions=KEDA_APIS), "ScaledObject")
+    assert len(scaled_objects) == len(WRITERS)
+    for scaled in scaled_objects:
+        assert scaled.obj["metadata"]["annotations"]["scaledobject.keda.sh/transfer-hpa-ownership"] == "true"
+        hpa = scaled.obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"]
+        assert hpa == before[scaled.obj["spec"]["scaleTargetRef"]["name"]], scaled
+
+
 def test_writers_scale_on_the_depth_of_their_own_queue():
     manifests = rendered("kind")
     secret_name = named(manifests, "Secret", "system").name
