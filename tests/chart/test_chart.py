@@ -332,6 +332,60 @@ def test_migrations_run_as_a_hook_before_the_workloads_roll(variant_name, hooks,
     assert hook_secret.obj["data"]["DATABASE_URL"] == main_secret.obj["data"]["DATABASE_URL"]
 
 
+# Argo CD's documented mapping of Helm hooks (user-guide/helm.md): every sync is an install and an upgrade.
+ARGO_PHASE_OF_HELM_HOOK = {
+    "pre-install": "PreSync",
+    "pre-upgrade": "PreSync",
+    "post-install": "PostSync",
+    "post-upgrade": "PostSync",
+    "pre-delete": "PreDelete",
+    "post-delete": "PostDelete",
+}
+ARGO_SYNC_PHASES = ["PreSync", "Sync", "PostSync"]
+
+
+def argo_steps(manifest: Manifest) -> list[tuple[int, int]]:
+    """(phase, wave) of each step Argo CD applies a manifest in during a sync, as its documentation says: its own
+    hook annotation wins over Helm's (per object), sync-wave over hook-weight; plain objects are Sync, wave 0."""
+    annotations = manifest.obj["metadata"].get("annotations") or {}
+    if "argocd.argoproj.io/hook" in annotations:
+        phases = annotations["argocd.argoproj.io/hook"].split(",")
+    elif "helm.sh/hook" in annotations:
+        phases = [ARGO_PHASE_OF_HELM_HOOK.get(h) for h in annotations["helm.sh/hook"].split(",")]
+    else:
+        phases = ["Sync"]
+    wave = int(annotations.get("argocd.argoproj.io/sync-wave", annotations.get("helm.sh/hook-weight", 0)))
+    return sorted((ARGO_SYNC_PHASES.index(p), wave) for p in phases if p in ARGO_SYNC_PHASES)
+
+
+@pytest.mark.parametrize("variant_name", ["kind", "external-urls"])
+def test_argo_cd_migrates_after_the_bundled_database_and_before_the_workloads(variant_name):
+    """Argo CD runs pre-upgrade as PreSync on every sync, the first too: with the bundled MariaDB the migrations
+    would wait for a database that the sync has not created yet. The chart places them itself."""
+    manifests = rendered(variant_name)
+    (job,) = [m for m in of_kind(manifests, "Job") if component(m) == "migrations"]
+    (migrate,) = argo_steps(job)  # once per sync
+    hook_secret = next(m for m in of_kind(manifests, "Secret") if component(m) == "migrations")
+    assert argo_steps(hook_secret)[-1] < migrate
+    for m in manifests:
+        if m.kind in ("Deployment", "CronJob"):
+            assert argo_steps(m)[0] > migrate, m  # the schema is ready before the workloads roll
+        if component(m) == "mariadb" and m.kind != "NetworkPolicy":
+            assert argo_steps(m)[-1] < migrate, m  # the database is there (and healthy) first
+        if component(m) == "credentials" and variant_name == "kind":
+            assert argo_steps(m)[-1] < migrate, m  # the bundled MariaDB's passwords
+
+
+def test_argo_cd_runs_the_uninstall_cleanup_before_deleting():
+    manifests = rendered("default")
+    cleanup = [m for m in manifests if component(m) == "operator-cleanup" and m.hook]
+    assert {m.kind for m in cleanup} == {"ServiceAccount", "ClusterRole", "RoleBinding", "Job"}
+    for m in cleanup:
+        annotations = m.obj["metadata"]["annotations"]
+        assert annotations["argocd.argoproj.io/hook"] == "PreDelete", m
+        assert annotations["argocd.argoproj.io/sync-wave"] == annotations["helm.sh/hook-weight"], m
+
+
 # -- Credentials ---------------------------------------------------------------------------------------------------
 
 

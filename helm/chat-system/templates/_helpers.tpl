@@ -365,6 +365,41 @@ after its objects are created (until then the API answers 5xx for requests that 
 {{- if .Values.mariadb.enabled -}}post-install,pre-upgrade{{- else -}}pre-install,pre-upgrade{{- end -}}
 {{- end -}}
 
+{{/*
+Annotations of a hook, for Helm and for Argo CD. Argo CD maps Helm's hooks itself, but every sync is both an
+install and an upgrade to it: pre-upgrade would run the migrations as PreSync, before a bundled MariaDB exists on
+the first sync. So the Argo CD phase and wave are given here, and win over Helm's on the object:
+- migrations with an external database: PreSync (before anything of the release changes);
+- migrations with the bundled MariaDB: a Sync hook in wave -1, after MariaDB and the release Secret (wave -2,
+  see chat-system.argoWaveBeforeMigrations) are healthy and before the workloads (wave 0) roll;
+- the uninstall cleanup: PreDelete (Argo CD releases whose documentation lists PreDelete; earlier ones skip it).
+Call with (dict "helm" "pre-delete" "weight" -10 "argo" "PreDelete" "wave" -10); wave defaults to weight.
+*/}}
+{{- define "chat-system.hookAnnotations" -}}
+helm.sh/hook: {{ .helm }}
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+argocd.argoproj.io/hook: {{ .argo }}
+argocd.argoproj.io/sync-wave: {{ (hasKey . "wave" | ternary .wave .weight) | quote }}
+argocd.argoproj.io/hook-delete-policy: BeforeHookCreation,HookSucceeded
+{{- end -}}
+
+{{/* Hook annotations of the migration Job (step 1) and of its Secret (step 0); call with (dict "ctx" $ "step" 1). */}}
+{{- define "chat-system.migrationHookAnnotations" -}}
+{{- $bundled := .ctx.Values.mariadb.enabled -}}
+{{- $weight := ternary 0 -10 (eq (int .step) 1) -}}
+{{- $wave := ternary $weight (ternary -1 -2 (eq (int .step) 1)) (not $bundled) -}}
+{{- include "chat-system.hookAnnotations" (dict "helm" (include "chat-system.migrationHooks" .ctx) "weight" $weight "argo" (ternary "Sync" "PreSync" $bundled) "wave" $wave) -}}
+{{- end -}}
+
+{{/*
+Argo CD sync wave of what the migrations need when MariaDB is bundled (its objects and the release Secret): they
+are applied and healthy before the migration Job (wave -1) runs. Helm ignores it.
+*/}}
+{{- define "chat-system.argoWaveBeforeMigrations" -}}
+argocd.argoproj.io/sync-wave: "-2"
+{{- end -}}
+
 {{/* The two writers: component name, values, Python module and the queue each consumes (KEDA scales on it).
 Queue suffixes are those of common/chat_common/topology.py, their source: tests/unit/test_writer_queue_names.py
 checks they agree. */}}
