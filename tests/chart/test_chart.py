@@ -18,6 +18,7 @@ from tests.chart.conftest import EXTERNAL_URLS, VARIANTS, rendered
 from tests.chart.rendering import (
     CHART_DIR,
     KEDA_APIS,
+    KIND_CLUSTER_APIS,
     KUBE_VERSION,
     NAMESPACE,
     Manifest,
@@ -97,8 +98,6 @@ def test_every_object_is_namespaced_to_the_release_or_cluster_scoped(variant):
             assert namespace is None, m
         elif m.kind in ("RoleBinding", "KopfPeering"):
             assert namespace in served, m
-        elif component(m) == "dashboard":
-            assert namespace == "monitoring", m  # where a stock Grafana sidecar looks
         else:
             assert namespace == NAMESPACE, m
 
@@ -611,8 +610,31 @@ def test_dashboard_configmap_is_labelled_for_the_grafana_sidecar():
     assert [m for m in of_kind(rendered("default"), "ConfigMap") if component(m) == "dashboard"] == []
     (dashboard,) = [m for m in of_kind(rendered("default-keda"), "ConfigMap") if component(m) == "dashboard"]
     assert dashboard.obj["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert dashboard.obj["metadata"]["namespace"] == "monitoring"
+    # The release namespace: a cluster serving monitoring.coreos.com may have no namespace "monitoring".
+    assert dashboard.obj["metadata"]["namespace"] == NAMESPACE
     assert dashboard.obj["data"]["chat-system.json"].lstrip().startswith("{")
+    elsewhere = render({"metrics": {"dashboard": {"namespace": "grafana"}}}, api_versions=KIND_CLUSTER_APIS)
+    (moved,) = [m for m in of_kind(elsewhere, "ConfigMap") if component(m) == "dashboard"]
+    assert moved.obj["metadata"]["namespace"] == "grafana" and moved.name.startswith(f"{NAMESPACE}-")
+
+
+def test_each_release_has_a_dashboard_of_its_own():
+    """Grafana keeps one dashboard per uid (and per title in a folder): a fixed uid made releases overwrite
+    each other's dashboard."""
+
+    def board(release: str, namespace: str) -> dict:
+        manifests = render(None, api_versions=KIND_CLUSTER_APIS, release=release, namespace=namespace)
+        (dashboard,) = [m for m in of_kind(manifests, "ConfigMap") if component(m) == "dashboard"]
+        return json.loads(dashboard.obj["data"]["chat-system.json"])
+
+    boards = [board("chat", "team-a"), board("chat", "team-b"), board("other", "team-a")]
+    assert len({b["uid"] for b in boards}) == 3 and len({b["title"] for b in boards}) == 3
+    assert all(len(b["uid"]) <= 40 for b in boards)  # Grafana's limit
+    assert board("chat", "team-a") == boards[0]  # the same on every render
+    source = json.loads((CHART_DIR / "dashboards" / "chat-system.json").read_text())
+    assert {k: v for k, v in boards[0].items() if k not in ("uid", "title")} == {
+        k: v for k, v in source.items() if k not in ("uid", "title")
+    }
 
 
 def test_count_sync_pushes_to_the_bundled_pushgateway():

@@ -6,9 +6,17 @@ release, NOTES and `helm test` that point at what exists, a version that says an
 
 from __future__ import annotations
 
-import pytest
+import http.server
+import json
+import re
+import subprocess
+import sys
+import threading
 
-from tests.chart.rendering import KIND_CLUSTER_APIS, pod_labels, pod_specs, render
+import pytest
+import yaml
+
+from tests.chart.rendering import CHART_DIR, KIND_CLUSTER_APIS, notes, pod_labels, pod_specs, render
 
 EVERY_POD = {
     "mariadb": {"metrics": {"enabled": True}},
@@ -71,3 +79,91 @@ def test_every_fixed_id_can_be_left_to_the_platform(redis_mode):
             assert not set(IDS) & set(context), f"{m}: {context}"
         assert pod["securityContext"]["runAsNonRoot"] is True, m
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, m
+
+
+# -- NOTES, helm test, version ----------------------------------------------------------------------------------
+
+
+def test_notes_name_the_routed_paths_and_no_missing_value():
+    values = {"api": {"ingress": {"host": "chat.example.com", "paths": ["/applications"]}}}
+    text = notes(values, api_versions=KIND_CLUSTER_APIS)
+    assert "<no value>" not in text and "%!" not in text
+    assert "http://chat.example.com/applications" in text
+    assert "routes /applications only" in text
+    assert "/readyz" not in text  # through the ingress it answers 404; by port-forward it says nothing of Redis
+
+
+@pytest.mark.parametrize(
+    ("values", "keys"),
+    [
+        ({}, {"DATABASE_URL", "MARIADB_PASSWORD", "REDIS_PASSWORD", "RABBITMQ_PASSWORD", "ELASTICSEARCH_PASSWORD"}),
+        ({"rabbitmq": {"replicas": 3}}, {"RABBITMQ_PASSWORD", "RABBITMQ_ERLANG_COOKIE"}),
+    ],
+    ids=["single-node", "rabbitmq-cluster"],
+)
+def test_notes_list_what_an_existing_secret_must_hold(values, keys):
+    values = {**values, "auth": {"existingSecret": "urls"}}
+    (line,) = [line for line in notes(values).splitlines() if line.startswith("Secret urls")]
+    listed = set(line.split("must hold ", 1)[1].split(", "))
+    assert keys <= listed
+    needed = set()  # every key a pod reads from the Secret, but the optional ones
+    for _, pod in pod_specs(render(values)):
+        for c in [*(pod.get("initContainers") or []), *pod["containers"]]:
+            env = c.get("env") or []
+            refs = [e["valueFrom"]["secretKeyRef"] for e in env if "secretKeyRef" in e.get("valueFrom", {})]
+            needed |= {ref["key"] for ref in refs if ref["name"] == "urls" and not ref.get("optional")}
+        for volume in pod.get("volumes") or []:
+            needed |= {item["key"] for item in (volume.get("secret") or {}).get("items") or []}
+    assert needed <= listed, needed - listed
+
+
+def _test_pod_script() -> tuple[str, str]:
+    (pod,) = [m for m in render() if m.kind == "Pod" and m.hook == "test"]
+    (container,) = pod.obj["spec"]["containers"]
+    return container["command"][2], container["command"][3]
+
+
+class _Status(http.server.BaseHTTPRequestHandler):
+    code = 200
+
+    def do_GET(self) -> None:
+        body = json.dumps({"path": self.path, "status": "ok" if self.code == 200 else "degraded"}).encode()
+        self.send_response(self.code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("code", [200, 503])
+def test_helm_test_passes_only_while_the_dependencies_work(code):
+    """`helm test` asks the API's /status, which answers 503 while the database, Redis or RabbitMQ is down."""
+    script, url = _test_pod_script()
+    assert url.endswith("/status")
+    handler = type("Status", (_Status,), {"code": code})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        local = f"http://127.0.0.1:{server.server_address[1]}/status"
+        done = subprocess.run([sys.executable, "-c", script, local], capture_output=True, text=True, timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (done.returncode == 0) is (code == 200), done
+    if code != 200:
+        assert "503" in done.stderr and "degraded" in done.stderr
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_the_chart_version_is_newer_than_every_upgrade_the_readme_documents():
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    documented = re.findall(r"^## Upgrading from (\d+\.\d+\.\d+)", (CHART_DIR / "README.md").read_text(), re.M)
+    assert documented
+    assert all(_version(chart["version"]) > _version(v) for v in documented), (chart["version"], documented)
+    assert chart["appVersion"] == chart["version"]

@@ -113,6 +113,32 @@ global.imageRegistry, else image.registry, prepended to the repository (which al
 {{- .Values.auth.existingSecret | default (include "chat-system.fullname" .) -}}
 {{- end -}}
 
+{{/*
+The keys auth.existingSecret must hold for these values, comma-separated: the connection URLs, and the password
+of every bundled dependency (with the Erlang cookie of a RabbitMQ cluster). Optional besides: DATABASE_READ_URL,
+ELASTICSEARCH_URL, ADMIN_API_KEY.
+*/}}
+{{- define "chat-system.existingSecretKeys" -}}
+{{- $v := .Values -}}
+{{- $keys := list "DATABASE_URL" "REDIS_URL" "RABBITMQ_URL" -}}
+{{- if $v.mariadb.enabled -}}
+{{- $keys = concat $keys (list "MARIADB_PASSWORD" "MARIADB_ROOT_PASSWORD") -}}
+{{- end -}}
+{{- if $v.redis.enabled -}}
+{{- $keys = append $keys "REDIS_PASSWORD" -}}
+{{- end -}}
+{{- if and $v.rabbitmq.enabled (not $v.rabbitmq.clusterOperator) -}}
+{{- $keys = append $keys "RABBITMQ_PASSWORD" -}}
+{{- if gt (int $v.rabbitmq.replicas) 1 -}}
+{{- $keys = append $keys "RABBITMQ_ERLANG_COOKIE" -}}
+{{- end -}}
+{{- end -}}
+{{- if $v.elasticsearch.enabled -}}
+{{- $keys = append $keys "ELASTICSEARCH_PASSWORD" -}}
+{{- end -}}
+{{- join ", " $keys -}}
+{{- end -}}
+
 {{/* ServiceAccount of the chat-system workloads (they never call the Kubernetes API). */}}
 {{- define "chat-system.serviceAccountName" -}}
 {{- .Values.serviceAccount.name | default (include "chat-system.fullname" .) -}}
