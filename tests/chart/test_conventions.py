@@ -167,3 +167,24 @@ def test_the_chart_version_is_newer_than_every_upgrade_the_readme_documents():
     assert documented
     assert all(_version(chart["version"]) > _version(v) for v in documented), (chart["version"], documented)
     assert chart["appVersion"] == chart["version"]
+
+
+def test_notes_show_where_the_network_policies_expect_the_add_ons():
+    """The peers' namespaces are values (defaults: what `make kind-up` installs); NOTES show those in force."""
+    observability = {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}
+    text = notes({"networkPolicy": {"prometheus": {"namespaceSelector": observability}}})
+    assert json.dumps(observability, separators=(",", ":")) in text
+    assert '"kubernetes.io/metadata.name":"ingress-nginx"' in text and '"kubernetes.io/metadata.name":"keda"' in text
+    policies = render({"networkPolicy": {"prometheus": {"namespaceSelector": observability}}})
+    peers = [
+        peer
+        for m in policies
+        if m.kind == "NetworkPolicy"
+        for rule in m.obj["spec"].get("ingress") or []
+        for peer in rule["from"]
+    ]
+    assert {
+        "namespaceSelector": observability,
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    } in peers
+    assert "NetworkPolicies" not in notes({"networkPolicy": {"enabled": False}})
