@@ -12,6 +12,7 @@ KEDA_CHART_VERSION ?= ~2.18.0
 KUBE_PROMETHEUS_STACK_CHART_VERSION ?= ~75.0.0
 # The images: each is a target of the root Dockerfile (the build context is the repository root).
 IMAGES := api chat-writer message-writer counter-cron operator
+IMAGE_REFS = $(foreach name,$(IMAGES),$(IMAGE_PREFIX)/$(name):$(IMAGE_TAG))
 CHECKOV_VENV := $(VENV)/checkov
 
 .PHONY: kind-up kind-down images deploy undeploy e2e grafana prometheus chart-test chart-tools chart-readme
@@ -36,7 +37,15 @@ images: ## build every image (tag IMAGE_TAG, default dev) and load it into the k
 	  echo "== $(IMAGE_PREFIX)/$$name:$(IMAGE_TAG)"; \
 	  docker build --target $$name -f Dockerfile -t $(IMAGE_PREFIX)/$$name:$(IMAGE_TAG) .; \
 	done
-	kind load docker-image --name $(KIND_CLUSTER) $(foreach name,$(IMAGES),$(IMAGE_PREFIX)/$(name):$(IMAGE_TAG))
+	@# `kind load docker-image` fails with Docker's containerd image store (the default of Docker 29): it saves
+	@# every platform an image's index names, of which only the built one exists ("content digest ... not found").
+	@# An archive of the node's platform alone loads with either store (a docker whose save takes no --platform
+	@# saves the image as it is).
+	@set -e; archive="$$(mktemp)"; trap 'rm -f "$$archive"' EXIT; \
+	  platform="$$(docker version -f '{{.Server.Os}}/{{.Server.Arch}}')"; \
+	  docker image save --platform "$$platform" -o "$$archive" $(IMAGE_REFS) 2>/dev/null \
+	    || docker image save -o "$$archive" $(IMAGE_REFS); \
+	  kind load image-archive --name $(KIND_CLUSTER) "$$archive"
 
 deploy: ## install or upgrade the chart on the kind cluster (helm/values-kind.yaml) and restart onto fresh images
 	helm upgrade --install $(HELM_RELEASE) helm/chat-system --namespace $(K8S_NAMESPACE) --create-namespace \

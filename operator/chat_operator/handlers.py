@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 # so the status keeps the strict schema of the CRD.
 ANNOTATION_PREFIX = f"operator.{kube.GROUP}"
 RESOURCE = {"group": kube.GROUP, "version": kube.VERSION, "plural": kube.PLURAL}
+# Every handler but the adoption skips orphaned Applications. kopf keeps its finalizer on an object only while a
+# deletion handler or a timer matches it, so on an orphaned one it neither adds it back nor waits for it.
+SERVED = {**RESOURCE, "annotations": {kube.ANNOTATION_ORPHANED: kopf.ABSENT}}
+ORPHANED = {**RESOURCE, "annotations": {kube.ANNOTATION_ORPHANED: kopf.PRESENT}}
 
 
 def deliver(outcome: Outcome, body: Mapping, patch: kopf.Patch, handler: str) -> None:
@@ -123,16 +127,24 @@ def register(
         deliver(outcome, body, patch, "apply")
 
     provision = _instrumented("apply", apply)
-    kopf.on.resume(**RESOURCE, id="provision", registry=registry)(provision)
-    kopf.on.create(**RESOURCE, id="provision", registry=registry)(provision)
+    kopf.on.resume(**SERVED, id="provision", registry=registry)(provision)
+    kopf.on.create(**SERVED, id="provision", registry=registry)(provision)
     # Spec changes only: label and annotation edits do not need the database.
-    kopf.on.update(**RESOURCE, id="update", field="spec", registry=registry)(provision)
+    kopf.on.update(**SERVED, id="update", field="spec", registry=registry)(provision)
+
+    def adopt(body: kopf.Body, patch: kopf.Patch, retry: int, **kwargs: Any) -> None:
+        # Orphaned by an uninstall (the chart's hook): the operator that starts next takes the object back. Once
+        # the annotation is gone, kopf puts its finalizer back and the timer refreshes the status again.
+        patch.metadata.annotations[kube.ANNOTATION_ORPHANED] = None
+        apply(body=body, patch=patch, retry=retry, **kwargs)
+
+    kopf.on.resume(**ORPHANED, id="adopt", registry=registry)(_instrumented("apply", adopt))
 
     def refresh(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         deliver(reconciler.refresh(Resource.from_body(body)), body, patch, "refresh")
 
     kopf.timer(
-        **RESOURCE,
+        **SERVED,
         id="refresh",
         interval=config.refresh_seconds,
         # Spread the resources over the interval instead of querying for all of them at once after a start.
@@ -150,5 +162,5 @@ def register(
 
     # Two steps, each in its own processing cycle (kopf's default lifecycle runs one handler at a time),
     # so `Deleting` is visible in `kubectl get` while a large tenant is being deleted.
-    kopf.on.delete(**RESOURCE, id="mark-deleting", registry=registry)(_instrumented("finalize", mark_deleting))
-    kopf.on.delete(**RESOURCE, id="finalize", registry=registry)(_instrumented("finalize", finalize))
+    kopf.on.delete(**SERVED, id="mark-deleting", registry=registry)(_instrumented("finalize", mark_deleting))
+    kopf.on.delete(**SERVED, id="finalize", registry=registry)(_instrumented("finalize", finalize))

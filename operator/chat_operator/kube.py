@@ -29,6 +29,9 @@ MANAGED_BY = "chat-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_APPLICATION = f"{GROUP}/application"
 ANNOTATION_RETAINED = f"{GROUP}/retained-from"
+# Set by the chart's uninstall hook in its orphan mode: the operator lets go of the Application for good (no
+# finalizer, no handling) until an operator starts again and adopts it back.
+ANNOTATION_ORPHANED = f"{GROUP}/orphaned"
 REQUEST_TIMEOUT = 10  # seconds per API call; kopf retries the handler when one times out
 
 READY = "Ready"  # the tenant works: application exists, token Secret written

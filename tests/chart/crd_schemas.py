@@ -283,7 +283,33 @@ RABBITMQ_CLUSTER = _resource(
                     "additionalPlugins": {"type": "array", "items": {"type": "string"}},
                 },
             },
-            "override": {"type": "object"},
+            # The operator's CRD types override.statefulSet.spec.template.spec as a pod spec, whose containers
+            # are required: an override without them is refused by the API server.
+            "override": {
+                "type": "object",
+                "properties": {
+                    "statefulSet": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {
+                                    "template": {
+                                        "type": "object",
+                                        "properties": {
+                                            "spec": {
+                                                "type": "object",
+                                                "required": ["containers"],
+                                                "properties": {"containers": {"type": "array"}},
+                                            }
+                                        },
+                                    }
+                                },
+                            }
+                        },
+                    }
+                },
+            },
         },
     },
 )

@@ -18,6 +18,7 @@ from tests.chart.conftest import EXTERNAL_URLS, VARIANTS, rendered
 from tests.chart.rendering import (
     CHART_DIR,
     KEDA_APIS,
+    KIND_CLUSTER_APIS,
     KUBE_VERSION,
     NAMESPACE,
     Manifest,
@@ -97,8 +98,6 @@ def test_every_object_is_namespaced_to_the_release_or_cluster_scoped(variant):
             assert namespace is None, m
         elif m.kind in ("RoleBinding", "KopfPeering"):
             assert namespace in served, m
-        elif component(m) == "dashboard":
-            assert namespace == "monitoring", m  # where a stock Grafana sidecar looks
         else:
             assert namespace == NAMESPACE, m
 
@@ -171,6 +170,20 @@ def test_each_writer_has_exactly_one_scaler(variant):
         assert targets[0].kind == ("ScaledObject" if keda else "HorizontalPodAutoscaler")
         # Autoscaled: the Deployment leaves the replica count to the scaler, so upgrades never reset it.
         assert "replicas" not in deployment.obj["spec"]
+
+
+def test_installing_keda_and_upgrading_hands_each_writers_hpa_over_to_its_scaled_object():
+    """The upgrade creates the ScaledObject while the chart's HPA still exists; KEDA's webhook refuses it unless
+    it takes that very HPA over (KEDA's transfer-hpa-ownership, with the HPA named in the ScaledObject)."""
+    before = {
+        m.obj["spec"]["scaleTargetRef"]["name"]: m.name for m in of_kind(rendered("default"), "HorizontalPodAutoscaler")
+    }
+    scaled_objects = of_kind(render(None, api_versions=KEDA_APIS), "ScaledObject")
+    assert len(scaled_objects) == len(WRITERS)
+    for scaled in scaled_objects:
+        assert scaled.obj["metadata"]["annotations"]["scaledobject.keda.sh/transfer-hpa-ownership"] == "true"
+        hpa = scaled.obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"]
+        assert hpa == before[scaled.obj["spec"]["scaleTargetRef"]["name"]], scaled
 
 
 def test_writers_scale_on_the_depth_of_their_own_queue():
@@ -316,6 +329,60 @@ def test_migrations_run_as_a_hook_before_the_workloads_roll(variant_name, hooks,
     )
     main_secret = named(manifests, "Secret", "system")
     assert hook_secret.obj["data"]["DATABASE_URL"] == main_secret.obj["data"]["DATABASE_URL"]
+
+
+# Argo CD's documented mapping of Helm hooks (user-guide/helm.md): every sync is an install and an upgrade.
+ARGO_PHASE_OF_HELM_HOOK = {
+    "pre-install": "PreSync",
+    "pre-upgrade": "PreSync",
+    "post-install": "PostSync",
+    "post-upgrade": "PostSync",
+    "pre-delete": "PreDelete",
+    "post-delete": "PostDelete",
+}
+ARGO_SYNC_PHASES = ["PreSync", "Sync", "PostSync"]
+
+
+def argo_steps(manifest: Manifest) -> list[tuple[int, int]]:
+    """(phase, wave) of each step Argo CD applies a manifest in during a sync, as its documentation says: its own
+    hook annotation wins over Helm's (per object), sync-wave over hook-weight; plain objects are Sync, wave 0."""
+    annotations = manifest.obj["metadata"].get("annotations") or {}
+    if "argocd.argoproj.io/hook" in annotations:
+        phases = annotations["argocd.argoproj.io/hook"].split(",")
+    elif "helm.sh/hook" in annotations:
+        phases = [ARGO_PHASE_OF_HELM_HOOK.get(h) for h in annotations["helm.sh/hook"].split(",")]
+    else:
+        phases = ["Sync"]
+    wave = int(annotations.get("argocd.argoproj.io/sync-wave", annotations.get("helm.sh/hook-weight", 0)))
+    return sorted((ARGO_SYNC_PHASES.index(p), wave) for p in phases if p in ARGO_SYNC_PHASES)
+
+
+@pytest.mark.parametrize("variant_name", ["kind", "external-urls"])
+def test_argo_cd_migrates_after_the_bundled_database_and_before_the_workloads(variant_name):
+    """Argo CD runs pre-upgrade as PreSync on every sync, the first too: with the bundled MariaDB the migrations
+    would wait for a database that the sync has not created yet. The chart places them itself."""
+    manifests = rendered(variant_name)
+    (job,) = [m for m in of_kind(manifests, "Job") if component(m) == "migrations"]
+    (migrate,) = argo_steps(job)  # once per sync
+    hook_secret = next(m for m in of_kind(manifests, "Secret") if component(m) == "migrations")
+    assert argo_steps(hook_secret)[-1] < migrate
+    for m in manifests:
+        if m.kind in ("Deployment", "CronJob"):
+            assert argo_steps(m)[0] > migrate, m  # the schema is ready before the workloads roll
+        if component(m) == "mariadb" and m.kind != "NetworkPolicy":
+            assert argo_steps(m)[-1] < migrate, m  # the database is there (and healthy) first
+        if component(m) == "credentials" and variant_name == "kind":
+            assert argo_steps(m)[-1] < migrate, m  # the bundled MariaDB's passwords
+
+
+def test_argo_cd_runs_the_uninstall_cleanup_before_deleting():
+    manifests = rendered("default")
+    cleanup = [m for m in manifests if component(m) == "operator-cleanup" and m.hook]
+    assert {m.kind for m in cleanup} == {"ServiceAccount", "ClusterRole", "RoleBinding", "Job"}
+    for m in cleanup:
+        annotations = m.obj["metadata"]["annotations"]
+        assert annotations["argocd.argoproj.io/hook"] == "PreDelete", m
+        assert annotations["argocd.argoproj.io/sync-wave"] == annotations["helm.sh/hook-weight"], m
 
 
 # -- Credentials ---------------------------------------------------------------------------------------------------
@@ -543,8 +610,31 @@ def test_dashboard_configmap_is_labelled_for_the_grafana_sidecar():
     assert [m for m in of_kind(rendered("default"), "ConfigMap") if component(m) == "dashboard"] == []
     (dashboard,) = [m for m in of_kind(rendered("default-keda"), "ConfigMap") if component(m) == "dashboard"]
     assert dashboard.obj["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert dashboard.obj["metadata"]["namespace"] == "monitoring"
+    # The release namespace: a cluster serving monitoring.coreos.com may have no namespace "monitoring".
+    assert dashboard.obj["metadata"]["namespace"] == NAMESPACE
     assert dashboard.obj["data"]["chat-system.json"].lstrip().startswith("{")
+    elsewhere = render({"metrics": {"dashboard": {"namespace": "grafana"}}}, api_versions=KIND_CLUSTER_APIS)
+    (moved,) = [m for m in of_kind(elsewhere, "ConfigMap") if component(m) == "dashboard"]
+    assert moved.obj["metadata"]["namespace"] == "grafana" and moved.name.startswith(f"{NAMESPACE}-")
+
+
+def test_each_release_has_a_dashboard_of_its_own():
+    """Grafana keeps one dashboard per uid (and per title in a folder): a fixed uid made releases overwrite
+    each other's dashboard."""
+
+    def board(release: str, namespace: str) -> dict:
+        manifests = render(None, api_versions=KIND_CLUSTER_APIS, release=release, namespace=namespace)
+        (dashboard,) = [m for m in of_kind(manifests, "ConfigMap") if component(m) == "dashboard"]
+        return json.loads(dashboard.obj["data"]["chat-system.json"])
+
+    boards = [board("chat", "team-a"), board("chat", "team-b"), board("other", "team-a")]
+    assert len({b["uid"] for b in boards}) == 3 and len({b["title"] for b in boards}) == 3
+    assert all(len(b["uid"]) <= 40 for b in boards)  # Grafana's limit
+    assert board("chat", "team-a") == boards[0]  # the same on every render
+    source = json.loads((CHART_DIR / "dashboards" / "chat-system.json").read_text())
+    assert {k: v for k, v in boards[0].items() if k not in ("uid", "title")} == {
+        k: v for k, v in source.items() if k not in ("uid", "title")
+    }
 
 
 def test_count_sync_pushes_to_the_bundled_pushgateway():

@@ -415,15 +415,21 @@ def test_uninstall_handles_applications_before_the_operator_goes(mode):
     assert hook and all(m.hook == "pre-delete" for m in hook), [str(m) for m in hook]
     (job,) = of_kind(hook, "Job")
     (container,) = job.obj["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "chat_operator.uninstall"]  # tests/operator/test_uninstall.py
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MODE"] == mode and env["WATCH_NAMESPACES"] == NAMESPACE
     # The hook's ServiceAccount, role and binding exist before the Job (lower weights).
     weights = {m.kind: int(m.obj["metadata"]["annotations"]["helm.sh/hook-weight"]) for m in hook}
     assert weights["ServiceAccount"] < weights["Job"] and weights["RoleBinding"] < weights["Job"]
     (role,) = of_kind(hook, "ClusterRole")
-    assert role.obj["rules"] == [
-        {"apiGroups": ["chat-system.io"], "resources": ["applications"], "verbs": ["get", "list", "delete", "patch"]}
-    ]
+    applications = {
+        "apiGroups": ["chat-system.io"],
+        "resources": ["applications"],
+        "verbs": ["get", "list", "delete", "patch"],
+    }
+    # Orphaning detaches the token Secrets from their objects, so that they outlive them.
+    secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"]}
+    assert role.obj["rules"] == ([applications, secrets] if mode == "orphan" else [applications])
 
 
 def test_uninstall_hook_can_be_left_out():

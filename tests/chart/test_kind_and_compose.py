@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import yaml
 
@@ -38,7 +39,7 @@ def kube_mk_variable(name: str) -> str:
 
 
 def test_a_stock_kube_prometheus_stack_picks_up_the_chart_defaults():
-    """kind runs kube-prometheus-stack with its stock selectors; the chart's defaults must match them."""
+    """kind runs kube-prometheus-stack with its stock Prometheus selectors; the chart's defaults must match them."""
     values = yaml.safe_load((ROOT / "helm" / "kind" / "kube-prometheus-stack.yaml").read_text())
     spec = values["prometheus"]["prometheusSpec"]
     for stock in ("serviceMonitorSelectorNilUsesHelmValues", "ruleSelectorNilUsesHelmValues"):
@@ -50,11 +51,12 @@ def test_a_stock_kube_prometheus_stack_picks_up_the_chart_defaults():
     # A stock Prometheus selects release: <its release name>.
     assert CHART_VALUES["metrics"]["serviceMonitor"]["labels"] == {"release": release}
     assert CHART_VALUES["metrics"]["prometheusRule"]["labels"] == {"release": release}
-    # A stock Grafana sidecar reads its own namespace only, with kube-prometheus-stack's label.
+    # The dashboard stays in the release namespace (a monitoring namespace may not exist): the Grafana sidecar
+    # reads every namespace, with kube-prometheus-stack's label.
     sidecar = values["grafana"]["sidecar"]["dashboards"]
-    assert "searchNamespace" not in sidecar
+    assert sidecar["searchNamespace"] == "ALL"
     assert {sidecar["label"]: sidecar["labelValue"]} == CHART_VALUES["metrics"]["dashboard"]["labels"]
-    assert CHART_VALUES["metrics"]["dashboard"]["namespace"] == namespace
+    assert CHART_VALUES["metrics"]["dashboard"]["namespace"] == ""
     assert CHART_VALUES["networkPolicy"]["prometheus"]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": namespace
     }
@@ -101,3 +103,15 @@ def test_compose_publishes_ports_on_localhost_only():
     for name, service in COMPOSE["services"].items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_images_reach_the_kind_node_as_an_archive_of_its_platform():
+    """`kind load docker-image` fails with Docker's containerd image store ("content digest ... not found"): the
+    images target saves the node's platform alone and loads that archive (what `make images` would run)."""
+    printed = subprocess.run(["make", "-n", "images"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    dry_run = "\n".join(line for line in printed.splitlines() if not line.startswith("#"))  # without comments
+    assert "kind load docker-image" not in dry_run
+    assert "kind load image-archive" in dry_run
+    assert 'docker image save --platform "$platform"' in dry_run
+    for name in ("api", "chat-writer", "message-writer", "counter-cron", "operator"):
+        assert f"chat-system/{name}:dev" in dry_run

@@ -59,7 +59,7 @@ def test_every_handler_is_registered():
     handlers.register(registry, reconciler=None, config=OperatorConfig.from_env(ENV), ping_database=lambda: True)
     # kopf has no public way to list a registry; its internal collections are the only view.
     changing = {(h.id, h.reason) for h in registry._changing.get_all_handlers()}
-    assert {i for i, _ in changing} == {"provision", "update/spec", "mark-deleting", "finalize"}
+    assert {i for i, _ in changing} == {"provision", "adopt", "update/spec", "mark-deleting", "finalize"}
     timers = list(registry._spawning.get_all_handlers())
     assert [(t.id, t.interval) for t in timers] == [("refresh", 60.0)]
     activities = {h.activity.value for h in registry._activities.get_all_handlers()}

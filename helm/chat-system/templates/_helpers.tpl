@@ -17,9 +17,35 @@
 {{- end -}}
 {{- end -}}
 
-{{/* Name of one component's objects; call with (dict "ctx" $ "component" "api"). */}}
+{{/*
+Name of one component's objects: "<fullname>-<component>", the fullname cut at 45 characters (as it always was,
+so a name that was valid never changes). A name longer than its component's kinds allow is cut further and ends
+in a hash of the whole name (chat-system.fitName), so it stays unique and the same on every render. The limits:
+a StatefulSet's pods carry the label controller-revision-hash "<name>-<up to 10 characters>" (at most 63), so
+the dependencies' StatefulSets take 52, as does the CronJob (the API server's limit, which leaves room for the
+Jobs' time suffix); a RabbitmqCluster 45 (the operator names its StatefulSet "<name>-server"); everything else
+63, a Service's limit. The headless and Sentinel Services add 9 characters to a name of at most 52.
+Call with (dict "ctx" $ "component" "api").
+*/}}
 {{- define "chat-system.componentName" -}}
-{{- printf "%s-%s" (include "chat-system.fullname" .ctx | trunc 45 | trimSuffix "-") .component -}}
+{{- $name := printf "%s-%s" (include "chat-system.fullname" .ctx | trunc 45 | trimSuffix "-") .component -}}
+{{- $max := 63 -}}
+{{- if has .component (list "mariadb" "redis" "rabbitmq" "elasticsearch" "counter-cron") -}}
+{{- $max = 52 -}}
+{{- end -}}
+{{- if and (eq .component "rabbitmq") .ctx.Values.rabbitmq.clusterOperator -}}
+{{- $max = 45 -}}
+{{- end -}}
+{{- include "chat-system.fitName" (dict "name" $name "max" $max) -}}
+{{- end -}}
+
+{{/* A name of at most "max" characters: unchanged when it fits, else cut and ended by 8 characters of its hash. */}}
+{{- define "chat-system.fitName" -}}
+{{- if le (len .name) (int .max) -}}
+{{- .name -}}
+{{- else -}}
+{{- printf "%s-%s" (.name | trunc (sub (int .max) 9 | int) | trimSuffix "-") (.name | sha256sum | trunc 8) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* chart label value: name-version. */}}
@@ -44,6 +70,21 @@ app.kubernetes.io/part-of: chat-system
 {{- with .ctx.Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Labels of a component's pods: its labels without helm.sh/chart, so that a new chart version alone restarts no
+pod (the databases least of all). The bundled dependencies' pods (dependency: true) also go without
+app.kubernetes.io/version, which is chat-system's version, not theirs. Call with (dict "ctx" $ "component" "api")
+or (dict "ctx" $ "component" "mariadb" "dependency" true).
+*/}}
+{{- define "chat-system.podLabels" -}}
+{{- $labels := include "chat-system.labels" . | fromYaml -}}
+{{- $_ := unset $labels "helm.sh/chart" -}}
+{{- if .dependency -}}
+{{- $_ := unset $labels "app.kubernetes.io/version" -}}
+{{- end -}}
+{{- toYaml $labels -}}
 {{- end -}}
 
 {{/*
@@ -72,6 +113,32 @@ global.imageRegistry, else image.registry, prepended to the repository (which al
 {{- .Values.auth.existingSecret | default (include "chat-system.fullname" .) -}}
 {{- end -}}
 
+{{/*
+The keys auth.existingSecret must hold for these values, comma-separated: the connection URLs, and the password
+of every bundled dependency (with the Erlang cookie of a RabbitMQ cluster). Optional besides: DATABASE_READ_URL,
+ELASTICSEARCH_URL, ADMIN_API_KEY.
+*/}}
+{{- define "chat-system.existingSecretKeys" -}}
+{{- $v := .Values -}}
+{{- $keys := list "DATABASE_URL" "REDIS_URL" "RABBITMQ_URL" -}}
+{{- if $v.mariadb.enabled -}}
+{{- $keys = concat $keys (list "MARIADB_PASSWORD" "MARIADB_ROOT_PASSWORD") -}}
+{{- end -}}
+{{- if $v.redis.enabled -}}
+{{- $keys = append $keys "REDIS_PASSWORD" -}}
+{{- end -}}
+{{- if and $v.rabbitmq.enabled (not $v.rabbitmq.clusterOperator) -}}
+{{- $keys = append $keys "RABBITMQ_PASSWORD" -}}
+{{- if gt (int $v.rabbitmq.replicas) 1 -}}
+{{- $keys = append $keys "RABBITMQ_ERLANG_COOKIE" -}}
+{{- end -}}
+{{- end -}}
+{{- if $v.elasticsearch.enabled -}}
+{{- $keys = append $keys "ELASTICSEARCH_PASSWORD" -}}
+{{- end -}}
+{{- join ", " $keys -}}
+{{- end -}}
+
 {{/* ServiceAccount of the chat-system workloads (they never call the Kubernetes API). */}}
 {{- define "chat-system.serviceAccountName" -}}
 {{- .Values.serviceAccount.name | default (include "chat-system.fullname" .) -}}
@@ -94,6 +161,20 @@ namespace, so the same release name installed in two namespaces never collides. 
 {{- define "chat-system.operatorNamespaces" -}}
 {{- if not .Values.operator.clusterWide -}}
 {{- join "," (.Values.operator.watchNamespaces | default (list (.Release.Namespace | default "default"))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Labels that select the bundled RabbitMQ's pods (and, with the Cluster Operator, its Service): the chart's selector
+labels, or with rabbitmq.clusterOperator the labels the operator gives everything of the RabbitmqCluster (its name
+and component rabbitmq; it drops labels under app.kubernetes.io/ that it did not set itself).
+*/}}
+{{- define "chat-system.rabbitmqPodLabels" -}}
+{{- if .Values.rabbitmq.clusterOperator -}}
+app.kubernetes.io/name: {{ include "chat-system.componentName" (dict "ctx" . "component" "rabbitmq") }}
+app.kubernetes.io/component: rabbitmq
+{{- else -}}
+{{ include "chat-system.selectorLabels" (dict "ctx" . "component" "rabbitmq") }}
 {{- end -}}
 {{- end -}}
 
@@ -276,6 +357,21 @@ Call with (dict "handler" (dict "httpGet" (dict "path" "/healthz" "port" "http")
 {{- end }}
 {{- end -}}
 
+{{/*
+Pod security context of a bundled dependency: non-root and RuntimeDefault seccomp always, the user, group and
+fsGroup of its image from values (<dependency>.podSecurityContext), where each may be null for a platform that
+assigns them itself (OpenShift's restricted SCC refuses ids outside the namespace's range).
+Call with the dependency's podSecurityContext values.
+*/}}
+{{- define "chat-system.dependencyPodSecurityContext" -}}
+runAsNonRoot: true
+{{- with . }}
+{{ toYaml . }}
+{{- end }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
 {{/* Security context of a bundled dependency running as its image's own non-root user. */}}
 {{- define "chat-system.dependencyContainerSecurityContext" -}}
 allowPrivilegeEscalation: false
@@ -293,6 +389,41 @@ after its objects are created (until then the API answers 5xx for requests that 
 */}}
 {{- define "chat-system.migrationHooks" -}}
 {{- if .Values.mariadb.enabled -}}post-install,pre-upgrade{{- else -}}pre-install,pre-upgrade{{- end -}}
+{{- end -}}
+
+{{/*
+Annotations of a hook, for Helm and for Argo CD. Argo CD maps Helm's hooks itself, but every sync is both an
+install and an upgrade to it: pre-upgrade would run the migrations as PreSync, before a bundled MariaDB exists on
+the first sync. So the Argo CD phase and wave are given here, and win over Helm's on the object:
+- migrations with an external database: PreSync (before anything of the release changes);
+- migrations with the bundled MariaDB: a Sync hook in wave -1, after MariaDB and the release Secret (wave -2,
+  see chat-system.argoWaveBeforeMigrations) are healthy and before the workloads (wave 0) roll;
+- the uninstall cleanup: PreDelete (Argo CD releases whose documentation lists PreDelete; earlier ones skip it).
+Call with (dict "helm" "pre-delete" "weight" -10 "argo" "PreDelete" "wave" -10); wave defaults to weight.
+*/}}
+{{- define "chat-system.hookAnnotations" -}}
+helm.sh/hook: {{ .helm }}
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+argocd.argoproj.io/hook: {{ .argo }}
+argocd.argoproj.io/sync-wave: {{ (hasKey . "wave" | ternary .wave .weight) | quote }}
+argocd.argoproj.io/hook-delete-policy: BeforeHookCreation,HookSucceeded
+{{- end -}}
+
+{{/* Hook annotations of the migration Job (step 1) and of its Secret (step 0); call with (dict "ctx" $ "step" 1). */}}
+{{- define "chat-system.migrationHookAnnotations" -}}
+{{- $bundled := .ctx.Values.mariadb.enabled -}}
+{{- $weight := ternary 0 -10 (eq (int .step) 1) -}}
+{{- $wave := ternary $weight (ternary -1 -2 (eq (int .step) 1)) (not $bundled) -}}
+{{- include "chat-system.hookAnnotations" (dict "helm" (include "chat-system.migrationHooks" .ctx) "weight" $weight "argo" (ternary "Sync" "PreSync" $bundled) "wave" $wave) -}}
+{{- end -}}
+
+{{/*
+Argo CD sync wave of what the migrations need when MariaDB is bundled (its objects and the release Secret): they
+are applied and healthy before the migration Job (wave -1) runs. Helm ignores it.
+*/}}
+{{- define "chat-system.argoWaveBeforeMigrations" -}}
+argocd.argoproj.io/sync-wave: "-2"
 {{- end -}}
 
 {{/* The two writers: component name, values, Python module and the queue each consumes (KEDA scales on it).

@@ -67,3 +67,44 @@ holds it, so a failover cannot hand it out twice), 0 for one standalone pod, ext
 {{- end -}}
 {{- toJson (dict "items" ($spread | default list)) -}}
 {{- end -}}
+
+{{/*
+Shell functions of the Sentinel mode's scripts (the init container, the pre-stop hook, the Sentinel's readiness
+probe); POD_NAME must be set. host N: the DNS name of pod N. is_pod NAME: NAME is one of those, nothing else (an
+error reply of redis-cli, printed like an answer, is no master). sentinels_master: the master the Sentinels of the
+other pods name, validated (this pod's own Sentinel is not asked: it starts after the init container and stops
+with the pod). The ports and names sit on lines of their own, so that the tests run the scripts on loopback.
+sh has no local variables: each loop counter has a name of its own.
+*/}}
+{{- define "chat-system.redisSentinelFunctions" -}}
+host() { printf '%s-%s.%s' '{{ include "chat-system.componentName" (dict "ctx" . "component" "redis") }}' "$1" '{{ include "chat-system.redisPodDomain" . }}'; }
+redis_port=6379
+sentinel_port=26379
+pods={{ .Values.redis.sentinel.replicas }}
+master_name='{{ .Values.redis.sentinel.masterName }}'
+me=$(host "${POD_NAME##*-}")
+is_pod() {
+  pod_index=0
+  while [ "$pod_index" -lt "$pods" ]; do
+    if [ "$1" = "$(host "$pod_index")" ]; then return 0; fi
+    pod_index=$((pod_index + 1))
+  done
+  return 1
+}
+sentinels_master() {
+  peer_index=0
+  while [ "$peer_index" -lt "$pods" ]; do
+    peer=$(host "$peer_index")
+    peer_index=$((peer_index + 1))
+    if [ "$peer" = "$me" ]; then continue; fi
+    reply=$(timeout 3 redis-cli -h "$peer" -p "$sentinel_port" sentinel get-master-addr-by-name "$master_name" 2>/dev/null || true)
+    named=$(printf '%s\n' "$reply" | sed -n 1p)
+    if is_pod "$named" && [ "$(printf '%s\n' "$reply" | sed -n 2p)" = "$redis_port" ]; then
+      printf '%s\n' "$named"
+      return 0
+    fi
+    if [ -n "$reply" ]; then echo "the Sentinel on $peer names no master of ours: $(printf '%s' "$reply" | head -c 200)" >&2; fi
+  done
+  return 1
+}
+{{- end -}}
