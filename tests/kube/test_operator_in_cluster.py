@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -198,8 +199,9 @@ def test_suspend_rotate_and_limits_round_trip_with_the_rest_api(release: Release
     wait_for(lambda: release.api.get(f"/applications/{old}/chats").status_code == 200, 60, 0.5, "200 when resumed")
 
     release.patch_spec(name, {"limits": {"maxChats": chat + 1}})
-    wait_for(lambda: release.api.get(f"/applications/{old}/limits").json().get("maxChats") == chat + 1,
+    wait_for(lambda: release.api.get(f"/applications/{old}/limits").json().get("max_chats") == chat + 1,
              60, 0.5, "limits reach the API")  # fmt: skip
+    time.sleep(2.5)  # the API process's tenant directory may serve the former limits for TENANT_CACHE_SECONDS (2)
     assert release.api.new_chat(old) == chat + 1
     assert release.api.post(f"/applications/{old}/chats", json={"name": "one too many"}).status_code in (409, 422)
 
@@ -269,3 +271,59 @@ def test_two_replicas_one_active_the_other_takes_over(release: Release):
         assert release.tenants("Served after a takeover") == 1
     finally:
         release.kubectl("scale", "deployment", "-l", OPERATOR, "--replicas=1")
+
+
+@pytest.mark.parametrize("mode", ["delete", "orphan"])
+def test_helm_uninstall_runs_the_hook_for_real_in_each_mode(control_plane: ControlPlane, mode: str):
+    """`helm uninstall` with Applications of both deletion policies: the pre-delete hook runs as a real process
+    under its own ServiceAccount while the operator still runs. delete: each is finalized by its policy (Delete
+    takes the tenant, Retain keeps it); orphan: the objects, their Secrets and the tenants stay, without the
+    operator's finalizer — and the operator, still running until helm removes it, does not put it back."""
+    data = Namespace.create("kun")
+    system = System(data, LOG_ROOT / data.name, api_workers=1).start()
+    node = ProcessNode(control_plane, f"process-{uuid.uuid4().hex[:4]}").start()
+    namespace = f"un-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    try:
+        env = data.environ()
+        control_plane.kubectl(
+            "-n", namespace, "create", "secret", "generic", "loopback-connections",
+            *(f"--from-literal={k}={env[k]}" for k in ("DATABASE_URL", "REDIS_URL", "RABBITMQ_URL")),
+            f"--from-literal=ADMIN_API_KEY={'admin-key-' + 'x' * 32}",
+        )  # fmt: skip
+        values_file = control_plane.workdir / f"uninstall-values-{namespace}.json"
+        values_file.write_text(json.dumps(release_values(node, data, uninstall=mode)))
+        control_plane.helm("install", RELEASE, str(CHART), "-n", namespace, "-f", str(values_file), "--wait",
+                           "--timeout", "5m", timeout=400)  # fmt: skip
+        release = Release(control_plane, node, namespace, data, Api(system.base_url), values_file)
+        dropped, kept = unique("dropped"), unique("kept")
+        release.apply_application(dropped, name="Dropped on uninstall", deletionPolicy="Delete")
+        release.apply_application(kept, name="Kept on uninstall", deletionPolicy="Retain")
+        tokens = {name: release.secret(name)["token"] for name in (dropped, kept)}
+        for name in tokens:
+            release.status(name, lambda s: s.get("phase") == "Ready", f"{name} Ready")
+
+        control_plane.helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "4m", timeout=300)
+        hook_logs = list(node.logs.glob(f"{namespace}_*cleanup*.log"))
+        assert hook_logs, "the pre-delete hook ran on the process node"
+        api = release.api
+        if mode == "delete":
+            assert release.get("application", dropped) is None and release.get("application", kept) is None
+            assert api.get(f"/applications/{tokens[dropped]}").status_code == 404
+            assert api.get(f"/applications/{tokens[kept]}").status_code == 200
+        else:
+            time.sleep(3)  # long enough for a still-running operator to have put a finalizer back
+            for name, token in tokens.items():
+                obj = release.get("application", name)
+                assert obj is not None, f"{name}: orphan keeps the object"
+                assert "chat-system.io/application-cleanup" not in (obj["metadata"].get("finalizers") or [])
+                assert api.get(f"/applications/{token}").status_code == 200
+                assert release.get("secret", f"{name}-chat-token") is not None
+            for name in tokens:  # without the operator nothing finalizes them: they go at once
+                release.kubectl("delete", "application", name, "--wait=true", "--timeout=30s", timeout=60)
+    finally:
+        control_plane.helm("uninstall", RELEASE, "-n", namespace, "--no-hooks", check=False, timeout=120)
+        node.stop()
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        system.stop()
+        data.destroy()
