@@ -312,7 +312,7 @@ class RedisSlotOpenings:
         return self._text(await self.client.get(self.keys.epoch))
 
 
-OPEN_WAIT_SECONDS = 5.0  # a create already waits up to its publish timeout (5 s by default) for the broker
+OPEN_WAIT_SECONDS = 5.0  # at least; NumberingRecovery waits as long as a create may wait for its publish confirm
 OPEN_ROUNDS = 5  # an opening that keeps ending under us (Redis losing data over and over) is not waited out
 
 
@@ -449,7 +449,9 @@ class NumberingRecovery:
     ) -> None:
         self.client = client
         self.marker = marker
-        self.opening = SlotOpening(RedisSlotOpenings(client, keys), marker)
+        # A first create may wait for the opening as long as it may wait for its publish confirm (the grace period).
+        wait = max(OPEN_WAIT_SECONDS, grace_seconds)
+        self.opening = SlotOpening(RedisSlotOpenings(client, keys), marker, wait_seconds=wait)
         self.keys = keys
         self.amqp_url = amqp_url
         self.topology = topology
@@ -464,8 +466,8 @@ class NumberingRecovery:
         """One cheap attempt for the application's slot; True when its numbering is open (again).
 
         A slot that never held numbers opens at once (concurrent first requests wait for that opening, at most
-        ``OPEN_WAIT_SECONDS``, then :class:`~chat_api.model.NumberingStillOpening`); one that lost its epoch is left
-        to the watchdog."""
+        the publish timeout and at least ``OPEN_WAIT_SECONDS``, then :class:`~chat_api.model.NumberingStillOpening`);
+        one that lost its epoch is left to the watchdog."""
         return await self.open_slot(application_slot(application_id))
 
     async def open_slot(self, slot: int) -> bool:
