@@ -60,7 +60,8 @@ undeploy: ## uninstall the chart (a pre-delete hook first deletes the Applicatio
 	helm uninstall $(HELM_RELEASE) --namespace $(K8S_NAMESPACE) --timeout 10m
 
 e2e: venv ## the HTTP end-to-end tests (and the operator's kind tests) against the API behind the ingress
-	@# Only API_BASE_URL is needed; the count-sync test triggers the CronJob with kubectl in this release.
+	@# E2E_K8S_NAMESPACE says the API is this release in that namespace: the count-sync tests run its CronJob with
+	@# kubectl. Without it (API_BASE_URL alone, e.g. `make run`) they wait for the periodic sync (tests/e2e/target.py).
 	API_BASE_URL=$(E2E_BASE_URL) E2E_K8S_NAMESPACE=$(K8S_NAMESPACE) E2E_HELM_RELEASE=$(HELM_RELEASE) \
 	  $(BIN)/python -m pytest tests/e2e
 	@if [ -d tests/kind ]; then \

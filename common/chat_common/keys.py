@@ -113,6 +113,12 @@ class RedisKeys:
         """Unix time at which some API process first found the slot's epoch missing."""
         return f"{self.prefix}{{{slot_tag(slot)}}}:recovery_started"
 
+    def slot_opening(self, slot: int) -> str:
+        """``<incarnation>|<epoch>`` while ``slot`` is being opened for its first use (the epoch part empty until
+        some API process found it never held numbers); gone with the epoch's arrival or with the shard's data
+        (``chat_api.adapters.recovery.SlotOpening``)."""
+        return f"{self.prefix}{{{slot_tag(slot)}}}:opening"
+
     @property
     def epoch(self) -> str:
         """The single epoch of the version before per-slot epochs: read once per slot, on upgrade only (while it

@@ -56,10 +56,19 @@ def rfc3339(unix: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _whole(value: object) -> object:
+    """A whole number as an int: a JSON number without a fraction (``5.0`` is the integer 5 to JSON Schema, so to
+    the OpenAPI document), or digits (form bodies carry strings); anything else as it came."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return value
+
+
 def check_grace_seconds(value: object) -> int:
     """How long a rotated-away token keeps working: an integer from 0 to 30 days; :class:`Invalid` otherwise."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():  # form bodies carry strings
-        value = int(value)
+    value = _whole(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GRACE_SECONDS:
         raise Invalid(f"grace_seconds must be an integer from 0 to {MAX_GRACE_SECONDS}")
     return value
@@ -84,8 +93,7 @@ class TenantLimits:
         parsed = []
         for name in LIMIT_FIELDS:
             given = value.get(name)
-            if isinstance(given, str):  # form bodies carry strings: digits, or empty for the default
-                given = None if given == "" else int(given) if given.isascii() and given.isdigit() else given
+            given = None if given == "" else _whole(given)  # form bodies send an empty string for the default
             if given is not None and (
                 isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= MAX_LIMIT
             ):

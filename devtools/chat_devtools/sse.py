@@ -38,6 +38,7 @@ class Listener:
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    blocks: list[bytes] = field(default_factory=list)  # every block as sent (between blank lines), in order
     comments: int = 0
     retry_ms: int | None = None
     ended: str = ""  # "clean" (terminating chunk), "reset" (connection aborted or EOF mid-body), "closed" (by us)
@@ -122,6 +123,7 @@ class Listener:
             self.done.set()
 
     def _parse(self, block: bytes) -> None:
+        self.blocks.append(block)
         fields: dict[str, str] = {}
         for line in block.decode().split("\n"):
             if line.startswith(":"):

@@ -1,21 +1,23 @@
 """Fixtures for black-box HTTP tests (they run against `API_BASE_URL` when set, else a local system).
 
 Against a deployed system (``API_BASE_URL``) the suite needs nothing else: no local database, Redis or broker.
-The one test that must trigger the count sync does it with kubectl (``create job --from=cronjob/…``) when kubectl
-is on the PATH; ``E2E_K8S_NAMESPACE`` (default ``chat-system``) and ``E2E_HELM_RELEASE`` (default
-``chat-system``) say where the release is. Tests that only make sense in-process skip there, with the reason.
+The tests that need the count columns up to date choose how from configuration only (:mod:`tests.e2e.target`):
+with ``E2E_K8S_NAMESPACE`` set, the API is a Helm release there (``E2E_HELM_RELEASE``, default ``chat-system``) and
+its count-sync CronJob is run once with kubectl (``create job --from=cronjob/…``; `make e2e` sets both); without it
+(e.g. ``API_BASE_URL`` of a system started with ``make run``) they wait for the system's periodic count sync, at most
+``E2E_COUNT_SYNC_WAIT_SECONDS`` (default 120). Whether a kubectl is on the PATH plays no part in that choice.
+Tests that only make sense in-process skip there, with the reason.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import uuid
 from collections.abc import Callable
 
 import pytest
 
+from tests.e2e.target import CRONJOB, LOCAL, choose_count_sync, counts_synced
 from tests.support.http import Api
 
 BEHIND_PROXY = "API_BASE_URL is set: the ingress re-frames request bodies, so this checks the API only in-process"
@@ -33,40 +35,18 @@ def token(api: Api) -> str:
     return api.new_application("test-app")
 
 
-def kubectl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run(["kubectl", *args], capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
-    return result
-
-
-def _cluster_count_sync(namespace: str, release: str) -> None:
-    """Run the release's count-sync CronJob once now and wait for it to finish."""
-    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=counter-cron"
-    names = kubectl("-n", namespace, "get", "cronjob", "-l", selector, "-o", "name").stdout.split()
-    if len(names) != 1:
-        raise AssertionError(f"expected one count-sync CronJob ({selector}) in {namespace}, found {names}")
-    job = f"e2e-count-sync-{uuid.uuid4().hex[:8]}"
-    kubectl("-n", namespace, "create", "job", f"--from={names[0]}", job)
-    try:
-        kubectl("-n", namespace, "wait", "--for=condition=complete", f"job/{job}", "--timeout=180s", timeout=200)
-    finally:
-        subprocess.run(["kubectl", "-n", namespace, "delete", "job", job, "--wait=false"], capture_output=True)
-
-
 @pytest.fixture(scope="session")
-def sync_counts(request) -> Callable[[], object]:
-    """Run one count sync: the CronJob in the cluster behind ``API_BASE_URL``, else the local system's.
+def sync_counts(request) -> Callable[[Callable[[], bool]], None]:
+    """``sync_counts(synced)``: bring the count columns up to date (:mod:`tests.e2e.target` says how, from
+    ``API_BASE_URL`` and ``E2E_K8S_NAMESPACE``), until ``synced()`` holds.
 
     Session-scoped so that pytest sets it up (and skips) before the function-scoped ``token``.
     """
-    if os.environ.get("API_BASE_URL"):
-        if not shutil.which("kubectl"):
-            pytest.skip("API_BASE_URL is set and kubectl is not on the PATH: cannot trigger the count-sync CronJob")
-        namespace = os.environ.get("E2E_K8S_NAMESPACE", "chat-system")
-        release = os.environ.get("E2E_HELM_RELEASE", "chat-system")
-        return lambda: _cluster_count_sync(namespace, release)
-    return request.getfixturevalue("system").sync_counts
+    plan = choose_count_sync()
+    if plan.kind == CRONJOB and not shutil.which("kubectl"):
+        pytest.skip(f"E2E_K8S_NAMESPACE={plan.namespace} asks for the count-sync CronJob; kubectl is not on the PATH")
+    run_local = request.getfixturevalue("system").sync_counts if plan.kind == LOCAL else None
+    return counts_synced(plan, run_local)
 
 
 @pytest.fixture(scope="session")

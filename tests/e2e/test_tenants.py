@@ -88,7 +88,7 @@ def test_usage(api: Api, token: str, sync_counts):
     api.new_message(token, chat, "one")
     api.new_message(token, chat, "two")
     api.wait_message(token, chat, 2)
-    sync_counts()
+    sync_counts(lambda: api.get(f"/applications/{token}/usage").json()["messages"] == 2)
     usage = api.get(f"/applications/{token}/usage")
     assert usage.status_code == 200
     body = usage.json()

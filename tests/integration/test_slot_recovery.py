@@ -1,5 +1,6 @@
 """Per-slot numbering epochs against the real Redis, MariaDB and RabbitMQ: a slot that lost its data recovers
-alone while the others keep numbering; a slot never used opens at once; numbers wait for replicas (WAIT).
+alone while the others keep numbering; a slot never used opens at once, and concurrent first requests in several
+processes all see it open; numbers wait for replicas (WAIT).
 
 The precise recovery rule (chat_api.adapters.recovery): the API stamps each publish; a lost slot re-opens under
 another tenant's continuous load (real API and writers), and stays closed while a writer holds, or a retry tier
@@ -31,6 +32,7 @@ from chat_api.adapters.recovery import (
     RECOVERED,
     NumberingMarker,
     NumberingRecovery,
+    RedisSlotOpenings,
     keys_may_be_forgotten,
     slot_marker,
 )
@@ -95,6 +97,45 @@ async def test_a_lost_slot_recovers_alone_and_a_new_slot_opens_at_once(parts):
     assert epoch.split(":")[1] == RECOVERED and await recovery.closed_slots() == []
     assert keys_may_be_forgotten(epoch, float(epoch.split(":")[2]) + 1)  # idempotency falls back to MySQL there
     assert not keys_may_be_forgotten((await client.get(keys.epoch_of(other))).decode(), 0)
+
+
+async def test_concurrent_first_attempts_in_several_processes_all_open_the_slot_once(parts, fresh_namespace):
+    recovery, client, keys, _ = parts
+    settings = fresh_namespace.settings
+    other_db = Database(settings.database_url, pool_size=4)  # a second API process: its own pool and marker cache
+    other = NumberingRecovery(client, keys, settings.rabbitmq_url, recovery.topology, GRACE, NumberingMarker(other_db))
+    try:
+        (app,) = _apps_in_distinct_slots(1)
+        attempts = [process.attempt(app) for _ in range(32) for process in (recovery, other)]
+        assert await asyncio.gather(*attempts) == [True] * 64  # never "recovering": nothing was ever numbered
+        assert (await client.get(keys.epoch_of(app))).decode().split(":")[1] == FRESH
+        assert not await client.exists(keys.slot_opening(application_slot(app)))  # ended with the epoch's arrival
+        assert recovery.pending == other.pending == set()
+    finally:
+        await other_db.close()
+
+
+async def test_the_opening_scripts_keep_the_contract_the_unit_tests_fake(parts):
+    _, client, keys, _ = parts
+    openings = RedisSlotOpenings(client, keys)
+    slot = 4242
+    assert await openings.begin(slot, "a") == "a|"
+    assert await openings.begin(slot, "b") == "a|"  # one opening at a time: the first incarnation stays
+    assert await openings.promote(slot, "b", "e0") is None  # not the current incarnation
+    assert await openings.promote(slot, "a", "") == "a|"  # only read
+    assert await openings.promote(slot, "a", "e1") == "a|e1"
+    assert await openings.promote(slot, "a", "e2") == "a|e1"  # the first promotion wins
+    assert await openings.complete(slot, "a|e2") == 0
+    assert await openings.complete(slot, "a|e1") == 2
+    assert await client.get(keys.slot_epoch(slot)) == b"e1" and not await client.exists(keys.slot_opening(slot))
+    assert await openings.complete(slot, "a|e1") == 1  # a latecomer: the epoch is there
+    assert await openings.begin(slot, "c") is None
+    await client.delete(keys.slot_epoch(slot))  # the shard lost its data
+    assert await openings.begin(slot, "c") == "c|"
+    assert await openings.promote(slot, "a", "e3") is None  # an incarnation from before the loss is over
+    await client.set(keys.slot_epoch(slot), "r")  # re-opened by the recovery meanwhile
+    assert await openings.begin(slot, "d") is None and not await client.exists(keys.slot_opening(slot))
+    assert await openings.legacy_epoch() is None
 
 
 async def test_a_busy_writer_holds_the_recovery_of_a_lost_slot(parts):

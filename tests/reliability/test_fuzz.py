@@ -69,18 +69,25 @@ include-name = "DELETE /applications/{{token}}"
 parameters = {{ "path.token" = {{ dictionary = "disposable", probability = 0.8 }} }}
 
 # A live stream (SSE) never ends by itself, so every 200 would be a timeout here: tests/integration/test_streams.py
-# and tests/e2e/test_streams.py check it (its answers, errors included) against the same document.
+# and tests/e2e/test_streams.py check its answers, and tests/integration/test_stream_event_schema.py runs this same
+# response check (every event against the document's itemSchema) on a stream that its test ends.
 [[operations]]
 include-path-regex = '/messages/stream$'
 enabled = false
 
 # Tenant management would suspend the seeded application, rotate its token away or cap its chats, and later
-# requests of the run would be refused: these operations draw from the throwaway applications, and stay out of the
-# stateful sequences (a chat create refused by a tenant's maxChats is a 422 for a schema-valid request).
+# requests of the run would be refused: these operations draw from the throwaway applications, never from values
+# seen in responses (the seeded token is one of them), and stay out of the stateful sequences (a chat create
+# refused by a tenant's maxChats is a 422 for a schema-valid request).
 [[operations]]
 include-path-regex = '/(suspend|resume|rotate-token|limits)$'
 parameters = {{ "path.token" = {{ dictionary = "disposable", probability = 0.8 }} }}
-phases = {{ stateful = {{ enabled = false }} }}
+[operations.phases.examples]
+extra-data-sources = {{ responses = false }}
+[operations.phases.fuzzing]
+extra-data-sources = {{ responses = false }}
+[operations.phases.stateful]
+enabled = false
 """
 
 

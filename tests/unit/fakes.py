@@ -9,7 +9,10 @@ Each fake keeps the contract of the adapter it stands for, not a convenient simp
   numbering epoch in the same step, and raises :class:`KeyInUse` for a pending claim;
 - :class:`FakeRepository` raises :class:`NotFound` naming what is missing, as ``SqlRepository`` does, and applies
   the writers' versioned upserts (:meth:`FakeRepository.apply`) so a test can play the writer;
-- :class:`FakePublisher` records what it published and can be told to fail the next N publishes.
+- :class:`FakePublisher` records what it published and can be told to fail the next N publishes;
+- :class:`FakeSlotOpenings` follows the Redis scripts that open a slot for its first use, and
+  :class:`FakeSlotMarkers` the MySQL markers with their per-process cache; a :class:`Gate` holds a call midway, so
+  a test can interleave API processes at the exact step it wants.
 
 Failures are injected with :meth:`Faults.fail` (the next call of a method raises the given exception), never by
 patching libraries. :func:`build` wires one :class:`World` of fakes into a real :class:`ChatService`.
@@ -17,6 +20,7 @@ patching libraries. :func:`build` wires one :class:`World` of fakes into a real 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import time
@@ -29,7 +33,17 @@ from chat_api.adapters import numbering as codes
 from chat_api.adapters.idempotency import PENDING, Claim, KeyInUse, Recorded
 from chat_api.adapters.numbering import Allocation
 from chat_api.adapters.publisher import PublishError
-from chat_api.adapters.recovery import FRESH, RECOVERED, new_epoch
+from chat_api.adapters.recovery import (
+    FRESH,
+    LEGACY,
+    NEW,
+    NUMBERING_OPENED,
+    OPENED,
+    RECOVERED,
+    SLOTS_MARKER,
+    new_epoch,
+    slot_marker,
+)
 from chat_api.model import Application, Chat, Message, NotFound
 from chat_api.services import ChatService, Limits
 from chat_common.idempotency import check_idempotency_key
@@ -309,6 +323,122 @@ class FakeRecovery(Faults):
             self.numbering.open(RECOVERED)
             return True
         return False
+
+
+# -- opening a slot for its first use (Redis scripts + MySQL markers) ------------------------------------------
+class Gate:
+    """Holds a fake's call at a chosen point: ``reached`` is set when a call gets there, ``release`` lets it go."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self._open = asyncio.Event()
+
+    def release(self) -> None:
+        """Let every held call (and every later one) through."""
+        self._open.set()
+
+    async def hold(self) -> None:
+        """Where a fake's call waits."""
+        self.reached.set()
+        await self._open.wait()
+
+
+class FakeSlotOpenings(Faults):
+    """The slot epochs and openings in Redis, following the three scripts of ``chat_api.adapters.recovery`` step by
+    step (each call is atomic, as a script is); :meth:`lose_data` is a shard coming back empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: dict[int, str] = {}
+        self.openings: dict[int, str] = {}
+        self.legacy: str | None = None  # the single epoch of the version before per-slot epochs
+        self.written: list[tuple[int, str]] = []  # every epoch a completion wrote
+
+    def lose_data(self) -> None:
+        """Everything in the shard is gone: epochs, openings, the legacy epoch."""
+        self.epochs.clear()
+        self.openings.clear()
+        self.legacy = None
+
+    async def begin(self, slot: int, incarnation: str) -> str | None:
+        """None with an epoch (any opening removed); else the opening, created if missing."""
+        await asyncio.sleep(0)  # a round trip: other requests run meanwhile
+        self._enter("begin", slot)
+        if slot in self.epochs:
+            self.openings.pop(slot, None)
+            return None
+        return self.openings.setdefault(slot, f"{incarnation}|")
+
+    async def promote(self, slot: int, incarnation: str, epoch: str) -> str | None:
+        """The opening of ``incarnation`` (its epoch part set if empty and given); None once that one ended."""
+        await asyncio.sleep(0)
+        self._enter("promote", slot, epoch)
+        opening = self.openings.get(slot)
+        if opening is None or opening.partition("|")[0] != incarnation:
+            return None
+        if opening.endswith("|") and epoch:
+            opening = self.openings[slot] = f"{incarnation}|{epoch}"
+        return opening
+
+    async def complete(self, slot: int, opening: str) -> int:
+        """2: the epoch written now, 1: there already, 0: the opening is not current and no epoch."""
+        await asyncio.sleep(0)
+        self._enter("complete", slot)
+        if self.openings.get(slot) == opening:
+            del self.openings[slot]
+            if slot in self.epochs:
+                return 1
+            self.epochs[slot] = opening.partition("|")[2]
+            self.written.append((slot, self.epochs[slot]))
+            return 2
+        return int(slot in self.epochs)
+
+    async def legacy_epoch(self) -> str | None:
+        """The previous version's single epoch, if still there."""
+        await asyncio.sleep(0)
+        self._enter("legacy_epoch")
+        return self.legacy
+
+
+class FakeSlotMarkers(Faults):
+    """One API process's view of the ``system_markers`` table (shared by the processes of a test: ``table``), with
+    the per-process cache of slots known to be marked, as ``NumberingMarker`` keeps it. ``gates`` hold a call of
+    that name after its work (``slot_state`` after its read, ``open_slot`` after its writes)."""
+
+    def __init__(self, table: set[str]) -> None:
+        super().__init__()
+        self.table = table
+        self.cached: set[int] = set()
+        self.gates: dict[str, Gate] = {}
+
+    async def _gate(self, method: str) -> None:
+        gate = self.gates.get(method)
+        if gate is not None:
+            await gate.hold()
+
+    async def slot_state(self, slot: int) -> str:
+        """OPENED, NEW or LEGACY, as ``NumberingMarker.slot_state`` reads them."""
+        await asyncio.sleep(0)
+        self._enter("slot_state", slot)
+        if slot in self.cached:
+            state = OPENED
+        elif slot_marker(slot) in self.table:
+            self.cached.add(slot)
+            state = OPENED
+        else:
+            state = LEGACY if NUMBERING_OPENED in self.table and SLOTS_MARKER not in self.table else NEW
+        await self._gate("slot_state")
+        return state
+
+    async def open_slot(self, slot: int, state: str) -> None:
+        """Write the slot's marker (and on a new system the system's two), as ``NumberingMarker.open_slot``."""
+        await asyncio.sleep(0)
+        self._enter("open_slot", slot, state)
+        if state == NEW:
+            self.table.update({SLOTS_MARKER, NUMBERING_OPENED})
+        self.table.add(slot_marker(slot))
+        self.cached.add(slot)
+        await self._gate("open_slot")
 
 
 # -- publisher (RabbitMQ with confirms) -----------------------------------------------------------------------

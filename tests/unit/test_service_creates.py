@@ -12,7 +12,7 @@ from chat_api.adapters.idempotency import PENDING, Recorded
 from chat_api.adapters.numbering import Allocation
 from chat_api.adapters.recovery import FRESH, RECOVERED
 from chat_api.metrics_buffer import BUFFER
-from chat_api.model import Conflict, DatabaseUnavailable, Invalid, NotFound, Unavailable
+from chat_api.model import Conflict, DatabaseUnavailable, Invalid, NotFound, NumberingStillOpening, Unavailable
 from chat_common import metrics
 from chat_common.idempotency import KEY_LIFETIME_SECONDS, fingerprint
 
@@ -131,6 +131,18 @@ async def test_recovering_while_recovery_is_closed_answers_503_retry_1(built):
         await service.create_chat(app.token, "x")
     assert caught.value.retry_after == 1
     assert world.recovery.attempts == 1 and world.publisher.published == []
+
+
+async def test_a_slot_still_opening_for_its_first_use_answers_503_saying_so_not_recovering(built):
+    service, world = built
+    app = world.application()
+    world.numbering.lose_data()  # no epoch: as in a slot that never opened
+    world.recovery.fail("attempt", NumberingStillOpening("slot 1 still opening after 5.0 s"))
+    with pytest.raises(Unavailable) as caught:
+        await service.create_chat(app.token, "x")
+    assert str(caught.value) == "numbering of this application is still opening for its first use; try again"
+    assert caught.value.retry_after == 1 and world.publisher.published == []
+    assert await service.create_chat(app.token, "x") == (1, False)  # the next request finds it open
 
 
 async def test_recovering_then_open_allocates_after_the_rows_in_mysql(service, world):

@@ -182,6 +182,14 @@ async def test_bad_limits_are_invalid(service, world, limits):
         await service.set_limits(world.application().token, limits)
 
 
+async def test_limits_and_grace_accept_whole_numbers_written_with_a_fraction(service, world):
+    # 5.0 is the integer 5 to JSON Schema 2020-12, so the OpenAPI document (3.2) declares it valid: so does the API.
+    app = world.application()
+    assert (await service.set_limits(app.token, {"max_chats": 5.0})).limits == TenantLimits(None, 5, None)
+    rotated = await service.rotate_token(app.token, 60.0)
+    assert rotated.previous_token == app.token
+
+
 async def test_put_replaces_and_patch_merges_limits(service, world):
     app = world.application()
     await service.set_limits(app.token, {"max_chats": 5, "requests_per_second": 9})

@@ -89,6 +89,10 @@ class Unavailable(Exception):
         self.retry_after = retry_after
 
 
+class NumberingStillOpening(Exception):
+    """A hash slot used for the first time was not open within the bounded wait (its opening is still under way)."""
+
+
 class DatabaseUnavailable(Unavailable):
     """MySQL cannot be reached or used right now (503 with ``Retry-After``)."""
 

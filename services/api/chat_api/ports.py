@@ -202,7 +202,9 @@ class RecoveryPort(Protocol):
     """Re-opening numbering after the numbering store lost its data (adapter: ``NumberingRecovery``)."""
 
     async def attempt(self, application_id: int) -> bool:
-        """One bounded attempt for the application's hash slot; True when its numbering is open (again)."""
+        """One bounded attempt for the application's hash slot; True when its numbering is open (again), False
+        while it recovers from a loss; :class:`~chat_api.model.NumberingStillOpening` when a slot used for the
+        first time did not finish opening within the bounded wait."""
         ...
 
 

@@ -39,6 +39,7 @@ from chat_api.model import (
     Invalid,
     Message,
     NotFound,
+    NumberingStillOpening,
     Page,
     RateLimited,
     Suspended,
@@ -249,6 +250,9 @@ class ChatService:
                 elif allocation.status == codes.CHAT_NOT_LOADED:
                     last = await self.repository.last_message_number(application.id, chat_number)
                     await self.numbering.load_chat(application.id, allocation.epoch, chat_number, last, legacy)
+        except NumberingStillOpening:
+            # Never numbered before: no cache restarted, the first opening of its numbering is taking long.
+            raise Unavailable("numbering of this application is still opening for its first use; try again") from None
         except (RedisError, TimeoutError) as exc:
             raise Unavailable(f"numbering store unavailable: {exc.__class__.__name__}") from None
         except (OperationalError, InterfaceError):

@@ -82,7 +82,10 @@ a shard that lost its data pauses only the applications of its slots while the o
 single Redis every slot is on the one server, and a restart closes all of them. A missing epoch means a loss only
 if the slot ever opened: a durable marker per slot in MySQL (``system_markers``, ``numbering_opened:<slot>``) is
 written before the slot's first epoch, so a brand-new deployment — and a slot used for the first time on an old
-one — opens at once instead of waiting out a recovery that has nothing to recover. (A system that opened before
+one — opens at once instead of waiting out a recovery that has nothing to recover. Requests racing that first
+opening wait for it (:class:`SlotOpening`: the marker is written before the epoch, so a process that reads the
+marker before the epoch lands must not take the slot for a lost one; the opening in Redis tells it apart, and any
+process can finish it). (A system that opened before
 per-slot markers existed has only the ``numbering_opened`` marker: its slots recover once, unless the single epoch
 of that version is still in Redis.) The epoch's value says which happened and when
 (``<id>:fresh|recovered:<unix>``), which tells idempotency lookups whether Redis may have forgotten keys
@@ -100,6 +103,7 @@ import contextlib
 import logging
 import time
 import uuid
+from typing import Protocol
 
 import pika
 import pika.exceptions
@@ -109,7 +113,7 @@ from sqlalchemy import bindparam, literal, or_, select
 from sqlalchemy.dialects.mysql import insert
 
 from chat_api.adapters.database import Database
-from chat_api.model import Unavailable
+from chat_api.model import NumberingStillOpening, Unavailable
 from chat_common.idempotency import KEY_LIFETIME_SECONDS
 from chat_common.keys import RedisKeys, application_slot
 from chat_common.tables import system_markers
@@ -205,6 +209,189 @@ class NumberingMarker:
         return {int(row[0][len(SLOT_MARKER_PREFIX) :]) for row in rows}
 
 
+# The opening of a slot, in Redis (keys of the slot's own tag, so each script stays in one Redis Cluster slot).
+# KEYS: epoch, opening   ARGV: a new incarnation id.  The epoch's absence: the opening's value, created if missing.
+BEGIN_OPENING = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DEL', KEYS[2]) return false end
+local opening = redis.call('GET', KEYS[2])
+if opening then return opening end
+opening = ARGV[1] .. '|'
+redis.call('SET', KEYS[2], opening)
+return opening
+"""
+# KEYS: opening   ARGV: incarnation, epoch ('' to only read).  The opening of that incarnation (its epoch part
+# set if it was empty and one is given), or nothing when that incarnation ended.
+PROMOTE_OPENING = """
+local opening = redis.call('GET', KEYS[1])
+if not opening then return false end
+local bar = string.find(opening, '|', 1, true)
+if string.sub(opening, 1, bar - 1) ~= ARGV[1] then return false end
+if bar == #opening and ARGV[2] ~= '' then
+  opening = ARGV[1] .. '|' .. ARGV[2]
+  redis.call('SET', KEYS[1], opening)
+end
+return opening
+"""
+# KEYS: epoch, opening   ARGV: the promoted opening.  1: the epoch is there now (2: set by this call), 0: look again.
+COMPLETE_OPENING = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  local epoch = string.sub(ARGV[1], string.find(ARGV[1], '|', 1, true) + 1)
+  if redis.call('SET', KEYS[1], epoch, 'NX') then return 2 end
+  return 1
+end
+return redis.call('EXISTS', KEYS[1])
+"""
+
+
+class SlotOpenings(Protocol):
+    """The Redis side of opening slots (adapter: :class:`RedisSlotOpenings`; fake: ``tests/unit/fakes.py``).
+
+    An *opening* is ``<incarnation>|<epoch>``: created (epoch part empty) when a slot without an epoch is first
+    looked at, *promoted* (epoch part set) by whoever finds that the slot never held numbers, removed in the same
+    atomic step that writes the epoch. It lives in the slot's shard, so it is lost exactly when the epoch is.
+    """
+
+    async def begin(self, slot: int, incarnation: str) -> str | None:
+        """None when the slot has its epoch; else its opening, created with ``incarnation`` if there was none."""
+        ...
+
+    async def promote(self, slot: int, incarnation: str, epoch: str) -> str | None:
+        """The opening of ``incarnation``, its epoch part set to ``epoch`` if it was empty and ``epoch`` is not;
+        None when that incarnation ended (completed, or lost with the shard's data)."""
+        ...
+
+    async def complete(self, slot: int, opening: str) -> int:
+        """Write the promoted ``opening``'s epoch (unless one is there) and end it, if it is still the current
+        opening: 2 (this call wrote the epoch), 1 (the slot has an epoch), 0 (neither: look again)."""
+        ...
+
+    async def legacy_epoch(self) -> str | None:
+        """The single epoch of the version before per-slot epochs, if Redis still holds it."""
+        ...
+
+
+class SlotMarkers(Protocol):
+    """The durable per-slot facts in MySQL (adapter: :class:`NumberingMarker`)."""
+
+    async def slot_state(self, slot: int) -> str:
+        """OPENED, NEW or LEGACY (see :meth:`NumberingMarker.slot_state`)."""
+        ...
+
+    async def open_slot(self, slot: int, state: str) -> None:
+        """Record durably that ``slot`` opens (idempotent)."""
+        ...
+
+
+class RedisSlotOpenings:
+    """:class:`SlotOpenings` as three Lua scripts over the slot's epoch and opening keys."""
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        self.client = client
+        self.keys = keys
+        self._begin = client.register_script(BEGIN_OPENING)
+        self._promote = client.register_script(PROMOTE_OPENING)
+        self._complete = client.register_script(COMPLETE_OPENING)
+
+    @staticmethod
+    def _text(value: bytes | str | None) -> str | None:
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def begin(self, slot: int, incarnation: str) -> str | None:  # noqa: D102 (the protocol's)
+        keys = [self.keys.slot_epoch(slot), self.keys.slot_opening(slot)]
+        return self._text(await self._begin(keys=keys, args=[incarnation]))
+
+    async def promote(self, slot: int, incarnation: str, epoch: str) -> str | None:  # noqa: D102
+        return self._text(await self._promote(keys=[self.keys.slot_opening(slot)], args=[incarnation, epoch]))
+
+    async def complete(self, slot: int, opening: str) -> int:  # noqa: D102
+        keys = [self.keys.slot_epoch(slot), self.keys.slot_opening(slot)]
+        return int(await self._complete(keys=keys, args=[opening]))
+
+    async def legacy_epoch(self) -> str | None:  # noqa: D102
+        return self._text(await self.client.get(self.keys.epoch))
+
+
+OPEN_WAIT_SECONDS = 5.0  # at least; NumberingRecovery waits as long as a create may wait for its publish confirm
+OPEN_ROUNDS = 5  # an opening that keeps ending under us (Redis losing data over and over) is not waited out
+
+
+class SlotOpening:
+    """Opens a slot for its first use without refusing anyone, and tells a slot that lost its epoch (False).
+
+    Every API process runs the same steps, so none has to wait for another (a process that dies mid-way leaves
+    nothing the others cannot finish): (1) find the slot's epoch, else its opening (created if missing); (2) read
+    the slot's durable state in MySQL; if it never held numbers (NEW, or LEGACY with the previous version's epoch
+    still in Redis), promote the opening with an epoch, unless someone did; (3) if the opening carries an epoch,
+    write the slot's marker in MySQL, then write the epoch and end the opening in one step. An opening whose
+    incarnation stays empty after a read that found the marker means the slot held numbers: a loss.
+
+    *Why this never opens a slot that lost numbers.* An epoch written here comes from an opening promoted after a
+    read that found no marker, under the same incarnation. The read came after the incarnation existed; the
+    incarnation lives in the slot's shard, so while it exists the shard lost nothing since before the read; and
+    every epoch ever written for the slot had its marker committed first. So no epoch (and no number) of the slot
+    existed before the read, nor was lost after it: the epoch is written with NX, and a loss would have ended the
+    incarnation, making the promotion or the completion fail. A read that found the marker never promotes, so a
+    slot that held numbers re-opens only through :class:`NumberingRecovery`'s rules.
+
+    In one process, concurrent requests for one slot share one run of these steps (single flight), each waiting
+    at most ``wait_seconds`` (then :class:`~chat_api.model.NumberingStillOpening`; the run goes on for the next).
+    """
+
+    def __init__(self, openings: SlotOpenings, markers: SlotMarkers, wait_seconds: float = OPEN_WAIT_SECONDS) -> None:
+        self.openings = openings
+        self.markers = markers
+        self.wait_seconds = wait_seconds
+        self._flights: dict[int, asyncio.Task[bool]] = {}
+
+    async def open(self, slot: int) -> bool:
+        """True when ``slot`` has its epoch (now, or it was opened for its first use); False when it lost it."""
+        flight = self._flights.get(slot)
+        if flight is None:
+            flight = asyncio.create_task(self._open(slot), name=f"open-slot-{slot}")
+            self._flights[slot] = flight
+            flight.add_done_callback(self._landed)
+        done, _ = await asyncio.wait({flight}, timeout=self.wait_seconds)  # never cancels the shared run
+        if not done:
+            raise NumberingStillOpening(f"slot {slot} still opening after {self.wait_seconds:.1f} s")
+        return flight.result()
+
+    def _landed(self, flight: asyncio.Task[bool]) -> None:
+        for slot, current in list(self._flights.items()):
+            if current is flight:
+                del self._flights[slot]
+        if not flight.cancelled():
+            flight.exception()  # retrieved here: the waiters that timed out never will
+
+    async def _open(self, slot: int) -> bool:
+        for _ in range(OPEN_ROUNDS):
+            opening = await self.openings.begin(slot, uuid.uuid4().hex)
+            if opening is None:
+                return True
+            incarnation, _, epoch = opening.partition("|")
+            state = await self.markers.slot_state(slot)
+            if not epoch:
+                candidate = ""
+                if state == NEW:
+                    candidate = new_epoch(FRESH, time.time())
+                elif state == LEGACY:  # the single epoch of the previous version still there: Redis lost nothing
+                    candidate = await self.openings.legacy_epoch() or ""
+                promoted = await self.openings.promote(slot, incarnation, candidate)
+                if promoted is None:
+                    continue  # that opening ended meanwhile (completed, or lost with the shard): look again
+                opening, epoch = promoted, promoted.partition("|")[2]
+                if not epoch:
+                    return False  # the slot held numbers and lost its epoch: a recovery, not an opening
+            if state != OPENED:
+                await self.markers.open_slot(slot, state)  # durable before any number is handed out under the epoch
+            completed = await self.openings.complete(slot, opening)
+            if completed == 2:
+                log.info("numbering opened for slot %d (%s)", slot, state)
+            if completed:
+                return True
+        raise NumberingStillOpening(f"slot {slot}: its opening ended {OPEN_ROUNDS} times under way")
+
+
 def writer_heartbeat_fresh(raw: bytes | str, since: float, now: float, max_age: float = 2.0) -> tuple[bool, int]:
     """One writer heartbeat (:func:`chat_common.writer.parse_heartbeat`): (newer than ``since`` and recent, unacked)."""
     beat = parse_heartbeat(raw)
@@ -262,6 +449,9 @@ class NumberingRecovery:
     ) -> None:
         self.client = client
         self.marker = marker
+        # A first create may wait for the opening as long as it may wait for its publish confirm (the grace period).
+        wait = max(OPEN_WAIT_SECONDS, grace_seconds)
+        self.opening = SlotOpening(RedisSlotOpenings(client, keys), marker, wait_seconds=wait)
         self.keys = keys
         self.amqp_url = amqp_url
         self.topology = topology
@@ -275,23 +465,16 @@ class NumberingRecovery:
     async def attempt(self, application_id: int) -> bool:
         """One cheap attempt for the application's slot; True when its numbering is open (again).
 
-        A slot that never held numbers opens at once; one that lost its epoch is left to the watchdog."""
+        A slot that never held numbers opens at once (concurrent first requests wait for that opening, at most
+        the publish timeout and at least ``OPEN_WAIT_SECONDS``, then :class:`~chat_api.model.NumberingStillOpening`);
+        one that lost its epoch is left to the watchdog."""
         return await self.open_slot(application_slot(application_id))
 
     async def open_slot(self, slot: int) -> bool:
-        """True when ``slot`` is open, or was opened now because it needs no recovery; else registers it."""
-        if await self.client.exists(self.keys.slot_epoch(slot)):
+        """True when ``slot`` is open, or was opened now because it never held numbers (:class:`SlotOpening`:
+        concurrent first requests wait for it, bounded); else it lost its epoch, and is registered for recovery."""
+        if await self.opening.open(slot):
             self.pending.discard(slot)
-            return True
-        state = await self.marker.slot_state(slot)
-        inherited = None
-        if state == LEGACY:  # the single epoch of the previous version still there: Redis lost nothing
-            inherited = await self.client.get(self.keys.epoch)
-        if state == NEW or inherited is not None:
-            await self.marker.open_slot(slot, state)  # durable before any number is handed out under the epoch
-            value = inherited or new_epoch(FRESH, time.time())
-            if await self.client.set(self.keys.slot_epoch(slot), value, nx=True):
-                log.info("numbering opened for slot %d (%s)", slot, state)
             return True
         self.pending.add(slot)
         await self.client.set(self.keys.slot_recovery_started(slot), repr(time.time()), nx=True)
