@@ -32,10 +32,13 @@ from pathlib import Path
 import pika
 import pika.exceptions
 
+from chat_common.broker import ConnectionProfile, node_parameters
+
 SBIN_PATH = "/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin"
 RABBITMQ_SERVER = shutil.which("rabbitmq-server", path=SBIN_PATH) or "/usr/sbin/rabbitmq-server"
 RABBITMQCTL = shutil.which("rabbitmqctl", path=SBIN_PATH) or "/usr/sbin/rabbitmqctl"
 DEAD_LETTER_CONFIRM_TIMEOUT_MS = 5000
+PING = ConnectionProfile(socket_timeout=2)
 
 
 def free_port() -> int:
@@ -134,11 +137,8 @@ class RabbitNode:
 
     def ping(self) -> bool:
         """True when the node accepts an AMQP connection."""
-        params = pika.URLParameters(self.url)
-        params.socket_timeout = 2
-        params.connection_attempts = 1
         try:
-            pika.BlockingConnection(params).close()
+            pika.BlockingConnection(node_parameters(self.url, PING)).close()
         except (pika.exceptions.AMQPError, OSError):
             return False
         return True

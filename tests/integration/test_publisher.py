@@ -18,6 +18,7 @@ import pika
 import pytest
 
 from chat_api.adapters.publisher import NACKS_BEFORE_RECONNECT, ConfirmingPublisher, PublishError
+from chat_common.broker import API, BrokerNodes
 from chat_common.topology import Topology
 
 BROKER = ("127.0.0.1", 5672)
@@ -37,7 +38,7 @@ def closed_port() -> int:
 # -- direct broker access (blocking pika, run in a thread so that the loop under test keeps running) -----------
 @contextlib.contextmanager
 def blocking_channel() -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    connection = BrokerNodes(AMQP_URL).connect_blocking()
     try:
         yield connection.channel()
     finally:
@@ -77,7 +78,7 @@ def topology() -> Iterator[Topology]:
 
 @contextlib.asynccontextmanager
 async def running(url: str, topology: Topology, **options: float) -> AsyncIterator[ConfirmingPublisher]:
-    publisher = ConfirmingPublisher(url, declare=topology.declare, **options)
+    publisher = ConfirmingPublisher(BrokerNodes(url, API), declare=topology.declare, **options)
     await publisher.start()
     try:
         yield publisher
@@ -167,7 +168,7 @@ async def test_confirmed_message_is_in_the_queue_and_persistent(topology: Topolo
 async def test_concurrent_publishes_all_confirmed_exactly_once(topology: Topology) -> None:
     queue = topology.chats.name
     bodies = [f'{{"n": {i}}}'.encode() for i in range(200)]
-    publisher = ConfirmingPublisher(AMQP_URL, declare=topology.declare)
+    publisher = ConfirmingPublisher(BrokerNodes(AMQP_URL, API), declare=topology.declare)
     confirms = []  # spy on our own ack handler (registered when the channel opens): which frames carried acks
     original = publisher._on_confirm
     publisher._on_confirm = lambda frame: (confirms.append(frame.method.multiple), original(frame))
@@ -324,7 +325,7 @@ async def test_missing_confirm_times_out_and_cancel_leaks_nothing(topology: Topo
 @pytest.mark.asyncio
 async def test_close_fails_pending_and_stops_every_task(topology: Topology) -> None:
     queue = topology.messages.name
-    publisher = ConfirmingPublisher(AMQP_URL, declare=topology.declare)
+    publisher = ConfirmingPublisher(BrokerNodes(AMQP_URL, API), declare=topology.declare)
     await publisher.start()
     await until_ready(publisher)
     pending = [asyncio.create_task(publisher.publish(queue, b"x")) for _ in range(20)]

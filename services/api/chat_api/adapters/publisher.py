@@ -33,11 +33,10 @@ from pika.channel import Channel
 
 from chat_api.adapters.pika_callbacks import guarded
 from chat_common.batches import PUBLISHED_AT_HEADER, stamp_header
+from chat_common.broker import BrokerNodes
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 30
-BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 PERSISTENT_JSON = {"delivery_mode": pika.DeliveryMode.Persistent, "content_type": "application/json"}
 FAIL_FAST_SECONDS = 1.0  # right after a failure, fail at once instead of making every request wait for a dead broker
 # After this many refused (nacked) messages in a row, reconnect. RabbitMQ 3.10's quorum-queue client can keep refusing
@@ -82,16 +81,14 @@ class ConfirmingPublisher:
 
     def __init__(
         self,
-        amqp_url: str,
+        broker: BrokerNodes,
         *,
         declare: Callable[[object], None],
         timeout: float = 5.0,
         connect_wait: float = 2.0,
     ) -> None:
         io_services_utils._AsyncTransportBase._produce = _produce_joined  # see _produce_joined; idempotent
-        self.urls = [url.strip() for url in amqp_url.split(",") if url.strip()]  # several nodes: tried in turn
-        if not self.urls:
-            raise ValueError("amqp_url names no broker")
+        self.broker = broker  # the nodes (chat_common.broker.API profile): tried in turn, failing over
         self.declare = declare
         self.timeout = timeout
         self.connect_wait = connect_wait
@@ -171,24 +168,14 @@ class ConfirmingPublisher:
         return self._channel
 
     async def _run(self) -> None:
-        backoff, index = BACKOFF_MIN, 0
-        while not self._closing:
-            url = self.urls[index]
-            index = (index + 1) % len(self.urls)
-            became_ready = await self._connect_and_serve(url)
-            if not became_ready and index != 0:
-                continue  # another node may answer: try it at once, back off only after a whole round failed
-            await asyncio.sleep(BACKOFF_MIN if became_ready else backoff)
-            backoff = BACKOFF_MIN if became_ready else min(backoff * 2, BACKOFF_MAX)
+        await self.broker.keep_connected(self._connect_and_serve, lambda: self._closing)
 
-    async def _connect_and_serve(self, url: str) -> bool:
+    async def _connect_and_serve(self, params: pika.URLParameters) -> bool:
         """Connect to one node and return when that connection is over; True if it became ready."""
-        params = pika.URLParameters(url)
-        params.heartbeat = HEARTBEAT_SECONDS
         self._became_ready = False
         try:
             # Once per connection, before ready; in a thread because a blocking connection would stall the loop.
-            await asyncio.to_thread(self._declare_with_blocking_connection, url)
+            await asyncio.to_thread(self._declare_with_blocking_connection, params)
             loop = asyncio.get_running_loop()
             self._over = over = loop.create_future()
             self._connection = AsyncioConnection(
@@ -206,8 +193,8 @@ class ConfirmingPublisher:
         self._mark_down("connection to the message broker lost")
         return self._became_ready
 
-    def _declare_with_blocking_connection(self, url: str) -> None:
-        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+    def _declare_with_blocking_connection(self, params: pika.URLParameters) -> None:
+        with pika.BlockingConnection(params) as connection:
             self.declare(connection.channel())
 
     def callback_failed(self) -> None:
