@@ -238,6 +238,29 @@ async def test_a_run_of_refused_messages_makes_the_publisher_reconnect(topology:
 
 
 @pytest.mark.asyncio
+async def test_refusals_of_one_queue_make_the_publisher_reconnect_even_while_another_queue_is_confirmed(
+    topology: Topology,
+) -> None:
+    """The failover case: a rarely used queue refused every time while a busy one goes through on the same channel
+    (tests/cluster/test_rabbit_failover.py: chat creates refused, message creates accepted). A count of refusals in
+    a row over all queues would be reset by each busy confirm and never reconnect."""
+    queue = f"{topology.prefix}.extra.nack"
+    await asyncio.to_thread(_declare, queue, {"x-max-length": 0, "x-overflow": "reject-publish"})  # refuses all
+    async with running(AMQP_URL, topology) as publisher:
+        await until_ready(publisher)
+        first = publisher._connection
+        for i in range(NACKS_BEFORE_RECONNECT):
+            with pytest.raises(PublishError, match="refused"):
+                await publisher.publish(queue, b"refused")
+            if i < NACKS_BEFORE_RECONNECT - 1:
+                await publisher.publish(topology.messages.name, b"busy")  # confirmed in between
+        deadline = time.monotonic() + 5
+        while publisher._connection is first or not publisher.is_ready:
+            assert time.monotonic() < deadline, "the publisher did not reconnect after a queue's run of refusals"
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
 async def test_channel_closed_by_broker_fails_pending_then_recovers(topology: Topology) -> None:
     queue = topology.messages.name
     async with running(AMQP_URL, topology, timeout=10.0) as publisher:
