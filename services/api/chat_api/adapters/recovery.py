@@ -68,11 +68,10 @@ never will. Until it is committed or dead-lettered, ``M`` is in one of these pla
   ``H4``: (c).
 - *Deferred* (in a retry tier, or back in ``q`` behind newer messages): its ledger entry was written before the
   writer let go of it and is removed only once it is committed or dead-lettered: (a). If the ledger itself was
-  lost at ``V <= deferred_since``, a message deferred before ``V`` was due by ``V + longest delay``. Ready in its
-  tier at ``Q1``: (f). Held by a writer at ``Q1``: by the drain assumption it was back in ``q`` by ``V + longest
-  delay + 1 s <= E <= Q1`` and is covered like any message ready in ``q``. Requeued into its tier after ``Q1`` (its
-  writer's connection closed): that changed a session or a consumer count, (e). A loss during the round changes
-  ``deferred_since``.
+  lost at ``V <= deferred_since``, a message deferred before ``V`` was due by ``V + longest delay``: if a writer
+  held it, it was back in ``q`` by ``V + longest delay + 1 s <= E <= Q1`` (the drain assumption) and is covered like
+  any message ready in ``q``; if none did, it was still ready in its tier at ``Q1``: (f). A loss during the round
+  changes ``deferred_since``.
 - *In an API process:* sent and confirmed, sent and given up (then in ``q`` like the others), or never sent,
   by ``s + grace < E``.
 
