@@ -14,7 +14,8 @@ cluster separated by commas. :class:`BrokerNodes` parses it once and hands out p
   (numbering recovery, ``/status``, queue migration, tools).
 
 Blocking callers use :meth:`BrokerNodes.connect_blocking`; asyncio callers (``chat_api``'s publisher and stream
-subscriber) drive :meth:`BrokerNodes.keep_connected` with a coroutine that serves one node's connection.
+subscriber) drive :meth:`BrokerNodes.keep_connected` with a coroutine that serves one node's connection, opened with
+:func:`asyncio_connection`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pika
 import pika.exceptions
+from pika.adapters.asyncio_connection import AsyncioConnection
 
 from chat_common.config import Settings
 
@@ -130,6 +132,14 @@ class BrokerNodes:
         assert failure is not None
         raise failure
 
+    def count_queues(self, names: Iterable[str]) -> dict[str, tuple[int, int] | None]:
+        """:func:`queue_counts` over a short blocking connection of its own (to the first node that answers)."""
+        connection = self.connect_blocking()
+        try:
+            return queue_counts(connection, names)
+        finally:
+            connection.close()
+
     async def keep_connected(
         self,
         serve: Callable[[pika.URLParameters], Awaitable[bool]],
@@ -155,6 +165,22 @@ class BrokerNodes:
                 continue  # another node may answer: try it at once
             await sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+def asyncio_connection(
+    parameters: pika.URLParameters,
+    on_open: Callable[[AsyncioConnection], None],
+    on_over: Callable[[AsyncioConnection, BaseException], None],
+) -> AsyncioConnection:
+    """pika's asyncio connection on the running event loop: ``on_open(connection)`` once it is open,
+    ``on_over(connection, reason)`` when it failed to open or closed."""
+    return AsyncioConnection(
+        parameters,
+        on_open_callback=on_open,
+        on_open_error_callback=on_over,
+        on_close_callback=on_over,
+        custom_ioloop=asyncio.get_running_loop(),
+    )
 
 
 NOT_FOUND = 404

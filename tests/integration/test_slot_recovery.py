@@ -204,8 +204,9 @@ async def test_a_writer_holding_a_message_from_before_the_loss_keeps_the_slot_cl
         connection.close()
 
 
-async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_closed_until_it_is_settled(parts):
-    recovery, client, keys, _ = parts
+async def _lose_a_slot_past_the_evidence_time(recovery, client, keys) -> tuple[int, float]:
+    """An application whose slot opened, then lost its epoch, with the ledger complete for long; waits until the
+    precise rule's evidence time has passed. Returns the application and when its slot was lost."""
     (app,) = _apps_in_distinct_slots(1)
     assert await recovery.attempt(app)
     await client.set(keys.deferred_since, "1.0")
@@ -213,6 +214,12 @@ async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_clo
     assert not await recovery.attempt(app)
     lost = time.time()
     await asyncio.sleep(2 * GRACE + 0.2)
+    return app, lost
+
+
+async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_closed_until_it_is_settled(parts):
+    recovery, client, keys, _ = parts
+    app, lost = await _lose_a_slot_past_the_evidence_time(recovery, client, keys)
     # The ledger alone (the retry queues cannot be read): an entry from before the loss keeps the precise rule shut.
     await client.zadd(keys.deferred, {"a-retried-message": lost - 1, "a-newer-one": lost + 3600})
     assert not await recovery._settled(lost)
@@ -248,13 +255,7 @@ async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_clo
 async def test_a_message_ready_in_a_retry_tier_keeps_the_precise_rule_shut_even_without_a_ledger_entry(parts):
     """Condition (f): a ledger lost with Redis no longer accounts for it, and no writer holds it to report it."""
     recovery, client, keys, _ = parts
-    (app,) = _apps_in_distinct_slots(1)
-    assert await recovery.attempt(app)
-    await client.set(keys.deferred_since, "1.0")
-    await client.delete(keys.epoch_of(app))
-    assert not await recovery.attempt(app)
-    lost = time.time()
-    await asyncio.sleep(2 * GRACE + 0.2)
+    _, lost = await _lose_a_slot_past_the_evidence_time(recovery, client, keys)
     queue = recovery.topology.chats
     connection = recovery.broker.connect_blocking()
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,6 +14,7 @@ import pytest
 
 from chat_common.broker import API, CHECK, WRITER, BrokerNodes, node_parameters, parse_urls
 from chat_common.config import Settings
+from chat_devtools.rabbit_cluster import LoopbackCertificates
 
 
 @pytest.fixture(autouse=True)
@@ -103,14 +103,7 @@ def test_asynchronous_callers_fail_over_at_once_and_back_off_only_after_a_whole_
 @pytest.fixture(scope="module")
 def ca_file(tmp_path_factory) -> Path:
     """A self-signed CA certificate (PEM), made with the openssl command line."""
-    directory = tmp_path_factory.mktemp("ca")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(directory / "ca.key"), "-out", str(directory / "ca.pem"), "-days", "1",
-         "-subj", "/CN=chat-system test CA"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return directory / "ca.pem"
+    return LoopbackCertificates(tmp_path_factory.mktemp("ca")).ca
 
 
 def _trusted(parameters) -> list[str]:

@@ -164,8 +164,10 @@ POISON = b'{"id": 0, "poison": true}'
 QUEUE = Topology("t", (1, 5, 30)).messages
 
 
-def run(messages, handler, *, max_attempts=40, hooks=(), batch_size=500, tiers=None):
+def run(messages, handler, *, max_attempts=40, hooks=(), batch_size=500, tiers=None, existing=()):
+    """Run the loop over ``messages`` (and ``tiers``) on a fake broker where the queues ``existing`` exist already."""
     broker = FakeBroker([(m, 0) if isinstance(m, bytes) else m for m in messages], tiers)
+    broker.existing.update(existing)
     consumer = BatchConsumer(
         broker=BrokerNodes("amqp://unused", WRITER),
         queue=QUEUE,
@@ -403,16 +405,5 @@ def test_a_tier_message_not_yet_due_is_held_reported_and_left_to_the_broker_when
 
 
 def test_every_tier_is_consumed_and_an_old_ttl_tier_only_while_it_exists():
-    broker = FakeBroker([(row(1), 0)])
-    broker.existing.add(QUEUE.name + ".retry.5s")  # left by an earlier version
-    consumer = BatchConsumer(
-        broker=BrokerNodes("amqp://unused", WRITER),
-        queue=QUEUE,
-        handler=FakeDatabase(),
-        transient_errors=(Transient,),
-        max_wait=0.0,
-        connect=lambda _parameters: broker,
-    )
-    broker.consumer = consumer
-    consumer.run()
+    broker = run([row(1)], FakeDatabase(), existing=[QUEUE.name + ".retry.5s"])  # left by an earlier version
     assert set(broker.consumers) == {QUEUE.name, *QUEUE.retry_queues, QUEUE.name + ".retry.5s"}

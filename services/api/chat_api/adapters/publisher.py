@@ -33,7 +33,7 @@ from pika.channel import Channel
 
 from chat_api.adapters.pika_callbacks import guarded
 from chat_common.batches import PUBLISHED_AT_HEADER, stamp_header
-from chat_common.broker import BrokerNodes
+from chat_common.broker import BrokerNodes, asyncio_connection
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +181,8 @@ class ConfirmingPublisher:
         try:
             # Once per connection, before ready; in a thread because a blocking connection would stall the loop.
             await asyncio.to_thread(self._declare_with_blocking_connection, params)
-            loop = asyncio.get_running_loop()
-            self._over = over = loop.create_future()
-            self._connection = AsyncioConnection(
-                params,
-                on_open_callback=self._on_open,
-                on_open_error_callback=self._on_connection_over,
-                on_close_callback=self._on_connection_over,
-                custom_ioloop=loop,
-            )
+            self._over = over = asyncio.get_running_loop().create_future()
+            self._connection = asyncio_connection(params, self._on_open, self._on_connection_over)
             await asyncio.shield(over)  # shielded: close() still waits for it after cancelling this task
         except asyncio.CancelledError:
             raise

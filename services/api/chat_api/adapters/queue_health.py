@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as redis
 
-from chat_common.broker import BrokerNodes, queue_counts
+from chat_common.broker import BrokerNodes
 from chat_common.keys import RedisKeys
 from chat_common.retry_tiers import parse_overdue_report
 from chat_common.topology import Topology
@@ -106,11 +106,7 @@ class QueueHealth:
 
     def _counts(self) -> dict[str, tuple[int, int] | None]:
         tiers, dead = self._names()
-        connection = self.broker.connect_blocking()
-        try:
-            return queue_counts(connection, [*tiers, *dead])
-        finally:
-            connection.close()
+        return self.broker.count_queues([*tiers, *dead])
 
     def _build(self, counts: dict, reports: dict, now: float) -> QueueSnapshot:
         tiers, dead = self._names()

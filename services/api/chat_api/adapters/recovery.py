@@ -118,7 +118,7 @@ from sqlalchemy.dialects.mysql import insert
 
 from chat_api.adapters.database import Database
 from chat_api.model import Unavailable
-from chat_common.broker import BrokerNodes, queue_counts
+from chat_common.broker import BrokerNodes
 from chat_common.idempotency import KEY_LIFETIME_SECONDS
 from chat_common.keys import RedisKeys, application_slot
 from chat_common.tables import system_markers
@@ -461,11 +461,7 @@ class NumberingRecovery:
 
     def _queue_counts(self) -> dict[str, tuple[int, int]]:
         """(ready messages, consumers) of every work queue and retry tier; a missing queue counts as empty."""
-        connection = self.broker.connect_blocking()
-        try:
-            counts = queue_counts(connection, [name for name, _ in self._queue_names()])
-        finally:
-            connection.close()
+        counts = self.broker.count_queues([name for name, _ in self._queue_names()])
         return {name: count or (0, 0) for name, count in counts.items()}
 
     @staticmethod

@@ -23,7 +23,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 
 from chat_api.adapters.pika_callbacks import guarded
-from chat_common.broker import BrokerNodes
+from chat_common.broker import BrokerNodes, asyncio_connection
 from chat_common.topology import declare_announcements
 
 log = logging.getLogger(__name__)
@@ -106,16 +106,9 @@ class AnnouncementSubscriber:
     async def _connect_and_serve(self, params: pika.URLParameters) -> bool:
         """Connect to one node and return when that connection is over; True if it became ready."""
         self._was_ready = False
-        loop = asyncio.get_running_loop()
-        self._over = over = loop.create_future()
+        self._over = over = asyncio.get_running_loop().create_future()
         try:
-            self._connection = AsyncioConnection(
-                params,
-                on_open_callback=self._on_open,
-                on_open_error_callback=self._on_connection_over,
-                on_close_callback=self._on_connection_over,
-                custom_ioloop=loop,
-            )
+            self._connection = asyncio_connection(params, self._on_open, self._on_connection_over)
             await asyncio.shield(over)
         except asyncio.CancelledError:
             raise
