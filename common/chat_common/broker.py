@@ -100,9 +100,6 @@ class BrokerNodes:
         """The nodes of ``RABBITMQ_URL``, verified with ``RABBITMQ_CA_FILE`` if set."""
         return cls(settings.rabbitmq_url, profile, settings.rabbitmq_ca_file)
 
-    def __len__(self) -> int:
-        return len(self.urls)
-
     def parameters(self, index: int) -> pika.URLParameters:
         """Connection parameters of node ``index`` (in ``RABBITMQ_URL`` order)."""
         return node_parameters(self.urls[index], self.profile, self.ca_file)
