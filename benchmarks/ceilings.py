@@ -21,6 +21,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
 
 from chat_api.adapters.numbering import NUMBERING_SCRIPT
+from chat_common.broker import BrokerNodes
 from chat_common.keys import RedisKeys
 from message_writer.handler import UPSERT_MESSAGES
 
@@ -128,7 +129,7 @@ def publish_confirmed(amqp_url: str, queue: str, body: bytes, count: int, window
         )
 
     connection = pika.SelectConnection(
-        pika.URLParameters(amqp_url),
+        BrokerNodes(amqp_url).parameters(0),
         on_open_callback=lambda conn: conn.channel(on_open_callback=lambda ch: on_channel(ch, conn)),
         on_close_callback=lambda conn, _reason: conn.ioloop.stop(),
     )
@@ -142,7 +143,7 @@ def consume_only(amqp_url: str, queue: str, count: int, batch_size: int) -> Rate
 
     The broker-side and pika-side cost of the writer's consumption alone, without decoding or the database.
     """
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection = BrokerNodes(amqp_url).connect_blocking()
     state = {"seen": 0}
     try:
         channel = connection.channel()
@@ -164,7 +165,7 @@ def consume_only(amqp_url: str, queue: str, count: int, batch_size: int) -> Rate
 
 def publish_unconfirmed(amqp_url: str, queue: str, body: bytes, count: int) -> Rate:
     """Persistent publishes without confirms (the broker has accepted nothing durable when this returns)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection = BrokerNodes(amqp_url).connect_blocking()
     try:
         channel = connection.channel()
         with _Clock() as clock:

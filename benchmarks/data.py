@@ -14,6 +14,7 @@ import pika
 from sqlalchemy import Engine, text
 
 from benchmarks.ceilings import pymysql_connection
+from chat_common.broker import BrokerNodes
 from chat_common.contracts import MessageUpsert
 
 # fmt: off
@@ -91,7 +92,7 @@ def message_payloads(app_id: int, chat_numbers: Iterable[int], per_chat: int) ->
 def prefill_queue(amqp_url: str, queue: str, payloads: Iterable[bytes]) -> int:
     """Publish persistent messages without confirms, then wait until the queue holds all of them."""
     properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection = BrokerNodes(amqp_url).connect_blocking()
     try:
         channel = connection.channel()
         start = channel.queue_declare(queue, passive=True).method.message_count
@@ -107,7 +108,7 @@ def prefill_queue(amqp_url: str, queue: str, payloads: Iterable[bytes]) -> int:
 
 def queue_depth(amqp_url: str, queue: str) -> int:
     """Messages ready in a queue (not counting those delivered and unacknowledged)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection = BrokerNodes(amqp_url).connect_blocking()
     try:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:

@@ -29,13 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import pika
 import redis
 from sqlalchemy import text
 
 from benchmarks import ceilings, cluster, data, report, streams
 from benchmarks.loadgen import HttpResult, paced_posts, quantile, require_wrk, wrk
 from benchmarks.system import PeakMemory, Stack, peak_rss_mb
+from chat_common.broker import BrokerNodes
 from chat_common.config import Settings
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys, dirty_chat_mark
@@ -332,7 +332,7 @@ class Bench:
             f" {out['redis_script_pipelined_100']['per_second']:.0f}/s pipelined by 100"
         )
         queue = f"{s.queue_prefix}.ceiling"
-        connection = pika.BlockingConnection(pika.URLParameters(s.rabbitmq_url))
+        connection = BrokerNodes(s.rabbitmq_url).connect_blocking()
         channel = connection.channel()
         channel.queue_declare(queue, durable=True)
         body = (
@@ -462,7 +462,7 @@ class Bench:
     def consume_ceiling(self, payloads, count: int) -> ceilings.Rate:
         """The writer's consumption alone: the same messages from a queue of their own, consumed and acked."""
         queue = f"{self.settings.queue_prefix}.ceiling"
-        connection = pika.BlockingConnection(pika.URLParameters(self.settings.rabbitmq_url))
+        connection = BrokerNodes(self.settings.rabbitmq_url).connect_blocking()
         try:
             connection.channel().queue_declare(queue, durable=True)
             data.prefill_queue(self.settings.rabbitmq_url, queue, payloads)
@@ -756,7 +756,7 @@ class Bench:
     def conditions(self) -> dict:
         """What the figures were measured on."""
         s = self.settings
-        connection = pika.BlockingConnection(pika.URLParameters(s.rabbitmq_url))
+        connection = BrokerNodes(s.rabbitmq_url).connect_blocking()
         rabbit = connection._impl.server_properties.get("version", b"?")
         connection.close()
         with self.engine.connect() as conn:

@@ -3,7 +3,7 @@
 RELIABILITY_RESULTS_DIR ?= $(CURDIR)/.run/reliability
 export RELIABILITY_RESULTS_DIR
 
-.PHONY: openapi-validate fuzz hostile security chaos soak reliability reliability-report
+.PHONY: openapi-validate fuzz hostile security chaos soak cluster-failover reliability reliability-report
 
 openapi-validate: venv ## validate services/api/chat_api/openapi.json (OpenAPI 3)
 	$(BIN)/openapi-spec-validator services/api/chat_api/openapi.json
@@ -23,10 +23,14 @@ chaos: venv ## kill writers, RabbitMQ, Redis, MariaDB under load, with long outa
 soak: venv ## 10-minute soak (SOAK_SECONDS=600): memory, fds, threads and connections must not grow
 	SOAK_SECONDS=$(or $(SOAK_SECONDS),600) $(BIN)/python -m pytest tests/chaos/test_soak.py
 
+cluster-failover: venv ## broker failover on a 3-node loopback RabbitMQ cluster, then its section of docs/reliability.md
+	status=0; $(BIN)/python -m pytest tests/cluster/test_rabbit_failover.py || status=$$?; \
+	  $(BIN)/python -m chat_devtools.reliability_report --results $(RELIABILITY_RESULTS_DIR) --keep && exit $$status
+
 reliability-report: venv ## regenerate docs/reliability.md from the last results in $(RELIABILITY_RESULTS_DIR)
 	$(BIN)/python -m chat_devtools.reliability_report --results $(RELIABILITY_RESULTS_DIR)
 
 reliability: venv ## every reliability suite (short versions), then regenerate docs/reliability.md from its results
 	rm -rf $(RELIABILITY_RESULTS_DIR)
-	status=0; $(BIN)/python -m pytest tests/reliability tests/chaos || status=$$?; \
+	status=0; $(BIN)/python -m pytest tests/reliability tests/chaos tests/cluster/test_rabbit_failover.py || status=$$?; \
 	  $(BIN)/python -m chat_devtools.reliability_report --results $(RELIABILITY_RESULTS_DIR) && exit $$status

@@ -11,6 +11,9 @@ ATTEMPT_HEADER = "x-attempt"
 # number or version was handed out; kept on every retry and dead-letter hop, so numbering recovery can tell messages
 # from before a Redis loss from later ones.
 PUBLISHED_AT_HEADER = "x-published-at-ms"
+# Unix time (integer milliseconds) a message in a retry tier is due back in its work queue; set by the writer that
+# sends it to the tier, read by the writers that drain the tier (chat_common.retry_tiers), kept across redeliveries.
+DUE_AT_HEADER = "x-due-at-ms"
 
 
 def stamp_header(at: float) -> int:

@@ -35,6 +35,8 @@ class Settings:
     database_read_max_lag_seconds: float = 5.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    # PEM file of the CA that signed the brokers' certificates, for amqps:// URLs (unset: the system's CA store).
+    rabbitmq_ca_file: str | None = None
     elasticsearch_url: str | None = None
     admin_api_key: str | None = field(default=None, repr=False)
     # Namespaces, so that tests, benchmarks and `make run` can share one Redis and one broker.
@@ -79,6 +81,14 @@ class Settings:
     writer_max_wait_seconds: float = 0.2
     writer_retry_delays_seconds: tuple[int, ...] = (1, 5, 30)
     writer_max_attempts: int = 40
+    # Messages a writer holds per retry tier while they wait to be due (chat_common.retry_tiers).
+    writer_retry_prefetch: int = 1000
+    # A retry-tier message held this long past its due time, or a tier with messages and no writer draining it,
+    # shows as overdue on the API's /status (the chart's ChatRetryTierOverdue alert has its own threshold).
+    retry_overdue_margin_seconds: float = 30.0
+    # Test-only fault injection, off (0) by default: the writers send this fraction of first and second attempts to
+    # the retry tiers instead of applying them, as if their chat were not written yet (tests/cluster).
+    test_fault_writer_retry_ratio: float = 0.0
     metrics_port: int = 0  # writers and the operator serve /metrics here when non-zero
     # Count sync.
     counts_batch_size: int = 1000

@@ -3,12 +3,15 @@
 Guarantees: a message is acknowledged only after the batch holding it is committed; a batch is flushed
 when it reaches ``batch_size`` or its first message is ``max_wait`` seconds old; transient failures
 (database or broker down) are retried with backoff while the batch is held; messages the handler asks to
-retry go to a delayed-retry queue and those it cannot ever apply to the dead-letter queue; SIGTERM finishes
+retry go to a retry tier and those it cannot ever apply to the dead-letter queue; SIGTERM finishes
 the batch in hand, acknowledges it and closes. Broker restarts are survived by reconnecting with backoff.
 
-Several broker nodes: ``amqp_url`` may list several URLs, comma-separated (the nodes of a RabbitMQ cluster), or
-name one address in front of them (a Kubernetes Service). After a lost connection the loop reconnects starting
-with the node *after* the one it lost, so a crashed node costs one refused connection, not one per attempt.
+The loop also drains its queue's retry tiers: :class:`chat_common.retry_tiers.RetryDrainer`, on channels of its own
+on the same connection, holds each tier message until it is due and returns it to the work queue (confirmed, then
+acknowledged). What it holds counts as held by the loop (:class:`LoopState`).
+
+Several broker nodes (``RABBITMQ_URL`` listing a cluster's nodes, or one address in front of them): connections
+come from :class:`chat_common.broker.BrokerNodes`, which starts with the node *after* the one last lost.
 Deliveries held when the connection died are dropped unacknowledged (the broker delivers them again, perhaps
 through another node); the handler's upserts are idempotent, so a redelivered batch stores nothing twice.
 
@@ -41,7 +44,9 @@ from chat_common.batches import (
     decode_batch,
     read_stamp,
 )
+from chat_common.broker import BrokerNodes
 from chat_common.poison import apply_isolating_poison
+from chat_common.retry_tiers import RetryDrainer
 from chat_common.routing import Routing, route, send
 from chat_common.topology import WorkQueue
 
@@ -65,8 +70,9 @@ class LoopState:
 
     consumer_id: str
     queue: WorkQueue
-    held: int  # deliveries received and not yet acknowledged
+    held: int  # deliveries received and not yet acknowledged (of the work queue and of its retry tiers)
     connection: object  # the broker connection (the depth sampler opens a short-lived channel on it)
+    retry_overdue: float = 0.0  # seconds the most overdue held retry-tier message was late (chat_common.retry_tiers)
     # For numbering recovery (see chat_api.adapters.recovery), reported in the writer heartbeat:
     oldest: float | None = None  # lowest publish stamp among the held deliveries (None: holds nothing)
     last: float = 0.0  # publish stamp of the latest first-attempt delivery received
@@ -100,31 +106,13 @@ class ConsumerHook:
         """The loop left a connection after finishing the batch in hand (stop requested)."""
 
 
-def broker_urls(amqp_url: str) -> list[str]:
-    """The nodes named by ``RABBITMQ_URL``: one URL, or several separated by commas."""
-    urls = [url.strip() for url in amqp_url.split(",") if url.strip()]
-    if not urls:
-        raise ValueError("RABBITMQ_URL names no broker")
-    return urls
-
-
-def connect_blocking(amqp_url: str):
-    """A pika blocking connection to one node, with the heartbeat and timeouts the writers use."""
-    params = pika.URLParameters(amqp_url)
-    params.heartbeat = 30
-    params.blocked_connection_timeout = 60
-    params.socket_timeout = 5  # a node that does not answer (no RST: a partition) must not hold up the next one
-    params.connection_attempts = 1
-    return pika.BlockingConnection(params)
-
-
 class BatchConsumer:
     """Consume one work queue in batches; see the module docstring for the guarantees."""
 
     def __init__(
         self,
         *,
-        amqp_url: str,
+        broker: BrokerNodes,
         queue: WorkQueue,
         handler: BatchHandler,
         transient_errors: tuple[type[BaseException], ...],
@@ -133,11 +121,10 @@ class BatchConsumer:
         max_attempts: int = 40,
         declare: Callable[[object], None] | None = None,
         hooks: Sequence[ConsumerHook] = (),
-        connect: Callable[[str], object] = connect_blocking,
+        retry_prefetch: int = 1000,
+        connect: Callable[[pika.URLParameters], object] = pika.BlockingConnection,
     ) -> None:
-        self.amqp_url = amqp_url
-        self.urls = broker_urls(amqp_url)
-        self._next_url = 0  # index of the node tried first on the next connect
+        self.broker = broker  # the nodes, with the writers' connection profile (chat_common.broker.WRITER)
         self.queue = queue
         self.handler = handler
         self.transient_errors = transient_errors
@@ -146,7 +133,8 @@ class BatchConsumer:
         self.max_attempts = max_attempts
         self.declare = declare or queue.declare
         self.hooks = list(hooks)
-        self.connect = connect
+        self.connect = connect  # pika's BlockingConnection (a fake of it in unit tests)
+        self.drainer = RetryDrainer(queue, retry_prefetch)
         self.consumer_id = f"{queue.name}|{uuid.uuid4().hex[:12]}"
         self.should_stop = False
         self._buffer: list[Delivery] = []
@@ -175,6 +163,7 @@ class BatchConsumer:
             except (pika.exceptions.AMQPError, OSError) as exc:
                 # Tags from a dead channel mean nothing on the next one; the broker redelivers those messages.
                 self._buffer.clear()
+                self.drainer.held.clear()
                 log.warning("broker connection lost (%s); reconnecting in %.1fs", exc.__class__.__name__, backoff)
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -186,32 +175,24 @@ class BatchConsumer:
             time.sleep(min(0.1, deadline - time.monotonic()))
 
     def _state(self, connection) -> LoopState:
-        oldest = min((d.published_at for d in self._buffer), default=None)
+        stamps = [d.published_at for d in self._buffer]
+        held_in_tiers = self.drainer.held.oldest_stamp()
+        oldest = min([*stamps, held_in_tiers] if held_in_tiers is not None else stamps, default=None)
         return LoopState(
-            self.consumer_id, self.queue, len(self._buffer), connection, oldest, self._last, self._firsts, self._session
+            self.consumer_id,
+            self.queue,
+            len(self._buffer) + len(self.drainer.held),
+            connection,
+            self.drainer.overdue,
+            oldest,
+            self._last,
+            self._firsts,
+            self._session,
         )
 
     # -- the loop --------------------------------------------------------------------------------------------
-    def _connect_any(self):
-        """Connect to the first node that answers, in turn from ``_next_url``; raise the last failure if none does."""
-        failure: BaseException | None = None
-        for offset in range(len(self.urls)):
-            index = (self._next_url + offset) % len(self.urls)
-            try:
-                connection = self.connect(self.urls[index])
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                failure = exc
-                continue
-            # Whatever happens to this connection, the next attempt starts with another node.
-            self._next_url = (index + 1) % len(self.urls)
-            if len(self.urls) > 1:
-                log.info("connected to broker node %d of %d", index + 1, len(self.urls))
-            return connection
-        assert failure is not None
-        raise failure
-
     def _consume(self) -> None:
-        connection = self._connect_any()
+        connection = self.broker.connect_blocking(self.connect)
         self._session += 1
         try:
             channel = connection.channel()
@@ -224,19 +205,22 @@ class BatchConsumer:
             # the channel stays open, so without this the loop would wait for deliveries that never come.
             channel.add_on_cancel_callback(cancelled.append)
             channel.basic_consume(self.queue.name, self._on_message)
-            log.info("consuming %s as %s", self.queue.name, self.consumer_id)
+            self.drainer.attach(connection)  # after the work queue: a writer of the queue drains its tiers
+            log.info("consuming %s and its retry tiers as %s", self.queue.name, self.consumer_id)
             while not self.should_stop:
                 if not channel.is_open or not retry_channel.is_open:
                     # A channel the broker closed does not make the connection raise: reconnect explicitly.
                     raise pika.exceptions.ChannelWrongStateError("a channel was closed by the broker")
                 if cancelled:
                     raise pika.exceptions.ChannelWrongStateError("the broker cancelled the consumer")
+                self.drainer.check()
                 wait = self.max_wait - (time.monotonic() - self._first_at) if self._buffer else 0.25
                 connection.process_data_events(time_limit=max(wait, 0.0))
                 if self._buffer and (
                     len(self._buffer) >= self.batch_size or time.monotonic() - self._first_at >= self.max_wait
                 ):
                     self._flush(connection, channel, retry_channel)
+                self.drainer.release()
                 state = self._state(connection)
                 for hook in self.hooks:
                     hook.on_iteration(state)
@@ -286,6 +270,7 @@ class BatchConsumer:
                 return
             except self.transient_errors as exc:
                 log.warning("batch of %d held: %s; retrying in %.1fs", len(batch), exc, backoff)
+                self.drainer.release()  # retried messages keep coming back while this batch waits
                 connection.sleep(backoff)
                 if self.should_stop:  # leave the batch to the broker: it is redelivered, and committed again
                     raise pika.exceptions.ConnectionClosedByClient(200, "stopping with an unrouted batch") from None
@@ -301,6 +286,7 @@ class BatchConsumer:
                 for hook in self.hooks:
                     hook.on_batch_failed(self.queue, batch, exc)
                 log.warning("batch of %d failed (%s); retrying in %.1fs", len(batch), exc, backoff)
+                self.drainer.release()  # retried messages keep coming back while this batch waits
                 connection.sleep(backoff)  # keeps the broker heartbeat alive while we wait
                 if self.should_stop:
                     return None

@@ -5,7 +5,7 @@
   recovery reads it).
 - :class:`DeferralLedger`: keeps account, in Redis, of the messages sent to a retry tier until they are committed
   (numbering recovery reads it instead of the retry queues).
-- :class:`QueueDepthSampler`: exports the ready count of the work, retry and dead-letter queues.
+- :class:`QueueDepthSampler`: exports the ready and consumer counts of the work, retry and dead-letter queues.
 - :class:`PeriodicChore`: a writer's own periodic task (the message-writer drains its search backlog).
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from chat_common import metrics
 from chat_common.batches import Delivery
+from chat_common.broker import queue_counts
 from chat_common.consumer import ConsumerHook, LoopState
 from chat_common.routing import Routing
 from chat_common.topology import WorkQueue
@@ -42,7 +43,10 @@ class Every:
 
 
 class WriterMetrics(ConsumerHook):
-    """Prometheus counters and histograms of a writer, labelled by queue."""
+    """Prometheus counters, histograms and gauges of a writer, labelled by queue."""
+
+    def on_iteration(self, state: LoopState) -> None:  # noqa: D102
+        metrics.WRITER_RETRY_OVERDUE.labels(state.queue.name).set(state.retry_overdue)
 
     def on_message(self, queue: WorkQueue, delivery: Delivery) -> None:  # noqa: D102
         metrics.WRITER_CONSUMED.labels(queue.name).inc()
@@ -92,7 +96,8 @@ class HeartbeatHook(ConsumerHook):
 
 
 class QueueDepthSampler(ConsumerHook):
-    """Every ``every`` seconds, the ready count of the work, retry and dead-letter queues (for autoscaling views)."""
+    """Every ``every`` seconds, the ready and consumer counts of the work, retry and dead-letter queues (autoscaling
+    views; a retry tier holding messages with no consumer is an alert: nothing would take them back)."""
 
     def __init__(self, every: float = 5.0) -> None:
         self.every = Every(every)
@@ -101,16 +106,12 @@ class QueueDepthSampler(ConsumerHook):
         if not self.every.due():
             return
         queue = state.queue
-        names = [(queue.name, "work"), (queue.dead_letter, "dead")]
-        names += [(name, "retry") for name in queue.retry_queues]
-        channel = state.connection.channel()
-        try:
-            for name, kind in names:
-                ok = channel.queue_declare(name, passive=True).method
-                metrics.QUEUE_DEPTH.labels(name, kind).set(ok.message_count)
-        finally:
-            if channel.is_open:
-                channel.close()
+        kinds = {queue.name: "work", queue.dead_letter: "dead"}
+        kinds |= {name: "retry" for name in (*queue.retry_queues, *queue.legacy_retry_queues)}
+        for name, counts in queue_counts(state.connection, kinds).items():
+            if counts is not None:  # a tier of an earlier version is sampled while it exists
+                metrics.QUEUE_DEPTH.labels(name, kinds[name]).set(counts[0])
+                metrics.QUEUE_CONSUMERS.labels(name, kinds[name]).set(counts[1])
 
 
 class PeriodicChore(ConsumerHook):

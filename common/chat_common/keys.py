@@ -132,6 +132,12 @@ class RedisKeys:
         return f"{self.prefix}{META_TAG}:writers"
 
     @property
+    def retry_overdue(self) -> str:
+        """Hash writer-id -> ``"<seconds>:<unix time>"``: how late the most overdue retry-tier message the writer
+        held was, and when it said so (every heartbeat; the API's /status reads it)."""
+        return f"{self.prefix}{META_TAG}:retry_overdue"
+
+    @property
     def deferred(self) -> str:
         """Sorted set: digest of each message a writer sent to a retry tier -> its publish stamp, removed once the
         message is committed or dead-lettered (numbering recovery cannot read the retry queues themselves)."""

@@ -31,7 +31,13 @@ WRITER_WRITE_SECONDS = Histogram(
     "chat_writer_write_duration_seconds", "Time to apply and commit one batch", ["queue"], buckets=LATENCY_BUCKETS
 )
 WRITER_REDELIVERED = Counter("chat_writer_redelivered_total", "Deliveries the broker marked as redelivered", ["queue"])
-WRITER_RETRIED = Counter("chat_writer_retried_total", "Messages sent to a delayed-retry queue", ["queue"])
+WRITER_RETRIED = Counter("chat_writer_retried_total", "Messages sent to a retry tier", ["queue"])
+WRITER_RETRY_OVERDUE = Gauge(
+    "chat_writer_retry_overdue_seconds",
+    "How late the most overdue retry-tier message this writer holds was at its last turn (0: none overdue)",
+    ["queue"],  # the work queue whose tiers the writer drains
+    multiprocess_mode="max",
+)
 WRITER_DEAD_LETTERED = Counter(
     "chat_writer_dead_lettered_total", "Messages sent to the dead-letter queue", ["queue", "reason"]
 )
@@ -42,6 +48,12 @@ WRITER_BATCH_FAILURES = Counter(
 QUEUE_DEPTH = Gauge(
     "chat_queue_messages",
     "Ready messages in a queue, sampled by the writer consuming it",
+    ["queue", "kind"],  # kind: work, retry or dead
+    multiprocess_mode="max",
+)
+QUEUE_CONSUMERS = Gauge(
+    "chat_queue_consumers",
+    "Consumers of a queue as the broker counts them, sampled by a writer of its work queue",
     ["queue", "kind"],  # kind: work, retry or dead
     multiprocess_mode="max",
 )

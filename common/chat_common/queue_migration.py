@@ -8,8 +8,13 @@ loses nothing: running it again finishes the job (a message may then be moved tw
 upserts store it once). Queues that already have the right arguments, or do not exist, are left alone, so it is a
 no-op on a migrated or fresh broker (it declares nothing there); `make migrate` (hence `make run`) runs it.
 
+Retry tiers of earlier versions (``<queue>.retry.<d>s``, TTL queues; see :mod:`chat_common.topology`) are emptied
+into their work queue (their messages are retried a little early, attempt and stamps kept) and deleted. Writers
+drain those tiers while they exist, so a rolling upgrade needs none of this; it only tidies up afterwards.
+
 Run it with the API and the writers stopped: while the old queue is gone, a create would find no queue and answer
-503. Retry tiers' messages start their delay afresh.
+503 (and a writer of an earlier version would fail to send a retry to a deleted tier). Retry tiers' messages start
+their delay afresh.
 
     python -m chat_common.queue_migration        # uses RABBITMQ_URL, QUEUE_PREFIX, QUEUE_TYPE, retry delays
 """
@@ -22,9 +27,9 @@ import sys
 import pika
 import pika.exceptions
 
+from chat_common.broker import WRITER, BrokerNodes
 from chat_common.config import Settings
-from chat_common.consumer import broker_urls, connect_blocking
-from chat_common.topology import PRECONDITION_FAILED, QUORUM, Topology
+from chat_common.topology import PRECONDITION_FAILED, QUORUM, Topology, WorkQueue
 
 log = logging.getLogger(__name__)
 HOLDING_SUFFIX = ".migrating"
@@ -80,9 +85,10 @@ def _exists(connection, name: str) -> bool:
 
 
 def migrate(settings: Settings) -> list[str]:
-    """Bring every queue of the deployment to its configured arguments; returns the names of the queues migrated."""
+    """Bring every queue of the deployment to its configured arguments and empty the retry tiers of earlier versions
+    into their work queues; returns the names of the queues migrated or deleted."""
     topology = Topology.from_settings(settings)
-    connection = _connect(settings.rabbitmq_url)
+    connection = _connect(settings)
     migrated = []
     try:
         for queue in (topology.chats, topology.messages):
@@ -104,20 +110,31 @@ def migrate(settings: Settings) -> list[str]:
                     moved = _move(connection, holding, name)
                     _delete_empty(connection, holding)
                     log.warning("queue %s is %s now (%d messages moved back)", name, settings.queue_type, moved)
+            migrated += _retire_legacy_tiers(connection, queue)
     finally:
         if connection.is_open:
             connection.close()
     return migrated
 
 
-def _connect(amqp_url: str):
-    failure: BaseException | None = None
-    for url in broker_urls(amqp_url):
-        try:
-            return connect_blocking(url)
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            failure = exc
-    raise BrokerUnreachable(f"no broker node answered: {failure!r}")
+def _retire_legacy_tiers(connection, queue: WorkQueue) -> list[str]:
+    """Move what the retry tiers of earlier versions hold into the work queue, then delete them; their names."""
+    retired = []
+    for tier in queue.legacy_retry_queues:
+        if not _exists(connection, tier):
+            continue
+        moved = _move(connection, tier, queue.name)
+        _delete_empty(connection, tier)
+        log.warning("retry tier %s of an earlier version deleted (%d messages moved to %s)", tier, moved, queue.name)
+        retired.append(tier)
+    return retired
+
+
+def _connect(settings: Settings):
+    try:
+        return BrokerNodes.from_settings(settings, WRITER).connect_blocking()
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise BrokerUnreachable(f"no broker node answered: {exc!r}") from exc
 
 
 class BrokerUnreachable(RuntimeError):

@@ -6,12 +6,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pika
 
-from chat_common.batches import ATTEMPT_HEADER, PUBLISHED_AT_HEADER, BatchResult, Delivery, stamp_header
+from chat_common.batches import (
+    ATTEMPT_HEADER,
+    DUE_AT_HEADER,
+    PUBLISHED_AT_HEADER,
+    BatchResult,
+    Delivery,
+    stamp_header,
+)
 from chat_common.topology import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -24,6 +32,7 @@ class Retry:
     delivery: Delivery
     queue: str  # the retry tier's queue name
     attempt: int  # 1-based: the attempt the message will be on when it comes back
+    delay: int = 0  # seconds it waits in the tier
 
 
 @dataclass
@@ -49,7 +58,7 @@ def route(batch: Sequence[Delivery], result: BatchResult, queue: WorkQueue, max_
         if attempt > max_attempts:
             gave_up.append((delivery, f"gave up after {max_attempts} attempts: {reason}"))
         else:
-            retries.append(Retry(delivery, queue.retry(attempt), attempt))
+            retries.append(Retry(delivery, queue.retry(attempt), attempt, queue.retry_delay(attempt)))
     routing = Routing(batch_size=len(batch), retries=retries, dead=[*result.dead, *gave_up])
     # The channel holds no other unacked tags, so acknowledging the highest tag still outstanding covers the
     # batch. Never a nacked tag: acknowledging it again makes the broker close the channel (406).
@@ -59,19 +68,18 @@ def route(batch: Sequence[Delivery], result: BatchResult, queue: WorkQueue, max_
     return routing
 
 
-def send(routing: Routing, channel, retry_channel) -> None:
-    """Publish the retries (confirmed, persistent), reject the dead (into ``<queue>.dead``), then ack the rest."""
+def send(routing: Routing, channel, retry_channel, clock: Callable[[], float] = time.time) -> None:
+    """Publish the retries (confirmed, persistent, due ``delay`` from now), reject the dead (into ``<queue>.dead``),
+    then ack the rest."""
     for retry in routing.retries:
-        retry_channel.basic_publish(
-            "",
-            retry.queue,
-            retry.delivery.body,
+        headers = {
+            ATTEMPT_HEADER: retry.attempt,
             # The publish stamp travels with the message through every tier (numbering recovery reads it).
-            pika.BasicProperties(
-                delivery_mode=2,
-                headers={ATTEMPT_HEADER: retry.attempt, PUBLISHED_AT_HEADER: stamp_header(retry.delivery.published_at)},
-            ),
-            mandatory=True,
+            PUBLISHED_AT_HEADER: stamp_header(retry.delivery.published_at),
+            DUE_AT_HEADER: stamp_header(clock() + retry.delay),
+        }
+        retry_channel.basic_publish(
+            "", retry.queue, retry.delivery.body, pika.BasicProperties(delivery_mode=2, headers=headers), mandatory=True
         )
     for delivery, reason in routing.dead:
         log.error("dead-lettering message (tag %s): %s", delivery.delivery_tag, reason)

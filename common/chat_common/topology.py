@@ -1,17 +1,25 @@
-"""RabbitMQ topology: durable work queues, delayed-retry tiers and dead-letter queues.
+"""RabbitMQ topology: durable work queues, retry tiers and dead-letter queues.
 
-Everything goes through the default exchange, routed by queue name. A retry tier is a queue without
-consumers whose TTL dead-letters messages back into the work queue, so a retry waits without holding
-a writer. A rejected (``nack`` without requeue) message dead-letters into ``<queue>.dead``.
+Everything goes through the default exchange, routed by queue name. A retry tier ``<queue>.delay.<d>s`` holds
+messages a writer asked to retry until their due time (header ``x-due-at-ms``); the writers of ``<queue>`` consume
+its tiers, hold each message until it is due and then publish it back to the work queue
+(:mod:`chat_common.retry_tiers`). A tier has no TTL and no dead-lettering: nothing leaves it but by a writer's
+confirmed publish and acknowledgement. A rejected (``nack`` without requeue) message dead-letters into
+``<queue>.dead``.
+
+Retry tiers of earlier versions, ``<queue>.retry.<d>s``, were TTL queues dead-lettering back into the work queue
+(:attr:`WorkQueue.legacy_retry_queues`). They are never declared any more; where they still exist the writers drain
+them too, and ``python -m chat_common.queue_migration`` moves what is left in them to the work queue and deletes
+them (docs/architecture.md, "Retry tiers").
 
 Queue type (``QUEUE_TYPE``): **quorum** by default — replicated over the cluster's nodes (Raft), so the loss of one
 node loses no accepted message and the queue keeps serving from another node. Dead-lettering out of a quorum queue
 is at-most-once unless the source queue has ``x-dead-letter-strategy: at-least-once`` with
-``x-overflow: reject-publish``; the retry tiers *are* dead-lettering (TTL expiry back into the work queue) and so is
-the way into ``<queue>.dead``, so both carry those arguments: a message leaves the source queue only once the target
-queue confirmed it. ``classic`` keeps the former unreplicated queues (declared with exactly the former arguments,
-so a deployment that already has them may keep them). Declaring a queue that exists with another type fails with
-:class:`QueueMismatch`, which names the fix (``python -m chat_common.queue_migration``, or ``QUEUE_TYPE=classic``).
+``x-overflow: reject-publish``; the way into ``<queue>.dead`` is dead-lettering, so the work queue carries those
+arguments: a message leaves it only once the dead-letter queue confirmed it. ``classic`` keeps the former
+unreplicated work and dead-letter queues (declared with exactly the former arguments, so a deployment that already
+has them may keep them). Declaring a queue that exists with another type fails with :class:`QueueMismatch`, which
+names the fix (``python -m chat_common.queue_migration``, or ``QUEUE_TYPE=classic``).
 
 This module is the source of the queue names. The Helm chart needs the work queues' names too (KEDA scales the
 writers on their depth) and spells ``<prefix>.chats`` / ``<prefix>.messages`` in its ``chat-system.writers``
@@ -56,15 +64,34 @@ class WorkQueue:
         """Where messages no writer can apply are parked for a human."""
         return f"{self.name}.dead"
 
+    def retry_delay(self, attempt: int) -> int:
+        """Seconds the given 1-based attempt waits: the delays grow, then stay at the longest."""
+        return self.retry_delays_seconds[min(attempt, len(self.retry_delays_seconds)) - 1]
+
     def retry(self, attempt: int) -> str:
-        """Retry tier for the given 1-based attempt: the delays grow, then stay at the longest."""
-        delay = self.retry_delays_seconds[min(attempt, len(self.retry_delays_seconds)) - 1]
-        return f"{self.name}.retry.{delay}s"
+        """Retry tier for the given 1-based attempt."""
+        return self.tier(self.retry_delay(attempt))
+
+    def tier(self, delay: int) -> str:
+        """Name of the retry tier that holds messages for ``delay`` seconds."""
+        return f"{self.name}.delay.{delay}s"
+
+    @property
+    def retry_tiers(self) -> dict[str, int]:
+        """Every retry tier of this queue with its delay in seconds (in order of delay)."""
+        return {self.tier(d): d for d in sorted(set(self.retry_delays_seconds))}
 
     @property
     def retry_queues(self) -> list[str]:
         """All retry tiers of this queue."""
-        return [f"{self.name}.retry.{d}s" for d in self.retry_delays_seconds]
+        return list(self.retry_tiers)
+
+    @property
+    def legacy_retry_queues(self) -> dict[str, int]:
+        """Retry tiers of earlier versions (TTL queues dead-lettering into the work queue) with their delay; never
+        declared, drained where they still exist. Upgrade-only: delete in the release after 0.2 (0.1.x declared
+        them)."""
+        return {f"{self.name}.retry.{d}s": d for d in sorted(set(self.retry_delays_seconds))}
 
     def arguments(self) -> dict[str, dict]:
         """Every queue of this work queue (dead-letter queue, work queue, retry tiers) with its declare arguments."""
@@ -80,14 +107,10 @@ class WorkQueue:
                 **safe_dead_lettering,
             },
         }
-        for delay, retry_name in zip(self.retry_delays_seconds, self.retry_queues, strict=True):
-            queues[retry_name] = {
-                **typed,
-                "x-message-ttl": delay * 1000,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": self.name,
-                **safe_dead_lettering,
-            }
+        for (
+            tier
+        ) in self.retry_tiers:  # no TTL, no dead-lettering: only a writer's confirmed publish takes a message out
+            queues[tier] = dict(typed)
         return queues
 
     def declare(self, channel) -> None:

@@ -8,6 +8,7 @@ it (:func:`format_heartbeat`), numbering recovery in the API and the tests read 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,8 +21,9 @@ from sqlalchemy import Engine
 
 from chat_common import logs
 from chat_common.announcements import Announcer, listened_chats
+from chat_common.broker import WRITER, BrokerNodes
 from chat_common.config import Settings
-from chat_common.consumer import BatchConsumer, BatchHandler, LoopState
+from chat_common.consumer import BatchConsumer, BatchHandler, BatchResult, Delivery, LoopState
 from chat_common.consumer_hooks import (
     AnnounceHook,
     DeferralLedger,
@@ -34,6 +36,7 @@ from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
 from chat_common.metrics import serve_metrics
 from chat_common.redis_client import sync_client
+from chat_common.retry_tiers import format_overdue_report
 from chat_common.topology import Topology, WorkQueue, announcements_exchange
 
 log = logging.getLogger(__name__)
@@ -101,14 +104,35 @@ def parse_heartbeat(raw: bytes | str) -> WriterHeartbeat:
 
 
 def prune_heartbeats(client: redis.Redis, keys: RedisKeys, now: float) -> int:
-    """Forget heartbeats of writers that died without saying goodbye (SIGKILL, OOM); returns how many."""
+    """Forget heartbeats (and retry-tier reports) of writers that died without saying goodbye (SIGKILL, OOM);
+    returns how many."""
     stale = []
     for field, raw in client.hgetall(keys.writer_heartbeats).items():
         if now - parse_heartbeat(raw).at > STALE_HEARTBEAT_SECONDS:
             stale.append(field)
     if stale:
         client.hdel(keys.writer_heartbeats, *stale)
+        client.hdel(keys.retry_overdue, *stale)
     return len(stale)
+
+
+def retry_some_on_purpose(handler: BatchHandler, ratio: float) -> BatchHandler:
+    """Test-only fault (``TEST_FAULT_WRITER_RETRY_RATIO``): ``ratio`` of the first and second attempts go to the retry
+    tiers without being applied, as if their chat were not written yet. The choice depends on the message and its
+    attempt only, so a redelivered batch makes the same choice."""
+
+    def chosen(delivery: Delivery) -> bool:
+        digest = hashlib.blake2b(delivery.body + bytes([delivery.attempt]), digest_size=8).digest()
+        return delivery.attempt < 2 and int.from_bytes(digest) / 2**64 < ratio
+
+    def handle(deliveries):
+        retried = [d for d in deliveries if chosen(d)]
+        rest = [d for d in deliveries if not chosen(d)]
+        result = handler(rest) if rest else BatchResult()
+        result.retry.extend((d, "test fault: retried on purpose") for d in retried)
+        return result
+
+    return handle
 
 
 @dataclass(frozen=True)
@@ -154,9 +178,12 @@ def build_consumer(
         now = time.time()
         beats[0] += 1
         value = format_heartbeat(state.held, now, state.oldest, state.last, state.firsts, state.session, beats[0])
-        context.redis.hset(context.keys.writer_heartbeats, state.consumer_id, value)
+        pipe = context.redis.pipeline(transaction=False)
+        pipe.hset(context.keys.writer_heartbeats, state.consumer_id, value)
+        pipe.hset(context.keys.retry_overdue, state.consumer_id, format_overdue_report(state.retry_overdue, now))
         # The deferral ledger is complete from this time on (set again right after Redis lost it).
-        context.redis.set(context.keys.deferred_since, f"{now:.3f}", nx=True)
+        pipe.set(context.keys.deferred_since, f"{now:.3f}", nx=True)
+        pipe.execute()
         if now - last_prune[0] > STALE_HEARTBEAT_SECONDS:
             last_prune[0] = now
             prune_heartbeats(context.redis, context.keys, now)
@@ -168,6 +195,11 @@ def build_consumer(
         context.redis.zrem(context.keys.deferred, *names)
 
     handler = make_handler(context)
+    applied = (
+        handler
+        if not settings.test_fault_writer_retry_ratio
+        else retry_some_on_purpose(handler, settings.test_fault_writer_retry_ratio)
+    )
     hooks = [WriterMetrics(), HeartbeatHook(heartbeat, TRANSIENT_ERRORS), QueueDepthSampler()]
     hooks.append(DeferralLedger(defer, settle))
     hooks.append(AnnounceHook(context.announcer))
@@ -179,15 +211,16 @@ def build_consumer(
     if chore is not None:
         hooks.append(PeriodicChore(lambda: chore(handler), TRANSIENT_ERRORS, every=CHORE_EVERY_SECONDS))
     consumer = BatchConsumer(
-        amqp_url=settings.rabbitmq_url,
+        broker=BrokerNodes.from_settings(settings, WRITER),
         queue=pick_queue(topology),
-        handler=handler,
+        handler=applied,
         transient_errors=TRANSIENT_ERRORS,
         batch_size=settings.writer_batch_size,
         max_wait=settings.writer_max_wait_seconds,
         max_attempts=settings.writer_max_attempts,
         declare=declare,
         hooks=hooks,
+        retry_prefetch=settings.writer_retry_prefetch,
     )
     return consumer, context
 
@@ -208,4 +241,5 @@ def run_writer(
     finally:
         with contextlib.suppress(redis.RedisError):
             context.redis.hdel(context.keys.writer_heartbeats, consumer.consumer_id)
+            context.redis.hdel(context.keys.retry_overdue, consumer.consumer_id)
         context.engine.dispose()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pika
 from sqlalchemy.engine import make_url
 
+from chat_common.broker import BrokerNodes
 from chat_common.config import Settings
 from chat_common.db import drop_database
 from chat_common.migrate import upgrade
@@ -85,20 +86,14 @@ class Namespace:
         drop_database(self.settings.database_url)
         topology = Topology(self.settings.queue_prefix, self.settings.writer_retry_delays_seconds)
         # RABBITMQ_URL may list several nodes (a cluster): any one of them can delete the queues.
-        urls = [url.strip() for url in self.settings.rabbitmq_url.split(",") if url.strip()]
-        connection = None
-        for url in urls:
-            try:
-                connection = pika.BlockingConnection(pika.URLParameters(url))
-                break
-            except pika.exceptions.AMQPError:
-                continue
-        if connection is None:
+        try:
+            connection = BrokerNodes.from_settings(self.settings).connect_blocking()
+        except (pika.exceptions.AMQPError, OSError):
             return
         try:
             channel = connection.channel()
             for queue in (topology.chats, topology.messages):
-                for name in (queue.name, queue.dead_letter, *queue.retry_queues):
+                for name in (queue.name, queue.dead_letter, *queue.retry_queues, *queue.legacy_retry_queues):
                     channel.queue_delete(name)
             channel.exchange_delete(announcements_exchange(self.settings.queue_prefix))  # live streams' exchange
         finally:

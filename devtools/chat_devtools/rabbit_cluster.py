@@ -32,10 +32,13 @@ from pathlib import Path
 import pika
 import pika.exceptions
 
+from chat_common.broker import ConnectionProfile, node_parameters
+
 SBIN_PATH = "/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin"
 RABBITMQ_SERVER = shutil.which("rabbitmq-server", path=SBIN_PATH) or "/usr/sbin/rabbitmq-server"
 RABBITMQCTL = shutil.which("rabbitmqctl", path=SBIN_PATH) or "/usr/sbin/rabbitmqctl"
 DEAD_LETTER_CONFIRM_TIMEOUT_MS = 5000
+PING = ConnectionProfile(socket_timeout=2)
 
 
 def free_port() -> int:
@@ -53,15 +56,57 @@ def unavailable_reason() -> str | None:
     return None
 
 
+class LoopbackCertificates:
+    """A CA of its own and a server certificate it signed for ``localhost`` / 127.0.0.1 (openssl command line)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca = directory / "ca.pem"
+        self.cert = directory / "server.pem"
+        self.key = directory / "server.key"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        ca_key = directory / "ca.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(self.ca), "-days", "2",
+             "-subj", "/CN=chat-system test CA"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        request = directory / "server.csr"
+        subprocess.run(
+            ["openssl", "req", "-new", *ec, "-keyout", str(self.key), "-out", str(request), "-subj", "/CN=localhost"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        names = directory / "san.cnf"
+        names.write_text("subjectAltName = DNS:localhost, IP:127.0.0.1\n")
+        subprocess.run(
+            ["openssl", "x509", "-req", "-in", str(request), "-CA", str(self.ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-out", str(self.cert), "-days", "2", "-extfile", str(names)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.key.chmod(0o644)  # the broker runs as this user; readable is enough
+
+
 class RabbitNode:
     """One private RabbitMQ node: start, SIGKILL, restart with its data, ``rabbitmqctl`` against it."""
 
     boot_timeout = 120.0
 
-    def __init__(self, root: Path, index: int, *, cookie: str, user: str, password: str, tag: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        index: int,
+        *,
+        cookie: str,
+        user: str,
+        password: str,
+        tag: str,
+        tls: LoopbackCertificates | None = None,
+    ) -> None:
         self.index = index
         self.dir = root / f"node{index}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.tls = tls
+        self.tls_port = free_port() if tls else None  # an amqps:// listener besides the plain one
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"{tag}n{index}@localhost"
@@ -76,6 +121,11 @@ class RabbitNode:
         """AMQP URL of this node alone."""
         return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}/%2F"
 
+    def tls_url(self, host: str = "localhost") -> str:
+        """``amqps://`` URL of this node's TLS listener, by ``host`` (its certificate names localhost and 127.0.0.1)."""
+        assert self.tls_port is not None, "a node started without tls"
+        return f"amqps://{self.user}:{self.password}@{host}:{self.tls_port}/%2F"
+
     def _prepare(self) -> None:
         d = self.dir
         (d / "rabbitmq.conf").write_text(
@@ -88,6 +138,16 @@ class RabbitNode:
             "disk_free_limit.absolute = 50MB\n"
             # Shorter than the default 60 s, so a crashed peer is noticed quickly (Raft elects a new leader anyway).
             "net_ticktime = 10\n"
+            + (
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {self.tls.ca}\n"
+                f"ssl_options.certfile = {self.tls.cert}\n"
+                f"ssl_options.keyfile = {self.tls.key}\n"
+                "ssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+                if self.tls
+                else ""
+            )
         )
         (d / "enabled_plugins").write_text("[].\n")
         (d / "rabbitmq-env.conf").write_text("")
@@ -134,11 +194,8 @@ class RabbitNode:
 
     def ping(self) -> bool:
         """True when the node accepts an AMQP connection."""
-        params = pika.URLParameters(self.url)
-        params.socket_timeout = 2
-        params.connection_attempts = 1
         try:
-            pika.BlockingConnection(params).close()
+            pika.BlockingConnection(node_parameters(self.url, PING)).close()
         except (pika.exceptions.AMQPError, OSError):
             return False
         return True
@@ -206,7 +263,9 @@ class RabbitNode:
 class RabbitCluster:
     """``size`` private nodes joined into one cluster (``size=1``: a single private node, for comparisons)."""
 
-    def __init__(self, root: Path | None = None, size: int = 3) -> None:
+    def __init__(self, root: Path | None = None, size: int = 3, tls: bool = False) -> None:
+        """``tls``: every node also listens for ``amqps://`` with a certificate of a CA made for the cluster
+        (:attr:`certificates`)."""
         self._tmp = None
         if root is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="rabbit-cluster-")
@@ -215,8 +274,10 @@ class RabbitCluster:
         tag = secrets.token_hex(3)
         cookie = secrets.token_hex(16).upper()
         user, password = "cluster", secrets.token_urlsafe(12)
+        self.certificates = LoopbackCertificates(root / "tls") if tls else None
         self.nodes = [
-            RabbitNode(root, i + 1, cookie=cookie, user=user, password=password, tag=tag) for i in range(size)
+            RabbitNode(root, i + 1, cookie=cookie, user=user, password=password, tag=tag, tls=self.certificates)
+            for i in range(size)
         ]
         self.balancer: TcpBalancer | None = None
 

@@ -34,6 +34,8 @@ ALERTS_THE_ISSUE_ASKS_FOR = {
     "ChatCountSyncStale",  # count sync stale
     "ChatApiHighErrorRatio",  # API 5xx ratio
     "ChatApiHighLatencyP99",  # p99 latency
+    "ChatRetryTierOverdue",  # a retried message held past its due time (issue 22)
+    "ChatRetryTierUndrained",  # a retry tier with messages and no writer draining it (issue 22)
 }
 
 
@@ -220,6 +222,18 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
                 "values": "0+2x40",
             },
             {
+                "series": f'chat_writer_retry_overdue_seconds{{{writer}, queue="chat_system.messages"}}',
+                "values": "0 0 90x40",
+            },
+            {
+                "series": f'chat_queue_messages{{{writer}, queue="chat_system.chats.delay.5s", kind="retry"}}',
+                "values": "0 0 4x40",
+            },
+            {
+                "series": f'chat_queue_consumers{{{writer}, queue="chat_system.chats.delay.5s", kind="retry"}}',
+                "values": "1 1 0x40",
+            },
+            {
                 "series": f'chat_api_requests_total{{{api}, route="/x", method="POST", status="201"}}',
                 "values": "0+60x40",
             },
@@ -255,6 +269,27 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
                 "alertname": "ChatQueueBacklogGrowing",
                 "exp_alerts": [
                     {"exp_labels": {"severity": "warning", "namespace": NAMESPACE, "queue": "chat_system.messages"}}
+                ],
+            },
+            {"eval_time": "3m", "alertname": "ChatRetryTierOverdue", "exp_alerts": []},  # not for 2 minutes yet
+            {
+                "eval_time": "10m",
+                "alertname": "ChatRetryTierOverdue",
+                "exp_alerts": [
+                    {"exp_labels": {"severity": "critical", "namespace": NAMESPACE, "queue": "chat_system.messages"}}
+                ],
+            },
+            {
+                "eval_time": "10m",
+                "alertname": "ChatRetryTierUndrained",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {
+                            "severity": "critical",
+                            "namespace": NAMESPACE,
+                            "queue": "chat_system.chats.delay.5s",
+                        }
+                    }
                 ],
             },
             {
@@ -309,6 +344,19 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
                 "values": "0x40",
             },
             {"series": f'chat_writer_batch_failures_total{{{writer}, queue="chat_system.messages"}}', "values": "0x40"},
+            # Retries flowing: held up to a few seconds late, a tier with messages that its writers drain.
+            {
+                "series": f'chat_writer_retry_overdue_seconds{{{writer}, queue="chat_system.messages"}}',
+                "values": "0 3 0 12 0x40",
+            },
+            {
+                "series": f'chat_queue_messages{{{writer}, queue="chat_system.messages.delay.1s", kind="retry"}}',
+                "values": "7x40",
+            },
+            {
+                "series": f'chat_queue_consumers{{{writer}, queue="chat_system.messages.delay.1s", kind="retry"}}',
+                "values": "2x40",
+            },
             {
                 "series": f'chat_api_requests_total{{{api}, route="/x", method="POST", status="201"}}',
                 "values": "0+60x40",

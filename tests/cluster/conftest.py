@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from chat_devtools.rabbit_cluster import RabbitCluster, unavailable_reason
+from chat_devtools.results import Results
 from tests.conftest import LOG_ROOT
 
 
@@ -43,3 +44,12 @@ def healthy_cluster(rabbit_cluster: RabbitCluster) -> RabbitCluster:
     for node in rabbit_cluster.nodes:
         node.wait_ready()
     return rabbit_cluster
+
+
+@pytest.fixture(scope="session")
+def cluster_results() -> Iterator[Results]:
+    """Figures of the broker failover scenarios, for docs/reliability.md ("Broker cluster failover")."""
+    results = Results("cluster")
+    yield results
+    if results.rows:
+        results.save()

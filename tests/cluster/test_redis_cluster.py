@@ -30,6 +30,7 @@ import requests
 from sqlalchemy import text
 
 from chat_common.batches import PUBLISHED_AT_HEADER, stamp_header
+from chat_common.broker import BrokerNodes
 from chat_common.contracts import MessageUpsert
 from chat_common.db import make_engine
 from chat_common.keys import application_slot
@@ -257,7 +258,7 @@ def test_a_shard_that_lost_its_data_pauses_only_its_tenants(deployment: Deployme
 
     # Another tenant's message whose chat is not written yet keeps cycling through the retry tiers (stamped long
     # after the loss): the queues are never all empty, so only the precise rule can re-open the lost slots.
-    connection = pika.BlockingConnection(pika.URLParameters(d.namespace.settings.rabbitmq_url))
+    connection = BrokerNodes.from_settings(d.namespace.settings).connect_blocking()
     try:
         props = pika.BasicProperties(delivery_mode=2, headers={PUBLISHED_AT_HEADER: stamp_header(time.time() + 3600)})
         body = MessageUpsert(sorted(others)[0], 999, 1, "later", 0).encode()

@@ -146,8 +146,16 @@ def test_readiness_and_metrics(api):
     ready = api.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ready"}
     status = api.get("/status")
-    expected = {"database": "ok", "redis": "ok", "rabbitmq": "ok", "numbering": "open"}
+    expected = {
+        "database": "ok",
+        "redis": "ok",
+        "rabbitmq": "ok",
+        "numbering": "open",
+        "retry_tiers": "ok",
+        "dead_letters": "empty",
+    }
     assert status.status_code == 200 and status.json()["checks"] == expected
+    assert {"retry_tiers", "dead_letters"} <= set(status.json()["details"])
     metrics = api.get("/metrics").text
     assert "chat_api_requests_total" in metrics
     assert 'route="/applications/{token}/chats"' in metrics

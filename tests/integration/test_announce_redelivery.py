@@ -19,11 +19,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import pika
 import pytest
 
 from chat_common.announcements import Announcer, listened_chats
 from chat_common.batches import ATTEMPT_HEADER, Delivery
+from chat_common.broker import BrokerNodes
 from chat_common.contracts import MessageUpsert
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys
@@ -54,7 +54,7 @@ class Writer:
 
     def __init__(self, ns: Namespace, announce: bool) -> None:
         settings = ns.settings
-        self.connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+        self.connection = BrokerNodes.from_settings(settings).connect_blocking()
         self.channel = self.connection.channel()
         self.queue = Topology.from_settings(settings).messages.name
         keys = RedisKeys(settings.redis_key_prefix)

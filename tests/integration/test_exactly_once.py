@@ -5,6 +5,7 @@ import time
 
 import pika
 
+from chat_common.broker import BrokerNodes
 from chat_common.contracts import MessageUpsert
 from chat_common.topology import Topology
 from tests.support.http import wait_for
@@ -12,7 +13,7 @@ from tests.support.loadgen import create_concurrently
 
 
 def _publish(namespace, queue_name: str, body: bytes, copies: int = 1) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(namespace.settings.rabbitmq_url))
+    connection = BrokerNodes.from_settings(namespace.settings).connect_blocking()
     try:
         channel = connection.channel()
         channel.confirm_delivery()

@@ -18,6 +18,7 @@ import pika
 import pytest
 
 from chat_api.adapters.publisher import NACKS_BEFORE_RECONNECT, ConfirmingPublisher, PublishError
+from chat_common.broker import API, BrokerNodes
 from chat_common.topology import Topology
 
 BROKER = ("127.0.0.1", 5672)
@@ -37,7 +38,7 @@ def closed_port() -> int:
 # -- direct broker access (blocking pika, run in a thread so that the loop under test keeps running) -----------
 @contextlib.contextmanager
 def blocking_channel() -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    connection = BrokerNodes(AMQP_URL).connect_blocking()
     try:
         yield connection.channel()
     finally:
@@ -77,7 +78,7 @@ def topology() -> Iterator[Topology]:
 
 @contextlib.asynccontextmanager
 async def running(url: str, topology: Topology, **options: float) -> AsyncIterator[ConfirmingPublisher]:
-    publisher = ConfirmingPublisher(url, declare=topology.declare, **options)
+    publisher = ConfirmingPublisher(BrokerNodes(url, API), declare=topology.declare, **options)
     await publisher.start()
     try:
         yield publisher
@@ -167,7 +168,7 @@ async def test_confirmed_message_is_in_the_queue_and_persistent(topology: Topolo
 async def test_concurrent_publishes_all_confirmed_exactly_once(topology: Topology) -> None:
     queue = topology.chats.name
     bodies = [f'{{"n": {i}}}'.encode() for i in range(200)]
-    publisher = ConfirmingPublisher(AMQP_URL, declare=topology.declare)
+    publisher = ConfirmingPublisher(BrokerNodes(AMQP_URL, API), declare=topology.declare)
     confirms = []  # spy on our own ack handler (registered when the channel opens): which frames carried acks
     original = publisher._on_confirm
     publisher._on_confirm = lambda frame: (confirms.append(frame.method.multiple), original(frame))
@@ -234,6 +235,29 @@ async def test_a_run_of_refused_messages_makes_the_publisher_reconnect(topology:
             await asyncio.sleep(0.05)
         await publisher.publish(topology.messages.name, b"after")
     assert [body for _, body in await drain(topology.messages.name)] == [b"after"]
+
+
+@pytest.mark.asyncio
+async def test_refusals_of_one_queue_make_the_publisher_reconnect_even_while_another_queue_is_confirmed(
+    topology: Topology,
+) -> None:
+    """The failover case: a rarely used queue refused every time while a busy one goes through on the same channel
+    (tests/cluster/test_rabbit_failover.py: chat creates refused, message creates accepted). A count of refusals in
+    a row over all queues would be reset by each busy confirm and never reconnect."""
+    queue = f"{topology.prefix}.extra.nack"
+    await asyncio.to_thread(_declare, queue, {"x-max-length": 0, "x-overflow": "reject-publish"})  # refuses all
+    async with running(AMQP_URL, topology) as publisher:
+        await until_ready(publisher)
+        first = publisher._connection
+        for i in range(NACKS_BEFORE_RECONNECT):
+            with pytest.raises(PublishError, match="refused"):
+                await publisher.publish(queue, b"refused")
+            if i < NACKS_BEFORE_RECONNECT - 1:
+                await publisher.publish(topology.messages.name, b"busy")  # confirmed in between
+        deadline = time.monotonic() + 5
+        while publisher._connection is first or not publisher.is_ready:
+            assert time.monotonic() < deadline, "the publisher did not reconnect after a queue's run of refusals"
+            await asyncio.sleep(0.05)
 
 
 @pytest.mark.asyncio
@@ -324,7 +348,7 @@ async def test_missing_confirm_times_out_and_cancel_leaks_nothing(topology: Topo
 @pytest.mark.asyncio
 async def test_close_fails_pending_and_stops_every_task(topology: Topology) -> None:
     queue = topology.messages.name
-    publisher = ConfirmingPublisher(AMQP_URL, declare=topology.declare)
+    publisher = ConfirmingPublisher(BrokerNodes(AMQP_URL, API), declare=topology.declare)
     await publisher.start()
     await until_ready(publisher)
     pending = [asyncio.create_task(publisher.publish(queue, b"x")) for _ in range(20)]

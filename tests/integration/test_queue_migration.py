@@ -1,4 +1,5 @@
-"""Classic queues left by an earlier version: a clear startup error, and a migration to quorum that loses nothing.
+"""Queues left by an earlier version: classic queues (a clear startup error, a migration to quorum that loses
+nothing) and TTL retry tiers (emptied into their work queue, then deleted).
 
 Runs on the shared broker under queue names of its own (never the default ``chat_system`` prefix).
 """
@@ -11,7 +12,8 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-from chat_common.batches import ATTEMPT_HEADER
+from chat_common.batches import ATTEMPT_HEADER, PUBLISHED_AT_HEADER
+from chat_common.broker import BrokerNodes
 from chat_common.config import Settings
 from chat_common.queue_migration import migrate
 from chat_common.topology import QueueMismatch, Topology
@@ -21,17 +23,17 @@ from chat_common.topology import QueueMismatch, Topology
 def settings() -> Iterator[Settings]:
     s = Settings.from_env(queue_prefix=f"test_qmig_{uuid.uuid4().hex[:8]}", writer_retry_delays_seconds=(1, 5))
     yield s
-    connection = pika.BlockingConnection(pika.URLParameters(s.rabbitmq_url))
+    connection = BrokerNodes.from_settings(s).connect_blocking()
     channel = connection.channel()
     for queue in (Topology.from_settings(s).chats, Topology.from_settings(s).messages):
-        for name in queue.arguments():
+        for name in [*queue.arguments(), *queue.legacy_retry_queues]:
             for suffix in ("", ".migrating"):
                 channel.queue_delete(name + suffix)
     connection.close()
 
 
 def _connect(settings: Settings):
-    return pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+    return BrokerNodes.from_settings(settings).connect_blocking()
 
 
 def test_quorum_declare_over_classic_queues_fails_naming_the_fix(settings):
@@ -108,3 +110,47 @@ def test_a_migration_interrupted_after_the_old_queue_was_deleted_is_finished_by_
             channel.queue_declare(queue.name + ".migrating", passive=True)
     finally:
         connection.close()
+
+
+def old_ttl_tier(queue, delay: int) -> dict:
+    """The arguments version 0.1 declared its retry tiers with (a TTL queue dead-lettering into the work queue)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": delay * 1000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue.name,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def test_retry_tiers_of_an_earlier_version_are_emptied_into_the_work_queue_and_deleted(settings):
+    queue = Topology.from_settings(settings).messages
+    old = f"{queue.name}.retry.5s"
+    assert old in queue.legacy_retry_queues
+    connection = _connect(settings)
+    channel = connection.channel()
+    Topology.from_settings(settings).declare(channel)
+    channel.queue_declare(old, durable=True, arguments=old_ttl_tier(queue, 5))
+    channel.confirm_delivery()
+    for i in range(20):
+        headers = {ATTEMPT_HEADER: 2, PUBLISHED_AT_HEADER: 1_000 + i}
+        channel.basic_publish("", old, f"r{i}".encode(), pika.BasicProperties(delivery_mode=2, headers=headers))
+    connection.close()
+
+    assert old in migrate(settings)  # within the tier's 5 s: the migration moved them, not the TTL
+
+    connection = _connect(settings)
+    try:
+        channel = connection.channel()
+        got = []
+        while (message := channel.basic_get(queue.name, auto_ack=True))[0] is not None:
+            got.append(
+                (message[2].decode(), message[1].headers[ATTEMPT_HEADER], message[1].headers[PUBLISHED_AT_HEADER])
+            )
+        assert sorted(got) == sorted((f"r{i}", 2, 1_000 + i) for i in range(20))  # attempt and stamp kept
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):  # the old tier is gone
+            channel.queue_declare(old, passive=True)
+    finally:
+        connection.close()
+    assert migrate(settings) == []

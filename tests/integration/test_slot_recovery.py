@@ -37,6 +37,7 @@ from chat_api.adapters.recovery import (
     slot_marker,
 )
 from chat_common.batches import PUBLISHED_AT_HEADER, read_stamp, stamp_header
+from chat_common.broker import API, BrokerNodes
 from chat_common.contracts import MessageUpsert
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys, application_slot
@@ -67,7 +68,7 @@ async def parts(fresh_namespace):
     db = Database(settings.database_url, pool_size=2)
     keys = RedisKeys(settings.redis_key_prefix)
     recovery = NumberingRecovery(
-        client, keys, settings.rabbitmq_url, Topology.from_settings(settings), GRACE, NumberingMarker(db)
+        client, keys, BrokerNodes.from_settings(settings), Topology.from_settings(settings), GRACE, NumberingMarker(db)
     )
     yield recovery, client, keys, db
     await client.aclose()
@@ -146,7 +147,7 @@ async def test_a_busy_writer_holds_the_recovery_of_a_lost_slot(parts):
     assert not await recovery.attempt(app)
     await asyncio.sleep(GRACE + 0.1)
     queue = recovery.topology.chats.name
-    connection = pika.BlockingConnection(pika.URLParameters(recovery.amqp_url))
+    connection = recovery.broker.connect_blocking()
     try:
         channel = connection.channel()
         recovery.topology.declare(channel)
@@ -220,7 +221,7 @@ async def test_a_writer_holding_a_message_from_before_the_loss_keeps_the_slot_cl
     assert not await recovery.attempt(app)
     lost = time.time()
     queue = recovery.topology.chats.name
-    connection = pika.BlockingConnection(pika.URLParameters(recovery.amqp_url))
+    connection = recovery.broker.connect_blocking()
     try:
         channel = connection.channel()
         recovery.topology.declare(channel)
@@ -244,8 +245,9 @@ async def test_a_writer_holding_a_message_from_before_the_loss_keeps_the_slot_cl
         connection.close()
 
 
-async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_closed_until_it_is_settled(parts):
-    recovery, client, keys, _ = parts
+async def _lose_a_slot_past_the_evidence_time(recovery, client, keys) -> tuple[int, float]:
+    """An application whose slot opened, then lost its epoch, with the ledger complete for long; waits until the
+    precise rule's evidence time has passed. Returns the application and when its slot was lost."""
     (app,) = _apps_in_distinct_slots(1)
     assert await recovery.attempt(app)
     await client.set(keys.deferred_since, "1.0")
@@ -253,6 +255,12 @@ async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_clo
     assert not await recovery.attempt(app)
     lost = time.time()
     await asyncio.sleep(2 * GRACE + 0.2)
+    return app, lost
+
+
+async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_closed_until_it_is_settled(parts):
+    recovery, client, keys, _ = parts
+    app, lost = await _lose_a_slot_past_the_evidence_time(recovery, client, keys)
     # The ledger alone (the retry queues cannot be read): an entry from before the loss keeps the precise rule shut.
     await client.zadd(keys.deferred, {"a-retried-message": lost - 1, "a-newer-one": lost + 3600})
     assert not await recovery._settled(lost)
@@ -261,7 +269,7 @@ async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_clo
     # The whole round, with the message really in a retry tier (as the writer left it: ledger first, then the tier).
     await client.zadd(keys.deferred, {"a-retried-message": lost - 1})
     queue = recovery.topology.messages
-    connection = pika.BlockingConnection(pika.URLParameters(recovery.amqp_url))
+    connection = recovery.broker.connect_blocking()
     try:
         channel = connection.channel()
         recovery.topology.declare(channel)
@@ -269,7 +277,7 @@ async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_clo
         channel.basic_publish("", queue.retry(1), b"{}", props)
         assert await recovery.recover() == set()
         got = (None, None, None)
-        for _ in range(50):  # in the tier, or back in the work queue once its delay is over: "commit" it
+        for _ in range(50):  # in the tier (no writer drains it here), or back in the work queue: "commit" it
             got = channel.basic_get(queue.retry(1))
             if got[0] is None:
                 got = channel.basic_get(queue.name)
@@ -277,10 +285,28 @@ async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_clo
                 break
             await asyncio.sleep(0.1)
         assert got[0] is not None
-        assert got[1].headers[PUBLISHED_AT_HEADER] == stamp_header(lost - 1)  # kept through the tier's dead-lettering
+        assert got[1].headers[PUBLISHED_AT_HEADER] == stamp_header(lost - 1)  # kept in the tier
         await client.zrem(keys.deferred, "a-retried-message")  # settled before the acknowledgement
         channel.basic_ack(got[0].delivery_tag)
         assert await recovery.recover() == {application_slot(app)}
+    finally:
+        connection.close()
+
+
+async def test_a_message_ready_in_a_retry_tier_keeps_the_precise_rule_shut_even_without_a_ledger_entry(parts):
+    """Condition (f): a ledger lost with Redis no longer accounts for it, and no writer holds it to report it."""
+    recovery, client, keys, _ = parts
+    _, lost = await _lose_a_slot_past_the_evidence_time(recovery, client, keys)
+    queue = recovery.topology.chats
+    connection = recovery.broker.connect_blocking()
+    try:
+        channel = connection.channel()
+        recovery.topology.declare(channel)
+        props = pika.BasicProperties(delivery_mode=2, headers={PUBLISHED_AT_HEADER: stamp_header(lost - 1)})
+        channel.basic_publish("", queue.retry(2), b"{}", props)
+        assert not await recovery._settled(lost)
+        assert channel.basic_get(queue.retry(2), auto_ack=True)[0] is not None  # committed, say
+        assert await recovery._settled(lost)
     finally:
         connection.close()
 
@@ -386,7 +412,7 @@ def _lose_slot(ns: Namespace, app: int) -> None:
 
 
 def _publish(ns: Namespace, queue: str, body: bytes, stamp: float) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(ns.settings.rabbitmq_url))
+    connection = BrokerNodes.from_settings(ns.settings).connect_blocking()
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -454,9 +480,9 @@ def test_a_message_deferred_from_before_the_loss_keeps_the_slot_closed_until_it_
 async def test_the_api_stamps_each_publish_and_never_sends_one_past_its_deadline(parts):
     recovery, *_ = parts
     topology = recovery.topology
-    publisher = ConfirmingPublisher(recovery.amqp_url, declare=topology.declare, timeout=0.5)
+    publisher = ConfirmingPublisher(BrokerNodes(recovery.broker.urls[0], API), declare=topology.declare, timeout=0.5)
     await publisher.start()
-    connection = pika.BlockingConnection(pika.URLParameters(recovery.amqp_url))
+    connection = recovery.broker.connect_blocking()
     try:
 
         async def request(delay: float) -> None:  # one request: numbered, then published ``delay`` s later

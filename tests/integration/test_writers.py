@@ -4,16 +4,24 @@ import time
 
 import pika
 import pytest
+import requests
+from sqlalchemy import text
 
+from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, stamp_header
+from chat_common.broker import BrokerNodes
 from chat_common.contracts import ChatUpsert, MessageUpsert
+from chat_common.db import make_engine
 from chat_common.keys import RedisKeys, parse_dirty_marks
 from chat_common.redis_client import sync_client
 from chat_common.topology import Topology
+from tests.conftest import LOG_ROOT
 from tests.support.http import Api, wait_for
+from tests.support.namespace import Namespace
+from tests.support.processes import System
 
 
 def _channel(namespace):
-    connection = pika.BlockingConnection(pika.URLParameters(namespace.settings.rabbitmq_url))
+    connection = BrokerNodes.from_settings(namespace.settings).connect_blocking()
     channel = connection.channel()
     channel.confirm_delivery()
     return connection, channel
@@ -120,3 +128,89 @@ def test_the_writer_marks_each_chat_dirty_with_its_application(private_api, priv
         client.close()
     assert marks == {f"{app_id}:{chat_id}".encode()}
     assert parse_dirty_marks(list(marks)) == ([chat_id], {chat_id: app_id})
+
+
+# -- Retry tiers: the writers drain them (chat_common.retry_tiers) ----------------------------------------------
+def _publish_with(namespace, queue: str, body: bytes, headers: dict) -> None:
+    connection, channel = _channel(namespace)
+    try:
+        channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2, headers=headers), mandatory=True)
+    finally:
+        connection.close()
+
+
+def _status(system) -> dict:
+    return requests.get(f"{system.base_url}/status", timeout=10).json()
+
+
+def test_a_tier_message_held_by_a_killed_writer_comes_back_at_its_due_time_through_the_next_one():
+    namespace = Namespace.create("held", writer_retry_delays_seconds=(1, 30))
+    system = System(namespace, LOG_ROOT / namespace.name)
+    try:
+        system.start()
+        api = Api(system.base_url)
+        token = api.new_application("held")
+        chat = api.new_chat(token)
+        api.wait_chat(token, chat)
+        engine = make_engine(namespace.settings.database_url, pool_size=1)
+        with engine.connect() as conn:
+            app_id = conn.execute(text("SELECT id FROM applications WHERE token = :t"), {"t": token}).scalar_one()
+        engine.dispose()
+        tier = Topology.from_settings(namespace.settings).messages.retry(2)  # the 30 s tier
+        due = time.time() + 8
+        body = MessageUpsert(app_id, chat, 1, "held through a crash").encode()
+        _publish_with(namespace, tier, body, {ATTEMPT_HEADER: 2, DUE_AT_HEADER: stamp_header(due)})
+        wait_for(lambda: _ready(namespace, tier) == 0, timeout=5, what="the writer holding it")
+        system.message_writer.kill()  # holding it unacknowledged: the broker has it again
+        wait_for(lambda: _ready(namespace, tier) == 1, timeout=10, what="the tier message back in its tier")
+        system.message_writer.start()
+
+        def stored() -> float | None:
+            return time.time() if api.get(f"/applications/{token}/chats/{chat}/messages/1").status_code == 200 else None
+
+        at = wait_for(stored, timeout=30, what="the message stored")
+        assert at >= due  # not before its due time
+        assert at < due + 5  # and at it: the next writer kept its due time, it did not wait 30 s afresh
+    finally:
+        system.stop()
+        namespace.destroy()
+
+
+def test_a_ttl_tier_of_an_earlier_version_is_drained_by_the_writers(
+    private_system, private_api, private_db, fresh_namespace, topology
+):
+    token = private_api.new_application("legacy")
+    chat = private_api.new_chat(token)
+    private_api.wait_chat(token, chat)
+    app_id = private_db.scalar("SELECT id FROM applications WHERE token = :t", t=token)
+    old = f"{topology.messages.name}.retry.{topology.messages.retry_delays_seconds[0]}s"
+    assert old in topology.messages.legacy_retry_queues
+    connection, channel = _channel(fresh_namespace)
+    # As 0.1 declared it, but with a TTL no test waits for: only a writer draining it can bring the message back.
+    args = {"x-message-ttl": 600_000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": topology.messages.name}
+    channel.queue_declare(old, durable=True, arguments={"x-queue-type": "quorum", **args})
+    connection.close()
+    body = MessageUpsert(app_id, chat, 1, "from an old tier").encode()
+    _publish_with(fresh_namespace, old, body, {ATTEMPT_HEADER: 1})  # an old writer's retry: no due time
+    private_system.message_writer.restart()  # drains the old tiers it finds when it connects
+    wait_for(lambda: private_db.messages_of(token, chat) == [(1, "from an old tier")], timeout=20, what="stored")
+
+
+def test_status_shows_an_undrained_tier_and_parked_dead_letters(private_system, fresh_namespace, topology):
+    assert _status(private_system)["checks"]["retry_tiers"] == "ok"
+    _publish(fresh_namespace, topology.chats.name, b"not json")  # dead-lettered by the chat-writer
+    private_system.chat_writer.stop()
+    tier = topology.chats.retry(1)
+    _publish_with(fresh_namespace, tier, b"{}", {ATTEMPT_HEADER: 1, DUE_AT_HEADER: stamp_header(time.time())})
+
+    def seen() -> dict | None:
+        status = _status(private_system)
+        return status if status["checks"]["retry_tiers"] == "undrained" else None
+
+    status = wait_for(seen, timeout=15, interval=0.5, what="/status noticing the tier nobody drains")
+    assert status["details"]["retry_tiers"]["tiers"][tier] == {"messages": 1, "drainers": 0}
+    assert status["checks"]["dead_letters"] == "holding"  # parked for a human: shown, not a fault
+    assert status["details"]["dead_letters"]["queues"][topology.chats.dead_letter] == 1
+    assert requests.get(f"{private_system.base_url}/status", timeout=10).status_code == 503
+    private_system.chat_writer.start()
+    wait_for(lambda: _status(private_system)["checks"]["retry_tiers"] == "ok", timeout=20, what="drained again")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pika
 import pytest
 
+from chat_common.broker import BrokerNodes
 from chat_common.contracts import ChatUpsert, MessageUpsert
 from chat_common.topology import Topology
 from tests.conftest import LOG_ROOT
@@ -31,7 +32,7 @@ def poisoned() -> Iterator[tuple[System, Namespace]]:
 
 
 def _publish(ns: Namespace, queue: str, body: bytes) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(ns.settings.rabbitmq_url))
+    connection = BrokerNodes.from_settings(ns.settings).connect_blocking()
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -41,7 +42,7 @@ def _publish(ns: Namespace, queue: str, body: bytes) -> None:
 
 
 def _dead_letters(ns: Namespace, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(ns.settings.rabbitmq_url))
+    connection = BrokerNodes.from_settings(ns.settings).connect_blocking()
     try:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:

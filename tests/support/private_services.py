@@ -23,6 +23,8 @@ import pika
 import pymysql
 import redis
 
+from chat_common.broker import node_parameters
+from chat_devtools.rabbit_cluster import PING
 from tests.support.processes import free_port
 
 MARIADBD = "/usr/sbin/mariadbd"
@@ -358,10 +360,7 @@ class PrivateRabbitMQ(PrivateService):
         return [RABBITMQ_SERVER]
 
     def ping(self) -> bool:
-        params = pika.URLParameters(self.url)
-        params.socket_timeout = 2
-        params.connection_attempts = 1
-        pika.BlockingConnection(params).close()
+        pika.BlockingConnection(node_parameters(self.url, PING)).close()
         return True
 
     @property

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from types import SimpleNamespace
 
+import pika
 import pika.exceptions
 import pytest
 
-from chat_common.batches import ATTEMPT_HEADER, decode_batch
+from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, decode_batch, stamp_header
+from chat_common.broker import WRITER, BrokerNodes
 from chat_common.consumer import BatchConsumer, ConsumerHook
 from chat_common.topology import Topology
 
@@ -34,53 +37,77 @@ class FakeChannel:
     def __init__(self, broker: FakeBroker) -> None:
         self.broker = broker
         self.is_open = True
+        self.prefetch = 0
 
     def queue_declare(self, name, passive=False, **_):
+        if passive and name not in self.broker.existing:  # what the broker does for a missing queue: 404, closed
+            self.is_open = False
+            raise pika.exceptions.ChannelClosedByBroker(404, f"NOT_FOUND - no queue '{name}'")
         self.broker.declared.append(name)
-        return SimpleNamespace(method=SimpleNamespace(message_count=0))
+        self.broker.existing.add(name)
+        return SimpleNamespace(method=SimpleNamespace(message_count=0, consumer_count=0))
 
     def basic_qos(self, prefetch_count):
-        self.broker.prefetch = prefetch_count
+        self.prefetch = prefetch_count
 
     def confirm_delivery(self):
         self.broker.confirming.append(self)
 
     def add_on_cancel_callback(self, callback):
-        self.broker.on_cancel = callback
+        self.on_cancel = callback
 
     def basic_consume(self, queue, callback):
-        self.broker.consuming = (queue, callback)
+        self.broker.consumers[queue] = (self, callback)
 
     def basic_publish(self, exchange, routing_key, body, properties, mandatory=False):
         assert self in self.broker.confirming and mandatory and properties.delivery_mode == 2
         self.broker.published.append((routing_key, body, properties.headers[ATTEMPT_HEADER]))
+        self.broker.events.append(f"publish {routing_key}")
 
     def basic_nack(self, tag, requeue):
         self.broker.nacked.append((tag, requeue))
 
-    def basic_ack(self, tag, multiple):
+    def basic_ack(self, tag, multiple=False):
         self.broker.acked.append((tag, multiple))
+        self.broker.events.append(f"ack {tag}")
 
     def close(self):
         self.is_open = False
 
 
 class FakeBroker:
-    """A connection handing over ``messages`` (body, attempt) at the first poll, then asking the loop to stop."""
+    """A connection handing over ``messages`` (body, attempt) of the work queue at the first poll, then asking the
+    loop to stop; ``tiers`` (tier -> [(body, headers)]) are handed to the retry-tier consumers at the same time."""
 
-    def __init__(self, messages: list[tuple[bytes, int]]) -> None:
+    def __init__(self, messages: list[tuple[bytes, int]], tiers: dict | None = None) -> None:
         self.pending = list(messages)
+        self.tier_pending = dict(tiers or {})
         self.declared, self.confirming, self.published, self.nacked, self.acked, self.slept = [], [], [], [], [], []
+        self.events: list[str] = []
+        self.existing: set[str] = set()
+        self.consumers: dict[str, tuple[FakeChannel, object]] = {}
         self.consumer: BatchConsumer | None = None
         self.is_open = True
-        self.prefetch = 0
-        self.consuming = None
+
+    @property
+    def prefetch(self) -> int:
+        """The work queue consumer's prefetch."""
+        return self.consumers[QUEUE.name][0].prefetch
+
+    @property
+    def consuming(self):
+        return self.consumers[QUEUE.name]
 
     def channel(self):
         return FakeChannel(self)
 
+    def cancel(self, queue: str) -> None:
+        """What the broker does when a consumed queue goes away or moves: Basic.Cancel to its channel."""
+        channel, _ = self.consumers[queue]
+        channel.on_cancel(object())
+
     def process_data_events(self, time_limit):
-        if not self.pending:
+        if not self.pending and not self.tier_pending:
             self.consumer.should_stop = True
             return
         callback = self.consuming[1]
@@ -88,6 +115,13 @@ class FakeBroker:
             headers = {ATTEMPT_HEADER: attempt} if attempt else None
             callback(None, SimpleNamespace(delivery_tag=tag, redelivered=False), SimpleNamespace(headers=headers), body)
         self.pending = []
+        tag = 1000
+        for tier, messages in self.tier_pending.items():
+            for body, headers in messages:
+                tag += 1
+                properties = pika.BasicProperties(delivery_mode=2, headers=headers)
+                self.consumers[tier][1](None, SimpleNamespace(delivery_tag=tag, redelivered=False), properties, body)
+        self.tier_pending = {}
 
     def sleep(self, seconds):
         self.slept.append(seconds)
@@ -130,10 +164,12 @@ POISON = b'{"id": 0, "poison": true}'
 QUEUE = Topology("t", (1, 5, 30)).messages
 
 
-def run(messages, handler, *, max_attempts=40, hooks=(), batch_size=500):
-    broker = FakeBroker([(m, 0) if isinstance(m, bytes) else m for m in messages])
+def run(messages, handler, *, max_attempts=40, hooks=(), batch_size=500, tiers=None, existing=()):
+    """Run the loop over ``messages`` (and ``tiers``) on a fake broker where the queues ``existing`` exist already."""
+    broker = FakeBroker([(m, 0) if isinstance(m, bytes) else m for m in messages], tiers)
+    broker.existing.update(existing)
     consumer = BatchConsumer(
-        amqp_url="amqp://unused",
+        broker=BrokerNodes("amqp://unused", WRITER),
         queue=QUEUE,
         handler=handler,
         transient_errors=(Transient,),
@@ -141,7 +177,7 @@ def run(messages, handler, *, max_attempts=40, hooks=(), batch_size=500):
         max_wait=0.0,
         max_attempts=max_attempts,
         hooks=hooks,
-        connect=lambda _url: broker,
+        connect=lambda _parameters: broker,
     )
     broker.consumer = consumer
     consumer.run()
@@ -193,23 +229,23 @@ def test_a_message_whose_chat_is_not_written_yet_goes_to_the_first_retry_tier():
     db = FakeDatabase(not_yet={2})
     broker = run([row(1), row(2)], db)
     assert db.rows == [1]
-    assert broker.published == [("t.messages.retry.1s", row(2), 1)]
+    assert broker.published == [("t.messages.delay.1s", row(2), 1)]
     assert broker.acked == [(2, True)] and not broker.nacked  # published (confirmed) first, then acknowledged
 
 
 def test_the_attempt_header_picks_the_next_tier():
     broker = run([(row(2), 1), (row(3), 2), (row(4), 9)], FakeDatabase(not_yet={2, 3, 4}))
     assert [(q, a) for q, _, a in broker.published] == [
-        ("t.messages.retry.5s", 2),
-        ("t.messages.retry.30s", 3),
-        ("t.messages.retry.30s", 10),
+        ("t.messages.delay.5s", 2),
+        ("t.messages.delay.30s", 3),
+        ("t.messages.delay.30s", 10),
     ]
 
 
 def test_after_max_attempts_a_message_is_dead_lettered_not_retried():
     broker = run([(row(2), 3), (row(3), 2)], FakeDatabase(not_yet={2, 3}), max_attempts=3)
     assert broker.nacked == [(1, False)]
-    assert [(q, a) for q, _, a in broker.published] == [("t.messages.retry.30s", 3)]
+    assert [(q, a) for q, _, a in broker.published] == [("t.messages.delay.30s", 3)]
     assert broker.acked == [(2, True)]
 
 
@@ -225,12 +261,12 @@ def test_stopping_while_the_database_is_down_leaves_the_batch_to_the_broker():
     db = FakeDatabase(transient_failures=100)
     broker = FakeBroker([(row(1), 0)])
     consumer = BatchConsumer(
-        amqp_url="amqp://unused",
+        broker=BrokerNodes("amqp://unused", WRITER),
         queue=QUEUE,
         handler=db,
         transient_errors=(Transient,),
         max_wait=0.0,
-        connect=lambda _url: broker,
+        connect=lambda _parameters: broker,
     )
     broker.consumer = consumer
     broker.sleep = lambda _s: setattr(consumer, "should_stop", True)  # SIGTERM arrives during the backoff
@@ -283,9 +319,9 @@ def test_several_broker_urls_a_dead_node_is_skipped_and_a_lost_node_is_tried_las
     tried: list[str] = []
     brokers = [FakeBroker([(row(1), 0)]), FakeBroker([(row(2), 0)])]
 
-    def connect(url):
-        tried.append(url)
-        if url == "amqp://a":
+    def connect(parameters):
+        tried.append(parameters.host)
+        if parameters.host == "a":
             raise ConnectionRefusedError("node a is down")
         broker = brokers.pop(0)
         broker.consumer = consumer
@@ -295,7 +331,7 @@ def test_several_broker_urls_a_dead_node_is_skipped_and_a_lost_node_is_tried_las
 
     db = FakeDatabase()
     consumer = BatchConsumer(
-        amqp_url="amqp://a, amqp://b,amqp://c",
+        broker=BrokerNodes("amqp://a, amqp://b,amqp://c", WRITER),
         queue=QUEUE,
         handler=db,
         transient_errors=(Transient,),
@@ -304,7 +340,7 @@ def test_several_broker_urls_a_dead_node_is_skipped_and_a_lost_node_is_tried_las
     )
     consumer._sleep = lambda _seconds: None  # no real backoff in a unit test
     consumer.run()
-    assert tried == ["amqp://a", "amqp://b", "amqp://c"]  # a refused, b served then crashed, c next (not a again)
+    assert tried == ["a", "b", "c"]  # a refused, b served then crashed, c next (not a again)
     assert db.rows == [1, 2]
 
 
@@ -316,20 +352,22 @@ def _deliver_then_crash(broker, time_limit):
     raise pika.exceptions.StreamLostError("node crashed")
 
 
-def test_a_consumer_cancelled_by_the_broker_reconnects():
-    """The broker cancels a consumer whose queue's node went away: the loop must not wait for deliveries forever."""
+@pytest.mark.parametrize("cancelled", [QUEUE.name, QUEUE.retry(1)])
+def test_a_consumer_cancelled_by_the_broker_reconnects(cancelled):
+    """The broker cancels a consumer whose queue's node went away: the loop must not wait for deliveries forever
+    (nor leave a retry tier undrained)."""
     connections = []
 
-    def connect(_url):
+    def connect(_parameters):
         broker = FakeBroker([])
         broker.consumer = consumer
         if not connections:
-            broker.process_data_events = lambda time_limit, b=broker: b.on_cancel(object())
+            broker.process_data_events = lambda time_limit, b=broker: b.cancel(cancelled)
         connections.append(broker)
         return broker
 
     consumer = BatchConsumer(
-        amqp_url="amqp://a",
+        broker=BrokerNodes("amqp://a", WRITER),
         queue=QUEUE,
         handler=FakeDatabase(),
         transient_errors=(Transient,),
@@ -339,3 +377,33 @@ def test_a_consumer_cancelled_by_the_broker_reconnects():
     consumer._sleep = lambda _seconds: None
     consumer.run()
     assert len(connections) == 2 and not connections[0].is_open
+
+
+# -- retry tiers: the loop drains its queue's tiers (chat_common.retry_tiers) -----------------------------------
+def tier_message(n: int, due: float, attempt: int = 1) -> tuple[bytes, dict]:
+    return row(n), {ATTEMPT_HEADER: attempt, DUE_AT_HEADER: stamp_header(due)}
+
+
+def test_a_due_tier_message_goes_back_to_the_work_queue_confirmed_before_it_is_acknowledged():
+    broker = run([], FakeDatabase(), tiers={QUEUE.retry(1): [tier_message(7, due=1.0, attempt=1)]})
+    assert broker.published == [(QUEUE.name, row(7), 1)]  # the attempt travels on; into the work queue
+    assert broker.events == [f"publish {QUEUE.name}", "ack 1001"]  # the ack only after the confirmed publish
+    assert broker.consumers[QUEUE.retry(1)][0].prefetch == 1000  # bounded: at most this many held per tier
+
+
+def test_a_tier_message_not_yet_due_is_held_reported_and_left_to_the_broker_when_the_loop_stops():
+    states = []
+
+    class States(ConsumerHook):
+        def on_iteration(self, state):
+            states.append(state)
+
+    later = time.time() + 3600
+    broker = run([], FakeDatabase(), hooks=[States()], tiers={QUEUE.retry(30): [tier_message(8, due=later)]})
+    assert broker.published == [] and broker.acked == []  # never acknowledged: redelivered with its due time
+    assert states[0].held == 1  # counted as held by the writer (numbering recovery reads it)
+
+
+def test_every_tier_is_consumed_and_an_old_ttl_tier_only_while_it_exists():
+    broker = run([row(1)], FakeDatabase(), existing=[QUEUE.name + ".retry.5s"])  # left by an earlier version
+    assert set(broker.consumers) == {QUEUE.name, *QUEUE.retry_queues, QUEUE.name + ".retry.5s"}

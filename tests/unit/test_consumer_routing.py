@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from chat_common.batches import BatchResult, Delivery
+from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, PUBLISHED_AT_HEADER, BatchResult, Delivery
 from chat_common.poison import apply_isolating_poison
-from chat_common.routing import route
+from chat_common.routing import route, send
 from chat_common.topology import Topology, WorkQueue
 
 
@@ -30,18 +30,18 @@ def delivery(tag: int, attempt: int = 0, body: bytes = b"{}") -> Delivery:
 @pytest.mark.parametrize(
     ("attempt", "tier"),
     [
-        (1, "t.chats.retry.1s"),
-        (2, "t.chats.retry.5s"),
-        (3, "t.chats.retry.30s"),
-        (4, "t.chats.retry.30s"),
-        (40, "t.chats.retry.30s"),
+        (1, "t.chats.delay.1s"),
+        (2, "t.chats.delay.5s"),
+        (3, "t.chats.delay.30s"),
+        (4, "t.chats.delay.30s"),
+        (40, "t.chats.delay.30s"),
     ],
 )
 def test_retry_tiers_grow_then_stay_at_the_longest(attempt, tier):
     assert QUEUE.retry(attempt) == tier
 
 
-def test_every_tier_is_declared_with_its_ttl_and_dead_letters_back_to_the_work_queue():
+def test_tiers_are_declared_without_ttl_or_dead_lettering_and_the_old_ttl_tiers_not_at_all():
     declared = {}
 
     class Channel:
@@ -49,23 +49,20 @@ def test_every_tier_is_declared_with_its_ttl_and_dead_letters_back_to_the_work_q
             declared[name] = arguments
 
     Topology("t", (1, 5)).chats.declare(Channel())
-    assert declared["t.chats.retry.5s"] == {
-        "x-queue-type": "quorum",
-        "x-message-ttl": 5000,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": "t.chats",
-        # Dead-lettering out of a quorum queue is at-most-once without these two: a retry could vanish.
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
-    }
+    # Nothing leaves a tier but by a writer's confirmed publish (chat_common.retry_tiers): no TTL, no dead-lettering.
+    assert declared["t.chats.delay.1s"] == declared["t.chats.delay.5s"] == {"x-queue-type": "quorum"}
     assert declared["t.chats"] == {
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": "t.chats.dead",
+        # Dead-lettering out of a quorum queue is at-most-once without these two: a rejected message could vanish.
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
     assert declared["t.chats.dead"] == {"x-queue-type": "quorum"}
+    assert set(declared) == {"t.chats", "t.chats.dead", "t.chats.delay.1s", "t.chats.delay.5s"}
+    # The TTL tiers of earlier versions: never declared (their arguments differ: 406), drained while they exist.
+    assert Topology("t", (1, 5)).chats.legacy_retry_queues == {"t.chats.retry.1s": 1, "t.chats.retry.5s": 5}
 
 
 def test_classic_queues_are_declared_with_exactly_the_arguments_of_earlier_versions():
@@ -76,12 +73,11 @@ def test_classic_queues_are_declared_with_exactly_the_arguments_of_earlier_versi
             declared[name] = arguments
 
     Topology("t", (1, 5), "classic").chats.declare(Channel())
-    back_to_work = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "t.chats"}
     assert declared == {
         "t.chats.dead": None,
         "t.chats": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "t.chats.dead"},
-        "t.chats.retry.1s": {"x-message-ttl": 1000, **back_to_work},
-        "t.chats.retry.5s": {"x-message-ttl": 5000, **back_to_work},
+        "t.chats.delay.1s": None,
+        "t.chats.delay.5s": None,
     }
 
 
@@ -93,7 +89,9 @@ def test_an_unknown_queue_type_is_refused_with_the_choices():
 def test_route_sends_a_retry_to_the_tier_of_its_next_attempt_and_acks_the_batch():
     batch = [delivery(1), delivery(2, attempt=1)]
     routing = route(batch, BatchResult(retry=[(batch[1], "chat not written yet")]), QUEUE, max_attempts=40)
-    assert [(r.delivery.delivery_tag, r.queue, r.attempt) for r in routing.retries] == [(2, "t.chats.retry.5s", 2)]
+    assert [(r.delivery.delivery_tag, r.queue, r.attempt, r.delay) for r in routing.retries] == [
+        (2, "t.chats.delay.5s", 2, 5)
+    ]
     assert routing.ack_up_to == 2 and routing.dead == [] and routing.applied == 1
 
 
@@ -155,3 +153,20 @@ def test_a_transient_error_is_not_bisected_but_raised():
     with pytest.raises(ConnectionError):
         apply_isolating_poison(fails_on(set(), calls, ConnectionError), [delivery(1), delivery(2)], (ConnectionError,))
     assert calls == [2]
+
+
+def test_send_stamps_each_retry_due_its_delay_from_now_and_keeps_its_publish_stamp():
+    published, acked = [], []
+
+    class Channel:
+        def basic_publish(self, exchange, routing_key, body, properties, mandatory=False):
+            published.append((routing_key, properties.headers, properties.delivery_mode, mandatory))
+
+        def basic_ack(self, tag, multiple=False):
+            acked.append(tag)
+
+    batch = [Delivery(b"x", 1, False, 1, 50.0), delivery(2)]
+    routing = route(batch, BatchResult(retry=[(batch[0], "chat not written yet")]), QUEUE, max_attempts=40)
+    send(routing, Channel(), Channel(), clock=lambda: 1000.0)
+    headers = {ATTEMPT_HEADER: 2, PUBLISHED_AT_HEADER: 50_000, DUE_AT_HEADER: 1_005_000}  # due 5 s after now
+    assert published == [("t.chats.delay.5s", headers, 2, True)] and acked == [2]  # confirmed first, then the ack

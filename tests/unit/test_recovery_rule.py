@@ -6,7 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from chat_api.adapters.recovery import queue_settled
-from chat_common.batches import ATTEMPT_HEADER, PUBLISHED_AT_HEADER, Delivery, stamp_header
+from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, PUBLISHED_AT_HEADER, Delivery, stamp_header
+from chat_common.broker import WRITER, BrokerNodes
 from chat_common.consumer import BatchConsumer, ConsumerHook
 from chat_common.consumer_hooks import DeferralLedger, deferral_id
 from chat_common.routing import Retry, Routing
@@ -37,13 +38,13 @@ def consume(messages, handler, hooks, transient=()):
     broker = StampingBroker([])
     broker.pending = list(messages)
     consumer = BatchConsumer(
-        amqp_url="amqp://unused",
+        broker=BrokerNodes("amqp://unused", WRITER),
         queue=QUEUE,
         handler=handler,
         transient_errors=transient,
         max_wait=0.0,
         hooks=hooks,
-        connect=lambda _url: broker,
+        connect=lambda _parameters: broker,
     )
     broker.consumer = consumer
     consumer.run()
@@ -70,7 +71,11 @@ def test_the_stamp_is_read_reported_and_kept_on_the_retry_tier_and_the_ledger_ru
     messages = [(row(1), 0, 50.0, False), (row(2), 0, 60.0, False), (row(3), 2, 10.0, False)]
     broker = consume(messages, FakeDatabase(not_yet={2}), [DeferralLedger(defer, settle), States()])
     ((key, props),) = sent
-    assert key == "t.messages.retry.1s" and props.headers == {ATTEMPT_HEADER: 1, PUBLISHED_AT_HEADER: 60000}
+    assert key == "t.messages.delay.1s"
+    assert {k: v for k, v in props.headers.items() if k != DUE_AT_HEADER} == {
+        ATTEMPT_HEADER: 1,
+        PUBLISHED_AT_HEADER: 60000,
+    }
     d2 = Delivery(row(2), 2, False, 0, 60.0)
     d3 = Delivery(row(3), 3, False, 2, 10.0)
     # Deferred before it is published to the tier; the retried message committed now is settled; no ack before.
@@ -81,9 +86,16 @@ def test_the_stamp_is_read_reported_and_kept_on_the_retry_tier_and_the_ledger_ru
 
 
 def test_the_loop_reports_the_oldest_stamp_it_holds():
-    consumer = BatchConsumer(amqp_url="amqp://unused", queue=QUEUE, handler=FakeDatabase(), transient_errors=())
+    consumer = BatchConsumer(
+        broker=BrokerNodes("amqp://unused", WRITER), queue=QUEUE, handler=FakeDatabase(), transient_errors=()
+    )
     consumer._buffer = [Delivery(b"a", 1, False, 0, 70.0), Delivery(b"b", 2, True, 0, 40.0)]
     assert consumer._state(None).oldest == 40.0  # what a writer holding these reports in its heartbeat
+    # A retry-tier message it holds until due counts too: it may carry a number from before a loss.
+    props = SimpleNamespace(headers={PUBLISHED_AT_HEADER: stamp_header(30.0)})
+    consumer.drainer.held.hold(QUEUE.retry(1), 1, 9, b"c", props, now=100.0)
+    state = consumer._state(None)
+    assert (state.oldest, state.held) == (30.0, 3)
 
 
 def test_a_failing_ledger_holds_the_batch_unacknowledged_until_it_succeeds():
@@ -101,7 +113,7 @@ def test_a_failing_ledger_holds_the_batch_unacknowledged_until_it_succeeds():
         transient=(ConnectionError,),
     )
     assert len(calls) == 2 and broker.slept == [0.2]  # retried after a backoff; published and acknowledged once
-    assert broker.published == [("t.messages.retry.1s", row(2), 1)] and broker.acked == [(1, True)]
+    assert broker.published == [("t.messages.delay.1s", row(2), 1)] and broker.acked == [(1, True)]
 
 
 def test_the_ledger_defers_with_the_lowest_stamp_and_never_settles_what_it_defers_again():
@@ -163,3 +175,12 @@ def test_consumer_churn_a_reconnect_or_a_writer_not_beating_keeps_it_closed():
     slow = (*BUSY[:3], beat(4, oldest=E, firsts=12))  # H4 not a full beat interval after the H3 read
     assert not queue_settled(Q, counts, counts, snapshots(slow), C, E)
     assert queue_settled(Q, {Q: (0, 0)}, {Q: (0, 0)}, snapshots(), C, E)  # no writer, nothing queued
+
+
+def test_a_retried_message_no_writer_holds_keeps_it_closed():
+    """(f): ready in a tier, it may be from before a loss of the ledger, and nobody would report it."""
+    tier = f"{Q}.delay.5s"
+    counts = {Q: (0, 1), tier: (0, 1)}
+    assert queue_settled(Q, counts, counts, snapshots(BUSY), C, E, tiers=(tier,))
+    waiting = {**counts, tier: (1, 1)}
+    assert not queue_settled(Q, waiting, counts, snapshots(BUSY), C, E, tiers=(tier,))

@@ -368,3 +368,24 @@ def test_status_reports_each_dependency():
     resp = http.simulate_get("/status")
     assert resp.status_code == 503 and resp.json["checks"] == {"database": "ok", "redis": "unavailable"}
     assert http.simulate_get("/readyz").status_code == 200 and http.simulate_get("/healthz").status_code == 200
+
+
+def test_status_shows_the_queues_late_retries_are_a_fault_parked_dead_letters_are_not():
+    def tiers(state: str):
+        async def check():
+            return state, {"overdue_seconds": 42.0, "tiers": {"q.delay.1s": {"messages": 3, "drainers": 0}}}
+
+        return check
+
+    async def dead_letters():
+        return "holding", {"queues": {"q.dead": 2}}
+
+    http, _ = make_client(checks={"database": _ok, "retry_tiers": tiers("ok"), "dead_letters": dead_letters})
+    resp = http.simulate_get("/status")
+    assert resp.status_code == 200 and resp.json["checks"]["dead_letters"] == "holding"  # for a human, not a fault
+    assert resp.json["details"]["dead_letters"] == {"queues": {"q.dead": 2}}
+    for late in ("overdue", "undrained"):
+        http, _ = make_client(checks={"database": _ok, "retry_tiers": tiers(late)})
+        resp = http.simulate_get("/status")
+        assert resp.status_code == 503 and resp.json["status"] == "degraded"
+        assert resp.json["details"]["retry_tiers"]["tiers"]["q.delay.1s"] == {"messages": 3, "drainers": 0}

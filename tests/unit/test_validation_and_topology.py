@@ -24,10 +24,10 @@ def test_text_is_kept_verbatim():
 def test_retry_tiers_grow_then_stay():
     queue = Topology("p", (1, 5, 30)).messages
     assert [queue.retry(a) for a in (1, 2, 3, 9)] == [
-        "p.messages.retry.1s",
-        "p.messages.retry.5s",
-        "p.messages.retry.30s",
-        "p.messages.retry.30s",
+        "p.messages.delay.1s",
+        "p.messages.delay.5s",
+        "p.messages.delay.30s",
+        "p.messages.delay.30s",
     ]
     assert queue.dead_letter == "p.messages.dead"
 

@@ -22,6 +22,7 @@ from chat_api.adapters.database import Database
 from chat_api.adapters.idempotency import IdempotencyStore, StoredKeys
 from chat_api.adapters.numbering import Numbering
 from chat_api.adapters.publisher import ConfirmingPublisher
+from chat_api.adapters.queue_health import QueueHealth
 from chat_api.adapters.recovery import NumberingMarker, NumberingRecovery
 from chat_api.adapters.replica import ReadRouter, ReplicaMonitor, replica_name
 from chat_api.adapters.repository import SqlRepository
@@ -41,6 +42,7 @@ from chat_api.services import ChatService, Limits
 from chat_api.streams import StreamHub, build_hub
 from chat_api.streams.asgi import StreamingApp
 from chat_common import logs
+from chat_common.broker import API, CHECK, BrokerNodes
 from chat_common.config import Settings
 from chat_common.db import make_engine
 from chat_common.keys import RedisKeys, slot_tag
@@ -152,7 +154,7 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
     slot_tag(0)  # the slot-tag table (~0.1 s of CPU, once per process) is built now, never on the event loop
     topology = Topology.from_settings(settings)
     publisher = ConfirmingPublisher(
-        settings.rabbitmq_url, declare=topology.declare, timeout=settings.publish_timeout_seconds
+        BrokerNodes.from_settings(settings, API), declare=topology.declare, timeout=settings.publish_timeout_seconds
     )
     replicas = [
         ReplicaMonitor(Database(url), settings.database_read_max_lag_seconds, name=replica_name(url))
@@ -171,7 +173,12 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
     # over a small blocking pool of its own (it is admin work: rare, never on the create or read path).
     admin_engine = make_engine(settings.database_url, pool_size=2)
     recovery = NumberingRecovery(
-        client, keys, settings.rabbitmq_url, topology, settings.publish_timeout_seconds, NumberingMarker(db)
+        client,
+        keys,
+        BrokerNodes.from_settings(settings, CHECK),
+        topology,
+        settings.publish_timeout_seconds,
+        NumberingMarker(db),
     )
     admin_redis = sync_client(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     service = ChatService(
@@ -203,7 +210,17 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
         # Every slot that ever opened still has its epoch (a fresh system has none to check).
         return "recovering" if await recovery.closed_slots() else "open"
 
-    status_checks = {"database": database, "redis": cache, "rabbitmq": broker, "numbering": numbering_state}
+    queues = QueueHealth(
+        client, keys, BrokerNodes.from_settings(settings, CHECK), topology, settings.retry_overdue_margin_seconds
+    )
+    status_checks = {
+        "database": database,
+        "redis": cache,
+        "rabbitmq": broker,
+        "numbering": numbering_state,
+        "retry_tiers": queues.retry_tiers,
+        "dead_letters": queues.dead_letters,
+    }
     lifecycle = Lifecycle(
         service, [client, numbering_client], db, ProcessState(), replicas, settings.api_slow_callback_ms
     )

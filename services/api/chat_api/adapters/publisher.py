@@ -33,17 +33,18 @@ from pika.channel import Channel
 
 from chat_api.adapters.pika_callbacks import guarded
 from chat_common.batches import PUBLISHED_AT_HEADER, stamp_header
+from chat_common.broker import BrokerNodes, asyncio_connection
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 30
-BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 PERSISTENT_JSON = {"delivery_mode": pika.DeliveryMode.Persistent, "content_type": "application/json"}
 FAIL_FAST_SECONDS = 1.0  # right after a failure, fail at once instead of making every request wait for a dead broker
-# After this many refused (nacked) messages in a row, reconnect. RabbitMQ 3.10's quorum-queue client can keep refusing
-# every message on a channel that began publishing while the queue's recorded leader was a node that had just died
-# (seen in tests/cluster/test_rabbit_failover.py: 503 "refused" for 15 s and more); a new connection publishes normally.
-NACKS_BEFORE_RECONNECT = 20
+# After this many refused (nacked) messages in a row *to one queue*, reconnect. RabbitMQ 3.10's quorum-queue client can
+# keep refusing every message for a queue on a channel that began publishing to it while the queue's recorded leader
+# was a node that had just died (tests/cluster/test_rabbit_failover.py: every chat create 503 "refused" for 25 s and
+# more while message creates, on the same channel, went through); a new connection publishes normally. Counted per
+# queue: the confirms of a busy queue must not hide a rarely used one that is refused every time.
+NACKS_BEFORE_RECONNECT = 3
 
 
 _produce_frame_by_frame = io_services_utils._AsyncTransportBase._produce
@@ -82,16 +83,14 @@ class ConfirmingPublisher:
 
     def __init__(
         self,
-        amqp_url: str,
+        broker: BrokerNodes,
         *,
         declare: Callable[[object], None],
         timeout: float = 5.0,
         connect_wait: float = 2.0,
     ) -> None:
         io_services_utils._AsyncTransportBase._produce = _produce_joined  # see _produce_joined; idempotent
-        self.urls = [url.strip() for url in amqp_url.split(",") if url.strip()]  # several nodes: tried in turn
-        if not self.urls:
-            raise ValueError("amqp_url names no broker")
+        self.broker = broker  # the nodes (chat_common.broker.API profile): tried in turn, failing over
         self.declare = declare
         self.timeout = timeout
         self.connect_wait = connect_wait
@@ -105,7 +104,8 @@ class ConfirmingPublisher:
         self._returned: set[int] = set()
         self._next_tag = 0
         self._last_failure = float("-inf")
-        self._nacks_in_a_row = 0
+        self._queue_of: dict[int, str] = {}  # delivery tag -> the queue it was published to
+        self._refused_in_a_row: dict[str, int] = {}  # queue -> its messages refused in a row
 
     @property
     def is_ready(self) -> bool:
@@ -137,12 +137,14 @@ class ConfirmingPublisher:
         self._next_tag = tag
         loop = asyncio.get_running_loop()
         future = self._pending[tag] = loop.create_future()
+        self._queue_of[tag] = queue
         timer = loop.call_later(remaining, self._expire, tag)
         try:
             await future
         finally:  # success, failure, timeout or cancellation alike: nothing of this request stays behind
             timer.cancel()
             self._pending.pop(tag, None)
+            self._queue_of.pop(tag, None)
             self._returned.discard(tag)
 
     async def close(self) -> None:
@@ -171,33 +173,16 @@ class ConfirmingPublisher:
         return self._channel
 
     async def _run(self) -> None:
-        backoff, index = BACKOFF_MIN, 0
-        while not self._closing:
-            url = self.urls[index]
-            index = (index + 1) % len(self.urls)
-            became_ready = await self._connect_and_serve(url)
-            if not became_ready and index != 0:
-                continue  # another node may answer: try it at once, back off only after a whole round failed
-            await asyncio.sleep(BACKOFF_MIN if became_ready else backoff)
-            backoff = BACKOFF_MIN if became_ready else min(backoff * 2, BACKOFF_MAX)
+        await self.broker.keep_connected(self._connect_and_serve, lambda: self._closing)
 
-    async def _connect_and_serve(self, url: str) -> bool:
+    async def _connect_and_serve(self, params: pika.URLParameters) -> bool:
         """Connect to one node and return when that connection is over; True if it became ready."""
-        params = pika.URLParameters(url)
-        params.heartbeat = HEARTBEAT_SECONDS
         self._became_ready = False
         try:
             # Once per connection, before ready; in a thread because a blocking connection would stall the loop.
-            await asyncio.to_thread(self._declare_with_blocking_connection, url)
-            loop = asyncio.get_running_loop()
-            self._over = over = loop.create_future()
-            self._connection = AsyncioConnection(
-                params,
-                on_open_callback=self._on_open,
-                on_open_error_callback=self._on_connection_over,
-                on_close_callback=self._on_connection_over,
-                custom_ioloop=loop,
-            )
+            await asyncio.to_thread(self._declare_with_blocking_connection, params)
+            self._over = over = asyncio.get_running_loop().create_future()
+            self._connection = asyncio_connection(params, self._on_open, self._on_connection_over)
             await asyncio.shield(over)  # shielded: close() still waits for it after cancelling this task
         except asyncio.CancelledError:
             raise
@@ -206,8 +191,8 @@ class ConfirmingPublisher:
         self._mark_down("connection to the message broker lost")
         return self._became_ready
 
-    def _declare_with_blocking_connection(self, url: str) -> None:
-        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+    def _declare_with_blocking_connection(self, params: pika.URLParameters) -> None:
+        with pika.BlockingConnection(params) as connection:
             self.declare(connection.channel())
 
     def callback_failed(self) -> None:
@@ -223,6 +208,8 @@ class ConfirmingPublisher:
         self._last_failure = time.monotonic()
         pending, self._pending = self._pending, {}
         self._returned.clear()
+        self._queue_of.clear()
+        self._refused_in_a_row.clear()  # a new channel starts afresh
         for future in pending.values():
             if not future.done():
                 future.set_exception(PublishError(reason))
@@ -277,8 +264,10 @@ class ConfirmingPublisher:
         else:
             tags = [method.delivery_tag]
         nacked = isinstance(method, pika.spec.Basic.Nack)
-        self._nacks_in_a_row = self._nacks_in_a_row + len(tags) if nacked else 0
         for tag in tags:
+            queue = self._queue_of.get(tag)
+            if queue is not None:
+                self._refused_in_a_row[queue] = self._refused_in_a_row.get(queue, 0) + 1 if nacked else 0
             future = self._pending.pop(tag, None)
             if future is None or future.done():  # timed out or cancelled meanwhile
                 continue
@@ -288,9 +277,10 @@ class ConfirmingPublisher:
                 future.set_exception(PublishError("message broker has no such queue"))
             else:
                 future.set_result(None)
-        if self._nacks_in_a_row >= NACKS_BEFORE_RECONNECT and self._connection is not None and self._connection.is_open:
-            log.warning("%d messages refused in a row; reconnecting", self._nacks_in_a_row)
-            self._nacks_in_a_row = 0
+        refused = max(self._refused_in_a_row.values(), default=0)
+        if refused >= NACKS_BEFORE_RECONNECT and self._connection is not None and self._connection.is_open:
+            log.warning("%d messages to one queue refused in a row; reconnecting", refused)
+            self._refused_in_a_row.clear()
             self._connection.close()  # the task reconnects (to the next node) and declares again
 
     def _expire(self, tag: int) -> None:

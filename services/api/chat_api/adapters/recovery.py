@@ -7,8 +7,8 @@ never written). Both rules below start once the grace period (the publish timeou
 first seen (``T``, per slot); either one re-opens.
 
 **Coarse rule** (cheap; holds at once on an idle system): the work queues and their retry tiers hold no ready
-message; every consumer the broker knows of has reported, since ``T``, that it holds no unacknowledged message;
-the queues are checked once more.
+message; every consumer the broker knows of has reported, since ``T``, that it holds no unacknowledged message
+(a writer's held retry-tier messages count); the queues are checked once more.
 
 **Precise rule** (holds under any steady load of the other slots' applications). Its ingredients:
 
@@ -25,6 +25,10 @@ the queues are checked once more.
   dead-lettered, and before it is acknowledged, it removes it (:class:`chat_common.consumer_hooks.DeferralLedger`;
   both idempotent). ``RedisKeys.deferred_since`` says since when the ledger is complete (set again by the writers
   within 0.2 s after Redis lost it). The retry queues themselves cannot be read without consuming them.
+- *Drained tiers.* The writers of ``q`` consume its retry tiers and hold each message until due
+  (:mod:`chat_common.retry_tiers`); a held tier message counts in the writer's heartbeat like a held delivery of
+  ``q`` (``oldest``). Assumption (drain): a writer returns a held tier message to ``q`` within 1 s of its due time,
+  and a tier message is due at most the longest retry delay after it was sent to the tier.
 
 With the cutoff ``C = T + grace`` and the evidence time ``E = max(C + grace, deferred_since + longest retry delay
 + 1 s)``, a round that starts after ``E`` reads the queue counts (ready, consumers) ``Q1``; four heartbeat snapshots
@@ -39,7 +43,8 @@ all within one session:
 (b) ``q`` had no ready message at ``Q1``, or a live writer received, between its ``H2`` and ``H3`` beats, a
     first-attempt delivery stamped at or after ``E``;
 (c) no live writer reports in ``H4`` a held message stamped below ``C``;
-(e) the broker counted exactly as many consumers of ``q`` as there are live writers, at ``Q1`` and at ``Q2``.
+(e) the broker counted exactly as many consumers of ``q`` as there are live writers, at ``Q1`` and at ``Q2``;
+(f) no retry tier of ``q`` (nor one of an earlier version still there) had a ready message at ``Q1``.
 
 *Why nothing with a pre-loss number is left then.* Let ``M`` carry a number of a lost slot handed out before the
 loss. Its stamp ``s`` is below ``T`` (taken before the number was handed out; the numbering script refuses to
@@ -63,8 +68,10 @@ never will. Until it is committed or dead-lettered, ``M`` is in one of these pla
   ``H4``: (c).
 - *Deferred* (in a retry tier, or back in ``q`` behind newer messages): its ledger entry was written before the
   writer let go of it and is removed only once it is committed or dead-lettered: (a). If the ledger itself was
-  lost at ``V <= deferred_since``, a message deferred before ``V`` was back in ``q`` by ``V + longest delay +
-  1 s <= E`` and is covered like any message ready in ``q``; a loss during the round changes ``deferred_since``.
+  lost at ``V <= deferred_since``, a message deferred before ``V`` was due by ``V + longest delay``: if a writer
+  held it, it was back in ``q`` by ``V + longest delay + 1 s <= E <= Q1`` (the drain assumption) and is covered like
+  any message ready in ``q``; if none did, it was still ready in its tier at ``Q1``: (f). A loss during the round
+  changes ``deferred_since``.
 - *In an API process:* sent and confirmed, sent and given up (then in ``q`` like the others), or never sent,
   by ``s + grace < E``.
 
@@ -74,6 +81,7 @@ the grace period (stamps, ``T`` and ``E`` are compared across processes). A ledg
 removed from the broker by hand (a purged queue) keeps the precise rule waiting; the coarse rule still re-opens
 once everything is drained (or delete ``RedisKeys.deferred``). Cost: a round takes ~2.5 s and two short broker
 connections; the ledger is written only for batches that retry or hold retried or redelivered messages.
+Under retries the precise rule holds only in a round that finds every tier's messages held by its writers (f).
 
 Only then is a new epoch written; the API's loads of counters from MySQL carry the epoch they read under.
 
@@ -92,8 +100,9 @@ of that version is still in Redis.) The epoch's value says which happened and wh
 (``keys_may_be_forgotten``). One API process at a time runs the recovery of a slot (a short Redis lock per
 slot); the others answer 503 meanwhile. Slots lose data only when a shard loses its master and every replica
 that acknowledged its writes (see ``REDIS_REPLICAS_TO_ACK``): a failover to a replica keeps every epoch and number.
-Redis is asked on the event loop; the broker's queue counts come from a short blocking connection run in a
-worker thread, so an attempt never blocks the loop.
+Redis is asked on the event loop; the broker's queue counts come from a short blocking connection (to the first node
+of ``RABBITMQ_URL`` that answers, :class:`chat_common.broker.BrokerNodes`) run in a worker thread, so an attempt
+never blocks the loop.
 """
 
 from __future__ import annotations
@@ -105,7 +114,6 @@ import time
 import uuid
 from typing import Protocol
 
-import pika
 import pika.exceptions
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -114,6 +122,7 @@ from sqlalchemy.dialects.mysql import insert
 
 from chat_api.adapters.database import Database
 from chat_api.model import NumberingStillOpening, Unavailable
+from chat_common.broker import BrokerNodes
 from chat_common.idempotency import KEY_LIFETIME_SECONDS
 from chat_common.keys import RedisKeys, application_slot
 from chat_common.tables import system_markers
@@ -125,7 +134,7 @@ log = logging.getLogger(__name__)
 # Waits before the four heartbeat snapshots of the precise rule: writers beat every 0.2 s when busy and every
 # 0.25 s when idle, so each window holds a beat, and the last one two.
 SETTLE_SECONDS = (0.5, 0.5, 0.5, 0.8)
-RETRY_EXPIRY_SLACK = 1.0  # a retry tier hands a message back this long after its delay at most
+RETRY_EXPIRY_SLACK = 1.0  # a writer returns a held retry-tier message this long after it is due at most
 LOCK_MS = 6000  # a recovery round (the precise rule reads the writers four times) takes ~2.5 s
 
 
@@ -403,12 +412,21 @@ Counts = dict[str, tuple[int, int]]
 
 
 def queue_settled(
-    queue: str, first: Counts, second: Counts, beats: tuple[Beats, Beats, Beats, Beats], cutoff: float, evidence: float
+    queue: str,
+    first: Counts,
+    second: Counts,
+    beats: tuple[Beats, Beats, Beats, Beats],
+    cutoff: float,
+    evidence: float,
+    tiers: tuple[str, ...] = (),
 ) -> bool:
-    """Conditions (b), (c) and (e) of the precise rule for one work queue (see the module docstring).
+    """Conditions (b), (c), (e) and (f) of the precise rule for one work queue (see the module docstring).
 
-    ``first``/``second``: (ready, consumers) read before and after the four heartbeat snapshots ``beats``.
+    ``first``/``second``: (ready, consumers) read before and after the four heartbeat snapshots ``beats``;
+    ``tiers``: the queue's retry tiers.
     """
+    if any(first.get(tier, (0, 0))[0] for tier in tiers):
+        return False  # (f) a retried message no writer holds: it may have been deferred before the ledger was lost
     h1, h2, h3, h4 = beats
     live: list[tuple[WriterHeartbeat, WriterHeartbeat, WriterHeartbeat]] = []
     for field, b4 in h4.items():
@@ -441,7 +459,7 @@ class NumberingRecovery:
         self,
         client: redis.Redis,
         keys: RedisKeys,
-        amqp_url: str,
+        broker: BrokerNodes,
         topology: Topology,
         grace_seconds: float,
         marker: NumberingMarker,
@@ -453,7 +471,7 @@ class NumberingRecovery:
         wait = max(OPEN_WAIT_SECONDS, grace_seconds)
         self.opening = SlotOpening(RedisSlotOpenings(client, keys), marker, wait_seconds=wait)
         self.keys = keys
-        self.amqp_url = amqp_url
+        self.broker = broker  # for the queue counts (chat_common.broker.CHECK profile)
         self.topology = topology
         self.grace_seconds = grace_seconds
         self.sweep_slots = sweep_slots  # opened slots whose epoch the watchdog checks per round (rotating)
@@ -574,9 +592,8 @@ class NumberingRecovery:
         second = await asyncio.to_thread(self._queue_counts)
         beats = (snapshots[0], snapshots[1], snapshots[2], snapshots[3])
         return all(
-            queue_settled(name, first, second, beats, cutoff, evidence)
-            for name, is_work_queue in self._queue_names()
-            if is_work_queue
+            queue_settled(queue.name, first, second, beats, cutoff, evidence, self._tiers(queue))
+            for queue in (self.topology.chats, self.topology.messages)
         )
 
     @property
@@ -613,29 +630,22 @@ class NumberingRecovery:
                 log.exception("numbering watchdog round failed")
             await asyncio.sleep(interval)
 
+    @staticmethod
+    def _tiers(queue) -> tuple[str, ...]:
+        """The retry tiers of a work queue, with those of earlier versions (counted while they exist)."""
+        return (*queue.retry_queues, *queue.legacy_retry_queues)
+
     def _queue_names(self) -> list[tuple[str, bool]]:
         names = []
         for queue in (self.topology.chats, self.topology.messages):
             names.append((queue.name, True))
-            names.extend((retry, False) for retry in queue.retry_queues)
+            names.extend((tier, False) for tier in self._tiers(queue))
         return names
 
     def _queue_counts(self) -> dict[str, tuple[int, int]]:
-        """(ready messages, consumers) of every work and retry queue; a missing queue counts as empty."""
-        counts: dict[str, tuple[int, int]] = {}
-        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
-        try:
-            for name, _ in self._queue_names():
-                channel = connection.channel()
-                try:
-                    ok = channel.queue_declare(name, passive=True).method
-                    counts[name] = (ok.message_count, ok.consumer_count)
-                    channel.close()
-                except pika.exceptions.ChannelClosedByBroker:  # 404: never declared, so nothing is in it
-                    counts[name] = (0, 0)
-        finally:
-            connection.close()
-        return counts
+        """(ready messages, consumers) of every work queue and retry tier; a missing queue counts as empty."""
+        counts = self.broker.count_queues([name for name, _ in self._queue_names()])
+        return {name: count or (0, 0) for name, count in counts.items()}
 
     @staticmethod
     def _drained(counts: dict[str, tuple[int, int]]) -> bool:

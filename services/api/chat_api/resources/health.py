@@ -49,14 +49,23 @@ class ReadinessResource:
         resp.media = {"status": "ready" if ready else ("draining" if self.state.draining else "starting")}
 
 
-class StatusResource:
-    """Operators' view of the shared dependencies and of numbering: 200 when all are up, 503 otherwise."""
+# Check results that are not a fault: up, numbering open, no dead letters, and dead letters parked for a human (the
+# ChatDeadLetterQueueNotEmpty alert's business, not an outage).
+HEALTHY = frozenset({"ok", "open", "empty", "holding"})
+StatusCheck = Callable[[], Awaitable[str | tuple[str, dict]]]
 
-    def __init__(self, checks: dict[str, Callable[[], Awaitable[str]]]) -> None:
+
+class StatusResource:
+    """Operators' view of the shared dependencies, numbering and the queues: 200 when nothing is at fault, else 503.
+
+    A check answers its state, or its state and a detail object (shown under ``details``).
+    """
+
+    def __init__(self, checks: dict[str, StatusCheck]) -> None:
         self.checks = checks
 
     async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # noqa: D102
-        async def run(name: str, check: Callable[[], Awaitable[str]]) -> str:
+        async def run(name: str, check: StatusCheck) -> str | tuple[str, dict]:
             try:
                 return await asyncio.wait_for(check(), 2)
             except Exception as exc:  # a status page reports failures, it never raises them
@@ -64,10 +73,14 @@ class StatusResource:
                 return "unavailable"
 
         names = list(self.checks)
-        results = dict(zip(names, await asyncio.gather(*(run(n, self.checks[n]) for n in names)), strict=True))
-        up = all(value in ("ok", "open") for value in results.values())
+        answers = dict(zip(names, await asyncio.gather(*(run(n, self.checks[n]) for n in names)), strict=True))
+        results = {name: answer[0] if isinstance(answer, tuple) else answer for name, answer in answers.items()}
+        details = {name: answer[1] for name, answer in answers.items() if isinstance(answer, tuple)}
+        up = all(value in HEALTHY for value in results.values())
         resp.status = falcon.HTTP_200 if up else falcon.HTTP_503
         resp.media = {"status": "ok" if up else "degraded", "checks": results}
+        if details:
+            resp.media["details"] = details
 
 
 class MetricsResource:

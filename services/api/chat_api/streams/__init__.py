@@ -17,6 +17,7 @@ from chat_api.streams.hub import HUBS, Refused, StreamHub, StreamLimits, TokenSt
 from chat_api.streams.reader import SqlStreamReader
 from chat_api.streams.registry import RedisStreamRegistry
 from chat_api.streams.subscriber import AnnouncementSubscriber
+from chat_common.broker import API, BrokerNodes
 from chat_common.topology import announcements_exchange
 
 __all__ = ["Refused", "StreamHub", "StreamLimits", "build_hub", "end_all_streams"]
@@ -28,7 +29,7 @@ def build_hub(settings, db, redis_client, keys, standing: TokenStanding | None =
 
     def make_subscriber(hub: StreamHub) -> AnnouncementSubscriber:
         return AnnouncementSubscriber(
-            settings.rabbitmq_url,
+            BrokerNodes.from_settings(settings, API),
             announcements_exchange(settings.queue_prefix),
             on_announcement=hub.announce,
             on_ready=hub.on_subscriber_ready,

@@ -23,12 +23,11 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 
 from chat_api.adapters.pika_callbacks import guarded
+from chat_common.broker import BrokerNodes, asyncio_connection
 from chat_common.topology import declare_announcements
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 30
-BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 # Bound on what the broker keeps for a worker that stalls; beyond it the oldest announcements are dropped (the
 # streams' gap rule reads those rows from MySQL).
 MAX_QUEUED = 100_000
@@ -39,16 +38,14 @@ class AnnouncementSubscriber:
 
     def __init__(
         self,
-        amqp_url: str,
+        broker: BrokerNodes,
         exchange: str,
         *,
         on_announcement: Callable[[str, bytes], None],
         on_ready: Callable[[], None],
         on_lost: Callable[[], None],
     ) -> None:
-        self.urls = [url.strip() for url in amqp_url.split(",") if url.strip()]
-        if not self.urls:
-            raise ValueError("amqp_url names no broker")
+        self.broker = broker  # the nodes (chat_common.broker.API profile): tried in turn, failing over
         self.exchange = exchange
         self.on_announcement = on_announcement
         self.on_ready = on_ready
@@ -104,34 +101,21 @@ class AnnouncementSubscriber:
 
     # -- background connection -------------------------------------------------------------------------------
     async def _run(self) -> None:
-        backoff, index = BACKOFF_MIN, 0
-        while not self._closing:
-            url = self.urls[index]
-            index = (index + 1) % len(self.urls)
-            self._was_ready = False
-            params = pika.URLParameters(url)
-            params.heartbeat = HEARTBEAT_SECONDS
-            loop = asyncio.get_running_loop()
-            self._over = over = loop.create_future()
-            try:
-                self._connection = AsyncioConnection(
-                    params,
-                    on_open_callback=self._on_open,
-                    on_open_error_callback=self._on_connection_over,
-                    on_close_callback=self._on_connection_over,
-                    custom_ioloop=loop,
-                )
-                await asyncio.shield(over)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # this task must live on and retry, whatever failed
-                log.warning("announcement subscriber: broker %s:%s unavailable: %r", params.host, params.port, exc)
-            self._mark_down()
-            became_ready = self._was_ready
-            if not became_ready and index != 0:
-                continue  # another node may answer
-            await asyncio.sleep(BACKOFF_MIN if became_ready else backoff)
-            backoff = BACKOFF_MIN if became_ready else min(backoff * 2, BACKOFF_MAX)
+        await self.broker.keep_connected(self._connect_and_serve, lambda: self._closing)
+
+    async def _connect_and_serve(self, params: pika.URLParameters) -> bool:
+        """Connect to one node and return when that connection is over; True if it became ready."""
+        self._was_ready = False
+        self._over = over = asyncio.get_running_loop().create_future()
+        try:
+            self._connection = asyncio_connection(params, self._on_open, self._on_connection_over)
+            await asyncio.shield(over)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # this task must live on and retry, whatever failed
+            log.warning("announcement subscriber: broker %s:%s unavailable: %r", params.host, params.port, exc)
+        self._mark_down()
+        return self._was_ready
 
     def callback_failed(self) -> None:
         """A pika callback failed (:func:`~chat_api.adapters.pika_callbacks.guarded`): reconnect from scratch."""

@@ -1,0 +1,118 @@
+"""The retry tiers and dead-letter queues as ``/status`` shows them: late retries, undrained tiers, parked messages.
+
+Two sources: the broker (a short blocking connection in a worker thread: ready messages and consumers of each retry
+tier — those of earlier versions while they exist — and of each dead-letter queue), and the writers' own reports in
+Redis (``RedisKeys.retry_overdue``: how late the most overdue tier message each writer holds is; a tier message a
+writer holds is not "ready", so only the writer can tell). The snapshot is kept ``cache_seconds`` so that a polled
+``/status`` opens at most one broker connection per process that often.
+
+- retry tiers **overdue**: a writer reported, within the last ``REPORT_MAX_AGE`` seconds, a held message later than
+  the margin (``RETRY_OVERDUE_MARGIN_SECONDS``); **undrained**: a tier holds messages and nobody consumes it (no
+  writer of its queue is running: nothing would ever take them back); else **ok**.
+- dead letters **holding** (messages parked for a human) or **empty**.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as redis
+
+from chat_common.broker import BrokerNodes
+from chat_common.keys import RedisKeys
+from chat_common.retry_tiers import parse_overdue_report
+from chat_common.topology import Topology
+
+REPORT_MAX_AGE = 10.0  # writers report every 0.2 s; an older report is a writer that is gone
+OK, OVERDUE, UNDRAINED = "ok", "overdue", "undrained"
+EMPTY, HOLDING = "empty", "holding"
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """Retry tiers and dead-letter queues at one moment."""
+
+    tiers: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (ready, consumers); existing ones only
+    dead: dict[str, int] = field(default_factory=dict)  # name -> messages
+    overdue_seconds: float = 0.0  # the latest writer reports' maximum
+
+    def retry_state(self, margin: float) -> str:
+        """``overdue``, ``undrained`` or ``ok`` (module docstring)."""
+        if self.overdue_seconds > margin:
+            return OVERDUE
+        if any(ready and not consumers for ready, consumers in self.tiers.values()):
+            return UNDRAINED
+        return OK
+
+    def dead_state(self) -> str:
+        """``holding`` when a dead-letter queue has messages, else ``empty``."""
+        return HOLDING if any(self.dead.values()) else EMPTY
+
+
+class QueueHealth:
+    """Reads :class:`QueueSnapshot` s for ``/status`` (one per ``cache_seconds`` at most)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: RedisKeys,
+        broker: BrokerNodes,
+        topology: Topology,
+        margin_seconds: float,
+        cache_seconds: float = 2.0,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.broker = broker
+        self.topology = topology
+        self.margin_seconds = margin_seconds
+        self.cache_seconds = cache_seconds
+        self._snapshot: QueueSnapshot | None = None
+        self._taken = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def snapshot(self) -> QueueSnapshot:
+        """The latest snapshot, read anew when older than ``cache_seconds``."""
+        async with self._lock:  # concurrent /status requests share one read
+            if self._snapshot is None or time.monotonic() - self._taken > self.cache_seconds:
+                counts = await asyncio.to_thread(self._counts)
+                reports = await self.client.hgetall(self.keys.retry_overdue)
+                self._snapshot = self._build(counts, reports, time.time())
+                self._taken = time.monotonic()
+            return self._snapshot
+
+    async def retry_tiers(self) -> tuple[str, dict]:
+        """The ``/status`` check of the retry tiers: its state and, per existing tier, messages and drainers."""
+        snapshot = await self.snapshot()
+        tiers = {name: {"messages": ready, "drainers": drainers} for name, (ready, drainers) in snapshot.tiers.items()}
+        return snapshot.retry_state(self.margin_seconds), {
+            "overdue_seconds": round(snapshot.overdue_seconds, 3),
+            "tiers": tiers,
+        }
+
+    async def dead_letters(self) -> tuple[str, dict]:
+        """The ``/status`` check of the dead-letter queues: ``holding`` or ``empty``, and the messages of each."""
+        snapshot = await self.snapshot()
+        return snapshot.dead_state(), {"queues": dict(snapshot.dead)}
+
+    def _names(self) -> tuple[list[str], list[str]]:
+        tiers, dead = [], []
+        for queue in (self.topology.chats, self.topology.messages):
+            tiers += [*queue.retry_queues, *queue.legacy_retry_queues]
+            dead.append(queue.dead_letter)
+        return tiers, dead
+
+    def _counts(self) -> dict[str, tuple[int, int] | None]:
+        tiers, dead = self._names()
+        return self.broker.count_queues([*tiers, *dead])
+
+    def _build(self, counts: dict, reports: dict, now: float) -> QueueSnapshot:
+        tiers, dead = self._names()
+        fresh = [seconds for seconds, at in map(parse_overdue_report, reports.values()) if now - at <= REPORT_MAX_AGE]
+        return QueueSnapshot(
+            tiers={name: counts[name] for name in tiers if counts.get(name) is not None},
+            dead={name: counts[name][0] for name in dead if counts.get(name) is not None},
+            overdue_seconds=max(fresh, default=0.0),
+        )
