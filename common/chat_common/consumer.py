@@ -78,6 +78,7 @@ class LoopState:
     last: float = 0.0  # publish stamp of the latest first-attempt delivery received
     firsts: int = 0  # first-attempt deliveries received since the consumer started (only grows)
     session: int = 0  # broker connection number: changes whenever the broker may have requeued what it held
+    deliveries: int = 0  # every delivery received, of the work queue and of its retry tiers (only grows)
 
 
 class ConsumerHook:
@@ -140,6 +141,7 @@ class BatchConsumer:
         self._buffer: list[Delivery] = []
         self._first_at = 0.0
         self._firsts = 0
+        self._deliveries = 0
         self._last = 0.0
         self._session = 0
 
@@ -188,6 +190,7 @@ class BatchConsumer:
             self._last,
             self._firsts,
             self._session,
+            self._deliveries + self.drainer.received,
         )
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -242,6 +245,7 @@ class BatchConsumer:
         if not self._buffer:
             self._first_at = time.monotonic()
         delivery = Delivery(body, method.delivery_tag, method.redelivered, attempt, stamp)
+        self._deliveries += 1
         if attempt == 0:
             self._firsts += 1
             self._last = stamp

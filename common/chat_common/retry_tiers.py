@@ -118,6 +118,7 @@ class RetryDrainer:
         self._publisher = None
         self._cancelled: list[object] = []
         self.overdue = 0.0  # seconds the most overdue held message was late at the last release
+        self.received = 0  # tier deliveries received so far (only grows; the writer's heartbeat reports it)
 
     def attach(self, connection) -> None:
         """Start consuming the queue's tiers (and those of earlier versions that still exist) on ``connection``."""
@@ -140,6 +141,7 @@ class RetryDrainer:
 
     def _receiver(self, tier: str, delay: int):
         def on_message(_channel, method, properties, body: bytes) -> None:
+            self.received += 1
             self.held.hold(tier, delay, method.delivery_tag, body, properties, self.clock())
 
         return on_message

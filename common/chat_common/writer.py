@@ -70,6 +70,7 @@ class WriterHeartbeat(NamedTuple):
     firsts: int = 0
     session: int = 0
     beat: int = 0
+    deliveries: int = 0
 
 
 def format_heartbeat(
@@ -80,13 +81,16 @@ def format_heartbeat(
     firsts: int = 0,
     session: int = 0,
     beat: int = 0,
+    deliveries: int = 0,
 ) -> str:
     """The value a writer stores under its id in the heartbeat hash:
-    ``"<unacked>:<unix time>[:<oldest>:<last>:<firsts>:<session>:<beat>]"`` (``oldest`` empty when None)."""
+    ``"<unacked>:<unix time>[:<oldest>:<last>:<firsts>:<session>:<beat>:<deliveries>]"`` (``oldest`` empty when
+    None). Heartbeats of the previous version have no ``deliveries`` (read as 0)."""
     short = f"{unacked}:{at:.3f}"
-    if (oldest, last, firsts, session, beat) == (None, 0.0, 0, 0, 0):
+    if (oldest, last, firsts, session, beat, deliveries) == (None, 0.0, 0, 0, 0, 0):
         return short
-    return f"{short}:{'' if oldest is None else f'{oldest:.6f}'}:{last:.6f}:{firsts}:{session}:{beat}"
+    lowest = "" if oldest is None else f"{oldest:.6f}"
+    return f"{short}:{lowest}:{last:.6f}:{firsts}:{session}:{beat}:{deliveries}"
 
 
 def parse_heartbeat(raw: bytes | str) -> WriterHeartbeat:
@@ -96,9 +100,14 @@ def parse_heartbeat(raw: bytes | str) -> WriterHeartbeat:
     try:
         if len(parts) == 2:
             return WriterHeartbeat(int(parts[0]), float(parts[1]))
-        unacked, at, oldest, last, firsts, session, beat = parts
+        unacked, at, oldest, last, firsts, session, beat, *rest = parts
+        if len(rest) > 1:
+            raise ValueError(text)
         lowest = float(oldest) if oldest else None
-        return WriterHeartbeat(int(unacked), float(at), lowest, float(last), int(firsts), int(session), int(beat))
+        deliveries = int(rest[0]) if rest else 0
+        return WriterHeartbeat(
+            int(unacked), float(at), lowest, float(last), int(firsts), int(session), int(beat), deliveries
+        )
     except ValueError:
         return WriterHeartbeat(0, 0.0)
 
@@ -177,7 +186,9 @@ def build_consumer(
     def heartbeat(state: LoopState) -> None:
         now = time.time()
         beats[0] += 1
-        value = format_heartbeat(state.held, now, state.oldest, state.last, state.firsts, state.session, beats[0])
+        value = format_heartbeat(
+            state.held, now, state.oldest, state.last, state.firsts, state.session, beats[0], state.deliveries
+        )
         pipe = context.redis.pipeline(transaction=False)
         pipe.hset(context.keys.writer_heartbeats, state.consumer_id, value)
         pipe.hset(context.keys.retry_overdue, state.consumer_id, format_overdue_report(state.retry_overdue, now))

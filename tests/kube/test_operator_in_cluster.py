@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,11 @@ from tests.support.http import Api, wait_for
 from tests.support.namespace import Namespace
 from tests.support.processes import System
 
-pytestmark = [pytest.mark.kube, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.kube,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the process node mounts each pod's files in a mount namespace: root"),
+]
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "chat-system"
 RELEASE = "chat"

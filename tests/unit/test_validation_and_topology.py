@@ -2,10 +2,10 @@
 
 import pytest
 
-from chat_api.adapters.recovery import writer_heartbeat_fresh
 from chat_common.search import escape_like
 from chat_common.topology import Topology
 from chat_common.validation import Invalid, clean_body, clean_name
+from chat_common.writer import WriterHeartbeat, format_heartbeat, parse_heartbeat
 
 
 @pytest.mark.parametrize("bad", [None, "", "  ", 3, "a\x00b", "tab\tname", "x" * 256, "\ud800"])
@@ -33,11 +33,14 @@ def test_retry_tiers_grow_then_stay():
 
 
 def test_heartbeat_parsing():
-    assert writer_heartbeat_fresh(b"0:100.5", since=100.0, now=101.0) == (True, 0)
-    assert writer_heartbeat_fresh("3:100.5", since=100.0, now=101.0) == (True, 3)
-    assert writer_heartbeat_fresh("0:99.0", since=100.0, now=101.0)[0] is False  # from before the loss
-    assert writer_heartbeat_fresh("0:100.5", since=100.0, now=110.0)[0] is False  # stale
-    assert writer_heartbeat_fresh("garbage", since=0, now=1) == (False, 0)
+    assert parse_heartbeat(b"0:100.5") == WriterHeartbeat(0, 100.5)
+    assert parse_heartbeat("3:100.5").unacked == 3
+    assert parse_heartbeat("garbage") == WriterHeartbeat(0, 0.0)  # held nothing, infinitely old
+    # The previous version's seven fields read with no deliveries; this version's eight round-trip.
+    assert parse_heartbeat("0:100.5::99.0:4:2:7").deliveries == 0
+    full = WriterHeartbeat(1, 100.5, 98.5, 99.0, 4, 2, 7, 12)
+    assert parse_heartbeat(format_heartbeat(*full)) == full
+    assert parse_heartbeat("0:100.5::99.0:4:2:7:12:13") == WriterHeartbeat(0, 0.0)  # too many fields
 
 
 def test_like_escaping():

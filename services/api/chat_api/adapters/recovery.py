@@ -7,8 +7,11 @@ never written). Both rules below start once the grace period (the publish timeou
 first seen (``T``, per slot); either one re-opens.
 
 **Coarse rule** (cheap; holds at once on an idle system): the work queues and their retry tiers hold no ready
-message; every consumer the broker knows of has reported, since ``T``, that it holds no unacknowledged message
-(a writer's held retry-tier messages count); the queues are checked once more.
+message, and every consumer the broker knows of reported, in a heartbeat since ``T`` written before that count
+and in another written after it, that it holds no unacknowledged message (a writer's held retry-tier messages
+count) and received no delivery between the two (``deliveries`` unchanged). A count sees only ready messages and
+a heartbeat is a moment old, so without the bracket a message moving between a queue and a writer — a drained
+retry tier hands one back every second — could be in neither snapshot.
 
 **Precise rule** (holds under any steady load of the other slots' applications). Its ingredients:
 
@@ -19,7 +22,8 @@ message; every consumer the broker knows of has reported, since ``T``, that it h
 - *Heartbeats.* Every writer reports every 0.2 s (:func:`chat_common.writer.format_heartbeat`) the lowest stamp
   among the deliveries it holds unacknowledged (``oldest``), the stamp of the latest first-attempt delivery it
   received (``last``) and how many of those it received (``firsts``), its broker connection number
-  (``session``) and the heartbeat's own sequence number (``beat``).
+  (``session``), the heartbeat's own sequence number (``beat``) and how many deliveries of ``q`` and of its retry
+  tiers it received in all (``deliveries``).
 - *Deferral ledger.* Before a writer sends a message to a retry tier (so before it acknowledges the original) it
   adds ``digest -> stamp`` to ``RedisKeys.deferred``; once a retried or redelivered message is committed or
   dead-lettered, and before it is acknowledged, it removes it (:class:`chat_common.consumer_hooks.DeferralLedger`;
@@ -401,12 +405,6 @@ class SlotOpening:
         raise NumberingStillOpening(f"slot {slot}: its opening ended {OPEN_ROUNDS} times under way")
 
 
-def writer_heartbeat_fresh(raw: bytes | str, since: float, now: float, max_age: float = 2.0) -> tuple[bool, int]:
-    """One writer heartbeat (:func:`chat_common.writer.parse_heartbeat`): (newer than ``since`` and recent, unacked)."""
-    beat = parse_heartbeat(raw)
-    return beat.at > since and now - beat.at <= max_age, beat.unacked
-
-
 Beats = dict[str, WriterHeartbeat]
 Counts = dict[str, tuple[int, int]]
 
@@ -563,11 +561,59 @@ class NumberingRecovery:
                     await self.client.delete(self.keys.slot_recovery_lock(slot))
 
     async def _everything_drained(self, since: float) -> bool:
-        """The coarse rule: every work queue and retry tier empty and every writer idle since ``since``."""
+        """The coarse rule: every work queue and retry tier empty and every writer idle since ``since``.
+
+        A queue count sees only *ready* messages: one a writer holds (a batch in hand, or a retry held until due)
+        is invisible to it, and a writer's heartbeat is a snapshot a moment old. So a message moving between a
+        queue and a writer could slip between the count and the heartbeats. The rule therefore brackets the count
+        with two heartbeats of every writer — one written before it, one after — and asks each writer to have held
+        nothing at both and received nothing in between (its delivery counter unchanged): then no message was in
+        any queue at the count, nor in any writer across it.
+        """
+        before = await self._beats()
         counts = await asyncio.to_thread(self._queue_counts)
-        if not self._drained(counts) or not await self._writers_idle_since(since, counts):
+        if not self._drained(counts):
             return False
-        return self._drained(await asyncio.to_thread(self._queue_counts))
+        counted_at = time.time()
+        after = await self._beats_after(counted_at, before)
+        return after is not None and self._writers_idle_across(since, counted_at, before, after, counts)
+
+    async def _beats_after(self, moment: float, before: Beats, timeout: float = 2.0) -> Beats | None:
+        """The heartbeats, once every writer that reported before ``moment`` has reported again after it (None if
+        one does not within ``timeout``: it is stuck, or gone — either way the rule cannot conclude now)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            beats = await self._beats()
+            waiting = [
+                w for w, b in before.items() if time.time() - b.at <= 2.0 and w in beats and beats[w].at <= moment
+            ]
+            if not waiting:
+                return beats
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.05)
+
+    def _writers_idle_across(self, since: float, counted_at: float, before: Beats, after: Beats, counts) -> bool:
+        now = time.time()
+        for name, is_work_queue in self._queue_names():
+            if not is_work_queue:
+                continue
+            consumers = counts.get(name, (0, 0))[1]
+            idle = 0
+            for writer, late in after.items():
+                if not writer.startswith(f"{name}|") or now - late.at > 2.0:
+                    continue  # a heartbeat left by a writer that is gone: it consumes nothing (prune removes it)
+                early = before.get(writer)
+                if early is None or early.at <= since or late.at <= counted_at:
+                    return False  # a writer that started meanwhile, or reported too long ago
+                if early.unacked or late.unacked:
+                    return False
+                if (early.session, early.deliveries) != (late.session, late.deliveries):
+                    return False  # it received something around the count
+                idle += 1
+            if idle < consumers:
+                return False
+        return True
 
     async def _settled(self, lost: float) -> bool:
         """The precise rule for slots lost at ``lost`` (the latest of them): every message stamped before
@@ -650,23 +696,3 @@ class NumberingRecovery:
     @staticmethod
     def _drained(counts: dict[str, tuple[int, int]]) -> bool:
         return all(ready == 0 for ready, _ in counts.values())
-
-    async def _writers_idle_since(self, started: float, counts: dict[str, tuple[int, int]]) -> bool:
-        beats = await self.client.hgetall(self.keys.writer_heartbeats)
-        now = time.time()
-        for name, is_work_queue in self._queue_names():
-            if not is_work_queue:
-                continue
-            consumers = counts.get(name, (0, 0))[1]
-            idle = 0
-            for field, raw in beats.items():
-                field = field.decode() if isinstance(field, bytes) else field
-                if not field.startswith(f"{name}|"):
-                    continue
-                fresh, held = writer_heartbeat_fresh(raw, started, now)
-                if fresh and held:
-                    return False
-                idle += fresh
-            if idle < consumers:
-                return False
-        return True
