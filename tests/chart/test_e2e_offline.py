@@ -48,10 +48,11 @@ def test_e2e_suite_collects_with_only_api_base_url(tmp_path):
 
 
 def test_tests_that_cannot_run_behind_the_ingress_skip_without_touching_the_database(tmp_path):
-    result = run_e2e(tmp_path, "-k", "counts_after_sync or chunked or readiness_and_metrics")
+    # The count test is not among them: with API_BASE_URL alone it waits for the system's own periodic count sync
+    # (tests/e2e/target.py chooses by configuration, never by finding kubectl), so it talks to the API only.
+    result = run_e2e(tmp_path, "-k", "chunked or readiness_and_metrics")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "3 skipped" in output and not re.search(r"\d+ errors?\b", output), output
+    assert "2 skipped" in output and not re.search(r"\d+ errors?\b", output), output
     assert "OperationalError" not in output
-    assert "kubectl is not on the PATH" in output  # the count sync says why it cannot run
-    assert "re-frames request bodies" in output  # and so does the 411 test
+    assert "re-frames request bodies" in output  # the 411 test says why it cannot run

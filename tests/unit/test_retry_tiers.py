@@ -3,15 +3,20 @@ when a held message is due, what happens when its way back fails, how lateness i
 
 from __future__ import annotations
 
+import asyncio
+import time
 from types import SimpleNamespace
 
 import pika
 import pika.exceptions
 import pytest
 
-from chat_api.adapters.queue_health import QueueSnapshot
+from chat_api.adapters import queue_health
+from chat_api.adapters.queue_health import QueueHealth, QueueSnapshot
 from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, PUBLISHED_AT_HEADER, stamp_header
+from chat_common.keys import RedisKeys
 from chat_common.retry_tiers import HeldMessages, RetryDrainer, format_overdue_report, parse_overdue_report
+from chat_common.topology import Topology
 from tests.unit.test_consumer_loop import QUEUE, FakeBroker
 
 TIER_1S, TIER_30S = QUEUE.retry(1), QUEUE.retry(3)
@@ -129,3 +134,44 @@ def test_status_calls_tiers_overdue_past_the_margin_and_undrained_when_messages_
     assert (
         QueueSnapshot(dead={"d": 0}).dead_state() == "empty" and QueueSnapshot(dead={"d": 1}).dead_state() == "holding"
     )
+
+
+class SlowBroker:
+    """The broker side of QueueHealth: counts that take ``seconds`` to read (a slow link), or fail."""
+
+    def __init__(self, seconds: float, fail: bool = False) -> None:
+        self.seconds, self.fail = seconds, fail
+
+    def count_queues(self, names: list[str]) -> dict[str, tuple[int, int] | None]:
+        time.sleep(self.seconds)
+        if self.fail:
+            raise OSError("broker unreachable")
+        return dict.fromkeys(names, (0, 1))
+
+
+class Reports:
+    async def hgetall(self, _key: str) -> dict:
+        return {}
+
+
+async def test_a_slow_queue_scan_never_holds_status_up_and_shows_unknown_until_read(monkeypatch):
+    monkeypatch.setattr(queue_health, "FIRST_READ_SECONDS", 0.05)
+    health = QueueHealth(Reports(), RedisKeys("t:"), SlowBroker(0.3), Topology("t"), margin_seconds=30, cache_seconds=0)
+    started = time.monotonic()
+    assert await health.retry_tiers() == ("unknown", {})  # the first read is still going
+    assert time.monotonic() - started < 0.25
+    await asyncio.sleep(0.4)
+    state, detail = await health.retry_tiers()
+    assert state == "ok" and detail["tiers"]
+    assert (await health.dead_letters())[0] == "empty"
+
+
+async def test_a_snapshot_too_old_is_not_shown_when_reads_keep_failing(monkeypatch):
+    monkeypatch.setattr(queue_health, "FIRST_READ_SECONDS", 1.0)
+    broker = SlowBroker(0.0)
+    health = QueueHealth(Reports(), RedisKeys("t:"), broker, Topology("t"), margin_seconds=30, cache_seconds=0)
+    assert (await health.retry_tiers())[0] == "ok"
+    broker.fail = True
+    monkeypatch.setattr(queue_health, "MAX_AGE", 0.0)
+    await asyncio.sleep(0.05)
+    assert (await health.retry_tiers())[0] == "unknown"

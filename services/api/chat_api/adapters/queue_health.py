@@ -10,11 +10,15 @@ writer holds is not "ready", so only the writer can tell). The snapshot is kept 
   the margin (``RETRY_OVERDUE_MARGIN_SECONDS``); **undrained**: a tier holds messages and nobody consumes it (no
   writer of its queue is running: nothing would ever take them back); else **ok**.
 - dead letters **holding** (messages parked for a human) or **empty**.
+- either **unknown** while no snapshot could be read (a slow or unreachable broker: the ``rabbitmq`` check says
+  which): not a fault of its own, so a slow scan never turns ``/status`` into a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -25,8 +29,12 @@ from chat_common.keys import RedisKeys
 from chat_common.retry_tiers import parse_overdue_report
 from chat_common.topology import Topology
 
+log = logging.getLogger(__name__)
+
 REPORT_MAX_AGE = 10.0  # writers report every 0.2 s; an older report is a writer that is gone
-OK, OVERDUE, UNDRAINED = "ok", "overdue", "undrained"
+FIRST_READ_SECONDS = 1.5  # /status waits this long for a process's first snapshot (its checks get 2 s)
+MAX_AGE = 15.0  # an older snapshot (the reads failing meanwhile) is not shown: the state is unknown
+OK, OVERDUE, UNDRAINED, UNKNOWN = "ok", "overdue", "undrained", "unknown"
 EMPTY, HOLDING = "empty", "holding"
 
 
@@ -71,21 +79,39 @@ class QueueHealth:
         self.cache_seconds = cache_seconds
         self._snapshot: QueueSnapshot | None = None
         self._taken = float("-inf")
-        self._lock = asyncio.Lock()
+        self._reading: asyncio.Task | None = None
 
-    async def snapshot(self) -> QueueSnapshot:
-        """The latest snapshot, read anew when older than ``cache_seconds``."""
-        async with self._lock:  # concurrent /status requests share one read
-            if self._snapshot is None or time.monotonic() - self._taken > self.cache_seconds:
-                counts = await asyncio.to_thread(self._counts)
-                reports = await self.client.hgetall(self.keys.retry_overdue)
-                self._snapshot = self._build(counts, reports, time.time())
-                self._taken = time.monotonic()
-            return self._snapshot
+    async def snapshot(self) -> QueueSnapshot | None:
+        """The latest snapshot no older than ``MAX_AGE`` (None: none yet, or the reads keep failing).
+
+        A snapshot older than ``cache_seconds`` is read anew in the background — one read at a time, shared by
+        concurrent requests — so a slow broker or a long list of queues never holds ``/status`` up; only the first
+        read is waited for, and for at most ``FIRST_READ_SECONDS``.
+        """
+        if time.monotonic() - self._taken > self.cache_seconds and (self._reading is None or self._reading.done()):
+            self._reading = asyncio.create_task(self._read())
+        if self._snapshot is None and self._reading is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reading), FIRST_READ_SECONDS)
+        if self._snapshot is None or time.monotonic() - self._taken > MAX_AGE:
+            return None
+        return self._snapshot
+
+    async def _read(self) -> None:
+        try:
+            counts = await asyncio.to_thread(self._counts)
+            reports = await self.client.hgetall(self.keys.retry_overdue)
+        except Exception as exc:  # reported as "unknown" once the last snapshot is too old; /status says why not
+            log.info("queue snapshot not read: %s", exc.__class__.__name__)
+            return
+        self._snapshot = self._build(counts, reports, time.time())
+        self._taken = time.monotonic()
 
     async def retry_tiers(self) -> tuple[str, dict]:
         """The ``/status`` check of the retry tiers: its state and, per existing tier, messages and drainers."""
         snapshot = await self.snapshot()
+        if snapshot is None:
+            return UNKNOWN, {}
         tiers = {name: {"messages": ready, "drainers": drainers} for name, (ready, drainers) in snapshot.tiers.items()}
         return snapshot.retry_state(self.margin_seconds), {
             "overdue_seconds": round(snapshot.overdue_seconds, 3),
@@ -95,6 +121,8 @@ class QueueHealth:
     async def dead_letters(self) -> tuple[str, dict]:
         """The ``/status`` check of the dead-letter queues: ``holding`` or ``empty``, and the messages of each."""
         snapshot = await self.snapshot()
+        if snapshot is None:
+            return UNKNOWN, {}
         return snapshot.dead_state(), {"queues": dict(snapshot.dead)}
 
     def _names(self) -> tuple[list[str], list[str]]:

@@ -49,9 +49,10 @@ class ReadinessResource:
         resp.media = {"status": "ready" if ready else ("draining" if self.state.draining else "starting")}
 
 
-# Check results that are not a fault: up, numbering open, no dead letters, and dead letters parked for a human (the
-# ChatDeadLetterQueueNotEmpty alert's business, not an outage).
-HEALTHY = frozenset({"ok", "open", "empty", "holding"})
+# Check results that are not a fault: up, numbering open, no dead letters, dead letters parked for a human (the
+# ChatDeadLetterQueueNotEmpty alert's business, not an outage), and queues not read yet (the broker's own check
+# tells whether it is down).
+HEALTHY = frozenset({"ok", "open", "empty", "holding", "unknown"})
 StatusCheck = Callable[[], Awaitable[str | tuple[str, dict]]]
 
 
