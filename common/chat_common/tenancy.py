@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import redis
 from sqlalchemy import Engine, Select, and_, bindparam, func, literal_column, or_, select, text, update
@@ -117,6 +117,16 @@ class Application:
     def public(self) -> dict:
         """The JSON shape of an application."""
         return {"token": self.token, "name": self.name, "chats_count": self.chats_count}
+
+    def seen_with(self, token: str) -> Application:
+        """The application as a caller holding ``token`` may see it: a former token never shows the current one.
+
+        Whoever still holds a rotated-away token (during its grace period) may be whoever leaked it, so the
+        application read or renamed through it shows that same former token, and no rotation state.
+        """
+        if token == self.token:
+            return self
+        return replace(self, token=token, previous_token=None, previous_token_expires_at=None)
 
     def previous_token_valid(self, now: float) -> bool:
         """Whether the former token still works (its grace period has not ended)."""

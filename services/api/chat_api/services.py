@@ -330,8 +330,12 @@ class ChatService:
         return await asyncio.to_thread(self.applications.create, name, idempotency_key)
 
     async def get_application(self, token: str) -> Application:
-        """The application behind a token (read afresh: a rename shows at once)."""
-        return await self.tenant(token, fresh=True)
+        """The application behind a token (read afresh: a rename shows at once).
+
+        Through a former token (grace period) it shows that token, never the current one: see
+        :meth:`~chat_common.tenancy.Application.seen_with`.
+        """
+        return (await self.tenant(token, fresh=True)).seen_with(token)
 
     async def list_applications(self, page: int = 1, per_page: int | None = None) -> Page:
         """A page of applications in creation order."""
@@ -340,13 +344,13 @@ class ChatService:
         )
 
     async def rename_application(self, token: str, name: object) -> Application:
-        """Set an application's name."""
+        """Set an application's name; answered as seen with ``token`` (a former token never shows the new one)."""
         await self.tenant(token)
         application = await asyncio.to_thread(self.applications.rename, token, name)
         self.tenants.invalidate(token)
         if application is None:
             raise NotFound("application not found")
-        return application
+        return application.seen_with(token)
 
     async def delete_application(self, token: str) -> int:
         """Delete an application and everything in it; returns how many messages went with it (admin)."""
