@@ -76,6 +76,20 @@ def test_create_application_201_then_200_with_the_same_key(client):
     assert first.headers["Location"].endswith(f"/applications/{first.json['token']}")
 
 
+def test_create_application_with_a_reused_key_and_another_name_is_409(client):
+    http, _ = client
+    first = http.simulate_post("/applications", json={"name": "Acme"}, headers={"Idempotency-Key": "a2"})
+    other = http.simulate_post("/applications", json={"name": "Globex"}, headers={"Idempotency-Key": "a2"})
+    assert (other.status_code, other.json) == (409, {"error": "this Idempotency-Key was used for a different request"})
+    # The same request in another form (nested JSON, a form body) has the same fingerprint: it replays.
+    nested = http.simulate_post(
+        "/applications", json={"application": {"name": "Acme"}}, headers={"Idempotency-Key": "a2"}
+    )
+    form = post_form(http, "/applications", {"name": "Acme"}, headers={"Idempotency-Key": "a2"})
+    assert (nested.status_code, form.status_code) == (200, 200)
+    assert nested.json["token"] == form.json["token"] == first.json["token"]
+
+
 @pytest.mark.parametrize(
     ("kind", "body"),
     [

@@ -59,7 +59,7 @@ from chat_api.ports import (
 from chat_common import metrics
 from chat_common.config import Settings
 from chat_common.contracts import ChatUpsert, MessageUpsert
-from chat_common.idempotency import check_idempotency_key, fingerprint
+from chat_common.idempotency import KeyReused, caller_key, check_idempotency_key, fingerprint, request_fingerprint
 from chat_common.search import SearchUnavailable
 from chat_common.tenancy import DEFAULT_GRACE_SECONDS, TenantLimits, Usage, check_grace_seconds
 from chat_common.topology import Topology
@@ -325,9 +325,24 @@ class ChatService:
         return earlier.number, replayed
 
     # -- applications ----------------------------------------------------------------------------------------
-    async def create_application(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:
-        """Create an application with a fresh token; a repeated idempotency key returns the first one."""
-        return await asyncio.to_thread(self.applications.create, name, idempotency_key)
+    async def create_application(
+        self, name: object, idempotency_key: str | None = None, caller: str = ""
+    ) -> tuple[Application, bool]:
+        """Create an application with a fresh token; a repeated idempotency key returns the first one.
+
+        The key is scoped to ``caller`` (who authenticated: the resource says) and bound to the request's
+        fingerprint: another caller's key, or the operator's, names nothing here (a new application), and the same
+        key with a different name is a :class:`Conflict` (409).
+        """
+        name = self._name(name)
+        if idempotency_key is None:
+            return await asyncio.to_thread(self.applications.create, name)
+        stored = caller_key(caller, idempotency_key)
+        request = request_fingerprint("POST", "/applications", {"name": name})
+        try:
+            return await asyncio.to_thread(self.applications.create, name, stored, request)
+        except KeyReused:
+            raise Conflict("this Idempotency-Key was used for a different request") from None
 
     async def get_application(self, token: str) -> Application:
         """The application behind a token (read afresh: a rename shows at once).

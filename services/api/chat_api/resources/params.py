@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 import falcon
@@ -94,3 +95,15 @@ async def require_admin(req: falcon.Request, resp: falcon.Response, resource, pa
             description="this operation needs the admin API key as a Bearer token",
             challenges=['Bearer realm="chat-system"'],
         )
+
+
+def admin_identity(admin_api_key: str | None) -> str:
+    """Who passed :func:`require_admin`: a digest of the configured key (never the key), or ``open`` without one.
+
+    Application-create idempotency keys are scoped to it (:func:`chat_common.idempotency.caller_key`), so a new
+    admin key starts a new key space, and a deployment without an admin key shares one (it has no callers to tell
+    apart: anyone may create and list applications there).
+    """
+    if not admin_api_key:
+        return "open"
+    return "admin:" + hashlib.sha256(admin_api_key.encode()).hexdigest()[:32]
