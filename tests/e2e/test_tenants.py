@@ -79,7 +79,7 @@ def test_limits_put_patch_and_get(api: Api, token: str):
     api.new_chat(token)
     api.new_chat(token)
     wait_for(
-        lambda: api.post(f"/applications/{token}/chats", json={"name": "x"}).status_code == 422,
+        lambda: api.post(f"/applications/{token}/chats", json={"name": "x"}).status_code == 409,
         BOUND,
         0.2,
         "maxChats in force",

@@ -382,3 +382,37 @@ def test_status_reports_each_dependency():
     resp = http.simulate_get("/status")
     assert resp.status_code == 503 and resp.json["checks"] == {"database": "ok", "redis": "unavailable"}
     assert http.simulate_get("/readyz").status_code == 200 and http.simulate_get("/healthz").status_code == 200
+
+
+# -- strict path numbers and the stream's resume point ---------------------------------------------------------------
+@pytest.mark.parametrize("spelling", ["+1", "01", "1_0", "1.0", "0", "\uff11", "\u0661", "\u06f1", "4294967296", "-1"])
+def test_a_path_number_is_strict_ascii_digits(client, app_token, spelling):
+    http, world = client
+    http.simulate_post(f"/applications/{app_token}/chats", json={"name": "room"})
+    http.simulate_post(f"/applications/{app_token}/chats/1/messages", json={"body": "hi"})
+    world.deliver()
+    assert http.simulate_get(f"/applications/{app_token}/chats/1").status_code == 200
+    assert http.simulate_get(f"/applications/{app_token}/chats/1/messages/1").status_code == 200
+    for path in (f"chats/{spelling}", f"chats/1/messages/{spelling}", f"chats/{spelling}/messages"):
+        resp = http.simulate_get(f"/applications/{app_token}/{path}")
+        assert resp.status_code == 404 and resp.json["error"], path
+
+
+@pytest.mark.parametrize(("header", "after"), [("0", 0), ("7", 7), ("0000000007", 7), ("9999999999", 4294967295)])
+def test_every_last_event_id_the_contract_allows_is_a_resume_point(header, after):
+    from falcon import testing
+
+    from chat_api.resources.streams import last_event_id
+
+    assert last_event_id(testing.create_asgi_req(headers={"Last-Event-ID": header})) == after
+
+
+@pytest.mark.parametrize("header", ["x1", "12345678901", "+1", "1_0", " 1 2"])
+def test_a_last_event_id_outside_the_contract_is_400(header):
+    import falcon
+    from falcon import testing
+
+    from chat_api.resources.streams import last_event_id
+
+    with pytest.raises(falcon.HTTPBadRequest):
+        last_event_id(testing.create_asgi_req(headers={"Last-Event-ID": header}))

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from chat_api.adapters.tenants import TenantDirectory
-from chat_api.model import DatabaseUnavailable, Invalid, NotFound, RateLimited, Suspended
+from chat_api.model import Conflict, DatabaseUnavailable, Invalid, NotFound, RateLimited, Suspended
 from chat_api.services import Limits
 from chat_common.tenancy import TENANT_BY_TOKEN, TenantLimits
 from tests.unit.fakes import build
@@ -165,7 +165,7 @@ async def test_max_chats_refuses_exactly_at_the_limit_without_burning_a_number(s
     app = world.application()
     await service.set_limits(app.token, {"max_chats": 2})
     assert [await service.create_chat(app.token, f"c{i}") for i in range(2)] == [(1, False), (2, False)]
-    with pytest.raises(Invalid, match="limit of 2 chats"):
+    with pytest.raises(Conflict, match="limit of 2 chats"):
         await service.create_chat(app.token, "third")
     await service.set_limits(app.token, {"max_chats": 3})
     assert await service.create_chat(app.token, "third") == (3, False)  # no gap: nothing was burnt

@@ -9,8 +9,9 @@ with the operator, synchronous) is rare admin work and runs in a worker thread, 
 
 Every tenant-scoped call first resolves its token through :meth:`ChatService.tenant` — the one place of the tenant
 rules (unknown or expired token 404, suspended 403, per-tenant request rate 429) — from the per-process tenant
-directory (no MySQL query per request). The per-tenant ``maxChats`` and ``maxMessageBytes`` are checked where chats
-and messages are created (422). Admin operations do not go through it: they work on suspended tenants too.
+directory (no MySQL query per request). The per-tenant ``maxChats`` (409: a state conflict) and ``maxMessageBytes``
+(422: the body is invalid) are checked where chats and messages are created. Admin operations do not go through it:
+they work on suspended tenants too.
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ class ChatService:
                     raise NotFound("chat not found" if chat_number else "application not found")
                 if allocation.status == codes.LIMIT_REACHED:
                     BUFFER.inc(metrics.TENANT_REFUSALS, "max_chats")
-                    raise Invalid(f"this application has reached its limit of {application.limits.max_chats} chats")
+                    # A state conflict, not an invalid body: the same request succeeds once the limit is raised.
+                    raise Conflict(f"this application has reached its limit of {application.limits.max_chats} chats")
                 if allocation.status == codes.RECOVERING:
                     if not await self.recovery.attempt(application.id):
                         raise Unavailable("numbering is recovering after a cache restart", retry_after=1)

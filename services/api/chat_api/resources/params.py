@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 import falcon
 
@@ -12,6 +13,28 @@ from chat_api.services import MAX_PAGE
 from chat_common.validation import MAX_NUMBER
 
 _NONE = object()  # a form the body does not send (None is a value a client can send)
+
+
+_NUMBER = re.compile(r"[1-9][0-9]{0,9}")
+
+
+class NumberConverter:
+    """Path numbers (chat and message numbers) as the contract spells them: ASCII ``[1-9][0-9]*`` up to MAX_NUMBER.
+
+    Falcon's ``int`` converter uses :func:`int`, which also reads ``+1``, ``01``, ``1_0`` and full-width or
+    Arabic-Indic digits: many paths for one chat, which path rules and caches in front would tell apart. Anything
+    else does not match the route: 404, as any unknown path.
+    """
+
+    def __init__(self, min: int = 1, max: int = MAX_NUMBER) -> None:  # the route template names them min and max
+        self.min = min
+        self.max = max
+
+    def convert(self, value: str) -> int | None:  # noqa: D102
+        if not _NUMBER.fullmatch(value):
+            return None
+        number = int(value)
+        return number if self.min <= number <= self.max else None
 
 
 async def body_field(req: falcon.Request, root: str, field: str) -> object:
