@@ -40,6 +40,7 @@ Number = Integer().with_variant(mysql.INTEGER(unsigned=True), "mysql", "mariadb"
 # Tokens are case-sensitive base64url: a case-insensitive collation would make distinct tokens collide.
 TokenType = String(64).with_variant(mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), "mysql", "mariadb")
 KeyType = String(128).with_variant(mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql", "mariadb")
+FingerprintType = String(32).with_variant(mysql.VARCHAR(32, charset="ascii", collation="ascii_bin"), "mysql", "mariadb")
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 BodyType = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
@@ -57,6 +58,7 @@ applications = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("token", TokenType, nullable=False),
     Column("name", String(NAME_MAX_CHARS), nullable=False),
+    # REST keys are stored scoped to their caller ("api:<digest>"), the operator's as "k8s:<uid>" (docs/security.md).
     Column("idempotency_key", KeyType, nullable=True),
     Column("chats_count", Number, nullable=False, server_default="0"),
     *_timestamps(),
@@ -76,6 +78,8 @@ applications = Table(
     Column("last_activity_at", Timestamp, nullable=True),
     # uid of the Application resource that manages it (set on creation and on adoption).
     Column("owner_uid", KeyType, nullable=True),
+    # Digest of the request that created it with idempotency_key (migration 0005); NULL for the operator's keys.
+    Column("idempotency_fingerprint", FingerprintType, nullable=True),
     UniqueConstraint("token", name="uq_applications_token"),
     UniqueConstraint("idempotency_key", name="uq_applications_idempotency_key"),
     UniqueConstraint("previous_token", name="uq_applications_previous_token"),

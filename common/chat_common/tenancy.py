@@ -20,13 +20,13 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import redis
 from sqlalchemy import Engine, Select, and_, bindparam, func, literal_column, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from chat_common.idempotency import check_idempotency_key
+from chat_common.idempotency import KeyReused, check_idempotency_key
 from chat_common.keys import RedisKeys
 from chat_common.tables import applications, chats, messages
 from chat_common.validation import NAME_MAX_CHARS, Invalid, clean_name
@@ -125,6 +125,16 @@ class Application:
     def public(self) -> dict:
         """The JSON shape of an application."""
         return {"token": self.token, "name": self.name, "chats_count": self.chats_count}
+
+    def seen_with(self, token: str) -> Application:
+        """The application as a caller holding ``token`` may see it: a former token never shows the current one.
+
+        Whoever still holds a rotated-away token (during its grace period) may be whoever leaked it, so the
+        application read or renamed through it shows that same former token, and no rotation state.
+        """
+        if token == self.token:
+            return self
+        return replace(self, token=token, previous_token=None, previous_token_expires_at=None)
 
     def previous_token_valid(self, now: float) -> bool:
         """Whether the former token still works (its grace period has not ended)."""
@@ -245,10 +255,15 @@ class Applications:
         self.max_name_chars = max_name_chars
         self.cleanups = cleanups or []
 
-    def create(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:
+    def create(
+        self, name: object, idempotency_key: str | None = None, fingerprint: str | None = None
+    ) -> tuple[Application, bool]:
         """Create an application; with a key already used, return that application instead.
 
-        Returns ``(application, created)``.
+        Returns ``(application, created)``. ``idempotency_key`` is stored as given: the REST API passes it scoped
+        to its caller (:func:`chat_common.idempotency.caller_key`), the operator ``k8s:<uid>``. ``fingerprint``
+        (the REST API's request digest; None for the operator) must match the one the key was first used with,
+        else :class:`~chat_common.idempotency.KeyReused`.
         """
         name = clean_name(name, self.max_name_chars)
         if idempotency_key is not None:
@@ -258,14 +273,29 @@ class Applications:
             try:
                 with self.engine.begin() as conn:
                     result = conn.execute(
-                        applications.insert().values(token=token, name=name, idempotency_key=idempotency_key)
+                        applications.insert().values(
+                            token=token,
+                            name=name,
+                            idempotency_key=idempotency_key,
+                            idempotency_fingerprint=fingerprint if idempotency_key is not None else None,
+                        )
                     )
                 return Application(token, name, 0, int(result.inserted_primary_key[0])), True
             except IntegrityError:
-                if idempotency_key is not None and (existing := self.find_by_idempotency_key(idempotency_key)):
-                    return existing, False
+                if idempotency_key is not None and (existing := self._find_keyed(idempotency_key)):
+                    application, first_fingerprint = existing
+                    if first_fingerprint != fingerprint:
+                        raise KeyReused("this Idempotency-Key was used for a different request") from None
+                    return application, False
                 # otherwise a token collision (2^-192): draw again
         raise RuntimeError("could not allocate a unique token")
+
+    def _find_keyed(self, key: str) -> tuple[Application, str | None] | None:
+        """The application created with this (stored) key and the fingerprint of that request, or None."""
+        query = select(*_COLUMNS, applications.c.idempotency_fingerprint).where(applications.c.idempotency_key == key)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (_row(row), row.idempotency_fingerprint)
 
     def find(self, token: str) -> Application | None:
         """The application with this token (or with it as its former token, during the grace period), or None."""

@@ -13,6 +13,13 @@ MAX_NUMBER = 2**32 - 1  # chat and message numbers are unsigned 32-bit columns
 NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
 # Bodies may carry tabs and line breaks; other control characters are refused.
 BODY_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Invisible characters that make text show other than it reads (spoofed names, hidden or reordered words): the
+# bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) and the zero-width space, word
+# joiner and byte-order mark (U+200B, U+2060, U+FEFF). Refused (422), not stripped: silently changing what a client
+# stored would make its idempotent retry or its own copy differ from ours. The zero-width non-joiner and joiner
+# (U+200C, U+200D) stay allowed: emoji sequences (a family, a flag with a sign) and Persian and Indic scripts need
+# them, and they cannot reorder text. Implicit marks (U+200E/U+200F) stay allowed: right-to-left text needs them.
+INVISIBLE = re.compile(r"[\u202a-\u202e\u2066-\u2069\u200b\u2060\ufeff]")
 
 
 class Invalid(ValueError):
@@ -31,6 +38,8 @@ def clean_text(value: object, field: str, max_chars: int, forbidden: re.Pattern 
         raise Invalid(f"{field} must be at most {max_chars} characters")
     if forbidden.search(value):
         raise Invalid(f"{field} must not contain control characters")
+    if INVISIBLE.search(value):
+        raise Invalid(f"{field} must not contain bidirectional-override or zero-width characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -221,10 +221,10 @@ def test_checksum_annotations_are_stable_between_identical_renders():
 
 
 def test_a_password_seed_makes_template_renders_reproducible():
-    seeded = {**KIND_VALUES, "auth": {**KIND_VALUES.get("auth", {}), "passwordSeed": "s3cr3t-seed"}}
+    seeded = {**KIND_VALUES, "auth": {**KIND_VALUES.get("auth", {}), "passwordSeed": "s3cr3t-seed-" + "x" * 20}}
     first, second = render(seeded), render(seeded)
     assert secret_data(first) == secret_data(second)
-    other = render({**seeded, "auth": {**seeded["auth"], "passwordSeed": "another-seed"}})
+    other = render({**seeded, "auth": {**seeded["auth"], "passwordSeed": "another-seed-" + "y" * 20}})
     main = "chat-chat-system"
     assert secret_data(other)[main]["MARIADB_PASSWORD"] != secret_data(first)[main]["MARIADB_PASSWORD"]
     assert len(secret_data(first)[main]["REDIS_PASSWORD"]) >= 32
@@ -239,11 +239,25 @@ def test_explicit_passwords_win_and_are_stable():
         "redis": {"auth": {"password": "redis-pass"}},
         "rabbitmq": {"auth": {"password": "mq-pass"}},
         "elasticsearch": {"auth": {"password": "es-pass"}},
-        "auth": {"adminApiKey": "admin-key"},
+        "auth": {"adminApiKey": "admin-key-" + "k" * 32},
     }
     first, second = render(values), render(values)
     assert secret_data(first) == secret_data(second)
     assert secret_data(first)["chat-chat-system"]["MARIADB_PASSWORD"] == "db-pass"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"auth": {"adminApiKey": "k" * 31}}, "adminApiKey"),
+        ({"auth": {"passwordSeed": "s" * 31}}, "passwordSeed"),
+    ],
+)
+def test_the_admin_key_and_the_password_seed_have_a_minimum_length(values, message):
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)
+    longer = {"auth": {key: value + "x" for key, value in values["auth"].items()}}
+    assert render(longer)
 
 
 def test_an_upgrade_that_cannot_find_the_stored_passwords_fails_instead_of_replacing_them():
@@ -251,7 +265,7 @@ def test_an_upgrade_that_cannot_find_the_stored_passwords_fails_instead_of_repla
     # silently differ from the one the database keeps.
     with pytest.raises(helm.HelmError, match="passwordSeed"):
         render(None, is_upgrade=True)
-    assert render({"auth": {"passwordSeed": "seed"}}, is_upgrade=True)
+    assert render({"auth": {"passwordSeed": "seed-" + "s" * 32}}, is_upgrade=True)
     assert render(load_values_file(ROOT / "helm" / "values-external.yaml"), is_upgrade=True)
 
 

@@ -223,7 +223,7 @@ def test_changing_the_mode_rolls_the_services():
         deployment = named(render(values), "Deployment", "api").obj
         return deployment["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
 
-    seed = {"auth": {"passwordSeed": "s"}}
+    seed = {"auth": {"passwordSeed": "s" * 32}}
     assert checksum(seed) != checksum({**seed, "redis": {"mode": "cluster"}})
 
 

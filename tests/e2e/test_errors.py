@@ -26,6 +26,8 @@ def assert_error(resp, status):
         {"name": "x" * 256},
         {"name": "bad\x00nul"},
         {"name": "line\nbreak"},
+        {"name": "invoice\u202etxt.exe"},
+        {"name": "zero\u200bwidth"},
     ],
 )
 def test_invalid_names_are_422(api, token, payload):
@@ -35,7 +37,17 @@ def test_invalid_names_are_422(api, token, payload):
 
 
 @pytest.mark.parametrize(
-    "payload", [{}, {"body": ""}, {"body": " \n\t "}, {"body": "x" * 10_001}, {"body": {"nested": 1}}, {"body": "\x07"}]
+    "payload",
+    [
+        {},
+        {"body": ""},
+        {"body": " \n\t "},
+        {"body": "x" * 10_001},
+        {"body": {"nested": 1}},
+        {"body": "\x07"},
+        {"body": "pay \u2067account\u2069"},
+        {"body": "\ufeffhidden"},
+    ],
 )
 def test_invalid_bodies_are_422(api, token, payload):
     chat = api.new_chat(token)
@@ -148,6 +160,27 @@ def test_create_in_unknown_parents_is_404(api, token):
 )
 def test_bad_pagination_is_400(api, token, params):
     assert_error(api.get(f"/applications/{token}/chats", params=params), 400)
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "application/json"])
+def test_an_empty_body_with_content_length_0_is_422(api, token, content_type):
+    # An empty body is a body without the field: a validation error (422), never 411 — its length was sent.
+    headers = {"Content-Type": content_type, "Content-Length": "0"}
+    chat = api.new_chat(token, "room")
+    for method, path in (
+        ("POST", f"/applications/{token}/chats"),
+        ("PATCH", f"/applications/{token}"),
+        ("POST", f"/applications/{token}/chats/{chat}/messages"),
+    ):
+        assert_error(api.request(method, path, data=b"", headers=headers), 422)
+
+
+@pytest.mark.parametrize("spelling", ["%2B1", "01", "1_0", "%EF%BC%91", "%D9%A1"])
+def test_a_chat_number_is_strict_ascii_digits(api, token, spelling):
+    chat = api.new_chat(token, "room")
+    assert chat == 1
+    api.wait_chat(token, chat)
+    assert_error(api.get(f"/applications/{token}/chats/{spelling}"), 404)
 
 
 def test_chunked_body_without_length_is_411(in_process_only, api, token):

@@ -46,7 +46,12 @@ def test_rotate_token(api: Api, token: str):
     assert api.new_chat(new, "with the new token") == chat + 1
     assert api.new_chat(token, "with the old token") == chat + 2
     assert api.wait_chat(new, chat)["name"] == "kept"
-    assert api.get(f"/applications/{token}").json()["token"] == new
+    # ...but the former token (maybe the leaked one) never learns the new one.
+    seen = api.get(f"/applications/{token}")
+    assert seen.json()["token"] == token and new not in seen.text
+    renamed = api.patch(f"/applications/{token}", json={"name": "renamed with the old token"})
+    assert renamed.json()["token"] == token and new not in renamed.text
+    assert api.get(f"/applications/{new}").json() == {**renamed.json(), "token": new}
 
 
 def test_rotation_without_grace_ends_the_old_token(api: Api, token: str):
@@ -74,7 +79,7 @@ def test_limits_put_patch_and_get(api: Api, token: str):
     api.new_chat(token)
     api.new_chat(token)
     wait_for(
-        lambda: api.post(f"/applications/{token}/chats", json={"name": "x"}).status_code == 422,
+        lambda: api.post(f"/applications/{token}/chats", json={"name": "x"}).status_code == 409,
         BOUND,
         0.2,
         "maxChats in force",

@@ -72,10 +72,10 @@ def test_max_chats_refuses_exactly_at_the_limit_without_using_up_a_number(limite
     set_limits(api, capped, max_chats=3)
     assert [api.new_chat(capped, f"c{i}") for i in range(3)] == [1, 2, 3]
     refused = api.post(f"/applications/{capped}/chats", json={"name": "fourth"})
-    assert refused.status_code == 422
+    assert refused.status_code == 409  # a state conflict, not an invalid body
     assert refused.json() == {"error": "this application has reached its limit of 3 chats"}
     keyed = api.post(f"/applications/{capped}/chats", json={"name": "x"}, headers={"Idempotency-Key": "k"})
-    assert keyed.status_code == 422  # with an idempotency key too, and the key is free again afterwards
+    assert keyed.status_code == 409  # with an idempotency key too, and the key is free again afterwards
     assert [api.new_chat(free, f"c{i}") for i in range(5)] == [1, 2, 3, 4, 5]
     set_limits(api, capped, max_chats=4)
     assert api.post(f"/applications/{capped}/chats", json={"name": "x"}, headers={"Idempotency-Key": "k"}).json() == {

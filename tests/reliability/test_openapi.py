@@ -26,7 +26,7 @@ from chat_common.validation import (
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "services/api/chat_api/openapi.json"
 METHODS = {"get", "post", "put", "patch", "delete"}
-CONVERTER = re.compile(r"\{(\w+):int\(min=(\d+), max=(\d+)\)\}")
+CONVERTER = re.compile(r"\{(\w+):(?:int|number)\(min=(\d+), max=(\d+)\)\}")
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ from chat_api.adapters.recovery import (
 )
 from chat_api.model import Application, Chat, Message, NotFound
 from chat_api.services import ChatService, Limits
-from chat_common.idempotency import check_idempotency_key
+from chat_common.idempotency import KeyReused, check_idempotency_key
 from chat_common.search import SearchHit, SearchUnavailable
 from chat_common.tenancy import TenantLimits, Usage, new_token
 from chat_common.topology import Topology
@@ -83,23 +83,29 @@ class FakeApplications(Faults):
         super().__init__()
         self.max_name_chars = max_name_chars
         self.rows: dict[str, Application] = {}
-        self.by_key: dict[str, str] = {}
+        self.by_key: dict[str, tuple[str, str | None]] = {}  # stored key -> (token, request fingerprint)
         self.cleanups: list = []  # called with the id of a deleted application (the numbering forgets it)
         self.usage_of: dict[int, tuple[int, float | None]] = {}  # id -> (messages, last activity), for usage()
         self._ids = itertools.count(1)
 
-    def create(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:
-        """Create one; a key used before answers that application with ``created`` False."""
+    def create(
+        self, name: object, idempotency_key: str | None = None, fingerprint: str | None = None
+    ) -> tuple[Application, bool]:
+        """Create one; a key used before answers that application with ``created`` False (KeyReused: another
+        fingerprint)."""
         self._enter("create", name, idempotency_key)
         name = clean_name(name, self.max_name_chars)
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
             if idempotency_key in self.by_key:
-                return self.rows[self.by_key[idempotency_key]], False
+                token, first = self.by_key[idempotency_key]
+                if first != fingerprint:
+                    raise KeyReused("this Idempotency-Key was used for a different request")
+                return self.rows[token], False
         application = Application(new_token(), name, 0, next(self._ids))
         self.rows[application.token] = application
         if idempotency_key is not None:
-            self.by_key[idempotency_key] = application.token
+            self.by_key[idempotency_key] = (application.token, fingerprint)
         return application, True
 
     def find(self, token: str) -> Application | None:

@@ -76,6 +76,20 @@ def test_create_application_201_then_200_with_the_same_key(client):
     assert first.headers["Location"].endswith(f"/applications/{first.json['token']}")
 
 
+def test_create_application_with_a_reused_key_and_another_name_is_409(client):
+    http, _ = client
+    first = http.simulate_post("/applications", json={"name": "Acme"}, headers={"Idempotency-Key": "a2"})
+    other = http.simulate_post("/applications", json={"name": "Globex"}, headers={"Idempotency-Key": "a2"})
+    assert (other.status_code, other.json) == (409, {"error": "this Idempotency-Key was used for a different request"})
+    # The same request in another form (nested JSON, a form body) has the same fingerprint: it replays.
+    nested = http.simulate_post(
+        "/applications", json={"application": {"name": "Acme"}}, headers={"Idempotency-Key": "a2"}
+    )
+    form = post_form(http, "/applications", {"name": "Acme"}, headers={"Idempotency-Key": "a2"})
+    assert (nested.status_code, form.status_code) == (200, 200)
+    assert nested.json["token"] == form.json["token"] == first.json["token"]
+
+
 @pytest.mark.parametrize(
     ("kind", "body"),
     [
@@ -389,3 +403,37 @@ def test_status_shows_the_queues_late_retries_are_a_fault_parked_dead_letters_ar
         resp = http.simulate_get("/status")
         assert resp.status_code == 503 and resp.json["status"] == "degraded"
         assert resp.json["details"]["retry_tiers"]["tiers"]["q.delay.1s"] == {"messages": 3, "drainers": 0}
+
+
+# -- strict path numbers and the stream's resume point ---------------------------------------------------------------
+@pytest.mark.parametrize("spelling", ["+1", "01", "1_0", "1.0", "0", "\uff11", "\u0661", "\u06f1", "4294967296", "-1"])
+def test_a_path_number_is_strict_ascii_digits(client, app_token, spelling):
+    http, world = client
+    http.simulate_post(f"/applications/{app_token}/chats", json={"name": "room"})
+    http.simulate_post(f"/applications/{app_token}/chats/1/messages", json={"body": "hi"})
+    world.deliver()
+    assert http.simulate_get(f"/applications/{app_token}/chats/1").status_code == 200
+    assert http.simulate_get(f"/applications/{app_token}/chats/1/messages/1").status_code == 200
+    for path in (f"chats/{spelling}", f"chats/1/messages/{spelling}", f"chats/{spelling}/messages"):
+        resp = http.simulate_get(f"/applications/{app_token}/{path}")
+        assert resp.status_code == 404 and resp.json["error"], path
+
+
+@pytest.mark.parametrize(("header", "after"), [("0", 0), ("7", 7), ("0000000007", 7), ("9999999999", 4294967295)])
+def test_every_last_event_id_the_contract_allows_is_a_resume_point(header, after):
+    from falcon import testing
+
+    from chat_api.resources.streams import last_event_id
+
+    assert last_event_id(testing.create_asgi_req(headers={"Last-Event-ID": header})) == after
+
+
+@pytest.mark.parametrize("header", ["x1", "12345678901", "+1", "1_0", " 1 2"])
+def test_a_last_event_id_outside_the_contract_is_400(header):
+    import falcon
+    from falcon import testing
+
+    from chat_api.resources.streams import last_event_id
+
+    with pytest.raises(falcon.HTTPBadRequest):
+        last_event_id(testing.create_asgi_req(headers={"Last-Event-ID": header}))

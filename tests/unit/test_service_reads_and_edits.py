@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chat_api.metrics_buffer import BUFFER
-from chat_api.model import Chat, DatabaseUnavailable, Invalid, Message, NotFound, Unavailable
+from chat_api.model import Chat, Conflict, DatabaseUnavailable, Invalid, Message, NotFound, Unavailable
 from chat_api.services import Limits
 from chat_common import metrics
 from tests.unit.fakes import build, chat_with_messages
@@ -217,6 +217,26 @@ async def test_create_application_and_repeat_with_a_key(service, world):
     again, second = await service.create_application("Acme", "app-key")
     assert fresh is True and second is False and again == created
     assert (await service.get_application(created.token)).name == "Acme"
+
+
+async def test_an_application_key_is_scoped_to_its_caller_and_bound_to_its_request(service, world):
+    first, _ = await service.create_application("Acme", "app-key", caller="admin:one")
+    # Another caller's key with the same text names nothing of the first caller's: a new application.
+    other, created = await service.create_application("Acme", "app-key", caller="admin:two")
+    assert created and other.token != first.token
+    # The same key with another request (a different name) is a conflict, never the first application.
+    with pytest.raises(Conflict, match="different request"):
+        await service.create_application("Globex", "app-key", caller="admin:one")
+    # The name is compared as validated (the canonical body): the same name replays.
+    assert await service.create_application("Acme", "app-key", caller="admin:one") == (first, False)
+    # What is stored is opaque and in the API's own key space: never the key, never "k8s:<uid>".
+    assert all(key.startswith("api:") and "app-key" not in key for key in world.applications.by_key)
+
+
+async def test_a_key_from_outside_never_names_the_operators_application(service, world):
+    operators, _ = world.applications.create("Acme", "k8s:0f9c-uid")  # as the operator stores it
+    created, fresh = await service.create_application("Acme", "k8s:0f9c-uid", caller="open")
+    assert fresh and created.token != operators.token
 
 
 async def test_create_application_validates_the_name(service):

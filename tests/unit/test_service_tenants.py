@@ -9,7 +9,7 @@ import time
 import pytest
 
 from chat_api.adapters.tenants import TenantDirectory
-from chat_api.model import DatabaseUnavailable, Invalid, NotFound, RateLimited, Suspended
+from chat_api.model import Conflict, DatabaseUnavailable, Invalid, NotFound, RateLimited, Suspended
 from chat_api.services import Limits
 from chat_common.tenancy import TENANT_BY_TOKEN, TenantLimits
 from tests.unit.fakes import build
@@ -100,6 +100,50 @@ async def test_reads_with_the_old_token_see_the_same_data(service, world):
     assert [h.body for h in (await service.search_messages(app.token, 1, "world")).items] == ["hello world"]
 
 
+async def test_the_former_token_never_learns_the_new_one(service, world):
+    # Rotating a leaked token must lock the leaker out: during the grace period the former token still creates
+    # and reads, but the application read or renamed through it shows that former token, never the new one.
+    app = world.application()
+    rotated = await service.rotate_token(app.token, 60)
+    seen = await service.get_application(app.token)
+    assert (seen.token, seen.previous_token) == (app.token, None)
+    renamed = await service.rename_application(app.token, "renamed by the former token")
+    assert (renamed.token, renamed.name) == (app.token, "renamed by the former token")
+    assert rotated.token not in repr(seen) + repr(renamed)
+    assert (await service.get_application(rotated.token)).token == rotated.token  # the holder of the new one sees it
+
+
+def test_the_former_token_never_learns_the_new_one_over_http():
+    from falcon import testing
+
+    from chat_api.app import create_app
+    from chat_common.config import Settings
+
+    service, world = build()
+    client = testing.TestClient(create_app(service, Settings(admin_api_key="secret-key"), {}, lifecycle=None))
+    old = world.application().token
+    admin = {"Authorization": "Bearer secret-key"}
+    new = client.simulate_post(f"/applications/{old}/rotate-token", headers=admin, json={"grace_seconds": 60})
+    new = new.json["token"]
+    for answer in (
+        client.simulate_get(f"/applications/{old}"),
+        client.simulate_patch(f"/applications/{old}", json={"name": "x"}),
+        client.simulate_put(f"/applications/{old}", json={"name": "y"}),
+    ):
+        assert answer.status_code == 200 and answer.json["token"] == old and new not in answer.text
+    assert client.simulate_get(f"/applications/{new}").json["token"] == new
+
+
+async def test_a_rotation_without_grace_is_immediate(service, world):
+    app = world.application()
+    await service.get_application(app.token)  # cached in the directory
+    rotated = await service.rotate_token(app.token, 0)
+    for call in (service.get_application(app.token), service.list_chats(app.token)):
+        with pytest.raises(NotFound):
+            await call
+    assert (await service.get_application(rotated.token)).token == rotated.token
+
+
 async def test_the_old_token_is_404_once_its_grace_period_ended(service, world):
     app = world.application()
     rotated = await service.rotate_token(app.token, 0)
@@ -121,7 +165,7 @@ async def test_max_chats_refuses_exactly_at_the_limit_without_burning_a_number(s
     app = world.application()
     await service.set_limits(app.token, {"max_chats": 2})
     assert [await service.create_chat(app.token, f"c{i}") for i in range(2)] == [(1, False), (2, False)]
-    with pytest.raises(Invalid, match="limit of 2 chats"):
+    with pytest.raises(Conflict, match="limit of 2 chats"):
         await service.create_chat(app.token, "third")
     await service.set_limits(app.token, {"max_chats": 3})
     assert await service.create_chat(app.token, "third") == (3, False)  # no gap: nothing was burnt

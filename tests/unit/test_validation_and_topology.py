@@ -14,6 +14,41 @@ def test_bad_names(bad):
         clean_name(bad)
 
 
+INVISIBLE = [
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+    "\u200b",
+    "\u2060",
+    "\ufeff",
+]
+
+
+@pytest.mark.parametrize("char", INVISIBLE)
+def test_names_refuse_bidi_controls_and_zero_width_characters(char):
+    with pytest.raises(Invalid, match="bidirectional-override or zero-width"):
+        clean_name(f"admin{char}txt.exe")
+
+
+@pytest.mark.parametrize("char", INVISIBLE)
+def test_bodies_refuse_bidi_controls_and_zero_width_characters(char):
+    with pytest.raises(Invalid, match="bidirectional-override or zero-width"):
+        clean_body(f"pay to {char}account 1")
+
+
+def test_joiners_and_implicit_direction_marks_are_kept():
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # an emoji ZWJ sequence
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # ZWNJ inside a Persian word
+    for text in (family, persian, "\u0645\u0631\u062d\u0628\u0627\u200f ok"):
+        assert clean_body(text) == text and clean_name(text) == text
+
+
 def test_text_is_kept_verbatim():
     assert clean_name("  spaced  ") == "  spaced  "
     assert clean_body("a\n\tb\r\n") == "a\n\tb\r\n"

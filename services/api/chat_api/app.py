@@ -37,6 +37,7 @@ from chat_api.resources.chats import ChatsResource
 from chat_api.resources.health import HealthResource, MetricsResource, ProcessState, ReadinessResource, StatusResource
 from chat_api.resources.messages import MessageSearchResource, MessagesResource
 from chat_api.resources.openapi import DocsResource, OpenApiResource
+from chat_api.resources.params import NumberConverter
 from chat_api.resources.streams import MessageStreamResource
 from chat_api.services import ChatService, Limits
 from chat_api.streams import StreamHub, build_hub
@@ -51,7 +52,8 @@ from chat_common.tenancy import build_applications
 from chat_common.topology import Topology
 from chat_common.validation import MAX_NUMBER
 
-NUMBER = f"int(min=1, max={MAX_NUMBER})"
+# chat_api.resources.params.NumberConverter: strict ASCII [1-9][0-9]* within these bounds.
+NUMBER = f"number(min=1, max={MAX_NUMBER})"
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ def create_app(
     app.req_options.media_handlers = handlers
     app.resp_options.media_handlers = handlers
     app.req_options.strip_url_path_trailing_slash = True
+    app.router_options.converters["number"] = NumberConverter
     errors.register(app)
 
     applications = ApplicationsResource(service, settings.admin_api_key)

@@ -216,8 +216,11 @@ class Applications(Protocol):
     event loop. ``create`` and ``rename`` validate the name (:class:`chat_api.model.Invalid`).
     """
 
-    def create(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:
-        """Create one; ``(application, created)`` — False when the key was used before."""
+    def create(
+        self, name: object, idempotency_key: str | None = None, fingerprint: str | None = None
+    ) -> tuple[Application, bool]:
+        """Create one; ``(application, created)`` — False when the key was used before (with this fingerprint;
+        another one raises :class:`~chat_common.idempotency.KeyReused`)."""
         ...
 
     def find(self, token: str) -> Application | None:

@@ -9,8 +9,9 @@ with the operator, synchronous) is rare admin work and runs in a worker thread, 
 
 Every tenant-scoped call first resolves its token through :meth:`ChatService.tenant` — the one place of the tenant
 rules (unknown or expired token 404, suspended 403, per-tenant request rate 429) — from the per-process tenant
-directory (no MySQL query per request). The per-tenant ``maxChats`` and ``maxMessageBytes`` are checked where chats
-and messages are created (422). Admin operations do not go through it: they work on suspended tenants too.
+directory (no MySQL query per request). The per-tenant ``maxChats`` (409: a state conflict) and ``maxMessageBytes``
+(422: the body is invalid) are checked where chats and messages are created. Admin operations do not go through it:
+they work on suspended tenants too.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from chat_api.ports import (
 from chat_common import metrics
 from chat_common.config import Settings
 from chat_common.contracts import ChatUpsert, MessageUpsert
-from chat_common.idempotency import check_idempotency_key, fingerprint
+from chat_common.idempotency import KeyReused, caller_key, check_idempotency_key, fingerprint, request_fingerprint
 from chat_common.search import SearchUnavailable
 from chat_common.tenancy import DEFAULT_GRACE_SECONDS, TenantLimits, Usage, check_grace_seconds
 from chat_common.topology import Topology
@@ -240,7 +241,8 @@ class ChatService:
                     raise NotFound("chat not found" if chat_number else "application not found")
                 if allocation.status == codes.LIMIT_REACHED:
                     BUFFER.inc(metrics.TENANT_REFUSALS, "max_chats")
-                    raise Invalid(f"this application has reached its limit of {application.limits.max_chats} chats")
+                    # A state conflict, not an invalid body: the same request succeeds once the limit is raised.
+                    raise Conflict(f"this application has reached its limit of {application.limits.max_chats} chats")
                 if allocation.status == codes.RECOVERING:
                     if not await self.recovery.attempt(application.id):
                         raise Unavailable("numbering is recovering after a cache restart", retry_after=1)
@@ -329,13 +331,32 @@ class ChatService:
         return earlier.number, replayed
 
     # -- applications ----------------------------------------------------------------------------------------
-    async def create_application(self, name: object, idempotency_key: str | None = None) -> tuple[Application, bool]:
-        """Create an application with a fresh token; a repeated idempotency key returns the first one."""
-        return await asyncio.to_thread(self.applications.create, name, idempotency_key)
+    async def create_application(
+        self, name: object, idempotency_key: str | None = None, caller: str = ""
+    ) -> tuple[Application, bool]:
+        """Create an application with a fresh token; a repeated idempotency key returns the first one.
+
+        The key is scoped to ``caller`` (who authenticated: the resource says) and bound to the request's
+        fingerprint: another caller's key, or the operator's, names nothing here (a new application), and the same
+        key with a different name is a :class:`Conflict` (409).
+        """
+        name = self._name(name)
+        if idempotency_key is None:
+            return await asyncio.to_thread(self.applications.create, name)
+        stored = caller_key(caller, idempotency_key)
+        request = request_fingerprint("POST", "/applications", {"name": name})
+        try:
+            return await asyncio.to_thread(self.applications.create, name, stored, request)
+        except KeyReused:
+            raise Conflict("this Idempotency-Key was used for a different request") from None
 
     async def get_application(self, token: str) -> Application:
-        """The application behind a token (read afresh: a rename shows at once)."""
-        return await self.tenant(token, fresh=True)
+        """The application behind a token (read afresh: a rename shows at once).
+
+        Through a former token (grace period) it shows that token, never the current one: see
+        :meth:`~chat_common.tenancy.Application.seen_with`.
+        """
+        return (await self.tenant(token, fresh=True)).seen_with(token)
 
     async def list_applications(self, page: int = 1, per_page: int | None = None) -> Page:
         """A page of applications in creation order."""
@@ -344,13 +365,13 @@ class ChatService:
         )
 
     async def rename_application(self, token: str, name: object) -> Application:
-        """Set an application's name."""
+        """Set an application's name; answered as seen with ``token`` (a former token never shows the new one)."""
         await self.tenant(token)
         application = await asyncio.to_thread(self.applications.rename, token, name)
         self.tenants.invalidate(token)
         if application is None:
             raise NotFound("application not found")
-        return application
+        return application.seen_with(token)
 
     async def delete_application(self, token: str) -> int:
         """Delete an application and everything in it; returns how many messages went with it (admin)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import falcon
 
 from chat_api.model import Invalid
-from chat_api.resources.params import add_page_links, body_field, page_params, require_admin
+from chat_api.resources.params import add_page_links, admin_identity, body_field, page_params, require_admin
 from chat_api.services import ChatService
 
 
@@ -28,7 +28,10 @@ class ApplicationsResource:
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create an application; answers its token."""
         key = req.get_header("Idempotency-Key")
-        application, created = await self.service.create_application(await body_field(req, "application", "name"), key)
+        name = await body_field(req, "application", "name")
+        application, created = await self.service.create_application(
+            name, key, caller=admin_identity(self.admin_api_key)
+        )
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.location = f"{req.prefix}/applications/{application.token}"
         resp.media = application.public()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import re
 
 import falcon
 
@@ -11,6 +13,28 @@ from chat_api.services import MAX_PAGE
 from chat_common.validation import MAX_NUMBER
 
 _NONE = object()  # a form the body does not send (None is a value a client can send)
+
+
+_NUMBER = re.compile(r"[1-9][0-9]{0,9}")
+
+
+class NumberConverter:
+    """Path numbers (chat and message numbers) as the contract spells them: ASCII ``[1-9][0-9]*`` up to MAX_NUMBER.
+
+    Falcon's ``int`` converter uses :func:`int`, which also reads ``+1``, ``01``, ``1_0`` and full-width or
+    Arabic-Indic digits: many paths for one chat, which path rules and caches in front would tell apart. Anything
+    else does not match the route: 404, as any unknown path.
+    """
+
+    def __init__(self, min: int = 1, max: int = MAX_NUMBER) -> None:  # the route template names them min and max
+        self.min = min
+        self.max = max
+
+    def convert(self, value: str) -> int | None:  # noqa: D102
+        if not _NUMBER.fullmatch(value):
+            return None
+        number = int(value)
+        return number if self.min <= number <= self.max else None
 
 
 async def body_field(req: falcon.Request, root: str, field: str) -> object:
@@ -94,3 +118,15 @@ async def require_admin(req: falcon.Request, resp: falcon.Response, resource, pa
             description="this operation needs the admin API key as a Bearer token",
             challenges=['Bearer realm="chat-system"'],
         )
+
+
+def admin_identity(admin_api_key: str | None) -> str:
+    """Who passed :func:`require_admin`: a digest of the configured key (never the key), or ``open`` without one.
+
+    Application-create idempotency keys are scoped to it (:func:`chat_common.idempotency.caller_key`), so a new
+    admin key starts a new key space, and a deployment without an admin key shares one (it has no callers to tell
+    apart: anyone may create and list applications there).
+    """
+    if not admin_api_key:
+        return "open"
+    return "admin:" + hashlib.sha256(admin_api_key.encode()).hexdigest()[:32]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import falcon
 
 from chat_api.metrics_buffer import BUFFER
@@ -12,16 +14,23 @@ from chat_api.streams.asgi import aborter, on_disconnect
 from chat_common import metrics
 from chat_common.validation import MAX_NUMBER
 
+_EVENT_ID = re.compile(r"[0-9]{1,10}")  # the contract's pattern for the header
+
 
 def last_event_id(req: falcon.Request) -> int | None:
-    """The resume point: ``Last-Event-ID`` (what an EventSource sends back on reconnect) over ``?after=``."""
+    """The resume point: ``Last-Event-ID`` (what an EventSource sends back on reconnect) over ``?after=``.
+
+    Every value the contract allows (1-10 ASCII digits) is accepted: one above the largest message number
+    (MAX_NUMBER) resumes after it — nothing can come after it, so the stream replays nothing, as for any
+    number past the chat's last. Anything else is a 400.
+    """
     raw = req.get_header("Last-Event-ID")
     if raw is None or raw.strip() == "":
         return after_param(req)
     raw = raw.strip()
-    if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_NUMBER:
-        raise falcon.HTTPBadRequest(description="Last-Event-ID must be a message number")
-    return int(raw)
+    if not _EVENT_ID.fullmatch(raw):
+        raise falcon.HTTPBadRequest(description="Last-Event-ID must be a message number (1-10 ASCII digits)")
+    return min(int(raw), MAX_NUMBER)
 
 
 class MessageStreamResource:
