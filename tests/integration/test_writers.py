@@ -197,7 +197,7 @@ def test_a_ttl_tier_of_an_earlier_version_is_drained_by_the_writers(
 
 
 def test_status_shows_an_undrained_tier_and_parked_dead_letters(private_system, fresh_namespace, topology):
-    assert _status(private_system)["checks"]["retry_tiers"] == "ok"
+    wait_for(lambda: _status(private_system)["checks"]["retry_tiers"] == "ok", timeout=10, what="the first snapshot")
     _publish(fresh_namespace, topology.chats.name, b"not json")  # dead-lettered by the chat-writer
     private_system.chat_writer.stop()
     tier = topology.chats.retry(1)
