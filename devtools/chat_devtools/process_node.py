@@ -19,7 +19,9 @@ else lands on it) becomes one process per container, started the way a container
 
 What differs from a real kubelet, knowingly: every pod shares the host's network, so each declared container port is
 moved to a free port — the pod's environment values naming it are rewritten to match (the chart passes ports through
-the environment); no image is pulled, no resource limit enforced, no probe run; processes run as root.
+the environment); no image is pulled, no resource limit enforced, no probe run; processes run as root; an emptyDir
+whose mount would hide the repository or the interpreter (a checkout under /tmp) is not mounted — for /tmp the
+process gets TMPDIR pointing to its volume instead.
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ class RunningPod:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def _hides_the_code(mount_path: str) -> bool:
+    """Whether a volume mounted at ``mount_path`` would hide the repository or the interpreter (a checkout under
+    /tmp, say: the chart mounts an emptyDir there). Such a volume is not mounted; a temporary directory is pointed
+    to by TMPDIR instead."""
+    target = Path(mount_path)
+    return any(path == target or target in path.parents for path in (ROOT, Path(sys.prefix), Path(sys.executable)))
 
 
 class ProcessNode:
@@ -295,6 +305,9 @@ class ProcessNode:
                 value = self._value_from(pod, meta, var["valueFrom"])
                 if value is not None:
                     env[var["name"]] = value
+        for mount in container.get("volumeMounts", []):
+            if mount["mountPath"] in ("/tmp", "/var/tmp") and _hides_the_code(mount["mountPath"]):
+                env["TMPDIR"] = str(pod.directory / "volumes" / mount["name"])
         return self._move_ports(container, env)
 
     @staticmethod
@@ -347,6 +360,8 @@ class ProcessNode:
             if "emptyDir" in volume:
                 source = pod.directory / "volumes" / mount["name"]
                 source.mkdir(parents=True, exist_ok=True)
+                if _hides_the_code(mount["mountPath"]):
+                    continue  # the directory stays as it is on the host; _environment points TMPDIR at `source`
                 mounts.append((source, mount["mountPath"]))
             elif mount["mountPath"] == SERVICE_ACCOUNT_DIR:
                 mounts.append((self._service_account(pod, obj), SERVICE_ACCOUNT_DIR))
