@@ -180,23 +180,30 @@ async def _lost_after_grace(recovery, client, keys) -> int:
     return app
 
 
-async def test_a_busy_writer_holds_the_recovery_of_a_lost_slot(parts):
-    recovery, client, keys, _ = parts
-    app = await _lost_after_grace(recovery, client, keys)
-    queue = recovery.topology.chats.name
+@contextlib.contextmanager
+def _a_consumer_on(recovery, queue: str):
+    """A consumer of ``queue`` the broker knows of (the writer whose heartbeat the test writes)."""
     connection = recovery.broker.connect_blocking()
     try:
         channel = connection.channel()
         recovery.topology.declare(channel)
-        channel.basic_consume(queue, lambda *_: None)  # a writer the broker knows of
+        channel.basic_consume(queue, lambda *_: None)
+        yield
+    finally:
+        connection.close()
+
+
+async def test_a_busy_writer_holds_the_recovery_of_a_lost_slot(parts):
+    recovery, client, keys, _ = parts
+    app = await _lost_after_grace(recovery, client, keys)
+    queue = recovery.topology.chats.name
+    with _a_consumer_on(recovery, queue):
         async with BeatingWriter(client, keys, queue) as writer:
             writer.held = 3
             assert await recovery.recover() == set()  # it still holds 3 messages that may carry the slot's numbers
             writer.held = 0
             await asyncio.sleep(0.1)
             assert await recovery.recover() == {application_slot(app)}
-    finally:
-        connection.close()
 
 
 async def test_a_message_passing_through_a_writer_around_the_count_holds_the_recovery(parts):
@@ -206,19 +213,13 @@ async def test_a_message_passing_through_a_writer_around_the_count_holds_the_rec
     recovery, client, keys, _ = parts
     app = await _lost_after_grace(recovery, client, keys)
     queue = recovery.topology.chats.name
-    connection = recovery.broker.connect_blocking()
-    try:
-        channel = connection.channel()
-        recovery.topology.declare(channel)
-        channel.basic_consume(queue, lambda *_: None)
+    with _a_consumer_on(recovery, queue):
         async with BeatingWriter(client, keys, queue) as writer:
             writer.receiving = True
             assert await recovery.recover() == set()
             writer.receiving = False
             await asyncio.sleep(0.1)
             assert await recovery.recover() == {application_slot(app)}
-    finally:
-        connection.close()
 
 
 async def test_a_system_older_than_slot_markers_keeps_its_single_epoch(parts):
