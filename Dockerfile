@@ -1,5 +1,5 @@
 # Every image of the chat system, one target each (build context: the repository root):
-#   docker build --target api            -t chat-system/api .             (also runs `python -m chat_common.migrate`)
+#   docker build --target api            -t chat-system/api .             (also runs `python -m chat_common.ops.migrate`)
 #   docker build --target chat-writer    -t chat-system/chat-writer .
 #   docker build --target message-writer -t chat-system/message-writer .
 #   docker build --target counter-cron   -t chat-system/counter-cron .

@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 # The installable packages (each has its own pyproject.toml); the virtualenv has them all in editable mode.
 PACKAGES := common services/api services/chat-writer services/message-writer services/counter-cron operator devtools
 export COUNT_SYNC_EVERY_SECONDS ?= 30
+# Key of the sealed token copies for `make migrate` / `make run` (docs/security.md): made once, kept in .run/ (not
+# in git), read by the shell so no command line shows it; TOKEN_SEALING_KEY in the environment wins.
+SEALING_KEY_FILE := .run/token-sealing-key
+LOCAL_SEALING_KEY = $${TOKEN_SEALING_KEY:-$$(cat $(SEALING_KEY_FILE))}
 
 .PHONY: help services control-plane venv migrate run sync-counts reindex test test-unit test-fast lint format bench clean
 
@@ -28,13 +32,17 @@ control-plane: ## build etcd, kube-apiserver, controller manager, scheduler, kub
 
 venv: $(BIN)/.installed ## create the virtualenv: pinned dependencies, every package of the repository editable
 
-migrate: venv ## create the database if missing and apply migrations; bring existing queues to QUEUE_TYPE
-	$(BIN)/python -m chat_common.migrate
-	$(BIN)/python -m chat_common.queue_migration
+$(SEALING_KEY_FILE):
+	@mkdir -p $(@D) && umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
+
+migrate: venv $(SEALING_KEY_FILE) ## create the database if missing and apply migrations; bring existing queues to QUEUE_TYPE
+	TOKEN_SEALING_KEY=$(LOCAL_SEALING_KEY) $(BIN)/python -m chat_common.ops.migrate
+	$(BIN)/python -m chat_common.ops.queue_migration
 
 run: migrate ## start API (127.0.0.1:$$PORT), both writers and the periodic count sync; Ctrl-C stops all
 	@# honcho hands each process PORT=<base + 100 × its index>: the API is first, so it gets $${PORT:-8080}.
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile --port $${PORT:-8080}
+	TOKEN_SEALING_KEY=$(LOCAL_SEALING_KEY) PATH=$(CURDIR)/$(BIN):$$PATH \
+		$(BIN)/honcho start -f Procfile --port $${PORT:-8080}
 
 sync-counts: venv ## run one count sync and exit
 	$(BIN)/python -m counter_cron
@@ -49,8 +57,8 @@ test-unit: venv ## the unit tests only: the rules on in-memory fakes, no service
 	@# The fuzzing plugins take half of pytest's start-up and serve no unit test.
 	$(BIN)/python -m pytest tests/unit -q -p no:schemathesis -p no:hypothesispytest
 
-lint: venv ## ruff lint and format check
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: venv ## ruff lint and format check; layer contracts (import-linter)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-cache
 
 format: venv ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

@@ -12,10 +12,10 @@ import argparse
 import json
 import statistics
 
-from benchmarks.loadgen import wrk
-from benchmarks.run import LOG_DIR, MESSAGE_BODY, RESULTS
+from benchmarks.knobs import LOG_DIR, MESSAGE_BODY, RESULTS
 from benchmarks.system import PeakMemory, Stack
 from chat_devtools.http import Api
+from chat_devtools.load.wrk import wrk
 from chat_devtools.namespace import Namespace
 
 

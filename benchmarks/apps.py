@@ -20,7 +20,8 @@ from sqlalchemy import text
 from chat_api.adapters.database import Database
 from chat_api.app import build_service, create_app
 from chat_common.config import Settings
-from chat_common.contracts import ChatUpsert, MessageUpsert
+from chat_common.wire.contracts import ChatUpsert, MessageUpsert
+from chat_common.wire.topology import Topology
 
 
 class _Hello:
@@ -63,8 +64,9 @@ class InsertInRequest:
     async def start(self) -> None:
         """Nothing to open ahead: the pool connects on first use (the lifecycle calls this at ASGI startup)."""
 
-    async def publish(self, queue: str, body: bytes) -> None:
-        """Insert the row the message describes, in its own transaction, before answering."""
+    async def publish(self, queue: str, body: bytes, published_at: float) -> None:
+        """Insert the row the message describes, in its own transaction, before answering (``published_at``, the
+        numbering stamp a broker message carries, has no use here)."""
         upsert: MessageUpsert | ChatUpsert
         if queue == self.messages_queue:
             upsert = MessageUpsert.decode(body)
@@ -86,11 +88,11 @@ def naive_app() -> falcon.asgi.App:
     The lifecycle starts the stand-in publisher and the numbering watchdog, as it does for the real one.
     """
     settings = Settings.from_env()
-    service, readiness, lifecycle = build_service(settings)
-    service.publisher = InsertInRequest(settings.database_url, service.topology.messages.name)
+    stand_in = InsertInRequest(settings.database_url, Topology.from_settings(settings).messages.name)
+    service, readiness, lifecycle, streams = build_service(settings, publisher=stand_in)
 
     async def always_ready() -> bool:
         return True
 
     readiness["rabbitmq"] = always_ready
-    return create_app(service, settings, readiness, lifecycle)
+    return create_app(service, settings, readiness, lifecycle, streams)

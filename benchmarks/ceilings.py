@@ -21,8 +21,8 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
 
 from chat_api.adapters.numbering import NUMBERING_SCRIPT
-from chat_common.broker import BrokerNodes
-from chat_common.keys import RedisKeys
+from chat_common.clients.broker import BrokerNodes
+from chat_common.wire.keys import RedisKeys
 from message_writer.handler import UPSERT_MESSAGES
 
 

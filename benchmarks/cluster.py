@@ -1,4 +1,5 @@
-"""Scenario ``rabbit_cluster``: creates on a 3-node RabbitMQ cluster against one node, in the same run (issue 16).
+"""Scenario ``rabbit_cluster``: creates on a 3-node RabbitMQ cluster against one node, in the same run
+(what replicating every message to a quorum costs a create).
 
 Every broker here is private (chat_devtools.rabbit_cluster: own node names, ports, data dirs, cookie; never the
 shared broker on 5672), so the single node and the cluster run the same RabbitMQ configuration on the same
@@ -19,17 +20,28 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.loadgen import HttpResult, wrk
+from benchmarks.knobs import MESSAGE_BODY, PRODUCTION
 from benchmarks.system import CpuMeter, PeakMemory, Stack
-from chat_common.config import Settings
 from chat_devtools.http import Api
+from chat_devtools.load.wrk import HttpResult, wrk
 from chat_devtools.namespace import Namespace
 from chat_devtools.rabbit_cluster import RabbitCluster, unavailable_reason
 
-PRODUCTION = Settings()
-MESSAGE_BODY = '{"body": "hello everyone, the benchmark says hi and asks how you are"}'
+
+@dataclass(frozen=True)
+class Conditions:
+    """How every broker configuration is measured (the same for each, so that their figures compare)."""
+
+    log_dir: Path
+    memory: PeakMemory
+    workers: int
+    connections: int
+    seconds: float
+    repeats: int
+    log: Callable[[str], None]
 
 
 def _measure(
@@ -59,15 +71,9 @@ def _configuration(
     urls: str,
     queue_type: str,
     broker_pids: list[int],
-    *,
-    log_dir: Path,
-    memory: PeakMemory,
-    workers: int,
-    connections: int,
-    seconds: float,
-    repeats: int,
-    log: Callable[[str], None],
+    c: Conditions,
 ) -> dict:
+    """One broker configuration: a namespace and stack on it, 16 chats, the median wrk point with CPU per create."""
     namespace = Namespace.create(
         "bench_rabbit",
         rabbitmq_url=urls,
@@ -76,7 +82,7 @@ def _configuration(
         writer_max_wait_seconds=PRODUCTION.writer_max_wait_seconds,
         writer_retry_delays_seconds=PRODUCTION.writer_retry_delays_seconds,
     )
-    stack = Stack(namespace, log_dir / f"rabbit-{label}", memory, workers=workers).start()
+    stack = Stack(namespace, c.log_dir / f"rabbit-{label}", c.memory, workers=c.workers).start()
     client = Api(stack.base_url)
     try:
         token = client.new_application(f"rabbit {label}")
@@ -84,11 +90,11 @@ def _configuration(
         client.wait_chat(token, chats[-1], timeout=30)
         paths = [f"/applications/{token}/chats/{n}/messages" for n in chats]
         wrk(stack.base_url, paths, connections=16, seconds=2, method="POST", body=MESSAGE_BODY)  # warm-up
-        point = _measure(stack, paths, broker_pids, connections, seconds, repeats)
+        point = _measure(stack, paths, broker_pids, c.connections, c.seconds, c.repeats)
         point["queue_type"] = queue_type
         point["nodes"] = urls.count(",") + 1
         us = point.get("cpu_us_per_request", {})
-        log(
+        c.log(
             f"  {label:<16} {point['rps']:8.0f} req/s  p99 {point['p99_ms']:7.1f} ms  errors {point['errors']}"
             f" non-2xx {point['non_2xx']}  broker {us.get('rabbitmq', 0):.0f} us/create"
             f" ({point['cpu_cores']['rabbitmq']:.2f} cores), API {us.get('api', 0):.0f} us/create"
@@ -100,35 +106,23 @@ def _configuration(
         namespace.destroy()
 
 
-def run(
-    *,
-    log_dir: Path,
-    memory: PeakMemory,
-    workers: int,
-    connections: int,
-    seconds: float,
-    repeats: int,
-    log: Callable[[str], None],
-) -> dict:
+def run(c: Conditions) -> dict:
     """Single node (classic, quorum) and a 3-node cluster (quorum), one after the other; the figures and ratios."""
     reason = unavailable_reason()
     if reason:
-        log(f"  skipped: {reason}")
+        c.log(f"  skipped: {reason}")
         return {"skipped": reason}
-    options = dict(
-        log_dir=log_dir, memory=memory, workers=workers, connections=connections, seconds=seconds, repeats=repeats
-    )
-    out: dict = {"connections": connections}
+    out: dict = {"connections": c.connections}
     started = time.monotonic()
-    with RabbitCluster(log_dir / "rabbit-single", size=1) as single:
-        pids = [p for p in (single.nodes[0].beam_pid,) if p]
-        out["single_classic"] = _configuration("single_classic", single.urls, "classic", pids, log=log, **options)
-        out["single_quorum"] = _configuration("single_quorum", single.urls, "quorum", pids, log=log, **options)
+    with RabbitCluster(c.log_dir / "rabbit-single", size=1) as single:
+        pids = [p for p in (single.nodes[0].server_pid,) if p]
+        out["single_classic"] = _configuration("single_classic", single.urls, "classic", pids, c)
+        out["single_quorum"] = _configuration("single_quorum", single.urls, "quorum", pids, c)
     booted = time.monotonic()
-    with RabbitCluster(log_dir / "rabbit-cluster3", size=3) as cluster:
+    with RabbitCluster(c.log_dir / "rabbit-cluster3", size=3) as cluster:
         out["cluster_boot_seconds"] = round(time.monotonic() - booted, 1)
-        pids = [p for p in (node.beam_pid for node in cluster.nodes) if p]
-        out["cluster3_quorum"] = _configuration("cluster3_quorum", cluster.urls, "quorum", pids, log=log, **options)
+        pids = [p for p in (node.server_pid for node in cluster.nodes) if p]
+        out["cluster3_quorum"] = _configuration("cluster3_quorum", cluster.urls, "quorum", pids, c)
     out["seconds"] = round(time.monotonic() - started, 1)
     for broker in (single, cluster):  # keep the nodes' logs, drop their data (the queues' Raft logs)
         for node in broker.nodes:
@@ -162,13 +156,15 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-rabbit-"))
     started = time.monotonic()
     out = run(
-        log_dir=log_dir,
-        memory=PeakMemory(),
-        workers=int(os.environ.get("GUNICORN_WORKERS", "2")),
-        connections=64,
-        seconds=float(os.environ.get("BENCH_SECONDS", "5")),
-        repeats=int(os.environ.get("BENCH_REPEATS", "3")),
-        log=lambda m: print(f"[{time.monotonic() - started:6.1f}s] {m}", flush=True),
+        Conditions(
+            log_dir=log_dir,
+            memory=PeakMemory(),
+            workers=int(os.environ.get("GUNICORN_WORKERS", "2")),
+            connections=64,
+            seconds=float(os.environ.get("BENCH_SECONDS", "5")),
+            repeats=int(os.environ.get("BENCH_REPEATS", "3")),
+            log=lambda m: print(f"[{time.monotonic() - started:6.1f}s] {m}", flush=True),
+        )
     )
     print(json.dumps(out, indent=2))
 

@@ -14,8 +14,8 @@ import pika
 from sqlalchemy import Engine, text
 
 from benchmarks.ceilings import pymysql_connection
-from chat_common.broker import BrokerNodes
-from chat_common.contracts import MessageUpsert
+from chat_common.clients.broker import BrokerNodes
+from chat_common.wire.contracts import MessageUpsert
 
 # fmt: off
 WORDS = (
@@ -38,7 +38,9 @@ def body_for(number: int) -> str:
 def application_id(engine: Engine, token: str) -> int:
     """Row id of an application created through the API."""
     with engine.connect() as conn:
-        return conn.execute(text("SELECT id FROM applications WHERE token = :t"), {"t": token}).scalar_one()
+        return conn.execute(
+            text("SELECT id FROM applications WHERE token_digest = SHA2(:t, 256)"), {"t": token}
+        ).scalar_one()
 
 
 def insert_chats(engine: Engine, app_id: int, numbers: Iterable[int]) -> dict[int, int]:

@@ -1,7 +1,7 @@
 """`python -m benchmarks.metrics_cost N`: time the Prometheus calls one create makes, N times; prints one JSON line.
 
 The calls are exactly those of a ``POST …/messages``: ``RequestMetrics`` (chat_api/middleware.py) counts and
-times the request by route template, and ``ChatService._publish`` (chat_api/services.py) counts the confirmed
+times the request by route template, and ``publish`` (chat_api/use_cases/publishing.py) counts the confirmed
 publish. The API makes them through ``chat_api.metrics_buffer`` (summed in process, written once a second):
 ``us_per_create`` is that path, with one flush per 1,000 creates charged to it (at the API's rates a flush a
 second covers thousands); ``us_per_create_direct`` is the same three calls straight into prometheus_client. Run

@@ -89,7 +89,7 @@ TARGETS = {
     "ratio_create_vs_naive": (">", 1.0, "create faster than the naive synchronous insert"),
     "api_worker_peak_rss_mb": ("<=", 150, "API worker peak RSS ≤ 150 MB"),
     "writer_peak_rss_mb": ("<=", 150, "writer peak RSS ≤ 150 MB"),
-    # Live streams (issue 15; scenario `streams`).
+    # Live streams (scenario `streams`): a worker holds thousands of idle listeners, events arrive soon after a create.
     "stream_idle_connections_per_worker": (">=", 5000, "idle SSE streams one API worker holds open ≥ 5,000"),
     "stream_api_worker_peak_rss_mb": ("<=", 250, "that worker's peak RSS (its api_worker_peak_rss_mb) ≤ 250 MB"),
     "stream_delivery_p99_ms": ("<=", 1000, "201 of a create → its event at a listener, p99 at 50% load ≤ 1 s"),
@@ -99,7 +99,7 @@ TARGETS = {
         "stream delivery p99 - accept→row p99 of the same run ≤ 100 ms",
     ),
     "ratio_create_with_streams": (">=", 0.9, "creates at c=64 with 1,000 open streams ≥ 0.9 x with none"),
-    # RabbitMQ cluster (issue 16; scenario `rabbit_cluster`): replication must not halve the create rate.
+    # RabbitMQ cluster (scenario `rabbit_cluster`): replication must not halve the create rate.
     "ratio_cluster_vs_single": (">=", 0.6, "creates at c=64 on a 3-node cluster ≥ 0.6 x on one node (quorum)"),
 }
 

@@ -1,4 +1,4 @@
-"""Live streams under load (issue 15): idle streams per worker and their memory, delivery latency, creates beside
+"""Live streams under load: idle streams per worker and their memory, delivery latency, creates beside
 open streams.
 
 The streams are held by a separate client process (``python -m benchmarks.streams hold FILE``: asyncio on uvloop,

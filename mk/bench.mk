@@ -1,4 +1,4 @@
-# Benchmarks (issue 7): `make bench` measures the write path against the ceilings of its own parts.
+# Benchmarks: `make bench` measures the write path against the ceilings of its own parts.
 # It is a benchmark, not a test: CI never runs it. Knobs: BENCH_SECONDS, BENCH_CONCURRENCY,
 # BENCH_DRAIN_MESSAGES, BENCH_GROWTH_ROWS, BENCH_E2E_SECONDS, BENCH_METRICS_ITERATIONS (see benchmarks/run.py).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

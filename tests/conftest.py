@@ -10,9 +10,9 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from chat_common.db import make_engine
-from tests.support.namespace import Namespace
-from tests.support.processes import System
+from chat_common.clients.db import make_engine
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 
 LOG_ROOT = Path(os.environ.get("TEST_LOG_DIR", "/tmp/chat-system-test-logs"))
 

@@ -86,7 +86,7 @@ SEARCH_SECONDS = Histogram(
 TENANT_REFUSALS = Counter(
     "chat_api_tenant_refusals_total",
     "Tenant-scoped requests refused by a tenant rule, by reason "
-    "(suspended 403, expired_token 404, rate_limited 429, max_chats/max_message_bytes 422)",
+    "(suspended 403, expired_token 404, rate_limited 429, search_budget 429, max_chats/max_message_bytes 422)",
     ["reason"],
 )
 TENANT_ROTATIONS = Counter("chat_tenant_token_rotations_total", "Application tokens rotated", ["via"])  # api, operator
@@ -98,7 +98,7 @@ TENANTS_SUSPENDED = Gauge(
 )
 
 
-# Live message streams (issue 15): the writers' announcements of committed rows, and the API's streams.
+# Live message streams (SSE): the writers' announcements of committed rows, and the API's streams.
 WRITER_ANNOUNCED = Counter(
     "chat_writer_announcements_total", "Announcements of committed rows published (one per chat and batch)"
 )

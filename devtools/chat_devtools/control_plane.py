@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -35,7 +34,8 @@ from pathlib import Path
 import requests
 import urllib3
 
-from chat_devtools.processes import ROOT, Process, free_port
+from chat_devtools.ports import free_port
+from chat_devtools.processes import ROOT, Process
 from chat_devtools.tinyca import KeyPair, TinyCA, signing_key_pair
 
 log = logging.getLogger(__name__)
@@ -515,10 +515,3 @@ class ControlPlane:
             yield name
         finally:
             self.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def tool_path(name: str) -> str | None:
-    """A binary of the control plane if built or provided, else one on PATH (None when neither exists)."""
-    with contextlib.suppress(ControlPlaneError):
-        return str(find_binaries(build=False)[name])
-    return shutil.which(name)

@@ -61,6 +61,13 @@ class Api:
         assert resp.status_code == 201, resp.text
         return resp.json()["chat_number"]
 
+    def new_tenant_with_chat(self, name: str = "app") -> tuple[str, int]:
+        """Create an application and a chat of it, and wait until the chat's row is written; (token, number)."""
+        token = self.new_application(name)
+        chat = self.new_chat(token)
+        self.wait_chat(token, chat)
+        return token, chat
+
     def new_message(self, token: str, chat: int, body: str = "hello") -> int:
         """Create a message; returns its number."""
         resp = self.post(f"/applications/{token}/chats/{chat}/messages", json={"body": body})

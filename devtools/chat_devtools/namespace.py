@@ -12,12 +12,13 @@ from dataclasses import dataclass
 import pika
 from sqlalchemy.engine import make_url
 
-from chat_common.broker import BrokerNodes
+from chat_common.clients.broker import BrokerNodes
+from chat_common.clients.db import drop_database
+from chat_common.clients.redis_client import sync_client
 from chat_common.config import Settings
-from chat_common.db import drop_database
-from chat_common.migrate import upgrade
-from chat_common.redis_client import sync_client
-from chat_common.topology import Topology, announcements_exchange
+from chat_common.ops.migrate import upgrade
+from chat_common.tenancy.tokens import new_sealing_key
+from chat_common.wire.topology import Topology, announcements_exchange
 
 BASE_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/?charset=utf8mb4")
 
@@ -42,6 +43,7 @@ class Namespace:
             publish_timeout_seconds=2.0,
             writer_max_wait_seconds=0.1,
             writer_retry_delays_seconds=(1, 2),
+            token_sealing_key=new_sealing_key(),  # as the chart generates one: sealed token copies (docs/security.md)
         )
         defaults.update(overrides)
         settings = Settings.from_env(**defaults)
@@ -66,6 +68,8 @@ class Namespace:
         }
         if s.admin_api_key:
             env["ADMIN_API_KEY"] = s.admin_api_key
+        if s.token_sealing_key:
+            env["TOKEN_SEALING_KEY"] = s.token_sealing_key
         if s.elasticsearch_url:
             env["ELASTICSEARCH_URL"] = s.elasticsearch_url
         return env

@@ -42,7 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from chat_devtools.control_plane import ControlPlane, ControlPlaneError
-from chat_devtools.processes import ROOT, free_port
+from chat_devtools.ports import free_port
+from chat_devtools.processes import ROOT
 
 log = logging.getLogger(__name__)
 

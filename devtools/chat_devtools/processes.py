@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,12 @@ from pathlib import Path
 import requests
 
 from chat_devtools.namespace import Namespace
+from chat_devtools.ports import free_port
 
 # Children run from the repository root (this file is devtools/chat_devtools/processes.py) with this interpreter,
 # whose virtualenv has every package installed.
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Process:
@@ -109,7 +102,7 @@ class System:
 
     def numbering_open(self) -> bool:
         """True when the API says numbering is open: every slot that ever opened has its epoch (a fresh system
-        opens each slot on its first create; see chat_api.adapters.recovery)."""
+        opens each slot on its first create; see chat_api.numbering.opening)."""
         try:
             checks = requests.get(f"{self.base_url}/status", timeout=5).json()["checks"]
         except (requests.RequestException, ValueError, KeyError):

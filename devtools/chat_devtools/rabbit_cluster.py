@@ -14,25 +14,23 @@ Run it by hand (``python -m chat_devtools.rabbit_cluster``) to get a cluster and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import threading
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pika
 import pika.exceptions
 
-from chat_common.broker import ConnectionProfile, node_parameters
+from chat_common.clients.broker import ConnectionProfile, node_parameters
+from chat_devtools.ports import free_port
+from chat_devtools.private_process import PrivateProcess, missing_binary
+from chat_devtools.tcp import TcpBalancer
 
 SBIN_PATH = "/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin"
 RABBITMQ_SERVER = shutil.which("rabbitmq-server", path=SBIN_PATH) or "/usr/sbin/rabbitmq-server"
@@ -41,19 +39,9 @@ DEAD_LETTER_CONFIRM_TIMEOUT_MS = 5000
 PING = ConnectionProfile(socket_timeout=2)
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def unavailable_reason() -> str | None:
     """Why this machine cannot start private RabbitMQ nodes, or None when it can (tests skip with the reason)."""
-    for binary in (RABBITMQ_SERVER, RABBITMQCTL):
-        if not os.access(binary, os.X_OK):
-            return f"{binary} is not installed (apt-get install rabbitmq-server)"
-    return None
+    return missing_binary((RABBITMQ_SERVER, RABBITMQCTL), "apt-get install rabbitmq-server")
 
 
 class LoopbackCertificates:
@@ -86,35 +74,29 @@ class LoopbackCertificates:
         self.key.chmod(0o644)  # the broker runs as this user; readable is enough
 
 
-class RabbitNode:
+class RabbitNode(PrivateProcess):
     """One private RabbitMQ node: start, SIGKILL, restart with its data, ``rabbitmqctl`` against it."""
 
     boot_timeout = 120.0
 
     def __init__(
         self,
-        root: Path,
-        index: int,
+        directory: Path,
+        node: str,
         *,
         cookie: str,
         user: str,
         password: str,
-        tag: str,
         tls: LoopbackCertificates | None = None,
     ) -> None:
-        self.index = index
-        self.dir = root / f"node{index}"
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.tls = tls
         self.tls_port = free_port() if tls else None  # an amqps:// listener besides the plain one
-        self.port = free_port()
+        super().__init__(directory)
         self.dist_port = free_port()
-        self.node = f"{tag}n{index}@localhost"
+        self.name = self.node = node
         self.cookie = cookie
         self.user = user
         self.password = password
-        self.log_path = self.dir / "server.log"
-        self.popen: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -126,7 +108,8 @@ class RabbitNode:
         assert self.tls_port is not None, "a node started without tls"
         return f"amqps://{self.user}:{self.password}@{host}:{self.tls_port}/%2F"
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Its config files and the cluster's Erlang cookie."""
         d = self.dir
         (d / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
@@ -151,7 +134,7 @@ class RabbitNode:
         )
         (d / "enabled_plugins").write_text("[].\n")
         (d / "rabbitmq-env.conf").write_text("")
-        # At-least-once dead-lettering (chat_common.topology) resends a message its target queue did not confirm
+        # At-least-once dead-lettering (chat_common.wire.topology) resends a message its target queue did not confirm
         # after this long; the default is 3 minutes, which would make a test wait for minutes after a target
         # queue's outage. The chart sets it too (values: rabbitmq.deadLetterConfirmTimeoutSeconds).
         (d / "advanced.config").write_text(
@@ -181,15 +164,14 @@ class RabbitNode:
             "ERL_EPMD_ADDRESS": "127.0.0.1",
         }
 
-    def start(self) -> RabbitNode:
-        """Start the node (its data directory is kept across restarts); returns at once, see :meth:`wait_ready`."""
-        if not (self.dir / "rabbitmq.conf").exists():
-            self._prepare()
-        with self.log_path.open("ab") as log:
-            # A process group of its own: a kill reaches the wrapper script's children, and nothing else.
-            self.popen = subprocess.Popen(
-                [RABBITMQ_SERVER], env=self.environ(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+    def argv(self) -> list[str]:
+        """The broker's start script (it execs the Erlang VM, whose PID it writes to ``beam.pid``)."""
+        return [RABBITMQ_SERVER]
+
+    def start(self, wait: bool = False) -> RabbitNode:
+        """Start the node (its data directory is kept across restarts); returns at once unless ``wait``, so that
+        several nodes boot in parallel (see :meth:`wait_ready`)."""
+        super().start(wait)
         return self
 
     def ping(self) -> bool:
@@ -199,18 +181,6 @@ class RabbitNode:
         except (pika.exceptions.AMQPError, OSError):
             return False
         return True
-
-    def wait_ready(self, timeout: float | None = None) -> float:
-        """Seconds until the node answered AMQP; raises when it died or took longer than its boot timeout."""
-        started = time.monotonic()
-        deadline = started + (timeout or self.boot_timeout)
-        while time.monotonic() < deadline:
-            if self.popen is not None and self.popen.poll() is not None:
-                raise RuntimeError(f"{self.node} exited with {self.popen.returncode}; see {self.dir / 'log'}")
-            if self.ping():
-                return time.monotonic() - started
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.node} did not answer in time; see {self.dir / 'log'}")
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """``rabbitmqctl -n <node> --erlang-cookie <cookie> …``; its stdout (raises on failure)."""
@@ -225,33 +195,8 @@ class RabbitNode:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.node} failed: {done.stderr or done.stdout}")
         return done.stdout
 
-    def signal(self, sig: int, timeout: float = 60) -> None:
-        """Signal the node's process group and wait until it exited (SIGKILL after ``timeout``)."""
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, nothing flushed, no goodbye to the peers."""
-        self.signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        """A clean shutdown."""
-        self.signal(signal.SIGTERM)
-
     @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    @property
-    def beam_pid(self) -> int | None:
+    def server_pid(self) -> int | None:
         """PID of the Erlang VM (``beam.smp``), for measuring the node's CPU."""
         pid_file = self.dir / "beam.pid"
         if not self.running or not pid_file.exists():
@@ -276,8 +221,15 @@ class RabbitCluster:
         user, password = "cluster", secrets.token_urlsafe(12)
         self.certificates = LoopbackCertificates(root / "tls") if tls else None
         self.nodes = [
-            RabbitNode(root, i + 1, cookie=cookie, user=user, password=password, tag=tag, tls=self.certificates)
-            for i in range(size)
+            RabbitNode(
+                root / f"node{i}",
+                f"{tag}n{i}@localhost",
+                cookie=cookie,
+                user=user,
+                password=password,
+                tls=self.certificates,
+            )
+            for i in range(1, size + 1)
         ]
         self.balancer: TcpBalancer | None = None
 
@@ -349,9 +301,6 @@ class RabbitCluster:
                 raise RuntimeError(f"queue {queue} is led by {leader}, not a node of this cluster")
         raise LookupError(f"no queue named {queue}")
 
-    def node_by_name(self, name: str) -> RabbitNode:
-        return next(node for node in self.nodes if node.node == name)
-
     def stop(self) -> None:
         """Stop the balancer and every node (SIGTERM, SIGKILL after a while), then remove a temporary root."""
         if self.balancer is not None:
@@ -366,88 +315,6 @@ class RabbitCluster:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-class TcpBalancer:
-    """Round-robin TCP forwarding to the first backend that accepts, on an asyncio loop of its own thread.
-
-    A Kubernetes Service spreads connections over the ready pods; a pod that died stops receiving new ones.
-    Here a backend that refuses the connection is skipped, and connections to a backend that dies are cut.
-    """
-
-    def __init__(self, backends: Sequence[tuple[str, int]], connect_timeout: float = 2.0) -> None:
-        self.backends = list(backends)
-        self.connect_timeout = connect_timeout
-        self.port = free_port()
-        self._next = 0
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.AbstractServer | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="tcp-balancer", daemon=True)
-        self._tasks: set[asyncio.Task] = set()
-
-    def start(self) -> TcpBalancer:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("balancer did not start")
-        return self
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
-        )
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._tasks.add(task)
-        try:
-            upstream = await self._connect_any()
-            if upstream is None:
-                writer.close()
-                return
-            up_reader, up_writer = upstream
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            self._tasks.discard(task)
-
-    async def _connect_any(self):
-        for _ in range(len(self.backends)):
-            host, port = self.backends[self._next % len(self.backends)]
-            self._next += 1
-            try:
-                return await asyncio.wait_for(asyncio.open_connection(host, port), self.connect_timeout)
-            except (OSError, TimeoutError):
-                continue
-        return None
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    def close(self) -> None:
-        """Stop accepting and cut every forwarded connection."""
-
-        async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
 
 
 def main() -> None:

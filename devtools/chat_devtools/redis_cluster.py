@@ -5,17 +5,15 @@ system against Redis Cluster without touching the shared Redis on 6379. Nodes ke
 (``--save "" --appendonly no``): a node restarted after :meth:`RedisNode.kill` comes back empty, exactly the
 "Redis lost its data" case, while its cluster config file (in its own directory) lets it rejoin with its slots.
 ``cluster-require-full-coverage no``: a shard that is down leaves the other shards serving, as a production
-cluster should be configured for this system (per-slot recovery, see ``chat_api.adapters.recovery``).
+cluster should be configured for this system (per-slot recovery, see ``chat_api.numbering.recovery``).
 
 Run it by hand (``python -m chat_devtools.redis_cluster``) to get a cluster and its ``REDIS_URL`` until Ctrl-C.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,34 +21,16 @@ from pathlib import Path
 
 import redis
 
+from chat_devtools.ports import free_port_with_bus
+from chat_devtools.private_process import missing_binary
 from chat_devtools.redis_process import REDIS_SERVER, RedisProcess
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too and below 65536."""
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port >= 55535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a Redis Cluster node")
-
-
 def unavailable_reason() -> str | None:
     """Why this machine cannot start private Redis nodes, or None when it can (tests skip with the reason)."""
-    for binary in (REDIS_SERVER, REDIS_CLI):
-        if not os.access(binary, os.X_OK):
-            return f"{binary} is not installed (apt-get install redis-server)"
-    return None
+    return missing_binary((REDIS_SERVER, REDIS_CLI), "apt-get install redis-server")
 
 
 class RedisNode(RedisProcess):
@@ -76,9 +56,6 @@ class RedisNode(RedisProcess):
             "--logfile", "server.log",
         ]  # fmt: skip
 
-    def node_id(self) -> str:
-        return self.client().execute_command("CLUSTER", "MYID").decode()
-
 
 class RedisCluster:
     """``masters * (1 + replicas)`` private nodes joined into one cluster; stop() removes everything."""
@@ -87,7 +64,9 @@ class RedisCluster:
         self.root = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
         self.masters = masters
         self.replicas = replicas
-        self.nodes = [RedisNode(self.root, cluster_port(), node_timeout_ms) for _ in range(masters * (1 + replicas))]
+        self.nodes = [
+            RedisNode(self.root, free_port_with_bus(), node_timeout_ms) for _ in range(masters * (1 + replicas))
+        ]
 
     @property
     def url(self) -> str:
@@ -124,7 +103,7 @@ class RedisCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if all(self._node_ok(node) for node in self.nodes if node.alive):
+                if all(self._node_ok(node) for node in self.nodes if node.running):
                     return
             except redis.RedisError:
                 pass
@@ -147,7 +126,7 @@ class RedisCluster:
     def master_of(self, slot: int) -> RedisNode:
         """The node serving ``slot`` now (as the live nodes' CLUSTER SLOTS says)."""
         for node in self.nodes:
-            if not node.alive:
+            if not node.running:
                 continue
             try:
                 for start, end, master, *_ in node.client().execute_command("CLUSTER", "SLOTS"):
@@ -158,19 +137,11 @@ class RedisCluster:
                 continue
         raise LookupError(f"no live node knows slot {slot}")
 
-    def slots_of(self, master: RedisNode) -> set[int]:
-        """Slots ``master`` serves."""
-        slots: set[int] = set()
-        for start, end, node, *_ in master.client().execute_command("CLUSTER", "SLOTS"):
-            if int(node[1]) == master.port:
-                slots.update(range(start, end + 1))
-        return slots
-
     def replicas_of(self, master: RedisNode) -> list[RedisNode]:
         """The live nodes replicating ``master``."""
         found = []
         for node in self.nodes:
-            if node is master or not node.alive:
+            if node is master or not node.running:
                 continue
             info = node.client().info("replication")
             if info["role"] == "slave" and int(info["master_port"]) == master.port:

@@ -1,75 +1,52 @@
 """One private ``redis-server`` process on loopback: the part the Redis Cluster and Sentinel launchers share.
 
-Each runs in its own process group and directory, is started until it answers PING, can be SIGKILLed (losing what
-it held in memory) or stopped, and asked its replication role. Subclasses say how it is started (:meth:`argv`).
+A :class:`~chat_devtools.private_process.PrivateProcess` started until it answers PING, that can be SIGKILLed
+(losing what it held in memory) or stopped, and asked its replication role. Subclasses say how it is started
+(:meth:`argv`).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import redis
 
+from chat_devtools.private_process import PrivateProcess
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-class RedisProcess:
+class RedisProcess(PrivateProcess):
     """A private ``redis-server`` in ``directory``, listening on 127.0.0.1:``port``."""
 
+    boot_timeout = 20.0
+    poll_interval = 0.05
+
     def __init__(self, directory: Path, port: int, name: str) -> None:
-        self.port = port
+        super().__init__(directory, port)
         self.name = name
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.popen: subprocess.Popen | None = None
 
-    def argv(self) -> list[str]:
-        """The command line that starts it (called at every start)."""
-        raise NotImplementedError
+    def start(self, wait: bool = True) -> RedisProcess:
+        """Start it (own process group) and wait until it answers PING; killed again when it does not."""
+        try:
+            super().start(wait)
+        except (RuntimeError, TimeoutError) as exc:
+            self.kill()
+            raise TimeoutError(f"{self.name} on port {self.port} did not start; see {self.log_path}") from exc
+        return self
 
-    def start(self) -> RedisProcess:
-        """Start it (own process group) and wait until it answers PING."""
-        self.popen = subprocess.Popen(self.argv(), cwd=self.dir, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if self.client().ping():
-                    return self
-            except redis.RedisError:
-                if self.popen.poll() is not None:
-                    break
-                time.sleep(0.05)
-        self.kill()
-        raise TimeoutError(f"{self.name} on port {self.port} did not start; see {self.dir / 'server.log'}")
+    def ping(self) -> bool:
+        """True when it answers PING."""
+        client = self.client()
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
 
     def client(self) -> redis.Redis:
         """A plain client of this one server (no redirections followed)."""
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=1)
-
-    def kill(self) -> None:
-        """SIGKILL: the server dies with everything it held in memory."""
-        if self.popen is not None and self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self) -> None:
-        """Stop it (nothing is on disk anyway)."""
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    @property
-    def alive(self) -> bool:
-        """Whether its process is running."""
-        return self.popen is not None and self.popen.poll() is None
 
     def role(self) -> str:
         """ "master" or "slave", as the server itself says."""

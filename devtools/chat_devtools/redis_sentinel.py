@@ -12,33 +12,24 @@ Run it by hand (``python -m chat_devtools.redis_sentinel``) to get one and its `
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 import redis
 
+from chat_devtools.ports import free_port
+from chat_devtools.private_process import missing_binary
 from chat_devtools.redis_process import REDIS_SERVER, RedisProcess
 
 SERVICE = "chat"
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def unavailable_reason() -> str | None:
     """Why this machine cannot start private Redis servers and sentinels, or None when it can."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        return f"{REDIS_SERVER} is not installed (apt-get install redis-server; it runs sentinels too)"
-    return None
+    return missing_binary((REDIS_SERVER,), "apt-get install redis-server; it runs sentinels too")
 
 
 class Server(RedisProcess):
@@ -97,7 +88,7 @@ class RedisSentinel:
     def current_master(self) -> Server:
         """The data server the (first answering) sentinel names as master now."""
         for sentinel in self.sentinels:
-            if not sentinel.alive:
+            if not sentinel.running:
                 continue
             try:
                 _host, port = sentinel.client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
@@ -120,7 +111,7 @@ class RedisSentinel:
         raise TimeoutError(f"redis sentinel deployment not healthy; logs under {self.root}")
 
     def _healthy(self) -> bool:
-        live = [s for s in self.data if s.alive]
+        live = [s for s in self.data if s.running]
         ports = set()
         for sentinel in self.sentinels:
             client = sentinel.client()
@@ -137,7 +128,7 @@ class RedisSentinel:
         if len(ports) != 1:
             return False
         master = next(s for s in self.data if s.port == ports.pop())
-        if not master.alive:
+        if not master.running:
             return False
         replication = master.client().info("replication")
         in_sync = sum(1 for key, value in replication.items() if key.startswith("slave") and isinstance(value, dict)

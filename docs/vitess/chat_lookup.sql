@@ -20,6 +20,17 @@ CREATE TABLE applications_previous_token_lookup (
   keyspace_id VARBINARY(128) NOT NULL,
   PRIMARY KEY (previous_token)
 );
+-- Token digests (migration 0006): what every lookup uses once the plaintext columns are erased.
+CREATE TABLE applications_token_digest_lookup (
+  token_digest VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  keyspace_id VARBINARY(128) NOT NULL,
+  PRIMARY KEY (token_digest)
+);
+CREATE TABLE applications_previous_token_digest_lookup (
+  previous_token_digest VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  keyspace_id VARBINARY(128) NOT NULL,
+  PRIMARY KEY (previous_token_digest)
+);
 CREATE TABLE applications_idempotency_key_lookup (
   idempotency_key VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
   keyspace_id VARBINARY(128) NOT NULL,

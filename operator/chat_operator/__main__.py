@@ -14,10 +14,11 @@ import kopf
 from kubernetes import client
 from sqlalchemy import create_engine, text
 
-from chat_common.db import make_engine
+from chat_common import redaction
+from chat_common.clients.db import connect_args, make_engine
+from chat_common.clients.redis_client import sync_client
 from chat_common.metrics import serve_metrics
-from chat_common.redis_client import sync_client
-from chat_common.tenancy import build_applications
+from chat_common.tenancy.applications import build_applications
 from chat_operator import handlers
 from chat_operator.config import ConfigError, OperatorConfig
 from chat_operator.kube import KubeSecrets
@@ -27,31 +28,54 @@ from chat_operator.reconciler import Reconciler
 log = logging.getLogger("chat_operator")
 
 
+def configure_logging(config: OperatorConfig) -> None:
+    """kopf's logging (text or JSON), every line through the redacting filter: no token, key or password in the
+    operator's log — kopf logs handler outcomes and, at DEBUG, the bodies it patches."""
+    kopf.configure(log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL)
+    redaction.install(logging.getLogger().handlers)
+
+
 def main() -> None:
     """Read the configuration, wire the collaborators, and hand over to kopf."""
     try:
         config = OperatorConfig.from_env()
     except (ConfigError, ValueError) as exc:
         sys.exit(f"chat-operator: {exc}")
-    kopf.configure(log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL)
+    configure_logging(config)
     settings = config.settings
-    engine = make_engine(settings.database_url, pool_size=config.workers)
-    redis_client = sync_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    if not settings.token_sealing_key:
+        # It still provisions and rotates (it knows the tokens it draws), but cannot restore a deleted Secret.
+        logging.getLogger("chat_operator").warning(
+            "TOKEN_SEALING_KEY is unset: tokens are stored only as digests, so a token Secret deleted by hand cannot "
+            "be restored (a rotation writes a new one)"
+        )
+    try:
+        applications = build_applications(
+            settings,
+            make_engine(settings.database_url, pool_size=config.workers),
+            sync_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
+        )
+    except ValueError as exc:  # a TOKEN_SEALING_KEY of the wrong shape
+        sys.exit(f"chat-operator: {exc}")
+    engine = applications.engine
+    redis_client = applications.client
     reconciler = Reconciler(
-        Provisioner(build_applications(settings, engine, redis_client)),
+        Provisioner(applications, allow_adoption=config.allow_adoption),
         KubeSecrets(client.CoreV1Api),
         config.api_internal_url,
     )
 
     # Its own tiny engine with short timeouts: the liveness endpoint waits for this answer, and a database that
     # does not answer must not make the probe time out (and the operator restart).
+    probe_url, probe_args = connect_args(settings.database_url, connect_timeout=1, read_timeout=2)
     probe_engine = create_engine(
-        settings.database_url,
+        probe_url,
         pool_size=1,
         max_overflow=0,
         pool_timeout=1,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 1, "read_timeout": 2},
+        hide_parameters=True,
+        connect_args=probe_args,
     )
 
     def ping_database() -> bool:

@@ -30,6 +30,10 @@ class OperatorConfig:
     priority: int = 1
     log_format: str = "text"  # as everywhere: text or json (the chart sets json)
     workers: int = 4
+    # spec.existingToken adopts a tenant only when the deployment allows it (ALLOW_ADOPTION, chart value
+    # operator.allowAdoption): whoever can create Applications would otherwise take over any tenant whose token
+    # they hold, and receive every future token of it in their Secret.
+    allow_adoption: bool = False
 
     @property
     def clusterwide(self) -> bool:
@@ -55,6 +59,9 @@ class OperatorConfig:
         # Replicas need distinct peering priorities: kopf freezes every operator that sees a peer of equal
         # priority. The active replica is the one with the highest; the others wait as hot standbys.
         priority = int(env.get("OPERATOR_PRIORITY") or 1 + secrets.randbelow(1_000_000))
+        adoption = (env.get("ALLOW_ADOPTION") or "false").strip().lower()
+        if adoption not in ("true", "false"):
+            raise ConfigError("ALLOW_ADOPTION must be true or false")
         return cls(
             settings=Settings.from_env(),
             api_internal_url=api_url.rstrip("/"),
@@ -66,4 +73,5 @@ class OperatorConfig:
             priority=priority,
             log_format=log_format,
             workers=int(env.get("OPERATOR_WORKERS") or 4),
+            allow_adoption=adoption == "true",
         )

@@ -17,6 +17,8 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from chat_common.tenancy.tokens import token_digest
+
 log = logging.getLogger(__name__)
 
 GROUP = "chat-system.io"
@@ -114,13 +116,16 @@ def plan_secret(current: Mapping | None, desired: Mapping, also_ours: frozenset[
     A Secret is ours when it is owned by the resource, or when the operator left it behind under the
     ``Retain`` policy and it holds the very token being provisioned (re-adoption with ``existingToken``).
     An owned Secret holding another tenant's token is refused too: a resource never changes tenant. The same
-    tenant's tokens are the desired one and ``also_ours`` (its token before the last rotation).
+    tenant's tokens are the desired one and ``also_ours`` (digests: its token before the last rotation).
     """
     if current is None:
         return SecretPlan("created")
     owner_ref = desired["metadata"]["ownerReferences"][0]
     meta = current.get("metadata", {})
-    same_token = secret_token(current) in {secret_token(desired), *also_ours}
+    held = secret_token(current)
+    # also_ours holds digests (chat_common.tenancy.tokens): the former token's plaintext may be known to nobody any
+    # more.
+    same_token = held is not None and (held == secret_token(desired) or token_digest(held) in also_ours)
     name = meta.get("name")
     if _owned_by(current, owner_ref["uid"]):
         if not same_token:
@@ -160,8 +165,18 @@ def detach_patch(current: Mapping, owner_uid: str) -> dict | None:
     }
 
 
+class ForeignSecret(SecretConflict):
+    """A Secret of the needed name exists and the operator may not touch it (the chart's admission policy refused)."""
+
+
 class KubeSecrets:
-    """Token Secrets through the official Kubernetes client: get, create and merge-patch only."""
+    """Token Secrets through the official Kubernetes client: create and merge-patch only — no ``get``.
+
+    A Secret is read with an empty merge patch, which answers the stored object like a ``get`` but is a write: the
+    chart's ValidatingAdmissionPolicy (templates/operator/secret-policy.yaml) admits the operator's writes only on
+    Secrets that carry its ``managed-by`` label, so the operator can read and change its own token Secrets and no
+    other Secret of the namespaces it serves (Kubernetes RBAC cannot grant by label, nor by name for names not
+    known in advance). An empty patch changes nothing and does not bump the Secret's resourceVersion."""
 
     def __init__(self, api_factory: Callable[[], client.CoreV1Api]) -> None:
         # Built on first use: the client is configured by kopf's login, which runs after the handlers exist.
@@ -176,19 +191,28 @@ class KubeSecrets:
         return self._api
 
     def read(self, namespace: str, name: str) -> dict | None:
-        """A Secret as a plain dict (camelCase, as on the wire), or None."""
+        """A Secret as a plain dict (camelCase, as on the wire), or None; :class:`ForeignSecret` when one exists
+        that is not the operator's to read (refused by the admission policy: 403)."""
         try:
-            secret = self.api.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+            secret = self.api.patch_namespaced_secret(
+                name,
+                namespace,
+                {},
+                _content_type="application/merge-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
+            if exc.status == 403:
+                raise ForeignSecret(f"Secret {name} already exists and does not belong to this Application") from None
             raise
         return self.api.api_client.sanitize_for_serialization(secret)
 
     def apply(self, desired: dict, also_ours: frozenset[str] = frozenset()) -> SecretChange:
         """Create the Secret or bring it in line; optimistic concurrency makes a racing writer retry the handler.
 
-        ``also_ours``: other tokens of the same tenant the Secret may still hold (before a rotation)."""
+        ``also_ours``: digests of other tokens of the same tenant the Secret may still hold (before a rotation)."""
         meta = desired["metadata"]
         current = self.read(meta["namespace"], meta["name"])
         plan = plan_secret(current, desired, also_ours)
@@ -205,7 +229,10 @@ class KubeSecrets:
 
     def detach(self, namespace: str, name: str, owner_uid: str) -> bool:
         """Remove the resource's owner reference so the Secret outlives it; False when there is nothing to do."""
-        current = self.read(namespace, name)
+        try:
+            current = self.read(namespace, name)
+        except ForeignSecret:
+            return False  # not the operator's: nothing of it to detach
         patch = detach_patch(current, owner_uid) if current else None
         if patch is None:
             return False

@@ -1,8 +1,9 @@
 """What an ``Application`` resource means for the chat system, as plain functions over the shared service layer.
 
 Nothing here knows Kubernetes: the create/rename/delete/suspend/rotate/limits implementation is
-:class:`chat_common.tenancy.Applications` (the one the API's admin endpoints use); this module only decides which of
-those to call for a resource's spec, so it can be tested against the real MariaDB and Redis without an API server.
+:class:`chat_common.tenancy.applications.Applications` (the one the API's admin endpoints use); this module only decides
+which of those to call for a resource's spec, so it can be tested against the real MariaDB and Redis without an API
+server.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from chat_common.tenancy import (
+from chat_common.tenancy.applications import (
     DEFAULT_GRACE_SECONDS,
     Application,
     Applications,
@@ -25,6 +26,13 @@ from chat_common.validation import Invalid
 # key from ever meaning "the application of resource <uid>".
 KEY_PREFIX = "k8s:"
 MISSING = "the application was deleted outside the operator; delete and re-apply this resource for a new tenant"
+ADOPTION_OFF = (
+    "adopting an existing application (spec.existingToken) is turned off in this deployment "
+    "(chart value operator.allowAdoption, ALLOW_ADOPTION)"
+)
+ADOPTION_FORMER_TOKEN = "spec.existingToken is a rotated-away token; only the current token can adopt an application"
+ADOPTION_OWNED = "the application is managed by another Application resource; it cannot be adopted"
+ADOPTION_MOVE = "this resource manages another application; spec.existingToken cannot move it to a different one"
 # spec.limits (camelCase, as Kubernetes spells fields) -> the tenancy layer's names.
 LIMIT_FIELDS = {
     "requestsPerSecond": "requests_per_second",
@@ -136,10 +144,17 @@ def idempotency_key(uid: str) -> str:
 
 
 class Provisioner:
-    """Provision, locate, measure and release the application behind an ``Application`` resource."""
+    """Provision, locate, measure and release the application behind an ``Application`` resource.
 
-    def __init__(self, applications: Applications) -> None:
+    Adoption (``spec.existingToken``) hands the resource — and whoever can read its Secret — every future token of
+    the tenant, so it is allowed only when the deployment turned it on (``allow_adoption``), only with the tenant's
+    current token (a rotated-away one may be a leaker's), and only of a tenant no other resource manages. A refusal
+    is :class:`Rejected` with reason ``AdoptionRefused``: no ownership is recorded and no Secret is written.
+    """
+
+    def __init__(self, applications: Applications, *, allow_adoption: bool = False) -> None:
         self.applications = applications
+        self.allow_adoption = allow_adoption
 
     def provision(self, uid: str, spec: Spec, *, provisioned_before: bool = False) -> Provisioned:
         """Make the application exist with the spec's name; safe to repeat any number of times.
@@ -150,42 +165,60 @@ class Provisioner:
         reported, never silently replaced by an empty tenant with a new token.
         """
         try:
-            if spec.existing_token is not None:
-                application = self.applications.find(spec.existing_token)
-                if application is None:
-                    raise Rejected("ApplicationNotFound", "no application has the token given in spec.existingToken")
-                created, adopted = False, True
+            owned = self.applications.find_by_owner(uid)
+            created = adopted = False
+            if owned is not None:  # this resource manages it already (created or adopted before)
+                application = owned
+                if spec.existing_token is not None:
+                    named = self.applications.find(spec.existing_token)
+                    if named is not None and named.id != owned.id:
+                        raise Rejected("AdoptionRefused", ADOPTION_MOVE)
+            elif spec.existing_token is not None:
+                application, adopted = self._adopt(uid, spec.existing_token), True
             elif provisioned_before:
                 application = self.locate(uid, spec)
                 if application is None:
                     raise Rejected("ApplicationMissing", MISSING)
-                created, adopted = False, False
             else:
                 application, created = self.applications.create(spec.name, idempotency_key=idempotency_key(uid))
-                adopted = False
-            # Recorded so the resource finds its tenant again after a rotation took existingToken's token away.
-            self.applications.set_owner(application.id, uid)
+            if not adopted and owned is None:
+                # Created under this resource's uid: recorded so the resource finds its tenant by owner.
+                self.applications.set_owner(application.id, uid)
             renamed_from = None
             if application.name != spec.name:
                 renamed_from = application.name
-                application = self.applications.rename(application.token, spec.name)
+                application = self.applications.rename_application(application, spec.name)
                 if application is None:  # deleted by someone else between the two statements
                     raise Rejected("ApplicationMissing", MISSING)
         except Invalid as exc:
             raise Rejected("InvalidSpec", f"spec.{exc}") from None
         return Provisioned(application, created=created, adopted=adopted, renamed_from=renamed_from)
 
+    def _adopt(self, uid: str, token: str) -> Application:
+        """The application ``token`` names, now owned by the resource ``uid``; :class:`Rejected` when not allowed."""
+        if not self.allow_adoption:
+            raise Rejected("AdoptionRefused", ADOPTION_OFF)
+        application = self.applications.find(token)
+        if application is None:
+            raise Rejected("ApplicationNotFound", "no application has the token given in spec.existingToken")
+        if not application.is_current(token):  # found by its former token, during the grace period
+            raise Rejected("AdoptionRefused", ADOPTION_FORMER_TOKEN)
+        # Recorded so the resource finds its tenant again after a rotation took existingToken's token away; one
+        # conditional UPDATE, so of two resources adopting at once only one wins.
+        if not self.applications.claim_owner(application.id, uid):
+            raise Rejected("AdoptionRefused", ADOPTION_OWNED)
+        return application
+
     def locate(self, uid: str, spec: Spec) -> Application | None:
         """The application of a resource, if it exists (one or two indexed lookups).
 
-        By owner first: an adopted tenant's ``existingToken`` stops naming it once a rotation's grace period ended.
-        Then as before the owner was recorded: the existing token, or the creation's idempotency key.
+        By owner (an adopted tenant's ``existingToken`` stops naming it once a rotation's grace period ended), then
+        by the creation's idempotency key. Never by ``existingToken`` alone: a resource whose adoption was refused
+        must not read, manage or (``Delete``) delete the tenant its token names.
         """
         application = self.applications.find_by_owner(uid)
         if application is not None:
             return application
-        if spec.existing_token is not None:
-            return self.applications.find(spec.existing_token)
         return self.applications.find_by_idempotency_key(idempotency_key(uid))
 
     def manage(self, application: Application, spec: Spec) -> Managed:
@@ -220,7 +253,7 @@ class Provisioner:
     def rename(self, application: Application, name: object) -> Application | None:
         """Give an application the spec's name again (after someone renamed it through the REST API)."""
         try:
-            return self.applications.rename(application.token, name)
+            return self.applications.rename_application(application, name)
         except Invalid as exc:
             raise Rejected("InvalidSpec", f"spec.{exc}") from None
 
@@ -229,12 +262,15 @@ class Provisioner:
         return self.applications.messages_count(application_id)
 
     def release(self, uid: str, spec: Spec) -> Released:
-        """Apply the deletion policy: ``Delete`` removes the application and everything in it, ``Retain`` nothing.
+        """Apply the deletion policy: ``Delete`` removes the application and everything in it, ``Retain`` keeps it
+        and gives up its ownership, so that another resource may adopt it (where adoption is allowed).
 
         Repeating it is harmless: an application already gone counts as deleted.
         """
+        if spec.deletion_policy is Policy.RETAIN:
+            return Released(Policy.RETAIN, found=self.applications.release_owner(uid) > 0)
         application = self.locate(uid, spec)
-        if spec.deletion_policy is Policy.RETAIN or application is None:
-            return Released(spec.deletion_policy, found=application is not None)
-        deleted = self.applications.delete(application.token)
+        if application is None:
+            return Released(spec.deletion_policy, found=False)
+        deleted = self.applications.delete_application(application)
         return Released(Policy.DELETE, found=deleted is not None, messages_deleted=deleted or 0)

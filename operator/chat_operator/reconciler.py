@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from sqlalchemy.exc import DBAPIError
 
 from chat_common import metrics as shared_metrics
-from chat_common.tenancy import Application, Usage, rfc3339
+from chat_common.tenancy.applications import Application, Usage, rfc3339
 from chat_operator import kube
 from chat_operator.provisioning import LIMIT_FIELDS, MISSING, Managed, Policy, Provisioner, Rejected, Spec
 
@@ -115,7 +115,18 @@ class Reconciler:
         shared_metrics.TENANTS_SUSPENDED.set(sum(self._suspended.values()))
 
     def _write_secret(self, resource: Resource, application: Application) -> tuple[dict, kube.SecretChange]:
-        """The token Secret: the current token, and the former one with its expiry while it still works."""
+        """The token Secret: the current token, and the former one with its expiry while it still works.
+
+        The database keeps tokens as digests and sealed copies (chat_common.tenancy.tokens): without the sealing key (or
+        with another one) the token cannot be recovered to write, which is :class:`Rejected` — a rotation
+        (``spec.rotateToken``) draws a new one the operator knows.
+        """
+        if application.token is None:
+            raise Rejected(
+                "TokenUnavailable",
+                "the application's token cannot be recovered for its Secret (the database keeps only its digest; "
+                "is TOKEN_SEALING_KEY the key it was sealed with?); rotate it with spec.rotateToken to write a new one",
+            )
         in_grace = application.previous_token_valid(self.unix_clock())
         secret = kube.secret_body(
             resource.body,
@@ -124,7 +135,8 @@ class Reconciler:
             application.previous_token if in_grace else None,
             rfc3339(application.previous_token_expires_at) if in_grace else None,
         )
-        also_ours = frozenset({application.previous_token} if application.previous_token else ())
+        previous = application.previous_digest()
+        also_ours = frozenset({previous} if previous else ())
         return secret, self.secrets.apply(secret, also_ours)
 
     @staticmethod
@@ -345,7 +357,8 @@ class Reconciler:
                     message = "no application to delete"
                 self._count_suspended(resource.uid, None)
                 return Outcome(events=(Event("Normal", "Deleted", message),))
-            # Retain needs no database: the data simply stays where it is.
+            # Retain keeps the data; the tenant stops being this resource's, so that another may adopt it.
+            self.provisioner.release(resource.uid, spec)
             detached = self.secrets.detach(resource.namespace, kube.secret_name(resource.name), resource.uid)
         except TRANSIENT as exc:
             message = f"cannot apply deletionPolicy {spec.deletion_policy.value} yet: {_describe(exc)}"
@@ -405,4 +418,7 @@ def _describe(exc: BaseException) -> str:
         return f"Kubernetes API answered {exc.status} {exc.reason}"
     if isinstance(exc, DBAPIError):
         return f"database unavailable ({type(exc.orig).__name__})"
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, redis.RedisError):  # its text names the host and port
+        return f"Redis unavailable ({type(exc).__name__})"
+    # Events and conditions are readable by whoever reads the resource: the error's kind, never its text (hosts).
+    return type(exc).__name__

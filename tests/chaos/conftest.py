@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from chat_common.db import make_engine
+from chat_common.clients.db import make_engine
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
+from chat_devtools.private_services import PrivateServices, unavailable_reason
+from chat_devtools.processes import System
 from chat_devtools.results import Results
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api
-from tests.support.namespace import Namespace
-from tests.support.private_services import PrivateServices, missing_binaries
-from tests.support.processes import System
 
 
 @pytest.fixture(scope="session")
@@ -27,10 +27,9 @@ def infra() -> Iterator[PrivateServices]:
     """MariaDB, Redis and RabbitMQ of our own, on free ports, for the whole session."""
     if os.environ.get("API_BASE_URL"):
         pytest.skip("chaos tests start and kill their own processes; API_BASE_URL is set")
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"server binaries not installed: {', '.join(missing)} (apt-get install mariadb-server "
-                    "redis-server rabbitmq-server)")  # fmt: skip
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
     root = LOG_ROOT / f"private-{uuid.uuid4().hex[:8]}"
     services = PrivateServices(root).start()
     yield services

@@ -1,7 +1,7 @@
 """Chaos: crash every component under a steady stream of creates; nothing accepted may be lost or duplicated.
 
-Each scenario runs a fresh system on private MariaDB, Redis and RabbitMQ instances (tests/support/
-private_services.py), drives concurrent creates through the API, injects one fault, and then checks:
+Each scenario runs a fresh system on private MariaDB, Redis and RabbitMQ instances (chat_devtools.
+private_services), drives concurrent creates through the API, injects one fault, and then checks:
 
 - every create answered 201 is in MySQL exactly once, with the number and text it was answered with;
 - nothing was stored that nobody sent, no number was answered twice, no answer other than 201/503;
@@ -23,11 +23,12 @@ import pytest
 import redis
 import requests
 
-from chat_common.keys import RedisKeys
-from chat_common.writer import parse_heartbeat
+from chat_common.wire.heartbeats import parse_heartbeat
+from chat_common.wire.keys import RedisKeys
+from chat_devtools.audit import audit, counts_are_exact, search_agrees
+from chat_devtools.load.clients import Workload
+from chat_devtools.tcp import TcpProxy
 from tests.chaos.conftest import Deployment, deploy, teardown
-from tests.chaos.workload import Workload, audit, counts_are_exact, search_agrees
-from tests.support.private_services import TcpProxy
 
 pytestmark = pytest.mark.slow
 

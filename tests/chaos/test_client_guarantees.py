@@ -15,8 +15,8 @@ import pytest
 import requests
 from sqlalchemy import text
 
+from chat_devtools.http import wait_for
 from tests.chaos.conftest import Deployment
-from tests.support.http import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +48,7 @@ def _rows_with_body(d: Deployment, body: str) -> int:
 
 def test_readiness_stays_up_through_a_broker_restart(deployment: Deployment, guarantee_results):
     d = deployment
-    token = d.api.new_application("readiness")
-    chat = d.api.new_chat(token)
-    d.api.wait_chat(token, chat)
+    token, chat = d.api.new_tenant_with_chat("readiness")
     row = guarantee_results.add(check="RabbitMQ SIGKILLed and restarted: /readyz of every API process",
                                 outcome="fail")  # fmt: skip
     d.infra.rabbitmq.kill()
@@ -80,9 +78,7 @@ def test_readiness_stays_up_through_a_broker_restart(deployment: Deployment, gua
 
 def test_a_keyed_retry_across_a_redis_loss_answers_the_first_number(deployment: Deployment, guarantee_results):
     d = deployment
-    token = d.api.new_application("idempotent retries")
-    chat = d.api.new_chat(token)
-    d.api.wait_chat(token, chat)
+    token, chat = d.api.new_tenant_with_chat("idempotent retries")
     run = uuid.uuid4().hex[:8]
     sent = {f"key-{run}-{i}": f"keyed {run} {i}" for i in range(20)}
     first = {}
@@ -116,9 +112,7 @@ def test_a_keyed_retry_across_a_redis_loss_answers_the_first_number(deployment: 
 
 def test_redis_killed_mid_request_with_writers_down_answers_only_201_or_503(deployment: Deployment, guarantee_results):
     d = deployment
-    token = d.api.new_application("redis killed mid-request")
-    chat = d.api.new_chat(token)
-    d.api.wait_chat(token, chat)
+    token, chat = d.api.new_tenant_with_chat("redis killed mid-request")
     d.system.chat_writer.stop()
     d.system.message_writer.stop()
     statuses: Counter = Counter()

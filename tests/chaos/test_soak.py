@@ -22,8 +22,9 @@ import time
 import psutil
 import pytest
 
+from chat_devtools.audit import audit, counts_are_exact
+from chat_devtools.load.clients import Workload
 from tests.chaos.conftest import Deployment
-from tests.chaos.workload import Workload, audit, counts_are_exact
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import pytest
 import requests
 from sqlalchemy import text
 
+from chat_devtools.http import wait_for
 from chat_devtools.sse import Listener, stream_url
 from tests.chaos.conftest import deploy, teardown
-from tests.support.http import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,8 @@ def _stored(d, token: str, chat: int) -> list[int]:
             conn.execute(
                 text(
                     "SELECT m.number FROM messages m JOIN chats c ON c.id = m.chat_id JOIN applications a"
-                    " ON a.id = c.application_id WHERE a.token = :t AND c.number = :c ORDER BY m.number"
+                    " ON a.id = c.application_id WHERE a.token_digest = SHA2(:t, 256) AND c.number = :c"
+                    " ORDER BY m.number"
                 ),
                 {"t": token, "c": chat},
             ).scalars()
@@ -63,9 +64,7 @@ def _stored(d, token: str, chat: int) -> list[int]:
 
 def _scenario(d, fault) -> None:
     api = d.api
-    token = api.new_application("stream-chaos")
-    chat = api.new_chat(token)
-    api.wait_chat(token, chat)
+    token, chat = api.new_tenant_with_chat("stream-chaos")
     url = stream_url(api.base_url, token, chat, after=0)
     live = Listener(url).start()  # stays connected through the fault
     early = Listener(url).start()  # goes away before the fault and resumes after it

@@ -91,7 +91,13 @@ def test_every_object_validates_against_the_kubernetes_schemas(variant):
 def test_every_object_is_namespaced_to_the_release_or_cluster_scoped(variant):
     values = VARIANTS[variant][0] or {}
     served = values.get("operator", {}).get("watchNamespaces") or [NAMESPACE]
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterKopfPeering",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     for m in rendered(variant):
         namespace = m.obj["metadata"].get("namespace")
         if m.kind in cluster_scoped:
@@ -191,7 +197,9 @@ def test_writers_scale_on_the_depth_of_their_own_queue():
     secret_name = named(manifests, "Secret", "system").name
     auth = of_kind(manifests, "TriggerAuthentication")
     assert len(auth) == 1
-    assert auth[0].obj["spec"]["secretTargetRef"] == [{"parameter": "host", "name": secret_name, "key": "RABBITMQ_URL"}]
+    # KEDA's own monitoring-only broker user (tests/chart/test_broker_users.py).
+    expected = [{"parameter": "host", "name": secret_name, "key": "RABBITMQ_MONITOR_URL"}]
+    assert auth[0].obj["spec"]["secretTargetRef"] == expected
     for writer, queue in (("chat-writer", "chat_system.chats"), ("message-writer", "chat_system.messages")):
         scaled = named(manifests, "ScaledObject", writer)
         (trigger,) = scaled.obj["spec"]["triggers"]
@@ -316,7 +324,7 @@ def test_migrations_run_as_a_hook_before_the_workloads_roll(variant_name, hooks,
     assert annotations["helm.sh/hook"] == hooks
     pod = job.obj["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "chat_common.migrate"]
+    assert container["command"] == ["python", "-m", "chat_common.ops.migrate"]
     assert "serviceAccountName" not in pod  # the release's ServiceAccount does not exist before pre-install
     ref = env_of(container)["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
     if secret_suffix is None:
@@ -435,10 +443,21 @@ def test_credentials_are_only_in_secrets(variant):
 def test_generated_credentials_are_consistent_between_urls_and_dependencies():
     secrets = decoded_secrets(rendered("kind"))
     main = {k.split("/", 1)[1]: v for k, v in secrets.items() if k.startswith("chat-chat-system/")}
-    assert f":{main['MARIADB_PASSWORD']}@chat-chat-system-mariadb.chat-system.svc:3306/" in main["DATABASE_URL"]
+    # The services' user (rows only) and the migrations' user (schema): tests/chart/test_database_users.py.
+    assert (
+        f"//chat_app:{main['MARIADB_APP_PASSWORD']}@chat-chat-system-mariadb.chat-system.svc:3306/"
+        in main["DATABASE_URL"]
+    )
+    assert (
+        f"//chat:{main['MARIADB_PASSWORD']}@chat-chat-system-mariadb.chat-system.svc:3306/"
+        in main["DATABASE_MIGRATIONS_URL"]
+    )
     assert main["REDIS_URL"] == f"redis://:{main['REDIS_PASSWORD']}@chat-chat-system-redis.chat-system.svc:6379/0"
-    assert main["RABBITMQ_URL"].startswith(f"amqp://chat:{main['RABBITMQ_PASSWORD']}@chat-chat-system-rabbitmq.")
-    assert f"elastic:{main['ELASTICSEARCH_PASSWORD']}@" in main["ELASTICSEARCH_URL"]
+    assert main["RABBITMQ_URL"].startswith(
+        f"amqp://chat_api:{main['RABBITMQ_API_PASSWORD']}@chat-chat-system-rabbitmq."
+    )
+    # The services' search user, not the elastic superuser (tests/chart/test_search_user.py).
+    assert f"//chat_search:{main['ELASTICSEARCH_APP_PASSWORD']}@" in main["ELASTICSEARCH_URL"]
     assert "ADMIN_API_KEY" not in main  # kind values leave the admin endpoints open for the e2e suite
     assert len(main["MARIADB_PASSWORD"]) >= 24
 
@@ -566,7 +585,8 @@ def test_operator_watches_all_namespaces_with_cluster_rbac():
         *(("chat-system.io", "applications", v) for v in ("get", "list", "watch", "patch")),
         ("chat-system.io", "applications/status", "patch"),
         ("chat-system.io", "applications/finalizers", "update"),
-        *(("", "secrets", v) for v in ("get", "create", "patch")),
+        # No get: its own Secrets are read with an empty patch (tests/chart/test_operator_secrets.py).
+        *(("", "secrets", v) for v in ("create", "patch")),
         ("", "events", "create"),
         *(("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")),
         *(("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")),

@@ -235,15 +235,17 @@ def test_a_password_seed_makes_template_renders_reproducible():
 
 def test_explicit_passwords_win_and_are_stable():
     values = {
-        "mariadb": {"auth": {"password": "db-pass", "rootPassword": "root-pass"}},
+        "mariadb": {"auth": {"password": "db-pass", "appPassword": "app-pass", "rootPassword": "root-pass"}},
         "redis": {"auth": {"password": "redis-pass"}},
         "rabbitmq": {"auth": {"password": "mq-pass"}},
         "elasticsearch": {"auth": {"password": "es-pass"}},
-        "auth": {"adminApiKey": "admin-key-" + "k" * 32},
+        "auth": {"adminApiKey": "admin-key-" + "k" * 32, "tokenSealingKey": "sealing-key-" + "s" * 32},
     }
     first, second = render(values), render(values)
     assert secret_data(first) == secret_data(second)
     assert secret_data(first)["chat-chat-system"]["MARIADB_PASSWORD"] == "db-pass"
+    assert secret_data(first)["chat-chat-system"]["TOKEN_SEALING_KEY"] == "sealing-key-" + "s" * 32
+    assert secret_data(first)["chat-chat-system"]["MARIADB_APP_PASSWORD"] == "app-pass"
 
 
 @pytest.mark.parametrize(
@@ -442,7 +444,7 @@ def test_uninstall_handles_applications_before_the_operator_goes(mode):
         "verbs": ["get", "list", "delete", "patch"],
     }
     # Orphaning detaches the token Secrets from their objects, so that they outlive them.
-    secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"]}
+    secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["patch"]}  # read by an empty patch
     assert role.obj["rules"] == ([applications, secrets] if mode == "orphan" else [applications])
 
 
@@ -614,3 +616,26 @@ def test_upgrade_notes_name_the_renamed_values():
     for renamed in ("api.ingress.paths", "operator.clusterWide", "serviceName", "image.registry", "passwordSeed"):
         assert renamed in docs, renamed
     assert "Upgrad" in (CHART_DIR / "README.md").read_text()
+
+
+def _env_names(spec: dict) -> dict[str, dict]:
+    return {e["name"]: e for c in containers(spec) for e in c.get("env") or []}
+
+
+def test_the_token_sealing_key_reaches_only_the_api_the_operator_and_the_migrations():
+    """TOKEN_SEALING_KEY opens every tenant's sealed token copy: only what needs it gets it (docs/security.md)."""
+    manifests = render()
+    holders = {m.name for m, spec in pod_specs(manifests) if "TOKEN_SEALING_KEY" in _env_names(spec)}
+    assert holders == {"chat-chat-system-api", "chat-chat-system-operator", "chat-chat-system-migrations"}
+    main = "chat-chat-system"
+    assert len(secret_data(manifests)[main]["TOKEN_SEALING_KEY"]) >= 32
+    assert secret_data(manifests)[f"{main}-migrations"]["TOKEN_SEALING_KEY"]
+
+
+def test_the_rate_limit_fallback_shares_the_limit_among_the_api_processes():
+    def fallback(values: dict) -> str:
+        (api,) = [m for m in of_kind(render(values), "Deployment") if m.name.endswith("-api")]
+        return _env_names(api.obj["spec"]["template"]["spec"])["RATE_LIMIT_FALLBACK_PROCESSES"]["value"]
+
+    assert fallback({"api": {"replicaCount": 3, "gunicorn": {"workers": 2}}}) == "6"
+    assert fallback({"api": {"autoscaling": {"enabled": True, "minReplicas": 4}, "gunicorn": {"workers": 3}}}) == "12"

@@ -84,7 +84,7 @@ def test_compose_runs_migrations_first_and_hardens_the_services():
         service = COMPOSE["services"][name]
         assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
-    assert COMPOSE["services"]["migrate"]["entrypoint"] == ["python", "-m", "chat_common.migrate"]
+    assert COMPOSE["services"]["migrate"]["entrypoint"] == ["python", "-m", "chat_common.ops.migrate"]
     assert COMPOSE["services"]["count-sync"]["command"][0] == "--every"
     redis = COMPOSE["services"]["redis"]["command"]
     assert redis[redis.index("--appendonly") + 1] == "yes"

@@ -14,9 +14,10 @@ import pytest
 import requests
 import yaml
 
+from chat_devtools.ports import free_port
+from chat_devtools.processes import Process, System
 from tests.chart.conftest import rendered
 from tests.chart.rendering import CHART_DIR, NAMESPACE, ROOT, Manifest, of_kind
-from tests.support.processes import Process, System, free_port
 
 SOURCES = [ROOT / "common", ROOT / "services", ROOT / "operator"]
 # Series that do not come from chat-system's code: Prometheus's own per-target `up`, and kube-state-metrics
@@ -34,8 +35,8 @@ ALERTS_THE_ISSUE_ASKS_FOR = {
     "ChatCountSyncStale",  # count sync stale
     "ChatApiHighErrorRatio",  # API 5xx ratio
     "ChatApiHighLatencyP99",  # p99 latency
-    "ChatRetryTierOverdue",  # a retried message held past its due time (issue 22)
-    "ChatRetryTierUndrained",  # a retry tier with messages and no writer draining it (issue 22)
+    "ChatRetryTierOverdue",  # a retried message held past its due time
+    "ChatRetryTierUndrained",  # a retry tier with messages and no writer draining it
 }
 
 
@@ -148,7 +149,7 @@ def test_dashboard_shows_what_the_issue_asks_for():
 
 
 def test_dashboard_shows_the_live_streams():
-    """Issue 15's stream metrics: open streams, events delivered per second, delivery lag percentiles, cut-offs."""
+    """The live streams' metrics: open streams, events delivered per second, delivery lag percentiles, cut-offs."""
     panels = {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard_panels()}
     metric = {title: {n for e in exprs for n in metric_names(e)} for title, exprs in panels.items()}
     assert "chat_api_streams_open" in metric["Open streams"]

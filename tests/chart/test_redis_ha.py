@@ -3,7 +3,7 @@
 The variants ``redis-sentinel`` and ``redis-cluster`` (tests/chart/conftest.py) also go through every per-variant
 check of test_chart.py and test_security.py (lint, Kubernetes schemas, security contexts and resources,
 credentials only in Secrets, checkov). These tests check what is particular to each mode; the URLs the chart
-writes are parsed by the application's own parser (chat_common.redis_client.parse_redis_url).
+writes are parsed by the application's own parser (chat_common.clients.redis_client.parse_redis_url).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ import helm_python as helm
 import pytest
 import redis
 
-from chat_common.redis_client import parse_redis_url
+from chat_common.clients.redis_client import parse_redis_url
+from chat_devtools.ports import free_port_with_bus
 from tests.chart.conftest import rendered
 from tests.chart.rendering import NAMESPACE, containers, of_kind, pod_specs, render
 from tests.chart.test_chart import component, env_of, named
@@ -317,20 +317,12 @@ def test_api_writers_and_count_sync_get_the_ha_url_and_replica_acks(variant):
         assert {"configMapRef": {"name": config.name}} in main["envFrom"], m
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed on this machine")
 def test_a_cluster_node_starts_from_the_container_command(tmp_path: Path):
     """Run the cluster node's start script with sh (paths and port moved to private ones): redis-server accepts
     the flags, runs cluster-enabled, announces the pod's DNS name and requires the password."""
     (node,) = _redis_statefulset(rendered("redis-cluster"))["spec"]["template"]["spec"]["containers"]
-    port = _free_port()
-    while port > 55535:  # the cluster bus listens on port + 10000
-        port = _free_port()
+    port = free_port_with_bus()  # the cluster bus listens on port + 10000
     script = node["command"][-1].replace("/data", str(tmp_path)).replace("/run/redis/", f"{tmp_path}/")
     script = script.replace(
         "--cluster-preferred-endpoint-type hostname",

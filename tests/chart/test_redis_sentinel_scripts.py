@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from chat_devtools.ports import free_port
 from tests.chart.conftest import rendered
 
 pytestmark = pytest.mark.skipif(
@@ -36,19 +36,13 @@ def address(pod: int) -> str:
     return f"127.0.0.{20 + pod}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Loopback:
     """Private ports, the pods' directories, and the processes started for one test (killed at the end)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.redis_port = _free_port()
-        self.sentinel_port = _free_port()
+        self.redis_port = free_port()
+        self.sentinel_port = free_port()
         self.processes: list[subprocess.Popen] = []
 
     def run_dir(self, pod: int) -> Path:

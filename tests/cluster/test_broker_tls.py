@@ -1,4 +1,5 @@
-"""``amqps://`` through chat_common.broker against a private RabbitMQ node with a TLS listener and a CA of its own.
+"""``amqps://`` through chat_common.clients.broker against a private RabbitMQ node with a TLS listener and a CA of its
+own.
 
 The node (chat_devtools.rabbit_cluster, ``tls=True``) presents a certificate for ``localhost`` / 127.0.0.1 signed by a
 CA made for the test. Checked, with real TLS handshakes: the CA given by ``RABBITMQ_CA_FILE`` (``ca_file``) makes the
@@ -19,9 +20,10 @@ from urllib.parse import quote
 import pytest
 
 from chat_api.adapters.publisher import ConfirmingPublisher
-from chat_common.broker import API, CHECK, WRITER, BrokerNodes
-from chat_common.topology import Topology
-from chat_devtools.rabbit_cluster import RabbitCluster, free_port, unavailable_reason
+from chat_common.clients.broker import API, CHECK, WRITER, BrokerNodes
+from chat_common.wire.topology import Topology
+from chat_devtools.ports import free_port
+from chat_devtools.rabbit_cluster import RabbitCluster, unavailable_reason
 from tests.conftest import LOG_ROOT
 
 pytestmark = pytest.mark.slow

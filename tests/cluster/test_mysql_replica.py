@@ -26,16 +26,11 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy.engine import make_url
 
+from chat_devtools.http import Api, wait_for
+from chat_devtools.namespace import Namespace
+from chat_devtools.private_services import ReplicationPrimary, ReplicationReplica, mariadb_unavailable_reason
+from chat_devtools.processes import System
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api, wait_for
-from tests.support.namespace import Namespace
-from tests.support.private_services import (
-    MARIADB_INSTALL_DB,
-    MARIADBD,
-    ReplicationPrimary,
-    ReplicationReplica,
-)
-from tests.support.processes import System
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +69,7 @@ class Deployment:
             self.api.new_message(token, 1, f"hello number {i + 1}")
         self.api.wait_message(token, 1, messages)
         wait_for(self.replicated, 15, what="the replica to catch up")
-        (row,) = self.on_replica(f"SELECT id FROM applications WHERE token = '{token}'")
+        (row,) = self.on_replica(f"SELECT id FROM applications WHERE token_digest = SHA2('{token}', 256)")
         return token, int(row["id"])
 
     def plant(self, application_id: int) -> None:
@@ -99,8 +94,7 @@ class Deployment:
 def _unavailable_reason() -> str | None:
     if os.environ.get("API_BASE_URL"):
         return "the replica tests start their own database servers; API_BASE_URL is set"
-    missing = [b for b in (MARIADBD, MARIADB_INSTALL_DB) if not os.access(b, os.X_OK)]
-    return f"missing MariaDB server binaries: {', '.join(missing)}" if missing else None
+    return mariadb_unavailable_reason()
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +104,7 @@ def deployment() -> Iterator[Deployment]:
         pytest.skip(reason)
     root = LOG_ROOT / f"mariadb-replication-{uuid.uuid4().hex[:8]}"
     primary, replica = ReplicationPrimary(root), ReplicationReplica(root)
-    system = None
+    system = namespace = None
     try:
         primary.start()
         replica.start()
@@ -125,6 +119,8 @@ def deployment() -> Iterator[Deployment]:
     finally:
         if system is not None:
             system.stop()
+        if namespace is not None:  # its queues are on the shared broker: delete them (and its database, keys)
+            namespace.destroy()
         replica.stop()
         primary.stop()
         for server in (primary, replica):  # keep the servers' logs, drop their data

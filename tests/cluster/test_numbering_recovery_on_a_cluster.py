@@ -4,7 +4,7 @@ Numbering recovery counts the work queues and retry tiers over its own short bro
 (chat_api.adapters.recovery). It used to hand the whole comma-separated ``RABBITMQ_URL`` to pika as one URL (host 1,
 virtual host ``'/,amqp:'``): the broker refused it, every round logged "cannot reach the broker", and after a Redis
 loss every create answered 503 for good — on exactly the setups that list their nodes. Now every connection comes
-from chat_common.broker, which splits the list and fails over.
+from chat_common.clients.broker, which splits the list and fails over.
 
 The whole system runs on the private 3-node cluster with the node list (API and writers), the namespace's Redis
 keys are deleted (what FLUSHDB does to it), and creates must answer 201 again, numbered after everything answered
@@ -18,11 +18,11 @@ import time
 import pytest
 import requests
 
+from chat_devtools.http import Api, wait_for
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from chat_devtools.rabbit_cluster import RabbitCluster
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api, wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 pytestmark = pytest.mark.slow
 

@@ -2,9 +2,9 @@
 
 A writer's reject sends a message to ``<queue>.dead`` by dead-lettering. Out of a quorum queue that is at-most-once
 — a message dead-lettered while its target queue cannot take it is dropped — unless the source queue says
-``x-dead-letter-strategy: at-least-once`` (with ``x-overflow: reject-publish``), which chat_common.topology
+``x-dead-letter-strategy: at-least-once`` (with ``x-overflow: reject-publish``), which chat_common.wire.topology
 declares: the source then keeps the message until the target confirmed it. (Retry tiers used to be dead-lettering
-too, TTL expiry back into the work queue; they are drained by the writers now, see chat_common.retry_tiers and
+too, TTL expiry back into the work queue; they are drained by the writers now, see chat_common.writing.retry_tiers and
 test_rabbit_failover.py.)
 
 To make the target unavailable for a while without taking the source down, the dead-letter queue here is a quorum
@@ -23,8 +23,8 @@ import uuid
 import pika
 import pytest
 
-from chat_common.broker import BrokerNodes
-from chat_common.topology import Topology
+from chat_common.clients.broker import BrokerNodes
+from chat_common.wire.topology import Topology
 from chat_devtools.rabbit_cluster import RabbitCluster, RabbitNode
 
 pytestmark = pytest.mark.slow

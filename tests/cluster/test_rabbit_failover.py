@@ -33,17 +33,18 @@ import pytest
 import redis
 import requests
 
-from chat_common.db import make_engine
-from chat_common.keys import RedisKeys
-from chat_common.retry_tiers import parse_overdue_report
-from chat_common.topology import Topology
+from chat_common.clients.db import make_engine
+from chat_common.wire.keys import RedisKeys
+from chat_common.wire.topology import Topology
+from chat_common.writing.retry_tiers import parse_overdue_report
+from chat_devtools.audit import Figures, audit, stored_creates
+from chat_devtools.http import Api, wait_for
+from chat_devtools.load.clients import Attempt, Workload
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import Process, System
 from chat_devtools.rabbit_cluster import RabbitCluster, RabbitNode
 from chat_devtools.results import Results
-from tests.chaos.workload import Attempt, Figures, Workload, _stored, audit
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api, wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import Process, System
 
 pytestmark = pytest.mark.slow
 
@@ -367,6 +368,6 @@ def _first_accepted_sent_after(attempts, moment: float) -> float | None:
 
 def _stored_all(engine, token: str, expected: set[tuple[int, int]]) -> bool:
     """True once every (chat, message number) of ``expected`` is stored."""
-    _, messages = _stored(engine, token)
+    _, messages = stored_creates(engine, token)
     stored = {(c, m) for c, m, _ in messages}
     return expected <= stored

@@ -8,170 +8,140 @@ Real processes (API, writers) with ``REDIS_URL=redis+cluster://…`` and ``REDIS
   other shards never see a 503;
 - a shard that truly lost its data (master and replica SIGKILLed, restarted empty): only its tenants pause, until
   the per-slot recovery re-opens their slots — under the other shards' continuous load, and with a message that
-  keeps cycling through the retry tiers, so by the precise rule (chat_api.adapters.recovery).
+  keeps cycling through the retry tiers, so by the precise rule (chat_api.numbering.reopening).
 
 MariaDB and RabbitMQ are the shared ones, isolated by the test's own database and queue names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import random
-import threading
 import time
-import uuid
-from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pika
 import pytest
 import requests
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
-from chat_common.batches import PUBLISHED_AT_HEADER, stamp_header
-from chat_common.broker import BrokerNodes
-from chat_common.contracts import MessageUpsert
-from chat_common.db import make_engine
-from chat_common.keys import application_slot
-from chat_common.topology import Topology
+from chat_common.clients.broker import BrokerNodes
+from chat_common.clients.db import make_engine
+from chat_common.wire.contracts import MessageUpsert
+from chat_common.wire.keys import application_slot
+from chat_common.wire.topology import Topology
+from chat_common.writing.batches import PUBLISHED_AT_HEADER, stamp_header
+from chat_devtools.http import wait_for
+from chat_devtools.load.clients import MessageLoad
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from chat_devtools.redis_cluster import RedisCluster, RedisNode, unavailable_reason
 from tests.conftest import LOG_ROOT
-from tests.support.http import wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 pytestmark = pytest.mark.slow
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 APPS = 12
-
-
-def stored_bodies(engine, application_id: int) -> dict[int, str]:
-    """message number -> body of chat 1 of an application, as MySQL holds them."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
-                "WHERE c.application_id = :a AND c.number = 1"
-            ),
-            {"a": application_id},
-        ).all()
-    return {int(n): body for n, body in rows}
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
-class Deployment:
-    cluster: RedisCluster
+class Tenants:
+    """The system on a private Redis deployment, and its applications (id -> token), each with chat 1."""
+
     namespace: Namespace
     system: System
-    engine: object
-    apps: dict[int, str]  # application id -> token
+    engine: Engine
+    apps: dict[int, str]
 
-    def post(self, token: str, path: str, payload: dict) -> tuple[int, dict]:
-        try:
-            resp = requests.post(f"{self.system.base_url}/applications/{token}{path}", json=payload, timeout=15)
-        except requests.RequestException:
-            return 0, {}
-        try:
-            return resp.status_code, resp.json()
-        except ValueError:
-            return resp.status_code, {}
+    def stored(self, app: int) -> dict[int, str]:
+        """message number -> body of chat 1 of ``app``, as MySQL holds them."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
+                    "WHERE c.application_id = :a AND c.number = 1"
+                ),
+                {"a": app},
+            ).all()
+        return {int(n): body for n, body in rows}
+
+
+@dataclasses.dataclass
+class Deployment(Tenants):
+    cluster: RedisCluster
 
     def master_of_app(self, app: int) -> RedisNode:
         return self.cluster.master_of(application_slot(app))
 
-    def stored(self, app: int) -> dict[int, str]:
-        """message number -> body of chat 1 of ``app`` in MySQL."""
-        return stored_bodies(self.engine, app)
 
-
-@pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
-    if os.environ.get("API_BASE_URL"):
-        pytest.skip("the cluster tests start and kill their own processes; API_BASE_URL is set")
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"cannot start private Redis nodes here: {reason}")
-    try:
-        cluster = RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start()
-    except (OSError, TimeoutError) as exc:  # e.g. no free ports, or redis-server refuses cluster mode
-        pytest.skip(f"cannot start a Redis Cluster here: {exc}")
-    ns = Namespace.create("rcl", redis_url=cluster.url)
+@contextlib.contextmanager
+def system_with_tenants(prefix: str, redis_url: str, tenants: int) -> Iterator[Tenants]:
+    """The API (2 workers) and both writers on ``redis_url``, a replica acknowledging every number, with ``tenants``
+    applications (id -> token) that each have chat 1. Afterwards the database and queues go (no key of the
+    namespace is in the shared Redis); the Redis deployment is the caller's."""
+    ns = Namespace.create(prefix, redis_url=redis_url)
     env = {"REDIS_REPLICAS_TO_ACK": "1", "REDIS_REPLICA_ACK_TIMEOUT_MS": "500", "REDIS_TIMEOUT_SECONDS": "2"}
     system = System(ns, LOG_ROOT / ns.name, api_workers=2, extra_env=env)
     engine = make_engine(ns.settings.database_url, pool_size=2)
     try:
         system.start()
         apps: dict[int, str] = {}
-        for i in range(APPS):
+        for i in range(tenants):
             resp = requests.post(f"{system.base_url}/applications", json={"name": f"tenant {i}"}, timeout=15)
             assert resp.status_code == 201, resp.text
             token = resp.json()["token"]
             with engine.connect() as conn:
-                app = conn.execute(text("SELECT id FROM applications WHERE token = :t"), {"t": token}).scalar_one()
+                app = conn.execute(
+                    text("SELECT id FROM applications WHERE token_digest = SHA2(:t, 256)"), {"t": token}
+                ).scalar_one()
             apps[int(app)] = token
-        d = Deployment(cluster, ns, system, engine, apps)
-        for token in apps.values():
-            status, body = d.post(token, "/chats", {"name": "room"})
-            assert (status, body.get("chat_number")) == (201, 1), (status, body)
-        yield d
+            resp = requests.post(f"{system.base_url}/applications/{token}/chats", json={"name": "room"}, timeout=15)
+            assert (resp.status_code, resp.json().get("chat_number")) == (201, 1), resp.text
+        yield Tenants(ns, system, engine, apps)
     finally:
         system.stop()
         engine.dispose()
-        cluster.stop()
-        # The cluster is gone: drop the database and queues (no key of this namespace is in the shared Redis).
         dataclasses.replace(ns, settings=dataclasses.replace(ns.settings, redis_url=SHARED_REDIS)).destroy()
 
 
-class Load:
-    """Threads creating messages in chat 1 of the given applications, recording every answer."""
-
-    def __init__(self, d: Deployment, apps: list[int], threads: int = 6) -> None:
-        self.d = d
-        self.apps = apps
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.answers: list[tuple[float, int, int, int | None, str]] = []  # (at, app, status, number, body)
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        session = requests.Session()
-        rng = random.Random()
-        while not self.stop.is_set():
-            app = rng.choice(self.apps)
-            body = f"b-{uuid.uuid4().hex}"
-            url = f"{self.d.system.base_url}/applications/{self.d.apps[app]}/chats/1/messages"
-            try:
-                resp = session.post(url, json={"body": body}, timeout=15)
-                status, number = resp.status_code, resp.json().get("message_number")
-            except (requests.RequestException, ValueError):
-                status, number = 0, None
-            with self.lock:
-                self.answers.append((time.monotonic(), app, status, number, body))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
-
-    def statuses(self, apps: set[int], since: float = 0.0) -> Counter:
-        return Counter(status for at, app, status, _, _ in self.answers if app in apps and at >= since)
-
-    def accepted(self) -> dict[int, list[tuple[int, str]]]:
-        out: dict[int, list[tuple[int, str]]] = defaultdict(list)
-        for _, app, status, number, body in self.answers:
-            if status == 201:
-                out[app].append((number, body))
-        return out
+def start_or_skip(start: Callable[[], T], unavailable: str | None, what: str) -> T:
+    """``start()`` the private Redis deployment, or skip the module: against a deployed API (``API_BASE_URL``),
+    on a machine without the binaries (``unavailable``), or when it does not come up (no free ports, a
+    redis-server that refuses cluster or sentinel mode)."""
+    if os.environ.get("API_BASE_URL"):
+        pytest.skip("the cluster tests start and kill their own processes; API_BASE_URL is set")
+    if unavailable:
+        pytest.skip(f"cannot start {what} here: {unavailable}")
+    try:
+        return start()
+    except (OSError, TimeoutError) as exc:
+        pytest.skip(f"cannot start {what} here: {exc}")
 
 
-def _check_no_number_twice(d: Deployment, load: Load, apps: list[int]) -> int:
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[Deployment]:
+    cluster = start_or_skip(
+        lambda: RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start(),
+        unavailable_reason(),
+        "a Redis Cluster",
+    )
+    try:
+        with system_with_tenants("rcl", cluster.url, APPS) as tenants:
+            yield Deployment(**vars(tenants), cluster=cluster)
+    finally:
+        cluster.stop()
+
+
+def message_load(d: Tenants, apps: list[int], threads: int = 6) -> MessageLoad:
+    """Messages without pause into chat 1 of ``apps`` of the deployment (``with`` it), every answer recorded."""
+    return MessageLoad(d.system.base_url, {app: d.apps[app] for app in apps}, threads)
+
+
+def _check_no_number_twice(d: Tenants, load: MessageLoad, apps: list[int]) -> int:
     """Every 201 number is unique per chat and its row in MySQL holds the body it was answered for."""
     accepted = load.accepted()
     for app in apps:
@@ -196,7 +166,7 @@ def test_numbering_is_gap_free_and_unique_across_shards(deployment: Deployment):
     masters = {d.master_of_app(app).port for app in apps}
     assert len(masters) == 3, f"the {APPS} applications should spread over the 3 shards: {masters}"
     before = {app: max(d.stored(app), default=0) for app in apps}
-    with Load(d, apps) as load:
+    with message_load(d, apps) as load:
         time.sleep(5)
     statuses = load.statuses(set(apps))
     assert set(statuses) == {201}, statuses  # a healthy cluster answers every create
@@ -216,7 +186,7 @@ def test_a_master_failover_pauses_only_its_tenants_and_never_repeats_a_number(de
     affected = {app for app in apps if d.master_of_app(app) is victim}
     others = set(apps) - affected
     assert affected and others
-    with Load(d, apps) as load:
+    with message_load(d, apps) as load:
         time.sleep(2)
         killed_at = time.monotonic()
         victim.kill()
@@ -265,7 +235,7 @@ def test_a_shard_that_lost_its_data_pauses_only_its_tenants(deployment: Deployme
         connection.channel().basic_publish("", Topology.from_settings(d.namespace.settings).messages.name, body, props)
     finally:
         connection.close()
-    with Load(d, apps) as load:
+    with message_load(d, apps) as load:
         time.sleep(1.5)
         lost_at = time.monotonic()
         for node in (victim, *replicas):

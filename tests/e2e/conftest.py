@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import pytest
 
+from chat_devtools.http import Api
 from tests.e2e.target import CRONJOB, LOCAL, choose_count_sync, counts_synced
-from tests.support.http import Api
 
 BEHIND_PROXY = "API_BASE_URL is set: the ingress re-frames request bodies, so this checks the API only in-process"
 

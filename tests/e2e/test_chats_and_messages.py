@@ -4,8 +4,8 @@ import os
 
 import pytest
 
+from chat_devtools.http import wait_for
 from tests.e2e.target import behind_release_ingress
-from tests.support.http import wait_for
 
 
 def test_chat_numbers_start_at_one_and_rows_appear(api, token):

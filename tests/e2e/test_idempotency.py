@@ -2,7 +2,7 @@
 
 import uuid
 
-from tests.support.http import wait_for
+from chat_devtools.http import wait_for
 
 
 def key() -> str:

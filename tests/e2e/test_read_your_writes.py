@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.support.http import Api
+from chat_devtools.http import Api
 
 
 def test_patch_then_get_shows_the_edit_every_time(api: Api, token: str):

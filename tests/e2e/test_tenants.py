@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from tests.support.http import Api, wait_for
+from chat_devtools.http import Api, wait_for
 
 BOUND = 2.0 + 2.0  # the default TENANT_CACHE_SECONDS, plus slack for a loaded machine or an ingress
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
-from chat_common.db import make_engine
+from chat_common.clients.db import make_engine
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 
 @pytest.fixture
@@ -46,7 +46,8 @@ class Database:
         """(number, body) of every persisted message of a chat."""
         return self.rows(
             "SELECT m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
-            "JOIN applications a ON a.id = c.application_id WHERE a.token = :t AND c.number = :n ORDER BY m.number",
+            "JOIN applications a ON a.id = c.application_id WHERE a.token_digest = SHA2(:t, 256) AND c.number = :n "
+            "ORDER BY m.number",
             t=token,
             n=chat_number,
         )

@@ -13,9 +13,9 @@ on_module_loop = pytest.mark.asyncio(loop_scope="module")
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def client(namespace):
     settings = namespace.settings.__class__(**{**namespace.settings.__dict__, "admin_api_key": "s3cret-admin"})
-    service, readiness, lifecycle = build_service(settings)
+    service, readiness, lifecycle, streams = build_service(settings)
     # The conductor runs the ASGI lifespan: connections open and close as they do under uvicorn.
-    async with falcon.testing.ASGIConductor(create_app(service, settings, readiness, lifecycle)) as conductor:
+    async with falcon.testing.ASGIConductor(create_app(service, settings, readiness, lifecycle, streams)) as conductor:
         yield conductor
 
 

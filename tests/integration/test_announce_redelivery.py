@@ -21,21 +21,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from chat_common.announcements import Announcer, listened_chats
-from chat_common.batches import ATTEMPT_HEADER, Delivery
-from chat_common.broker import BrokerNodes
-from chat_common.contracts import MessageUpsert
-from chat_common.db import make_engine
-from chat_common.keys import RedisKeys
-from chat_common.redis_client import sync_client
-from chat_common.topology import Topology, announcements_exchange
-from chat_common.writer import WriterContext
+from chat_common.clients.broker import BrokerNodes
+from chat_common.clients.db import make_engine
+from chat_common.clients.redis_client import sync_client
+from chat_common.wire.announcements import Announcer, listened_chats
+from chat_common.wire.contracts import MessageUpsert
+from chat_common.wire.keys import RedisKeys
+from chat_common.wire.topology import Topology, announcements_exchange
+from chat_common.writing.batches import ATTEMPT_HEADER, Delivery
+from chat_common.writing.writer import WriterContext
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from chat_devtools.sse import Listener, stream_url
 from message_writer.handler import MessageBatchWriter
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,7 @@ class Writer:
 
 def test_a_batch_committed_but_not_announced_is_announced_on_redelivery(stopped_writer):
     _, api, ns = stopped_writer
-    token = api.new_application("redelivered")
-    chat = api.new_chat(token)
-    api.wait_chat(token, chat)
+    token, chat = api.new_tenant_with_chat("redelivered")
     listener = Listener(stream_url(api.base_url, token, chat, after=0)).start()
     try:
         assert listener.status == 200
@@ -129,9 +127,7 @@ def test_a_batch_committed_but_not_announced_is_announced_on_redelivery(stopped_
 
 def test_an_older_edit_arriving_after_a_newer_one_is_not_announced(stopped_writer):
     _, api, ns = stopped_writer
-    token = api.new_application("stale edit")
-    chat = api.new_chat(token)
-    api.wait_chat(token, chat)
+    token, chat = api.new_tenant_with_chat("stale edit")
     assert api.new_message(token, chat, "created") == 1
     writer = Writer(ns, announce=True)
     try:

@@ -1,7 +1,7 @@
 """Many concurrent clients in several processes: numbers exactly 1..N, every row persisted once."""
 
-from tests.support.http import wait_for
-from tests.support.loadgen import create_concurrently
+from chat_devtools.http import wait_for
+from chat_devtools.load.clients import create_concurrently
 
 
 def test_200_concurrent_chats_then_500_concurrent_messages(private_api, private_db):
@@ -16,7 +16,8 @@ def test_200_concurrent_chats_then_500_concurrent_messages(private_api, private_
     wait_for(
         lambda: (
             private_db.scalar(
-                "SELECT COUNT(*) FROM chats c JOIN applications a ON a.id = c.application_id WHERE a.token = :t",
+                "SELECT COUNT(*) FROM chats c JOIN applications a ON a.id = c.application_id"
+                " WHERE a.token_digest = SHA2(:t, 256)",
                 t=token,
             )
             == 200

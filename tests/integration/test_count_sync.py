@@ -7,8 +7,8 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from chat_common.db import make_engine
-from chat_common.keys import RedisKeys
+from chat_common.clients.db import make_engine
+from chat_common.wire.keys import RedisKeys
 from counter_cron.sync import CountSync
 
 

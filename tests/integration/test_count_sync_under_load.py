@@ -29,18 +29,19 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from chat_common.consumer import Delivery
-from chat_common.contracts import MessageUpsert
-from chat_common.db import make_engine
-from chat_common.keys import RedisKeys
-from chat_common.writer import WriterContext
+from chat_common.clients.db import make_engine
+from chat_common.tenancy.tokens import token_digest
+from chat_common.wire.contracts import MessageUpsert
+from chat_common.wire.keys import RedisKeys
+from chat_common.writing.consumer import Delivery
+from chat_common.writing.writer import WriterContext
+from chat_devtools.http import wait_for
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from counter_cron import sync as count_sync
 from counter_cron.sync import CountSync
 from message_writer.handler import MessageBatchWriter
 from tests.conftest import LOG_ROOT
-from tests.support.http import wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 LOAD_SECONDS = 60  # a minute of writes (the issue's scenario); the assertions are about the data, not about timing
 SYNC_EVERY_SECONDS = 1.0
@@ -229,8 +230,8 @@ def test_count_sync_every_second_under_http_write_load(loaded_system: System):
         assert not lost, f"{len(lost)} writer batches lost a lock conflict, e.g. {lost[0]}"
         assert_counts_exact(engine)
         with engine.connect() as conn:
-            per_token = dict(conn.execute(text("SELECT token, chats_count FROM applications")).all())
-        assert per_token == dict(accepted_chats)
+            per_digest = dict(conn.execute(text("SELECT token_digest, chats_count FROM applications")).all())
+        assert per_digest == {token_digest(token): count for token, count in accepted_chats.items()}
     finally:
         client.close()
         engine.dispose()
@@ -294,8 +295,8 @@ def test_count_sync_every_second_against_back_to_back_writer_batches(seeded_chat
 # -- the two paths of a lock conflict -----------------------------------------------------------------------------
 
 
-def test_rows_a_writer_holds_are_waited_for_one_at_a_time(seeded_chats):
-    _, engine, client, keys = seeded_chats
+def _one_dirty_message_in_chats_1_to_20(engine, client, keys) -> None:
+    """A message in each of chats 1 to 20 and the chats marked dirty: the rows the count sync will lock."""
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -304,6 +305,11 @@ def test_rows_a_writer_holds_are_waited_for_one_at_a_time(seeded_chats):
             )
         )
     client.sadd(keys.dirty_chats, *range(1, 21))
+
+
+def test_rows_a_writer_holds_are_waited_for_one_at_a_time(seeded_chats):
+    _, engine, client, keys = seeded_chats
+    _one_dirty_message_in_chats_1_to_20(engine, client, keys)
     holder = engine.connect()
     held = holder.begin()
     # A writer holding chat rows until it commits (a chat-writer's rename; before 0004, a message insert's FK check).
@@ -321,14 +327,7 @@ def test_rows_a_writer_holds_are_waited_for_one_at_a_time(seeded_chats):
 
 def test_a_deadlock_victim_is_retried_and_a_batch_that_keeps_failing_is_given_back(seeded_chats, monkeypatch):
     _, engine, client, keys = seeded_chats
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO messages (application_id, chat_id, number, body)"
-                " SELECT application_id, id, 1, 'm' FROM chats WHERE id <= 20"
-            )
-        )
-    client.sadd(keys.dirty_chats, *range(1, 21))
+    _one_dirty_message_in_chats_1_to_20(engine, client, keys)
     monkeypatch.setattr(count_sync, "LOCK_BACKOFF_SECONDS", 0.001)
     real = CountSync._raise_free_rows
     failures = iter([1213, 1205])

@@ -3,10 +3,10 @@ never lost and never blocking: it is applied after the create, by version."""
 
 from __future__ import annotations
 
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 
 def test_edits_of_rows_not_written_yet_are_queued_and_applied_after_the_create():

@@ -11,11 +11,11 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from chat_api.event_loop import BLOCKED, BLOCKED_MESSAGE, install_blocking_guard
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
+from chat_devtools.tcp import TcpProxy
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api
-from tests.support.namespace import Namespace
-from tests.support.private_services import TcpProxy
-from tests.support.processes import System
 
 DELAY = 0.25  # seconds added to every chunk each way: any blocking call on the loop would stall it this long
 THRESHOLD_MS = 120  # well under DELAY, well over a busy machine's scheduling hiccups

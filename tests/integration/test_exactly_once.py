@@ -5,11 +5,11 @@ import time
 
 import pika
 
-from chat_common.broker import BrokerNodes
-from chat_common.contracts import MessageUpsert
-from chat_common.topology import Topology
-from tests.support.http import wait_for
-from tests.support.loadgen import create_concurrently
+from chat_common.clients.broker import BrokerNodes
+from chat_common.wire.contracts import MessageUpsert
+from chat_common.wire.topology import Topology
+from chat_devtools.http import wait_for
+from chat_devtools.load.clients import create_concurrently
 
 
 def _publish(namespace, queue_name: str, body: bytes, copies: int = 1) -> None:
@@ -28,7 +28,7 @@ def test_same_queue_message_twice_gives_one_row(private_api, private_db, fresh_n
     chat = private_api.new_chat(token)
     number = private_api.new_message(token, chat, "original")
     private_api.wait_message(token, chat, number)
-    app_id = private_db.scalar("SELECT id FROM applications WHERE token = :t", t=token)
+    app_id = private_db.scalar("SELECT id FROM applications WHERE token_digest = SHA2(:t, 256)", t=token)
     queue = Topology(fresh_namespace.settings.queue_prefix, fresh_namespace.settings.writer_retry_delays_seconds)
     # Redeliver the create (version 0) twice more: it must neither duplicate nor overwrite.
     _publish(fresh_namespace, queue.messages.name, MessageUpsert(app_id, chat, number, "replayed").encode(), copies=2)

@@ -14,12 +14,12 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from chat_common.db import make_engine
+from chat_common.clients.db import make_engine
+from chat_devtools.http import wait_for
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from chat_devtools.results import Results
 from tests.conftest import LOG_ROOT
-from tests.support.http import wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_the_first_create_after_ready_is_accepted(results):
 
 
 TENANTS, BURST, AT_ONCE = 10, 120, 32
-RECOVERING = "numbering is recovering after a cache restart"
+RECOVERING = "numbering is recovering after a cache restart; try again in 1 s"
 
 
 def _burst(base_url: str, token: str) -> list[tuple[int, dict]]:

@@ -14,8 +14,8 @@ import redis
 from sqlalchemy import create_engine, select
 
 from chat_api.app import build_service, create_app
-from chat_common.tables import applications
-from chat_common.tenancy import build_applications
+from chat_common.schema.tables import applications
+from chat_common.tenancy.applications import build_applications
 from chat_operator.provisioning import Provisioner, Spec, idempotency_key
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -23,8 +23,8 @@ on_module_loop = pytest.mark.asyncio(loop_scope="module")
 
 def _client(namespace, admin_key: str):
     settings = namespace.settings.__class__(**{**namespace.settings.__dict__, "admin_api_key": admin_key})
-    service, readiness, lifecycle = build_service(settings)
-    return falcon.testing.ASGIConductor(create_app(service, settings, readiness, lifecycle))
+    service, readiness, lifecycle, streams = build_service(settings)
+    return falcon.testing.ASGIConductor(create_app(service, settings, readiness, lifecycle, streams))
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -15,10 +15,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
-from chat_common.db import drop_database, make_engine
-from chat_common.migrate import MIGRATIONS_DIR, upgrade
-from chat_common.tables import metadata
-from tests.support.namespace import BASE_DATABASE_URL
+from chat_common.clients.db import drop_database, make_engine
+from chat_common.ops.migrate import MIGRATIONS_DIR, upgrade
+from chat_common.schema.tables import metadata
+from chat_devtools.namespace import BASE_DATABASE_URL
 
 # Ids across several backfill batches (0004 fills 10 000 ids a transaction), with gaps between them.
 MESSAGE_IDS = (1, 2, 3, 9_999, 10_000, 10_001, 25_000, 40_123)

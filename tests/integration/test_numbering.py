@@ -9,7 +9,7 @@ import redis.asyncio as redis
 
 from chat_api.adapters import numbering as codes
 from chat_api.adapters.numbering import Numbering
-from chat_common.keys import RedisKeys
+from chat_common.wire.keys import RedisKeys
 
 
 @pytest_asyncio.fixture
@@ -77,7 +77,7 @@ async def test_concurrent_allocation_never_duplicates(numbering):
 def test_stale_writer_heartbeats_are_pruned(fresh_namespace):
     import redis as blocking_redis
 
-    from chat_common.writer import STALE_HEARTBEAT_SECONDS, prune_heartbeats
+    from chat_common.writing.writer import STALE_HEARTBEAT_SECONDS, prune_heartbeats
 
     client = blocking_redis.Redis.from_url(fresh_namespace.settings.redis_url)
     keys = RedisKeys(fresh_namespace.settings.redis_key_prefix)

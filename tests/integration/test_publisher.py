@@ -18,8 +18,8 @@ import pika
 import pytest
 
 from chat_api.adapters.publisher import NACKS_BEFORE_RECONNECT, ConfirmingPublisher, PublishError
-from chat_common.broker import API, BrokerNodes
-from chat_common.topology import Topology
+from chat_common.clients.broker import API, BrokerNodes
+from chat_common.wire.topology import Topology
 
 BROKER = ("127.0.0.1", 5672)
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"

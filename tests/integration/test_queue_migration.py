@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-from chat_common.batches import ATTEMPT_HEADER, PUBLISHED_AT_HEADER
-from chat_common.broker import BrokerNodes
+from chat_common.clients.broker import BrokerNodes
 from chat_common.config import Settings
-from chat_common.queue_migration import migrate
-from chat_common.topology import QueueMismatch, Topology
+from chat_common.ops.queue_migration import migrate
+from chat_common.wire.topology import QueueMismatch, Topology
+from chat_common.writing.batches import ATTEMPT_HEADER, PUBLISHED_AT_HEADER
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_quorum_declare_over_classic_queues_fails_naming_the_fix(settings):
         with pytest.raises(QueueMismatch) as failure:
             Topology.from_settings(settings).declare(connection.channel())
         message = str(failure.value)
-        assert "python -m chat_common.queue_migration" in message and "QUEUE_TYPE=classic" in message
+        assert "python -m chat_common.ops.queue_migration" in message and "QUEUE_TYPE=classic" in message
         # QUEUE_TYPE=classic keeps working on them: exactly the arguments of earlier versions.
         Topology(settings.queue_prefix, settings.writer_retry_delays_seconds, "classic").declare(connection.channel())
     finally:

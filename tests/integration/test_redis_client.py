@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from chat_common.keys import RedisKeys
-from chat_common.redis_client import async_client, is_cluster, sync_client
+from chat_common.clients.redis_client import async_client, is_cluster, sync_client
+from chat_common.wire.keys import RedisKeys
 
 
 def test_the_blocking_client_of_a_plain_url_talks_to_redis(fresh_namespace):

@@ -18,10 +18,10 @@ from sqlalchemy.dialects import mysql
 from chat_api.adapters import repository
 from chat_api.adapters.database import Database
 from chat_api.streams import reader
-from chat_common.db import make_engine
+from chat_common.clients.db import make_engine
+from chat_common.schema.tables import metadata
 from chat_common.search.mysql import search_statement
-from chat_common.tables import metadata
-from chat_common.tenancy import message_batch
+from chat_common.tenancy.applications import message_batch
 from counter_cron.sync import CHAT_MESSAGES
 from message_writer.handler import stored_rows
 from message_writer.indexing import backlog_query

@@ -11,11 +11,11 @@ import os
 import pytest
 from sqlalchemy import text
 
-from chat_common.db import make_engine
+from chat_common.clients.db import make_engine
 from chat_common.search import IndexedMessage
 from chat_common.search.elastic import ElasticsearchSearch
 from chat_common.search.mysql import MySqlSearch
-from tests.support.namespace import Namespace
+from chat_devtools.namespace import Namespace
 
 ES_URL = os.environ.get("ELASTICSEARCH_URL")
 
@@ -26,7 +26,6 @@ class Corpus:
     def __init__(self, namespace: Namespace, backend) -> None:
         self.engine = make_engine(namespace.settings.database_url, pool_size=1)
         self.backend = backend
-        self.next_chat_id = 0
 
     def chat(self, application_id: int, number: int, bodies: list[str]) -> None:
         with self.engine.begin() as conn:

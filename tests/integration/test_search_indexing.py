@@ -10,13 +10,14 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from chat_common.contracts import MessageUpsert
-from chat_common.db import make_engine
-from chat_common.keys import RedisKeys
+from chat_common.clients.db import make_engine
 from chat_common.search.elastic import BulkOutcome, ElasticsearchSearch
+from chat_common.wire.contracts import MessageUpsert
+from chat_common.wire.keys import RedisKeys
+from chat_devtools.http import Api, wait_for
+from chat_devtools.ports import free_port
+from chat_devtools.processes import System
 from message_writer.indexing import SearchIndexer
-from tests.support.http import Api, wait_for
-from tests.support.processes import System, free_port
 
 
 class RecordingBackend:

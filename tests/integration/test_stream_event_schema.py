@@ -22,11 +22,11 @@ import requests
 import schemathesis
 from jsonschema import Draft202012Validator, ValidationError, validators
 
+from chat_devtools.http import Api, wait_for
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from chat_devtools.sse import Listener, stream_url
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api, wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 STREAM_PATH = "/applications/{token}/chats/{chat_number}/messages/stream"
 RETRY = re.compile(r"^[0-9]+$")
@@ -109,9 +109,7 @@ def test_every_item_of_a_stream_matches_the_served_event_schema(system):
     api = Api(system.base_url)
     document = requests.get(f"{system.base_url}/openapi.json", timeout=10).json()
     validator = item_validator(document)
-    token = api.new_application("schema")
-    chat = api.new_chat(token)
-    api.wait_chat(token, chat)
+    token, chat = api.new_tenant_with_chat("schema")
     first = api.new_message(token, chat, "replayed\nover two lines")
     api.wait_message(token, chat, first)
     listener = Listener(stream_url(api.base_url, token, chat, after=0)).start()

@@ -2,7 +2,8 @@
 
 Every client here is a real HTTP client on a socket (chat_devtools.sse.Listener): events in order exactly once,
 resume with Last-Event-ID at several points (page boundaries, mid-page, during a burst), edits, tenant isolation,
-limits (429), a slow reader cut off and resuming without loss, heartbeats, and the clean end on shutdown.
+limits (429 for a tenant's share, 503 for a full process), a slow reader cut off and resuming without loss,
+heartbeats, and the clean end on shutdown.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import pytest
 import requests
 
 from chat_api.event_loop import BLOCKED_MESSAGE
+from chat_devtools.http import Api, wait_for
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from chat_devtools.sse import Listener, stream_url
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api, wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 STREAM_ENV = {
     # The event-loop guard (chat_api.event_loop): any loop step longer than this is reported; see the last tests.
@@ -45,9 +46,7 @@ def streaming() -> Iterator[tuple[System, Api]]:
 def chat(streaming) -> tuple[Api, str, int]:
     """A fresh application with one written chat."""
     _, api = streaming
-    token = api.new_application("streams")
-    number = api.new_chat(token)
-    api.wait_chat(token, number)
+    token, number = api.new_tenant_with_chat("streams")
     return api, token, number
 
 
@@ -106,9 +105,7 @@ def test_without_a_position_the_stream_starts_after_the_newest_stored_message(ch
 @pytest.mark.parametrize("resume_at", [0, 1, 57, 99, 100, 101, 150, 249, 250])
 def test_resume_with_last_event_id_replays_then_goes_live_without_seam(streaming, resume_at):
     _, api = streaming
-    token = api.new_application("resume")
-    number = api.new_chat(token)
-    api.wait_chat(token, number)
+    token, number = api.new_tenant_with_chat("resume")
     create_many(api, token, number, 250)
     wait_stored(api, token, number, 250)
     # An EventSource sends Last-Event-ID on reconnect, with its original URL (here ?after=0): the header wins.
@@ -185,9 +182,7 @@ def test_a_chat_of_another_application_is_not_found(chat):
 
 def test_per_tenant_limit_answers_429_and_frees_the_slot_on_close(streaming):
     _, api = streaming
-    token = api.new_application("limited")
-    number = api.new_chat(token)
-    api.wait_chat(token, number)
+    token, number = api.new_tenant_with_chat("limited")
     # The limit is per API process (3 here): with two workers a tenant holds at most 6 streams, one more is refused.
     opened, refused = [], None
     for _ in range(7):
@@ -221,7 +216,9 @@ def test_per_tenant_limit_answers_429_and_frees_the_slot_on_close(streaming):
     wait_for(can_open_again, timeout=15, interval=1, what="the tenant's slots to be freed")
 
 
-def test_per_process_limit_answers_429_whatever_the_tenant():
+def test_per_process_limit_answers_503_whatever_the_tenant():
+    """A full process is a capacity fault (503, Retry-After; another process may have room), not the tenant's
+    doing: only a tenant over its own share gets 429 (#23)."""
     namespace = Namespace.create("stl")
     env = {"STREAM_MAX_PER_PROCESS": "2"}
     system = System(namespace, LOG_ROOT / namespace.name, api_workers=1, extra_env=env).start()
@@ -229,18 +226,14 @@ def test_per_process_limit_answers_429_whatever_the_tenant():
     opened = []
     try:
         for name in ("one", "two", "three"):
-            token = api.new_application(name)
-            chat = api.new_chat(token)
-            api.wait_chat(token, chat)
+            token, chat = api.new_tenant_with_chat(name)
             opened.append(requests.get(stream_url(api.base_url, token, chat), stream=True, timeout=10))
-        assert [r.status_code for r in opened] == [200, 200, 429]
+        assert [r.status_code for r in opened] == [200, 200, 503]
         assert "per API process" in opened[2].json()["error"] and opened[2].headers["Retry-After"]
         wait_for(lambda: 'chat_api_stream_refused_total{limit="process"}' in api.get("/metrics").text, 5)
         # A client that goes away frees its slot at once, not at the stream's next heartbeat (15 s here).
         opened[0].close()
-        token = api.new_application("four")
-        chat = api.new_chat(token)
-        api.wait_chat(token, chat)
+        token, chat = api.new_tenant_with_chat("four")
 
         def fourth_opens() -> bool:
             resp = requests.get(stream_url(api.base_url, token, chat), stream=True, timeout=10)

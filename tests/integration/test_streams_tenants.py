@@ -18,11 +18,11 @@ import psutil
 import pytest
 
 from chat_api.streams.hub import TENANT_CHECK_SECONDS
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from chat_devtools.sse import Listener, stream_url
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 BOUND = 2.0  # TENANT_CACHE_SECONDS of this system
 SLACK = 1.5  # scheduling on 2 shared cores, the listeners' polling
@@ -132,9 +132,7 @@ def test_suspension_ends_open_streams_on_every_worker_and_resume_restores(two_wo
 
 def test_a_rotated_away_token_s_streams_end_when_its_grace_period_ends(two_workers):
     system, api = two_workers
-    old = api.new_application("rotated")
-    chat = api.new_chat(old)
-    api.wait_chat(old, chat)
+    old, chat = api.new_tenant_with_chat("rotated")
     listeners = streams_on_both_workers(system, api, old, chat)
     grace = 3
     try:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 BOUND = 1.0  # TENANT_CACHE_SECONDS of this system
 

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from chat_devtools.http import Api, wait_for
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from tests.conftest import LOG_ROOT
 from tests.integration.conftest import Database
-from tests.support.http import Api, wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 GRACE = 6  # seconds the old token keeps working
 BOUND = 2.0  # TENANT_CACHE_SECONDS

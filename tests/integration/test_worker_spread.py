@@ -13,9 +13,9 @@ import time
 
 import psutil
 
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from tests.conftest import LOG_ROOT
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 CONNECTIONS = 48
 

@@ -7,17 +7,17 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, stamp_header
-from chat_common.broker import BrokerNodes
-from chat_common.contracts import ChatUpsert, MessageUpsert
-from chat_common.db import make_engine
-from chat_common.keys import RedisKeys, parse_dirty_marks
-from chat_common.redis_client import sync_client
-from chat_common.topology import Topology
+from chat_common.clients.broker import BrokerNodes
+from chat_common.clients.db import make_engine
+from chat_common.clients.redis_client import sync_client
+from chat_common.wire.contracts import ChatUpsert, MessageUpsert
+from chat_common.wire.keys import RedisKeys, parse_dirty_marks
+from chat_common.wire.topology import Topology
+from chat_common.writing.batches import ATTEMPT_HEADER, DUE_AT_HEADER, stamp_header
+from chat_devtools.http import Api, wait_for
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api, wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 
 def _channel(namespace):
@@ -75,7 +75,7 @@ def test_message_before_its_chat_row_is_retried_not_dropped(
     private_system, private_api, private_db, fresh_namespace, topology
 ):
     token = private_api.new_application("early")
-    app_id = private_db.scalar("SELECT id FROM applications WHERE token = :t", t=token)
+    app_id = private_db.scalar("SELECT id FROM applications WHERE token_digest = SHA2(:t, 256)", t=token)
     # The message arrives first; its chat row is only written 2 s later.
     _publish(fresh_namespace, topology.messages.name, MessageUpsert(app_id, 1, 1, "I was early").encode())
     time.sleep(2)
@@ -98,7 +98,7 @@ def test_older_edit_never_overwrites_a_newer_one(private_system, private_api, pr
     chat = private_api.new_chat(token)
     number = private_api.new_message(token, chat, "v0")
     private_api.wait_message(token, chat, number)
-    app_id = private_db.scalar("SELECT id FROM applications WHERE token = :t", t=token)
+    app_id = private_db.scalar("SELECT id FROM applications WHERE token_digest = SHA2(:t, 256)", t=token)
     newer = MessageUpsert(app_id, chat, number, "newer", version=2_000_000_000_000_000)
     older = MessageUpsert(app_id, chat, number, "older", version=1_000_000_000_000_000)
     _publish(fresh_namespace, topology.messages.name, newer.encode(), older.encode())
@@ -119,7 +119,7 @@ def test_the_writer_marks_each_chat_dirty_with_its_application(private_api, priv
     token = private_api.new_application("marks")
     chat = private_api.new_chat(token)
     private_api.wait_message(token, chat, private_api.new_message(token, chat, "hello"))
-    app_id = private_db.scalar("SELECT id FROM applications WHERE token = :t", t=token)
+    app_id = private_db.scalar("SELECT id FROM applications WHERE token_digest = SHA2(:t, 256)", t=token)
     chat_id = private_db.scalar("SELECT id FROM chats WHERE application_id = :a AND number = :n", a=app_id, n=chat)
     client = sync_client(fresh_namespace.settings.redis_url)
     try:
@@ -130,7 +130,8 @@ def test_the_writer_marks_each_chat_dirty_with_its_application(private_api, priv
     assert parse_dirty_marks(list(marks)) == ([chat_id], {chat_id: app_id})
 
 
-# -- Retry tiers: the writers drain them (chat_common.retry_tiers) ----------------------------------------------
+# -- Retry tiers: the writers drain them (chat_common.writing.retry_tiers)
+# ----------------------------------------------
 def _publish_with(namespace, queue: str, body: bytes, headers: dict) -> None:
     connection, channel = _channel(namespace)
     try:
@@ -149,12 +150,12 @@ def test_a_tier_message_held_by_a_killed_writer_comes_back_at_its_due_time_throu
     try:
         system.start()
         api = Api(system.base_url)
-        token = api.new_application("held")
-        chat = api.new_chat(token)
-        api.wait_chat(token, chat)
+        token, chat = api.new_tenant_with_chat("held")
         engine = make_engine(namespace.settings.database_url, pool_size=1)
         with engine.connect() as conn:
-            app_id = conn.execute(text("SELECT id FROM applications WHERE token = :t"), {"t": token}).scalar_one()
+            app_id = conn.execute(
+                text("SELECT id FROM applications WHERE token_digest = SHA2(:t, 256)"), {"t": token}
+            ).scalar_one()
         engine.dispose()
         tier = Topology.from_settings(namespace.settings).messages.retry(2)  # the 30 s tier
         due = time.time() + 8
@@ -179,10 +180,8 @@ def test_a_tier_message_held_by_a_killed_writer_comes_back_at_its_due_time_throu
 def test_a_ttl_tier_of_an_earlier_version_is_drained_by_the_writers(
     private_system, private_api, private_db, fresh_namespace, topology
 ):
-    token = private_api.new_application("legacy")
-    chat = private_api.new_chat(token)
-    private_api.wait_chat(token, chat)
-    app_id = private_db.scalar("SELECT id FROM applications WHERE token = :t", t=token)
+    token, chat = private_api.new_tenant_with_chat("legacy")
+    app_id = private_db.scalar("SELECT id FROM applications WHERE token_digest = SHA2(:t, 256)", t=token)
     old = f"{topology.messages.name}.retry.{topology.messages.retry_delays_seconds[0]}s"
     assert old in topology.messages.legacy_retry_queues
     connection, channel = _channel(fresh_namespace)

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from tests.support.http import Api, wait_for
+from chat_devtools.http import Api, wait_for
 
 
 def _cluster_reachable() -> bool:

@@ -38,6 +38,7 @@ CONNECTION_KEYS = {
     "RABBITMQ_URL": "amqp://chat:pw@rabbitmq.mq.svc:5672/%2F",
     "ADMIN_API_KEY": "k" * 40,
 }
+CA = {"ca.crt": "-----BEGIN CERTIFICATE-----\n(a CA certificate)\n-----END CERTIFICATE-----\n"}
 BUNDLED_PASSWORD_KEYS = {
     "MARIADB_PASSWORD": "p" * 24,
     "MARIADB_ROOT_PASSWORD": "r" * 24,
@@ -68,7 +69,10 @@ PROFILES: dict[str, Profile] = {
     "kind": Profile(load_values_file(KIND_VALUES), groups=BOTH),
     "kind-keda-off": Profile(load_values_file(KIND_VALUES), groups={"keda": False, "monitoring": True}),
     "external-secret": Profile(
-        load_values_file(EXTERNAL_VALUES), groups=BOTH, secrets={"chat-system-connections": CONNECTION_KEYS}
+        load_values_file(EXTERNAL_VALUES),
+        groups=BOTH,
+        # The production example: TLS to every dependency, verified against CA Secrets made beforehand.
+        secrets={"chat-system-connections": CONNECTION_KEYS, **{name: CA for name in ("db-ca", "mq-ca", "search-ca")}},
     ),
     "external-urls": Profile(EXTERNAL_URLS),
     "minimal": Profile(MINIMAL, watched=2),

@@ -112,7 +112,13 @@ EXAMPLES: dict[str, Example] = {
         accepted=_create({"limits": {"maxChats": 5}}),
         refused=_create({"limits": {}}),
     ),
+    "name must not contain bidirectional-override": Example(
+        accepted=_create({"name": "family \U0001f469\u200d\U0001f469\u200d\U0001f467 \u200fright-to-left"}),
+        refused=_create({"name": "invoice\u202egnp.exe"}),
+    ),
 }
+# What chat_common.validation refuses in names; the CRD must refuse each of them too.
+INVISIBLE = [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200B, 0x2060, 0xFEFF)]
 
 
 def example_for(message: str) -> Example | None:
@@ -150,6 +156,21 @@ def test_each_rule_accepts_and_refuses_with_its_message(
     refused = example.refused(control_plane, kube_namespace)
     assert refused.returncode != 0, f"{path}: {rule['rule']} let the refused example through"
     assert rule["message"] in " ".join(refused.stderr.split()), refused.stderr
+
+
+@pytest.mark.parametrize("char", INVISIBLE, ids=[f"U+{ord(c):04X}" for c in INVISIBLE])
+def test_the_server_refuses_each_invisible_character_the_api_refuses(
+    control_plane: ControlPlane, crd: str, kube_namespace: str, char: str
+):
+    refused = _create({"name": f"a{char}b"})(control_plane, kube_namespace)
+    assert refused.returncode != 0, f"U+{ord(char):04X} accepted"
+    assert "bidirectional-override or zero-width" in refused.stderr
+
+
+def test_every_invisible_character_is_one_the_api_refuses():
+    from chat_common.validation import INVISIBLE as API_INVISIBLE
+
+    assert [c for c in map(chr, range(0x2000, 0x10000)) if API_INVISIBLE.search(c)] == sorted(INVISIBLE)
 
 
 def test_printer_columns_show_what_the_operator_reports(control_plane: ControlPlane, crd: str, kube_namespace: str):

@@ -18,16 +18,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import kubernetes.config
 import pytest
+from kubernetes import client
 from sqlalchemy import text
 
-from chat_common.db import make_engine
+from chat_common.clients.db import make_engine
 from chat_devtools.control_plane import ControlPlane
+from chat_devtools.http import Api, wait_for
+from chat_devtools.namespace import Namespace
 from chat_devtools.process_node import ProcessNode
+from chat_devtools.processes import System
+from chat_operator.kube import ForeignSecret, KubeSecrets
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api, wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 pytestmark = [
     pytest.mark.kube,
@@ -94,6 +97,11 @@ class Release:
             engine.dispose()
 
 
+# What the release's existingSecret holds: the test namespace's connections, and its TOKEN_SEALING_KEY — the API
+# process's own, so the operator unseals the tokens the API sealed (and the other way round).
+CONNECTION_KEYS = ("DATABASE_URL", "REDIS_URL", "RABBITMQ_URL", "TOKEN_SEALING_KEY")
+
+
 def release_values(node: ProcessNode, data: Namespace, uninstall: str = "delete") -> dict:
     s = data.settings
     return {
@@ -137,7 +145,7 @@ def release(control_plane: ControlPlane) -> Iterator[Release]:
         "secret",
         "generic",
         "loopback-connections",
-        *(f"--from-literal={k}={env[k]}" for k in ("DATABASE_URL", "REDIS_URL", "RABBITMQ_URL")),
+        *(f"--from-literal={k}={env[k]}" for k in CONNECTION_KEYS),
         f"--from-literal=ADMIN_API_KEY={data.settings.admin_api_key or 'admin-key-' + 'x' * 32}",
     )
     values_file = control_plane.workdir / f"operator-values-{namespace}.json"
@@ -174,6 +182,41 @@ def test_the_operator_runs_as_the_charts_service_account(release: Release):
         check=False,
     )
     assert can.stdout.strip() == "no", "the operator's RBAC reaches only the namespaces it serves"
+
+
+def test_the_operator_reads_and_writes_only_its_own_secrets(release: Release):
+    """No get on Secrets, and the chart's admission policy refuses its patches of a Secret it did not make: what it
+    cannot patch it cannot read (a patch answers the object). Checked with the operator's own Secret client
+    (chat_operator.kube.KubeSecrets) as its ServiceAccount. An Application named after a foreign Secret is a
+    SecretConflict, not a takeover."""
+    account = release.operator_pods()[0]["spec"]["serviceAccountName"]
+    username = f"system:serviceaccount:{release.namespace}:{account}"
+    can = release.kubectl("auth", "can-i", "get", "secrets", f"--as={username}", check=False)
+    assert can.stdout.strip() == "no"
+
+    def as_operator() -> client.CoreV1Api:
+        api_client = kubernetes.config.new_client_from_config(str(release.plane.kubeconfig))
+        api_client.set_default_header("Impersonate-User", username)
+        return client.CoreV1Api(api_client)
+
+    secrets = KubeSecrets(as_operator)
+    foreign = unique("foreign")
+    release.kubectl("create", "secret", "generic", f"{foreign}-chat-token", "--from-literal=password=not-the-operators")
+    with pytest.raises(ForeignSecret):
+        secrets.read(release.namespace, f"{foreign}-chat-token")
+    assert secrets.read(release.namespace, f"{unique('missing')}-chat-token") is None
+
+    release.apply_application(foreign, name="Would take the Secret over", deletionPolicy="Delete")
+    release.status(foreign, lambda s: "does not belong" in json.dumps(s.get("conditions", [])), "SecretConflict")
+    assert release.get("secret", f"{foreign}-chat-token")["data"] == {
+        "password": base64.b64encode(b"not-the-operators").decode()
+    }
+
+    own = unique("own")
+    release.apply_application(own, name="Own", deletionPolicy="Delete")
+    token = release.secret(own)["token"]
+    stored = secrets.read(release.namespace, f"{own}-chat-token")
+    assert base64.b64decode(stored["data"]["token"]).decode() == token
 
 
 def test_an_application_becomes_a_tenant_with_secret_status_conditions_and_events(release: Release):
@@ -293,7 +336,7 @@ def test_helm_uninstall_runs_the_hook_for_real_in_each_mode(control_plane: Contr
         env = data.environ()
         control_plane.kubectl(
             "-n", namespace, "create", "secret", "generic", "loopback-connections",
-            *(f"--from-literal={k}={env[k]}" for k in ("DATABASE_URL", "REDIS_URL", "RABBITMQ_URL")),
+            *(f"--from-literal={k}={env[k]}" for k in CONNECTION_KEYS),
             f"--from-literal=ADMIN_API_KEY={'admin-key-' + 'x' * 32}",
         )  # fmt: skip
         values_file = control_plane.workdir / f"uninstall-values-{namespace}.json"

@@ -13,14 +13,14 @@ import yaml
 from kubernetes import client
 from sqlalchemy import Engine
 
-from chat_common.db import make_engine
-from chat_common.keys import RedisKeys
-from chat_common.tenancy import Applications, build_applications
+from chat_common.clients.db import make_engine
+from chat_common.tenancy.applications import Applications, build_applications
+from chat_common.wire.keys import RedisKeys
+from chat_devtools.namespace import Namespace
 from chat_operator.kube import KubeSecrets
 from chat_operator.provisioning import Provisioner
 from chat_operator.reconciler import Reconciler
 from tests.operator.fake_apiserver import FakeApiServer
-from tests.support.namespace import Namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "helm/chat-system/crds/applications.chat-system.io.yaml"
@@ -64,7 +64,8 @@ def applications(op_namespace: Namespace, op_engine: Engine, op_redis: redis.Red
 
 @pytest.fixture(scope="module")
 def provisioner(applications: Applications) -> Provisioner:
-    return Provisioner(applications)
+    """The provisioner of a deployment that allows adoption (operator.allowAdoption: true)."""
+    return Provisioner(applications, allow_adoption=True)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,16 @@ def secrets(apiserver: FakeApiServer) -> KubeSecrets:
 @pytest.fixture(scope="module")
 def reconciler(provisioner: Provisioner, secrets: KubeSecrets) -> Reconciler:
     return Reconciler(provisioner, secrets, API_URL)
+
+
+@pytest.fixture
+def provisioned(reconciler: Reconciler, apiserver: FakeApiServer, applications: Applications) -> tuple[dict, object]:
+    """An ``Application`` object applied once, and its tenant (over the real or, under rules/, the fake store)."""
+    from tests.operator.test_reconciler import run, token_in_secret  # the test helpers import this module
+
+    body = application(name="Managed tenant")
+    run(reconciler.apply, body)
+    return body, applications.find(token_in_secret(apiserver, body))
 
 
 @pytest.fixture(scope="session")

@@ -165,7 +165,8 @@ class FakeApiServer:
                     if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
                         return self._status(409, "Conflict", "the object has been modified")
                     patched = merge_patch(current, patch)
-                    patched["metadata"]["resourceVersion"] = str(next(fake._versions))
+                    if patched != current:  # as the API server: a patch that changes nothing keeps the version
+                        patched["metadata"]["resourceVersion"] = str(next(fake._versions))
                     fake.secrets[(namespace, name)] = patched
                 self._send(200, patched)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import redis
 from sqlalchemy import Engine, func, select
 
-from chat_common.keys import RedisKeys
-from chat_common.tables import applications, chats, messages
+from chat_common.schema.tables import applications, chats, messages
+from chat_common.wire.keys import RedisKeys
 
 
 def add_chats(engine: Engine, client: redis.Redis, keys: RedisKeys, application_id: int, per_chat: list[int]) -> None:

@@ -207,14 +207,14 @@ def rule_at(crd_schema: dict, path: str, about: str = "") -> str:
 
 def test_every_rule_compiles_and_has_a_message(crd_schema):
     rules = list(cel_rules(crd_schema))
-    assert len(rules) == 4
+    assert len(rules) == 5
     for _, rule in rules:
         celpy.Environment().compile(rule["rule"])
         assert rule["message"]
 
 
-# self.<field> and oldSelf.<field> in a rule.
-RULE_FIELD = re.compile(r"\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)")
+# self.<field> and oldSelf.<field> in a rule (not a method call such as self.matches(…)).
+RULE_FIELD = re.compile(r"\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()")
 
 
 def test_every_rule_type_checks_against_its_node(crd_schema):
@@ -276,6 +276,20 @@ def test_rotate_token_only_grows(crd_schema, old, new, allowed):
 )
 def test_limits_set_at_least_one_limit(crd_schema, limits, allowed):
     assert evaluate(rule_at(crd_schema, ".spec.limits"), limits) is allowed
+
+
+INVISIBLE = [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200B, 0x2060, 0xFEFF)]
+ALLOWED = ["\u200c", "\u200d", "\u200e", "\u200f", "\U0001f469\u200d\U0001f467", "\u0645\u0631\u062d\u0628\u0627"]
+
+
+@pytest.mark.parametrize("char", INVISIBLE, ids=[f"U+{ord(c):04X}" for c in INVISIBLE])
+def test_names_with_invisible_characters_are_refused(crd_schema, char):
+    assert evaluate(rule_at(crd_schema, ".spec.name"), f"a{char}b") is False
+
+
+@pytest.mark.parametrize("text", ALLOWED, ids=["ZWNJ", "ZWJ", "LRM", "RLM", "emoji", "arabic"])
+def test_names_with_joiners_and_direction_marks_are_accepted(crd_schema, text):
+    assert evaluate(rule_at(crd_schema, ".spec.name"), f"a{text}b") is True
 
 
 def test_defaults_of_the_management_fields(crd_schema):

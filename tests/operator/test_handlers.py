@@ -23,6 +23,45 @@ def test_config_reads_the_environment():
     assert OperatorConfig.from_env(ENV).clusterwide
 
 
+def test_adoption_is_off_unless_the_environment_allows_it():
+    assert OperatorConfig.from_env(ENV).allow_adoption is False
+    assert OperatorConfig.from_env({**ENV, "ALLOW_ADOPTION": "true"}).allow_adoption is True
+    assert OperatorConfig.from_env({**ENV, "ALLOW_ADOPTION": "False"}).allow_adoption is False
+    with pytest.raises(ConfigError):
+        OperatorConfig.from_env({**ENV, "ALLOW_ADOPTION": "yes please"})
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_operator_log_carries_no_token_or_password(log_format, capsys, monkeypatch):
+    """kopf's handler on the root logger, as ``main`` sets it up: tokens (in messages, in kopf's per-object
+    lines, in tracebacks) and the passwords of the environment's URLs never reach the output."""
+    import logging
+
+    from chat_common.redaction import token_ref
+    from chat_common.tenancy.applications import new_token
+    from chat_operator.__main__ import configure_logging
+
+    password = "operator-db-password-1"
+    monkeypatch.setenv("DATABASE_URL", f"mysql+pymysql://operator:{password}@db:3306/chat")
+    token = new_token()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(OperatorConfig.from_env({**ENV, "LOG_FORMAT": log_format}))
+        kopf_logger = logging.getLogger("kopf.objects")
+        kopf_logger.info("Patching with: {'spec': {'existingToken': '%s'}}", token)
+        try:
+            raise RuntimeError(f"cannot connect as operator:{password} with {token}")
+        except RuntimeError:
+            logging.getLogger("chat_operator").exception("reconcile failed for %s", token)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert token_ref(token) in err and "RuntimeError" in err
+    assert token not in err and password not in err
+
+
 def test_replicas_get_distinct_priorities_by_default():
     # kopf freezes every replica that sees a peer of the same priority.
     assert len({OperatorConfig.from_env(ENV).priority for _ in range(20)}) > 1

@@ -1,14 +1,15 @@
-"""The provisioning logic behind the handlers, against the real MariaDB and Redis."""
+"""The provisioning logic where MySQL and Redis themselves matter: concurrent creates and adoptions (one row, one
+owner), what each deletion policy removes or keeps, counts after the count sync. The rules run on fakes in
+tests/operator/rules/test_provisioning.py."""
 
 from __future__ import annotations
 
 import threading
 import uuid
 
-import pytest
 from sqlalchemy import func, select
 
-from chat_common.tables import applications as applications_table
+from chat_common.schema.tables import applications as applications_table
 from chat_operator.provisioning import Policy, Rejected, Spec, idempotency_key
 from counter_cron.sync import CountSync
 from tests.operator.rows import add_chats, rows_of
@@ -27,25 +28,6 @@ def count_keyed(engine, resource_uid: str) -> int:
         ).scalar_one()
 
 
-def test_create_issues_a_token_under_the_resource_uid(provisioner, applications, op_engine):
-    resource = uid()
-    result = provisioner.provision(resource, Spec(name="Acme"))
-    assert result.created and not result.adopted and result.renamed_from is None
-    assert len(result.application.token) == 32
-    assert applications.find(result.application.token).name == "Acme"
-    assert count_keyed(op_engine, resource) == 1
-
-
-def test_re_provisioning_after_a_crash_returns_the_same_application(provisioner, op_engine):
-    # The first attempt committed the row, then the operator died before writing the Secret or status.
-    resource = uid()
-    first = provisioner.provision(resource, Spec(name="Crashy"))
-    again = provisioner.provision(resource, Spec(name="Crashy"))
-    assert again.application.token == first.application.token
-    assert not again.created
-    assert count_keyed(op_engine, resource) == 1
-
-
 def test_two_replicas_provisioning_at_once_create_one_application(provisioner, op_engine):
     resource = uid()
     tokens: list[str] = []
@@ -62,59 +44,6 @@ def test_two_replicas_provisioning_at_once_create_one_application(provisioner, o
         t.join()
     assert len(tokens) == 4 and len(set(tokens)) == 1
     assert count_keyed(op_engine, resource) == 1
-
-
-def test_adopts_an_application_created_through_the_rest_api_and_takes_the_spec_name(provisioner, applications):
-    existing, _ = applications.create("made by curl")
-    result = provisioner.provision(uid(), Spec(name="Now managed", existing_token=existing.token))
-    assert result.adopted and not result.created
-    assert result.renamed_from == "made by curl"
-    assert result.application.token == existing.token
-    assert applications.find(existing.token).name == "Now managed"
-
-
-def test_adopting_an_unknown_token_is_rejected(provisioner):
-    with pytest.raises(Rejected) as info:
-        provisioner.provision(uid(), Spec(name="x", existing_token="no-such-token"))
-    assert info.value.reason == "ApplicationNotFound"
-
-
-def test_a_new_name_renames_the_application(provisioner, applications):
-    resource = uid()
-    first = provisioner.provision(resource, Spec(name="Old name"))
-    renamed = provisioner.provision(resource, Spec(name="New name"))
-    assert renamed.renamed_from == "Old name"
-    assert renamed.application.token == first.application.token
-    assert applications.find(first.application.token).name == "New name"
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["tab\tinside", "\u00a0\u2003", "x" * 256, None, 42],
-    ids=["control-character", "unicode-blank", "too-long", "missing", "not-a-string"],
-)
-def test_names_the_api_refuses_are_rejected_and_nothing_is_created(provisioner, op_engine, name):
-    resource = uid()
-    with pytest.raises(Rejected) as info:
-        provisioner.provision(resource, Spec(name=name))
-    assert info.value.reason == "InvalidSpec"
-    assert info.value.message.startswith("spec.name")
-    assert count_keyed(op_engine, resource) == 0
-
-
-def test_an_invalid_rename_leaves_the_application_as_it_was(provisioner, applications):
-    resource = uid()
-    app = provisioner.provision(resource, Spec(name="Stable")).application
-    with pytest.raises(Rejected):
-        provisioner.provision(resource, Spec(name="bad\x00name"))
-    assert applications.find(app.token).name == "Stable"
-
-
-def test_spec_parsing_defaults_to_retain_and_refuses_unknown_policies():
-    assert Spec.parse({"name": "a"}) == Spec(name="a", deletion_policy=Policy.RETAIN)
-    assert Spec.parse({"name": "a", "deletionPolicy": "Delete"}).deletion_policy is Policy.DELETE
-    with pytest.raises(Rejected):
-        Spec.parse({"name": "a", "deletionPolicy": "Recycle"})
 
 
 def test_delete_policy_removes_rows_and_redis_keys_and_nothing_else(
@@ -136,14 +65,6 @@ def test_delete_policy_removes_rows_and_redis_keys_and_nothing_else(
     assert applications.find(doomed.token) is None
     assert rows_of(op_engine, bystander.id) == (1, 1, 2)
     assert op_redis.exists(keys.numbers(bystander.id))
-
-
-def test_delete_policy_twice_is_harmless(provisioner):
-    resource = uid()
-    spec = Spec(name="Twice", deletion_policy=Policy.DELETE)
-    provisioner.provision(resource, spec)
-    assert provisioner.release(resource, spec).found
-    assert not provisioner.release(resource, spec).found
 
 
 def test_retain_policy_keeps_every_row_and_key(provisioner, applications, op_engine, op_redis, keys):
@@ -185,9 +106,30 @@ def test_counts_follow_the_count_sync(provisioner, op_namespace, op_engine, op_r
     assert provisioner.messages_count(app.id) == 8
 
 
-def test_locate_finds_by_uid_or_by_adopted_token(provisioner, applications):
-    resource = uid()
-    app = provisioner.provision(resource, Spec(name="Findable")).application
-    assert provisioner.locate(resource, Spec(name="Findable")).token == app.token
-    assert provisioner.locate(uid(), Spec(name="Findable")) is None
-    assert provisioner.locate(uid(), Spec(name="x", existing_token=app.token)).token == app.token
+# -- adoption, on the real tables -----------------------------------------------------------------
+def _owner(engine, application_id: int) -> str | None:
+    with engine.connect() as conn:
+        query = select(applications_table.c.owner_uid).where(applications_table.c.id == application_id)
+        return conn.execute(query).scalar_one()
+
+
+def test_two_resources_adopting_at_once_one_wins(provisioner, applications, op_engine):
+    tenant, _ = applications.create("contested")
+    contenders = [uid() for _ in range(8)]
+    outcomes: dict[str, str] = {}
+
+    def adopt(resource: str) -> None:
+        try:
+            provisioner.provision(resource, Spec(name="contested", existing_token=tenant.token))
+            outcomes[resource] = "adopted"
+        except Rejected as exc:
+            outcomes[resource] = exc.reason
+
+    threads = [threading.Thread(target=adopt, args=(r,)) for r in contenders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [r for r, outcome in outcomes.items() if outcome == "adopted"]
+    assert len(winners) == 1 and _owner(op_engine, tenant.id) == winners[0]
+    assert sorted(outcomes.values()).count("AdoptionRefused") == len(contenders) - 1

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from chat_common.db import make_engine
+from chat_common.clients.db import make_engine
+from chat_devtools.http import Api
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from chat_devtools.results import Results
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 
 def _skip_if_external() -> None:

@@ -19,9 +19,9 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from chat_common.keys import RedisKeys
+from chat_common.wire.keys import RedisKeys
+from chat_devtools.http import wait_for
 from tests.reliability import http_raw
-from tests.support.http import wait_for
 
 JSON = ("Content-Type", "application/json")
 FORM = ("Content-Type", "application/x-www-form-urlencoded")
@@ -214,7 +214,9 @@ def victim(admin_api, admin_key) -> Victim:
 def _state(engine, redis_url: str, prefix: str, token: str) -> dict:
     """Everything stored about one application: its rows and its numbering counters."""
     with engine.connect() as conn:
-        app = conn.execute(text("SELECT id, name, chats_count FROM applications WHERE token = :t"), {"t": token}).one()
+        app = conn.execute(
+            text("SELECT id, name, chats_count FROM applications WHERE token_digest = SHA2(:t, 256)"), {"t": token}
+        ).one()
         chats = conn.execute(
             text("SELECT number, name, version FROM chats WHERE application_id = :a ORDER BY number"), {"a": app.id}
         ).all()

@@ -38,7 +38,7 @@ def document() -> dict:
 def app_routes() -> dict[str, tuple[set[str], dict[str, tuple[int, int]]]]:
     """Path template -> (methods with a responder, {parameter: (min, max)} of its int converters)."""
     settings = Settings()
-    service, readiness, _ = build_service(settings)  # builds clients but opens no connection
+    service, readiness, _, _ = build_service(settings)  # builds clients but opens no connection
     routes = {}
     for route in falcon.inspect.inspect_routes(create_app(service, settings, readiness)):
         bounds = {name: (int(low), int(high)) for name, low, high in CONVERTER.findall(route.path)}
@@ -130,7 +130,7 @@ def test_admin_operations_declare_the_admin_key(document):
         f"{method.upper()} {path}"
         for path, item in document["paths"].items()
         for method, operation in item.items()
-        if method in METHODS and operation.get("security")
+        if method in METHODS and {"adminKey": []} in (operation.get("security") or [])
     }
     tenants = {
         "POST /applications/{token}/suspend",
@@ -142,6 +142,27 @@ def test_admin_operations_declare_the_admin_key(document):
         "GET /applications/{token}/usage",
     }
     assert secured == {"GET /applications", "POST /applications", "DELETE /applications/{token}", *tenants}
+
+
+def test_every_tenant_route_has_a_header_form(document):
+    """Each tenant operation of the path form (``/applications/{token}...``, not admin) is also declared without the
+    token in the path (``/application...``), with the applicationToken scheme and its 401; DELETE is admin only."""
+    admin = ("/suspend", "/resume", "/rotate-token", "/limits", "/usage")
+    for path, item in document["paths"].items():
+        if not path.startswith("/applications/{token}") or path.endswith(admin):
+            continue
+        header = document["paths"]["/application" + path.removeprefix("/applications/{token}")]
+        assert {"$ref": "#/components/parameters/token"} not in header.get("parameters", [])
+        for method in METHODS & set(item) - {"delete"}:
+            operation = header[method]
+            assert operation["security"] == [{"applicationToken": []}], (method, path)
+            assert "401" in operation["responses"], (method, path)
+        assert "delete" not in header
+    assert document["components"]["securitySchemes"]["applicationToken"] == {
+        **document["components"]["securitySchemes"]["applicationToken"],
+        "type": "http",
+        "scheme": "bearer",
+    }
 
 
 def test_response_objects_never_carry_undocumented_fields(document):

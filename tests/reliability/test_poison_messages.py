@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-from chat_common.broker import BrokerNodes
-from chat_common.contracts import ChatUpsert, MessageUpsert
-from chat_common.topology import Topology
+from chat_common.clients.broker import BrokerNodes
+from chat_common.wire.contracts import ChatUpsert, MessageUpsert
+from chat_common.wire.topology import Topology
+from chat_devtools.http import Api, wait_for
+from chat_devtools.namespace import Namespace
+from chat_devtools.processes import System
 from tests.conftest import LOG_ROOT
-from tests.support.http import Api, wait_for
-from tests.support.namespace import Namespace
-from tests.support.processes import System
 
 UNKNOWN_APPLICATION = 4_000_000_000
 

@@ -33,24 +33,17 @@ from chat_api.adapters import numbering as codes
 from chat_api.adapters.idempotency import PENDING, Claim, KeyInUse, Recorded
 from chat_api.adapters.numbering import Allocation
 from chat_api.adapters.publisher import PublishError
-from chat_api.adapters.recovery import (
-    FRESH,
-    LEGACY,
-    NEW,
-    NUMBERING_OPENED,
-    OPENED,
-    RECOVERED,
-    SLOTS_MARKER,
-    new_epoch,
-    slot_marker,
-)
-from chat_api.model import Application, Chat, Message, NotFound
+from chat_api.adapters.recovery import NUMBERING_OPENED, SLOTS_MARKER, slot_marker
+from chat_api.model import Application, Chat, Message, NotFound, WriterHeartbeat
+from chat_api.numbering import Numberer
+from chat_api.numbering.epochs import FRESH, RECOVERED, new_epoch
+from chat_api.numbering.opening import LEGACY, NEW, OPENED
 from chat_api.services import ChatService, Limits
-from chat_common.idempotency import KeyReused, check_idempotency_key
 from chat_common.search import SearchHit, SearchUnavailable
-from chat_common.tenancy import TenantLimits, Usage, new_token
-from chat_common.topology import Topology
+from chat_common.tenancy.applications import TenantLimits, Usage, new_token
 from chat_common.validation import clean_name
+from chat_common.wire.idempotency import KeyReused, check_idempotency_key
+from chat_common.wire.topology import Topology
 
 
 class Faults:
@@ -77,7 +70,8 @@ class Faults:
 
 # -- applications (the synchronous tenancy layer) -------------------------------------------------------------
 class FakeApplications(Faults):
-    """``chat_common.tenancy.Applications`` over a dict: tokens, names, idempotency keys; names validated."""
+    """``chat_common.tenancy.applications.Applications`` over a dict: tokens, names, idempotency keys; names
+    validated."""
 
     def __init__(self, max_name_chars: int = 255) -> None:
         super().__init__()
@@ -86,6 +80,7 @@ class FakeApplications(Faults):
         self.by_key: dict[str, tuple[str, str | None]] = {}  # stored key -> (token, request fingerprint)
         self.cleanups: list = []  # called with the id of a deleted application (the numbering forgets it)
         self.usage_of: dict[int, tuple[int, float | None]] = {}  # id -> (messages, last activity), for usage()
+        self.owners: dict[int, str] = {}  # id -> uid of the Application resource managing it
         self._ids = itertools.count(1)
 
     def create(
@@ -128,6 +123,39 @@ class FakeApplications(Faults):
         self.rows[updated.token] = updated
         return updated
 
+    def find_by_idempotency_key(self, key: str) -> Application | None:
+        """The application created with this stored key, or None."""
+        self._enter("find_by_idempotency_key", key)
+        token = self.by_key.get(key, (None,))[0]
+        return next((a for a in self.rows.values() if a.id == self.rows[token].id), None) if token else None
+
+    def find_by_owner(self, owner_uid: str) -> Application | None:
+        """The application the resource ``owner_uid`` manages, or None."""
+        self._enter("find_by_owner", owner_uid)
+        ids = sorted(i for i, uid in self.owners.items() if uid == owner_uid)
+        return self._by_id(ids[0]) if ids else None
+
+    def set_owner(self, application_id: int, owner_uid: str) -> None:
+        """Record the managing resource, whoever managed it before."""
+        self._enter("set_owner", application_id, owner_uid)
+        self.owners[application_id] = owner_uid
+
+    def claim_owner(self, application_id: int, owner_uid: str) -> bool:
+        """Become the owner unless another resource is; True when ``owner_uid`` owns it afterwards."""
+        self._enter("claim_owner", application_id, owner_uid)
+        if self._by_id(application_id) is None or self.owners.get(application_id, owner_uid) != owner_uid:
+            return False
+        self.owners[application_id] = owner_uid
+        return True
+
+    def release_owner(self, owner_uid: str) -> int:
+        """Forget the resource's ownerships; how many there were."""
+        self._enter("release_owner", owner_uid)
+        released = [i for i, uid in self.owners.items() if uid == owner_uid]
+        for i in released:
+            del self.owners[i]
+        return len(released)
+
     def list(self, offset: int, limit: int) -> list[Application]:
         """Applications in creation order."""
         self._enter("list", offset, limit)
@@ -139,6 +167,18 @@ class FakeApplications(Faults):
         name = clean_name(name, self.max_name_chars)
         found = self._find(token)
         return None if found is None else self._replace(found, name=name)
+
+    def rename_application(self, application: Application, name: object) -> Application | None:
+        """Set the name of an application found before; None when it is gone since."""
+        self._enter("rename_application", application.id, name)
+        name = clean_name(name, self.max_name_chars)
+        found = self._by_id(application.id)
+        return None if found is None else self._replace(found, name=name)
+
+    def delete_application(self, application: Application, batch_size: int = 5000) -> int:
+        """Forget an application found before (as :meth:`delete`); 0 messages deleted."""
+        found = self._by_id(application.id)
+        return 0 if found is None else self.delete(found.token, batch_size) or 0
 
     def delete(self, token: str, batch_size: int = 5000) -> int | None:
         """Forget the application; 0 messages deleted (rows live in the repository), None when unknown."""
@@ -446,6 +486,85 @@ class FakeSlotMarkers(Faults):
         self.cached.add(slot)
         await self._gate("open_slot")
 
+    async def opened_slots(self) -> set[int]:
+        """Every slot whose marker is in the table."""
+        await asyncio.sleep(0)
+        prefix = slot_marker(0)[:-1]
+        return {int(name[len(prefix) :]) for name in self.table if name.startswith(prefix) and name != prefix}
+
+
+class FakeRecoveryState(Faults):
+    """Numbering recovery's Redis (``RedisRecoveryState``): the slot epochs are the ones of ``openings`` (one shard)."""
+
+    def __init__(self, openings: FakeSlotOpenings) -> None:
+        super().__init__()
+        self.openings = openings
+        self.started: dict[int, float] = {}
+        self.locks: set[int] = set()
+        self.beats: dict[str, WriterHeartbeat] = {}  # <queue>|<writer> -> its latest heartbeat
+        self.since: str | None = None  # deferred_since; None: the ledger was lost
+        self.lowest: float | None = None
+
+    async def has_epoch(self, slot: int) -> bool:
+        """Whether the slot has its epoch."""
+        return slot in self.openings.epochs
+
+    async def epochs_present(self, slots: list[int]) -> list[bool]:
+        """Whether each slot has its epoch."""
+        return [slot in self.openings.epochs for slot in slots]
+
+    async def open_epoch(self, slot: int, epoch: str) -> bool:
+        """SET NX of the slot's epoch."""
+        self._enter("open_epoch", slot, epoch)
+        if slot in self.openings.epochs:
+            return False
+        self.openings.epochs[slot] = epoch
+        return True
+
+    async def note_recovery_start(self, slot: int, now: float) -> float:
+        """The recorded start (``now`` unless one is there)."""
+        return self.started.setdefault(slot, now)
+
+    async def forget_recovery_start(self, slot: int) -> None:
+        """Drop the slot's recovery clock."""
+        self.started.pop(slot, None)
+
+    async def lock(self, slot: int, milliseconds: int) -> bool:
+        """Take the slot's lock (never expires here)."""
+        if slot in self.locks:
+            return False
+        self.locks.add(slot)
+        return True
+
+    async def unlock(self, slot: int) -> None:
+        """Give the lock back."""
+        self.locks.discard(slot)
+
+    async def heartbeats(self) -> dict[str, WriterHeartbeat]:
+        """The writers' heartbeats, as set by the test."""
+        return dict(self.beats)
+
+    async def deferred_since(self) -> bytes | str | None:
+        """Since when the ledger is complete."""
+        return self.since
+
+    async def lowest_deferred(self) -> float | None:
+        """The ledger's lowest stamp."""
+        return self.lowest
+
+
+class FakeQueueCounter(Faults):
+    """The broker's queue counts: ``ready`` per queue (0 otherwise), no consumers; ``fail`` ConnectionError."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready: dict[str, int] = {}
+
+    def count(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """(ready, consumers) of each queue."""
+        self._enter("count", names)
+        return {name: (self.ready.get(name, 0), 0) for name in names}
+
 
 # -- publisher (RabbitMQ with confirms) -----------------------------------------------------------------------
 class FakePublisher(Faults):
@@ -454,6 +573,7 @@ class FakePublisher(Faults):
     def __init__(self) -> None:
         super().__init__()
         self.published: list[tuple[str, dict]] = []
+        self.stamps: list[float | None] = []  # the published_at of each message in ``published``
         self.started = self.closed = False
 
     def fail_next(self, times: int = 1, reason: str = "message broker unavailable") -> None:
@@ -469,10 +589,11 @@ class FakePublisher(Faults):
         """Mark started."""
         self.started = True
 
-    async def publish(self, queue: str, body: bytes) -> None:
-        """Confirm at once (or raise an injected failure)."""
+    async def publish(self, queue: str, body: bytes, published_at: float | None = None) -> None:
+        """Confirm at once (or raise an injected failure); keeps the stamp each message carries."""
         self._enter("publish", queue, body)
         self.published.append((queue, orjson.loads(body)))
+        self.stamps.append(published_at)
 
     async def close(self) -> None:
         """Mark closed."""
@@ -726,6 +847,25 @@ class FakeRateLimiter(Faults):
         return self.counts[application_id] <= limit
 
 
+class FakeSearchBudget(Faults):
+    """Search time per application, as the Redis adapter keeps it (GCRA), on a clock the test moves."""
+
+    def __init__(self, rate: float = 0.1, burst: float = 2.0) -> None:
+        super().__init__()
+        self.rate, self.burst, self.now = rate, burst, 1000.0
+        self.tat: dict[int, float] = defaultdict(float)
+
+    async def wait_seconds(self, application_id: int) -> float:
+        """0 when the application may search now."""
+        self._enter("wait_seconds", application_id)
+        return max(0.0, self.tat[application_id] - self.now - self.burst / self.rate)
+
+    async def spend(self, application_id: int, seconds: float) -> None:
+        """Charge a search."""
+        self._enter("spend", application_id, seconds)
+        self.tat[application_id] = max(self.tat[application_id], self.now) + seconds / self.rate
+
+
 # -- one wired world ------------------------------------------------------------------------------------------
 @dataclass
 class World:
@@ -742,6 +882,7 @@ class World:
     topology: Topology
     tenants: FakeTenantDirectory
     rate_limiter: FakeRateLimiter
+    search_budget: FakeSearchBudget
 
     def application(self, name: str = "acme") -> Application:
         """A new application (as an admin creates it)."""
@@ -777,20 +918,25 @@ def build(limits: Limits | None = None, recovery_opens_after: int | None = 1) ->
         topology=Topology("unit", (1, 5, 30)),
         tenants=FakeTenantDirectory(applications),
         rate_limiter=FakeRateLimiter(),
+        search_budget=FakeSearchBudget(),
     )
     service = ChatService(
         applications=world.applications,
         repository=world.repository,
-        numbering=world.numbering,
-        recovery=world.recovery,
+        numbers=Numberer(
+            store=world.numbering,
+            counters=world.repository,
+            recovery=world.recovery,
+            idempotency=world.idempotency,
+            stored_keys=world.stored_keys,
+        ),
         publisher=world.publisher,
         topology=world.topology,
         limits=limits or Limits(),
         search=world.search,
-        idempotency=world.idempotency,
-        stored_keys=world.stored_keys,
         tenants=world.tenants,
         rate_limiter=world.rate_limiter,
+        search_budget=world.search_budget,
     )
     return service, world
 

@@ -1,14 +1,17 @@
-"""The writers' announcements of committed rows (chat_common.announcements), on a fake channel: no broker needed."""
+"""The writers' announcements of committed rows (chat_common.wire.announcements), on a fake channel: no broker
+needed."""
 
 from __future__ import annotations
 
 import pika.exceptions
 
-from chat_common import announcements
-from chat_common.announcements import Announcer, Committed
-from chat_common.batches import Delivery
-from chat_common.consumer_hooks import AnnounceHook
-from chat_common.contracts import MessageUpsert
+from chat_common.config import Settings
+from chat_common.wire import announcements
+from chat_common.wire.announcements import Announcer, Committed
+from chat_common.wire.contracts import MessageUpsert
+from chat_common.writing.batches import Delivery
+from chat_common.writing.consumer_hooks import AnnouncementRetry
+from chat_common.writing.writer import build_consumer
 from message_writer.handler import may_be_stored, to_announce
 
 
@@ -76,7 +79,7 @@ def test_a_failed_publish_never_raises_and_is_sent_with_the_next_flush():
     assert announcer.flush() == 0
     assert announcer.pending
     channel.fail = False
-    hook = AnnounceHook(announcer)
+    hook = AnnouncementRetry(announcer)
     hook.on_iteration(state=None)  # the loop's next turn sends what was left
     assert [key for _, key, _ in channel.sent] == ["1.1"] and not announcer.pending
 
@@ -126,3 +129,27 @@ def test_a_redelivered_row_stored_with_its_version_is_announced_again_and_an_out
     assert announced == [(1, "created", 0), (2, "edited", 7), (4, "edited early", 0), (5, "new", 0)]
     # Not read (a batch of first-time creates): every row as delivered.
     assert [c.message_number for c in to_announce(applied, None)] == [1, 2, 3, 4, 5]
+
+
+def test_only_a_writer_that_announces_gets_an_announcer_and_its_retry_hook():
+    # build_consumer connects nothing: the clients, the engine and the broker nodes are lazy.
+    def handler(context):
+        return lambda deliveries: None
+
+    silent, context = build_consumer(Settings(), lambda topology: topology.chats, handler)
+    assert context.announcer is None
+    assert not [h for h in silent.hooks if isinstance(h, AnnouncementRetry)]
+    context.engine.dispose()
+
+    loud, context = build_consumer(Settings(), lambda topology: topology.messages, handler, announces=True)
+    assert isinstance(context.announcer, Announcer)
+    assert [h.announcer for h in loud.hooks if isinstance(h, AnnouncementRetry)] == [context.announcer]
+    context.engine.dispose()
+
+
+def test_the_retry_hook_does_not_flush_after_a_batch_the_handler_announced():
+    # One owner of the flush after a commit: the handler. The hook sends only what was left pending.
+    announcer, channel = attached()
+    announcer.committed(rows((1, 1)))
+    AnnouncementRetry(announcer).on_batch_applied(None, [], 0.0)
+    assert not channel.sent and announcer.pending

@@ -1,4 +1,4 @@
-"""Broker connections (chat_common.broker): RABBITMQ_URL node lists, the failover order, TLS and the connection
+"""Broker connections (chat_common.clients.broker): RABBITMQ_URL node lists, the failover order, TLS and the connection
 profiles — on fakes of pika's connection, nothing opens a socket."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pika.exceptions
 import pytest
 
-from chat_common.broker import API, CHECK, WRITER, BrokerNodes, node_parameters, parse_urls
+from chat_common.clients.broker import API, CHECK, WRITER, BrokerNodes, node_parameters, parse_urls
 from chat_common.config import Settings
 from chat_devtools.rabbit_cluster import LoopbackCertificates
 

@@ -15,10 +15,10 @@ import pika
 import pika.exceptions
 import pytest
 
-from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, decode_batch, stamp_header
-from chat_common.broker import WRITER, BrokerNodes
-from chat_common.consumer import BatchConsumer, ConsumerHook
-from chat_common.topology import Topology
+from chat_common.clients.broker import WRITER, BrokerNodes
+from chat_common.wire.topology import Topology
+from chat_common.writing.batches import ATTEMPT_HEADER, DUE_AT_HEADER, decode_batch, stamp_header
+from chat_common.writing.consumer import BatchConsumer, ConsumerHook
 
 
 @pytest.fixture(autouse=True)
@@ -379,7 +379,8 @@ def test_a_consumer_cancelled_by_the_broker_reconnects(cancelled):
     assert len(connections) == 2 and not connections[0].is_open
 
 
-# -- retry tiers: the loop drains its queue's tiers (chat_common.retry_tiers) -----------------------------------
+# -- retry tiers: the loop drains its queue's tiers (chat_common.writing.retry_tiers)
+# -----------------------------------
 def tier_message(n: int, due: float, attempt: int = 1) -> tuple[bytes, dict]:
     return row(n), {ATTEMPT_HEADER: attempt, DUE_AT_HEADER: stamp_header(due)}
 

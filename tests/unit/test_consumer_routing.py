@@ -6,10 +6,10 @@ import socket
 
 import pytest
 
-from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, PUBLISHED_AT_HEADER, BatchResult, Delivery
-from chat_common.poison import apply_isolating_poison
-from chat_common.routing import route, send
-from chat_common.topology import Topology, WorkQueue
+from chat_common.wire.topology import Topology, WorkQueue
+from chat_common.writing.batches import ATTEMPT_HEADER, DUE_AT_HEADER, PUBLISHED_AT_HEADER, BatchResult, Delivery
+from chat_common.writing.poison import apply_isolating_poison
+from chat_common.writing.routing import route, send
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +49,8 @@ def test_tiers_are_declared_without_ttl_or_dead_lettering_and_the_old_ttl_tiers_
             declared[name] = arguments
 
     Topology("t", (1, 5)).chats.declare(Channel())
-    # Nothing leaves a tier but by a writer's confirmed publish (chat_common.retry_tiers): no TTL, no dead-lettering.
+    # Nothing leaves a tier but by a writer's confirmed publish (chat_common.writing.retry_tiers): no TTL, no
+    # dead-lettering.
     assert declared["t.chats.delay.1s"] == declared["t.chats.delay.5s"] == {"x-queue-type": "quorum"}
     assert declared["t.chats"] == {
         "x-queue-type": "quorum",

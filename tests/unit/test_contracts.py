@@ -2,7 +2,7 @@
 
 import pytest
 
-from chat_common.contracts import ChatUpsert, ContractError, MessageUpsert
+from chat_common.wire.contracts import ChatUpsert, ContractError, MessageUpsert
 
 
 def test_round_trip():

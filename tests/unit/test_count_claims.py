@@ -14,7 +14,7 @@ import time
 import pytest
 import redis
 
-from chat_common.keys import RedisKeys
+from chat_common.wire.keys import RedisKeys
 from counter_cron import sync
 from counter_cron.sync import CountSync
 

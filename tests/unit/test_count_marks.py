@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.dialects import mysql
 
-from chat_common.keys import dirty_chat_mark, parse_dirty_marks
+from chat_common.wire.keys import dirty_chat_mark, parse_dirty_marks
 from counter_cron.sync import APPLICATION_CHATS, CHAT_MESSAGES
 
 

@@ -1,17 +1,17 @@
 """The precise numbering-recovery rule's parts, on fakes: publish stamps through the writers' loop and retry tiers,
-the heartbeat fields, the deferral ledger, and the per-queue condition (chat_api.adapters.recovery.queue_settled)."""
+the heartbeat fields, the deferral ledger, and the per-queue condition (chat_api.numbering.reopening.queue_settled)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from chat_api.adapters.recovery import queue_settled
-from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, PUBLISHED_AT_HEADER, Delivery, stamp_header
-from chat_common.broker import WRITER, BrokerNodes
-from chat_common.consumer import BatchConsumer, ConsumerHook
-from chat_common.consumer_hooks import DeferralLedger, deferral_id
-from chat_common.routing import Retry, Routing
-from chat_common.writer import WriterHeartbeat, format_heartbeat, parse_heartbeat
+from chat_api.numbering.reopening import queue_settled
+from chat_common.clients.broker import WRITER, BrokerNodes
+from chat_common.wire.heartbeats import WriterHeartbeat, format_heartbeat, parse_heartbeat
+from chat_common.writing.batches import ATTEMPT_HEADER, DUE_AT_HEADER, PUBLISHED_AT_HEADER, Delivery, stamp_header
+from chat_common.writing.consumer import BatchConsumer, ConsumerHook
+from chat_common.writing.consumer_hooks import DeferralLedger, deferral_id
+from chat_common.writing.routing import Retry, Routing
 from tests.unit.test_consumer_loop import QUEUE, FakeBroker, FakeChannel, FakeDatabase, row
 
 Q = "t.messages"

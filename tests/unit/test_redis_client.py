@@ -9,8 +9,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.crc import key_slot as redis_key_slot
 
-from chat_common.keys import SLOTS, RedisKeys, application_slot, slot_tag
-from chat_common.redis_client import (
+from chat_common.clients.redis_client import (
     CLUSTER,
     PLAIN,
     SENTINEL,
@@ -21,6 +20,7 @@ from chat_common.redis_client import (
     parse_redis_url,
     sync_client,
 )
+from chat_common.wire.keys import SLOTS, RedisKeys, application_slot, slot_tag
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://u:p@h:6380/2", "unix:///run/redis.sock"])

@@ -306,6 +306,38 @@ def test_bad_pagination_400(client, app_token, query):
     assert resp.status_code == 400 and "error" in resp.json
 
 
+@pytest.mark.parametrize("name", ["page", "per_page", "after"])
+@pytest.mark.parametrize("spelling", ["+1", "01", "1_0", " 1", "1 ", "\uff11", "\u0661", "1e1", "0x1"])
+def test_query_numbers_are_strict_ascii(client, app_token, name, spelling):
+    """int() reads all of these; the contract's numbers are ASCII digits without sign or leading zeros (#23)."""
+    http, world = client
+    http.simulate_post(f"/applications/{app_token}/chats", json={"name": "a"})
+    world.deliver()
+    for path in (f"/applications/{app_token}/chats", f"/applications/{app_token}/chats/1/messages"):
+        resp = http.simulate_get(path, query_string=urlencode({name: spelling}))
+        assert resp.status_code == 400, (path, spelling, resp.text)
+        assert f'"{name}"' in resp.json["error"] and "ASCII digits" in resp.json["error"], resp.json
+
+
+def test_offset_pages_stop_at_the_cap_and_keyset_goes_beyond(client, app_token):
+    """``(page - 1) x per_page`` up to MAX_OFFSET (10,000) rows; deeper by ``after=`` only (#23)."""
+    http, world = client
+    http.simulate_post(f"/applications/{app_token}/chats", json={"name": "a"})
+    world.deliver()
+    chats = f"/applications/{app_token}/chats"
+    for path in (chats, f"{chats}/1/messages"):
+        assert http.simulate_get(path, query_string="page=101&per_page=100").status_code == 200  # 10,000 rows in
+        deep = http.simulate_get(path, query_string="page=102&per_page=100")
+        assert deep.status_code == 400 and "after=" in json.dumps(deep.json), deep.text
+        assert http.simulate_get(path, query_string="page=501").status_code == 200  # default 20 per page
+        assert http.simulate_get(path, query_string="page=502").status_code == 400
+        # With after=, page is only the page's ordinal (the next link carries it): not capped.
+        assert http.simulate_get(path, query_string="after=0&page=1000000&per_page=100").status_code == 200
+    search = http.simulate_get(f"{chats}/1/messages/search", query_string="query=a&page=102&per_page=100")
+    assert search.status_code == 400
+    assert http.simulate_get("/applications", query_string="page=102&per_page=100").status_code == 400
+
+
 def test_page_size_limit_follows_the_settings(app_token):
     http, _ = make_client(Settings(max_page_size=100))
     assert http.simulate_get("/applications", query_string="per_page=100").status_code == 200
@@ -351,8 +383,13 @@ def test_served_document_without_a_key_declares_no_admin_security(client):
         assert operation["security"] == [] and "401" not in operation["responses"]
         assert OPEN_ADMIN_NOTE in operation["description"]
     assert not any(
-        op.get("security") for item in document["paths"].values() for op in item.values() if isinstance(op, dict)
+        {"adminKey": []} in (op.get("security") or [])
+        for item in document["paths"].values()
+        for op in item.values()
+        if isinstance(op, dict)
     )
+    header_form = document["paths"]["/application/chats"]["get"]  # the tenant's token in a header stays declared
+    assert header_form["security"] == [{"applicationToken": []}] and "401" in header_form["responses"]
     assert "(admin key)" not in http.simulate_get("/docs").text
 
 
@@ -437,3 +474,32 @@ def test_a_last_event_id_outside_the_contract_is_400(header):
 
     with pytest.raises(falcon.HTTPBadRequest):
         last_event_id(testing.create_asgi_req(headers={"Last-Event-ID": header}))
+
+
+# -- 503 bodies: what to do, never which host failed (issue 23) --------------------------------------------------
+def test_broker_failure_text_stays_out_of_the_503_body(client, app_token):
+    http, world = client
+    world.publisher.fail_next(reason="message broker unavailable: AMQPConnectionError('rabbit-2.internal:5672')")
+    resp = http.simulate_post(f"/applications/{app_token}/chats", json={"name": "a"})
+    assert resp.status_code == 503
+    assert resp.json == {"error": "message broker unavailable; try again in 1 s"}
+
+
+def test_search_failure_text_stays_out_of_the_503_body(client, app_token):
+    from chat_common.search import SearchUnavailable
+
+    http, world = client
+    http.simulate_post(f"/applications/{app_token}/chats", json={"name": "a"})
+    world.deliver()
+    world.search.fail("search", SearchUnavailable("ConnectionError(es-0.internal:9200) on index chat-messages-v3"))
+    resp = http.simulate_get(f"/applications/{app_token}/chats/1/messages/search", params={"query": "x"})
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+    assert resp.json == {"error": "search unavailable; try again in 5 s"}
+
+
+def test_every_503_body_says_when_to_try_again(client, app_token):
+    http, world = client
+    world.recovery.opens_after = None
+    world.numbering.lose_data()
+    resp = http.simulate_post(f"/applications/{app_token}/chats", json={"name": "a"})
+    assert resp.status_code == 503 and resp.json["error"].endswith("; try again in 1 s")

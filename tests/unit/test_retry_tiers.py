@@ -1,5 +1,5 @@
-"""Retry tiers a writer drains (chat_common.retry_tiers), on a fake clock and the fake broker of the loop's tests:
-when a held message is due, what happens when its way back fails, how lateness is measured and reported."""
+"""Retry tiers a writer drains (chat_common.writing.retry_tiers), on a fake clock and the fake broker of the loop's
+tests: when a held message is due, what happens when its way back fails, how lateness is measured and reported."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 
 from chat_api.adapters import queue_health
 from chat_api.adapters.queue_health import QueueHealth, QueueSnapshot
-from chat_common.batches import ATTEMPT_HEADER, DUE_AT_HEADER, PUBLISHED_AT_HEADER, stamp_header
-from chat_common.keys import RedisKeys
-from chat_common.retry_tiers import HeldMessages, RetryDrainer, format_overdue_report, parse_overdue_report
-from chat_common.topology import Topology
+from chat_common.wire.keys import RedisKeys
+from chat_common.wire.topology import Topology
+from chat_common.writing.batches import ATTEMPT_HEADER, DUE_AT_HEADER, PUBLISHED_AT_HEADER, stamp_header
+from chat_common.writing.retry_tiers import HeldMessages, RetryDrainer, format_overdue_report, parse_overdue_report
 from tests.unit.test_consumer_loop import QUEUE, FakeBroker
 
 TIER_1S, TIER_30S = QUEUE.retry(1), QUEUE.retry(3)

@@ -10,11 +10,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from chat_api.adapters import numbering as codes
 from chat_api.adapters.idempotency import PENDING, Recorded
 from chat_api.adapters.numbering import Allocation
-from chat_api.adapters.recovery import FRESH, RECOVERED
 from chat_api.metrics_buffer import BUFFER
 from chat_api.model import Conflict, DatabaseUnavailable, Invalid, NotFound, NumberingStillOpening, Unavailable
+from chat_api.numbering.epochs import FRESH, RECOVERED
 from chat_common import metrics
-from chat_common.idempotency import KEY_LIFETIME_SECONDS, fingerprint
+from chat_common.wire.idempotency import KEY_LIFETIME_SECONDS, fingerprint
 
 DB_DOWN = DatabaseUnavailable("gone away")
 
@@ -140,7 +140,7 @@ async def test_a_slot_still_opening_for_its_first_use_answers_503_saying_so_not_
     world.recovery.fail("attempt", NumberingStillOpening("slot 1 still opening after 5.0 s"))
     with pytest.raises(Unavailable) as caught:
         await service.create_chat(app.token, "x")
-    assert str(caught.value) == "numbering of this application is still opening for its first use; try again"
+    assert str(caught.value) == "numbering of this application is still opening for its first use"
     assert caught.value.retry_after == 1 and world.publisher.published == []
     assert await service.create_chat(app.token, "x") == (1, False)  # the next request finds it open
 
@@ -372,3 +372,15 @@ async def test_a_replayed_key_is_never_released(service, world):
         await service.create_chat(app.token, "x", "k")
     assert world.idempotency.called("release") == []
     assert world.idempotency.values[(app.id, "chats", "k")].number == 1
+
+
+async def test_each_publish_carries_the_stamp_taken_before_its_number_was_handed_out(service, world):
+    app = world.application()
+    before = time.time()
+    await service.create_chat(app.token, "general")
+    await service.create_message(app.token, 1, "hello", idempotency_key="k-1")
+    await service.create_message(app.token, 1, "hello", idempotency_key="k-1")  # a replay: stamped at its claim
+    after = time.time()
+    assert len(world.publisher.stamps) == 3
+    assert all(stamp is not None and before <= stamp <= after for stamp in world.publisher.stamps)
+    assert world.publisher.stamps[1] <= world.publisher.stamps[2]

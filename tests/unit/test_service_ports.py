@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import typing
 
@@ -11,21 +12,34 @@ from chat_api import ports
 from chat_api.adapters.idempotency import IdempotencyStore, StoredKeys
 from chat_api.adapters.numbering import Numbering
 from chat_api.adapters.publisher import ConfirmingPublisher
-from chat_api.adapters.recovery import NumberingRecovery
+from chat_api.adapters.recovery import (
+    BrokerQueueCounts,
+    NumberingMarker,
+    NumberingRecovery,
+    RedisRecoveryState,
+    RedisSlotOpenings,
+)
 from chat_api.adapters.repository import SqlRepository
 from chat_api.adapters.search import ElasticsearchSearchReader, MySqlSearchReader
 from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
+from chat_api.numbering import Numberer
 from chat_api.services import ChatService
-from chat_common.tenancy import Applications
+from chat_common.tenancy.applications import Applications
 from tests.unit import fakes
 
 PAIRS = [
     (ports.Repository, SqlRepository, fakes.FakeRepository),
     (ports.NumberingPort, Numbering, fakes.FakeNumbering),
+    (ports.NumbersPort, Numberer, Numberer),  # numbering's own: the unit tests run it over the fakes
+    (ports.CounterSource, SqlRepository, fakes.FakeRepository),
     (ports.Publisher, ConfirmingPublisher, fakes.FakePublisher),
     (ports.IdempotencyPort, IdempotencyStore, fakes.FakeIdempotency),
     (ports.StoredKeysPort, StoredKeys, fakes.FakeStoredKeys),
     (ports.RecoveryPort, NumberingRecovery, fakes.FakeRecovery),
+    (ports.RecoveryState, RedisRecoveryState, fakes.FakeRecoveryState),
+    (ports.QueueCounter, BrokerQueueCounts, fakes.FakeQueueCounter),
+    (ports.SlotOpenings, RedisSlotOpenings, fakes.FakeSlotOpenings),
+    (ports.SlotMarkers, NumberingMarker, fakes.FakeSlotMarkers),
     (ports.Applications, Applications, fakes.FakeApplications),
     (ports.SearchReader, MySqlSearchReader, fakes.FakeSearch),
     (ports.SearchReader, ElasticsearchSearchReader, fakes.FakeSearch),
@@ -90,19 +104,22 @@ def test_fakes_are_instances_of_their_ports(world):
 def test_service_is_typed_against_the_ports_not_the_adapters():
     hints = typing.get_type_hints(ChatService.__init__)
     assert hints["repository"] is ports.Repository
-    assert hints["numbering"] is ports.NumberingPort
+    assert hints["numbers"] is ports.NumbersPort
     assert hints["publisher"] is ports.Publisher
-    assert hints["idempotency"] is ports.IdempotencyPort
-    assert hints["stored_keys"] is ports.StoredKeysPort
-    assert hints["recovery"] is ports.RecoveryPort
     assert hints["applications"] is ports.Applications
     assert hints["search"] is ports.SearchReader
 
 
-def test_the_service_layer_imports_no_adapter_class_or_io_library():
-    import chat_api.services as services
-
-    source = inspect.getsource(services)
+@pytest.mark.parametrize(
+    "module",
+    [
+        "chat_api.services",
+        *(f"chat_api.use_cases.{name}" for name in ("applications", "admin", "chats", "messages")),
+        *(f"chat_api.use_cases.{name}" for name in ("search", "streams", "tenants", "publishing", "reads", "paging")),
+    ],
+)
+def test_the_service_layer_imports_no_adapter_class_or_io_library(module):
+    source = inspect.getsource(importlib.import_module(module))
     for name in ("SqlRepository", "ConfirmingPublisher", "IdempotencyStore", "NumberingRecovery", "falcon", "pika"):
         assert name not in source, name
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from chat_api.metrics_buffer import BUFFER
-from chat_api.model import Chat, Conflict, DatabaseUnavailable, Invalid, Message, NotFound, Unavailable
+from chat_api.model import (
+    Chat,
+    Conflict,
+    DatabaseUnavailable,
+    Invalid,
+    Message,
+    NotFound,
+    RateLimited,
+    StatementTimedOut,
+    Unavailable,
+)
 from chat_api.services import Limits
 from chat_common import metrics
 from tests.unit.fakes import build, chat_with_messages
@@ -201,6 +211,28 @@ async def test_search_backend_down_is_503_retry_5(service, world):
     with pytest.raises(Unavailable, match="search unavailable") as caught:
         await service.search_messages(app.token, 1, "x")
     assert caught.value.retry_after == 5
+
+
+async def test_searches_spend_their_applications_search_time_and_stop_when_it_is_used_up(service, world):
+    """One tenant's searches cannot keep the database busy: past its share of search time they are 429 (#23)."""
+    app = await chat_with_messages(service, world)
+    other = await chat_with_messages(service, world)
+    await service.search_messages(app.token, 1, "x")
+    [(app_id, seconds)] = world.search_budget.called("spend")
+    assert app_id == app.id and 0 <= seconds < 1
+    # A search the statement time limit stopped took its time too (here: 1 s, the budget's 2 s burst gone at 0.1/s).
+    world.search.fail("search", StatementTimedOut(1.0))
+    with pytest.raises(StatementTimedOut):
+        await service.search_messages(app.token, 1, "x")
+    assert len(world.search_budget.called("spend")) == 2
+    world.search_budget.tat[app.id] = world.search_budget.now + 20 + 7.5  # 7.5 s of debt past the burst
+    with pytest.raises(RateLimited, match="share of search time") as refused:
+        await service.search_messages(app.token, 1, "x")
+    assert refused.value.retry_after == 8
+    assert len(world.search.called("search")) == 2  # refused before the database
+    await service.search_messages(other.token, 1, "x")  # another tenant's share is its own
+    world.search_budget.now += 8
+    await service.search_messages(app.token, 1, "x")
 
 
 async def test_search_time_is_observed_per_backend(service, world):

@@ -11,7 +11,8 @@ import pytest
 from chat_api.adapters.tenants import TenantDirectory
 from chat_api.model import Conflict, DatabaseUnavailable, Invalid, NotFound, RateLimited, Suspended
 from chat_api.services import Limits
-from chat_common.tenancy import TENANT_BY_TOKEN, TenantLimits
+from chat_common.tenancy.applications import TENANT_BY_TOKEN, TenantLimits
+from chat_common.tenancy.tokens import token_digest
 from tests.unit.fakes import build
 
 
@@ -266,7 +267,10 @@ class FakeDatabase:
 
     def add(self, token: str, app_id: int, **values: object) -> None:
         row = dict.fromkeys(self.COLUMNS)
-        row.update(id=app_id, token=token, name="t", chats_count=0, suspended=0, token_generation=0, **values)
+        row.update(
+            id=app_id, token_digest=token_digest(token), name="t", chats_count=0, suspended=0, token_generation=0
+        )
+        row.update(values)
         self.table[token] = row
 
     async def rows_of(self, token: str) -> list[tuple]:
@@ -280,7 +284,9 @@ class FakeDatabase:
 
     async def rows(self, statement, params: dict) -> list[tuple]:
         assert statement is TENANT_BY_TOKEN
-        return await self.rows_of(params["token"])
+        assert set(params) == {"digest"}  # the token itself never reaches MySQL
+        named = [t for t in self.table if token_digest(t) == params["digest"]]
+        return await self.rows_of(named[0] if named else "")
 
 
 class Clock:
@@ -315,7 +321,7 @@ async def test_unknown_tokens_are_cached_as_unknown(directory):
         assert await tenants.lookup("nobody") is None
     assert db.queries == 1
     db.add("nobody", 4)
-    clock.now += 2.0
+    clock.now += 30.0  # unknown tokens are remembered for TENANT_NEGATIVE_CACHE_SECONDS (30 s by default)
     assert (await tenants.lookup("nobody")).id == 4
 
 
@@ -387,7 +393,7 @@ async def test_an_entry_counts_its_age_from_before_its_query(directory):
 
 
 def test_a_previous_token_is_valid_only_until_its_expiry():
-    from chat_common.tenancy import Application
+    from chat_common.tenancy.applications import Application
 
     app = Application("new", "n", 0, 1, previous_token="old", previous_token_expires_at=time.time() + 10)
     assert app.previous_token_valid(time.time())
@@ -452,6 +458,6 @@ async def test_token_standing_applies_the_tenant_rules_without_counting_a_reques
 async def test_token_standing_keeps_streams_when_the_directory_cannot_answer(directory):
     tenants, db, _ = directory
     service, _ = build()
-    service.tenants = tenants
+    service.gate.tenants = tenants
     db.down = True  # nothing cached, MySQL away: not a refusal (the next round asks again)
     assert await service.token_standing("tok") is None

@@ -1,4 +1,4 @@
-"""Opening a numbering slot for its first use (chat_api.adapters.recovery.SlotOpening), on fakes of Redis and the
+"""Opening a numbering slot for its first use (chat_api.numbering.opening.SlotOpening), on fakes of Redis and the
 MySQL markers: concurrent first requests are never refused, in one API process or several, whichever step each is
 at; a slot that held numbers and lost its epoch is never opened here, however the steps interleave."""
 
@@ -9,8 +9,10 @@ import contextlib
 
 import pytest
 
-from chat_api.adapters.recovery import FRESH, SLOTS_MARKER, SlotOpening, slot_marker
+from chat_api.adapters.recovery import SLOTS_MARKER, slot_marker
 from chat_api.model import NumberingStillOpening
+from chat_api.numbering.epochs import FRESH
+from chat_api.numbering.opening import SlotOpening
 from tests.unit.fakes import FakeSlotMarkers, FakeSlotOpenings, Gate
 
 SLOT = 7785

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from chat_api.streams.hub import TENANT_CHECK_SECONDS, Refused, StreamHub, StreamLimits
-from chat_common import announcements
-from chat_common.announcements import Committed
+from chat_common.wire import announcements
+from chat_common.wire.announcements import Committed
 
 APP, CHAT = 7, 3
 KEY = announcements.routing_key(APP, CHAT)
@@ -338,7 +338,7 @@ async def test_heartbeats_and_unbinding_of_empty_rooms_come_from_one_ticker(read
 
 
 async def test_heartbeats_of_many_streams_are_spread_over_the_period(reader, subscriber, clock):
-    hub = make_hub(reader, subscriber, clock, heartbeat_seconds=15)
+    hub = make_hub(reader, subscriber, clock, heartbeat_seconds=15, max_per_tenant=1_000)
     streams = [hub.open(APP, n, 0, lambda: None) for n in range(1, 601)]
     clock.now += 16
     hub.tick(clock.now)
@@ -404,6 +404,50 @@ async def test_shutdown_ends_every_stream_cleanly(reader, subscriber, clock):
     assert hub.open_count == 0
     with pytest.raises(Refused):
         hub.open(APP, CHAT, 0, lambda: None)
+
+
+async def test_the_server_ends_the_streams_of_the_hub_it_is_given_before_its_own_shutdown(reader, subscriber, clock):
+    # The hub reaches the server explicitly (StreamingApp.streams -> ApiWorker -> StreamEndingServer): no registry.
+    from uvicorn.config import Config
+    from uvicorn.lifespan.off import LifespanOff
+
+    from chat_api.worker import StreamEndingServer
+
+    hub = make_hub(reader, subscriber, clock)
+    clients = [Client(hub, after=0) for _ in range(2)]
+    await settle()
+    other = make_hub(reader, subscriber, clock)  # another hub of the process: not this server's
+    bystander = Client(other, after=0)
+    await settle()
+    server = StreamEndingServer(Config(app=None), streams=hub)
+    server.lifespan = LifespanOff(server.config)  # what Server.startup sets (with the listening servers)
+    server.servers = []
+    await server.shutdown()
+    for client in clients:
+        await asyncio.wait_for(client.task, 1)
+        assert client.stream.ended == "shutdown" and not client.aborted
+    assert hub.open_count == 0
+    assert not bystander.stream.ended
+    await other.close()
+    await hub.close()
+
+
+async def test_the_app_carries_its_hub_and_closes_it_at_the_lifespan_shutdown(reader, subscriber, clock):
+    import falcon.testing
+
+    from chat_api.app import create_app
+    from chat_common.config import Settings
+    from tests.unit.fakes import build
+
+    hub = make_hub(reader, subscriber, clock)
+    service, _ = build()
+    app = create_app(service, Settings(), {}, lifecycle=None, streams=hub)
+    assert app.streams is hub
+    async with falcon.testing.ASGIConductor(app):
+        client = Client(hub, after=0)
+        await settle()
+    await asyncio.wait_for(client.task, 1)
+    assert client.stream.ended == "shutdown" and hub.closing
 
 
 class FakeStanding:

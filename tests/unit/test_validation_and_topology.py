@@ -3,9 +3,9 @@
 import pytest
 
 from chat_common.search import escape_like
-from chat_common.topology import Topology
 from chat_common.validation import Invalid, clean_body, clean_name
-from chat_common.writer import WriterHeartbeat, format_heartbeat, parse_heartbeat
+from chat_common.wire.heartbeats import WriterHeartbeat, format_heartbeat, parse_heartbeat
+from chat_common.wire.topology import Topology
 
 
 @pytest.mark.parametrize("bad", [None, "", "  ", 3, "a\x00b", "tab\tname", "x" * 256, "\ud800"])

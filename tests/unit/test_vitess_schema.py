@@ -1,4 +1,4 @@
-"""The Vitess layout in docs/vitess/ stays true to the schema (``chat_common.tables``) as the schema changes.
+"""The Vitess layout in docs/vitess/ stays true to the schema (``chat_common.schema.tables``) as the schema changes.
 
 No Vitess can run here: these checks keep the documented VSchema consistent with the tables — every table placed,
 every tenant table sharded by ``application_id`` with the same vindex as ``applications.id`` (a tenant's rows, and
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import UniqueConstraint
 
-from chat_common.tables import metadata
+from chat_common.schema.tables import metadata
 
 VITESS = Path(__file__).resolve().parents[2] / "docs" / "vitess"
 SHARDED = json.loads((VITESS / "chat.vschema.json").read_text())

@@ -6,10 +6,10 @@ import socket
 
 import pytest
 
-from chat_common.consumer import LoopState
-from chat_common.consumer_hooks import Every, HeartbeatHook, PeriodicChore
-from chat_common.topology import WorkQueue
-from chat_common.writer import WriterHeartbeat, format_heartbeat, parse_heartbeat
+from chat_common.wire.heartbeats import WriterHeartbeat, format_heartbeat, parse_heartbeat
+from chat_common.wire.topology import WorkQueue
+from chat_common.writing.consumer import LoopState
+from chat_common.writing.consumer_hooks import HeartbeatHook, PeriodicChore, Throttle
 
 
 @pytest.fixture(autouse=True)
@@ -64,11 +64,11 @@ def test_the_periodic_chore_runs_every_interval_and_survives_transient_failures(
     assert runs == [1]
 
 
-def test_every_is_due_at_first_then_once_per_interval():
+def test_a_throttle_is_due_at_first_then_once_per_interval():
     now = [100.0]
-    every = Every(2.0, clock=lambda: now[0])
-    assert every.due() and not every.due()
+    throttle = Throttle(2.0, clock=lambda: now[0])
+    assert throttle.due() and not throttle.due()
     now[0] = 101.9
-    assert not every.due()
+    assert not throttle.due()
     now[0] = 102.0
-    assert every.due()
+    assert throttle.due()

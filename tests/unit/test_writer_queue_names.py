@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_common import topology
+from chat_common.wire import topology
 
 HELPERS = Path(__file__).resolve().parents[2] / "helm" / "chat-system" / "templates" / "_helpers.tpl"
 

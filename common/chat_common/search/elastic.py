@@ -13,6 +13,9 @@ Design (see docs/search.md for the reasoning and the index-size cost):
   otherwise): a redelivered or late, older write is rejected by Elasticsearch itself.
 - Clients read and write through the alias ``SEARCH_INDEX``; ``python -m message_writer.reindex`` builds a new
   index behind it from MySQL and swaps the alias atomically.
+- TLS: an ``https://`` URL is always verified (certificate and host name), against ``ELASTICSEARCH_CA_FILE`` when
+  set (a private CA, as the chart's bundled Elasticsearch and most self-managed clusters have), else the system's CA
+  store. Every client (the writers', the reindex tool's, the API's async one) is built from :func:`client_options`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,23 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 from chat_common.search.base import BulkOutcome, IndexedMessage, SearchHit, SearchUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def client_options(url: str, ca_file: str | None = None) -> dict:
+    """Keyword arguments for ``Elasticsearch`` / ``AsyncElasticsearch`` on ``url`` (credentials may be in it).
+
+    A CA file with a cleartext ``http://`` URL is refused (``ValueError``): it means TLS was wanted, and the request
+    would otherwise go out in cleartext.
+    """
+    options: dict = {"hosts": [url], "request_timeout": 10, "retry_on_timeout": True, "max_retries": 2}
+    if url.lower().startswith("https://"):
+        options["verify_certs"] = True  # the client's default, stated: never turned off here
+        if ca_file:
+            options["ca_certs"] = ca_file
+    elif ca_file:
+        raise ValueError("ELASTICSEARCH_CA_FILE is set but ELASTICSEARCH_URL is not https://: refusing cleartext")
+    return options
+
 
 MAPPINGS = {
     "dynamic": "strict",
@@ -158,8 +178,8 @@ class ElasticsearchSearch:
 
     @classmethod
     def from_settings(cls, settings, engine=None) -> ElasticsearchSearch:
-        """Client from ``ELASTICSEARCH_URL`` (credentials may be in the URL)."""
-        client = Elasticsearch(settings.elasticsearch_url, request_timeout=10, retry_on_timeout=True, max_retries=2)
+        """Client from ``ELASTICSEARCH_URL`` (credentials may be in the URL) and ``ELASTICSEARCH_CA_FILE``."""
+        client = Elasticsearch(**client_options(settings.elasticsearch_url, settings.elasticsearch_ca_file))
         return cls(client, settings.search_index, shards=settings.search_shards, replicas=settings.search_replicas)
 
     # -- index management ------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine, Select, case, func, literal, or_, select
 
+from chat_common.schema.tables import in_chat, messages
 from chat_common.search.base import BulkOutcome, IndexedMessage, SearchHit, escape_like
-from chat_common.tables import in_chat, messages
 
 
 def search_statement(application_id: int, chat_number: int, query: str, offset: int, limit: int) -> Select:

@@ -235,7 +235,8 @@ A credential, in this order: the value given in values; the one already stored i
 upgrade keeps it); one derived from auth.passwordSeed (deterministic: the same seed, release, namespace and key
 always give the same password, which `helm template`/GitOps renders need); a random one on the first install.
 An upgrade that finds no stored value and has no seed fails rather than change a password the databases keep.
-Call with (dict "ctx" $ "key" "MARIADB_PASSWORD" "value" .Values.mariadb.auth.password "stored" $storedData).
+Call with (dict "ctx" $ "key" "MARIADB_PASSWORD" "value" .Values.mariadb.auth.password "stored" $storedData);
+"introduced" true for a key a later version added (see below).
 */}}
 {{- define "chat-system.credential" -}}
 {{- $stored := .stored | default dict -}}
@@ -245,6 +246,10 @@ Call with (dict "ctx" $ "key" "MARIADB_PASSWORD" "value" .Values.mariadb.auth.pa
 {{- index $stored .key | b64dec -}}
 {{- else if .ctx.Values.auth.passwordSeed -}}
 {{- printf "%s/%s/%s/%s" .ctx.Values.auth.passwordSeed .ctx.Release.Namespace .ctx.Release.Name .key | sha256sum | trunc 40 -}}
+{{- else if and .ctx.Release.IsUpgrade .introduced $stored -}}
+{{- /* A key this version introduced, on the upgrade of a release that stored the others: nothing keeps a
+password for it yet (the migrations Job or the broker's definitions set it from here), so a new one is safe. */ -}}
+{{- randAlphaNum 32 -}}
 {{- else if .ctx.Release.IsUpgrade -}}
 {{- fail (printf "\n\n%s: no stored value in Secret %s/%s to keep (helm template --is-upgrade, a dry run without cluster access, or a deleted Secret). Set it in values, set auth.passwordSeed, or use auth.existingSecret; a new random password would no longer match the one the database keeps." .key .ctx.Release.Namespace (include "chat-system.fullname" .ctx)) -}}
 {{- else -}}
@@ -274,13 +279,70 @@ Call with (dict "ctx" $ "key" "MARIADB_PASSWORD" "value" .Values.mariadb.auth.pa
       {{- end }}
 {{- end -}}
 
-{{/* Environment of the Python services: settings from the ConfigMap, credentials from the Secret, key by key. */}}
+{{/*
+Environment of the Python services: settings from the ConfigMap, credentials from the Secret, key by key. Call
+with (dict "ctx" $ "broker" "api"|"writer"|""): RABBITMQ_URL is that component's broker user's URL
+(chat-system.rabbitmqUrlKey); "" for the components that use no broker (count sync, operator), which get none.
+*/}}
 {{- define "chat-system.appEnv" -}}
-{{ include "chat-system.secretEnv" (dict "ctx" . "key" "DATABASE_URL") }}
-{{ include "chat-system.secretEnv" (dict "ctx" . "key" "DATABASE_READ_URL" "optional" true) }}
-{{ include "chat-system.secretEnv" (dict "ctx" . "key" "REDIS_URL") }}
-{{ include "chat-system.secretEnv" (dict "ctx" . "key" "RABBITMQ_URL") }}
-{{ include "chat-system.secretEnv" (dict "ctx" . "key" "ELASTICSEARCH_URL" "optional" true) }}
+{{- $ctx := .ctx -}}
+{{ include "chat-system.secretEnv" (dict "ctx" $ctx "key" "DATABASE_URL") }}
+{{ include "chat-system.secretEnv" (dict "ctx" $ctx "key" "DATABASE_READ_URL" "optional" true) }}
+{{ include "chat-system.secretEnv" (dict "ctx" $ctx "key" "REDIS_URL") }}
+{{- if .broker }}
+- name: RABBITMQ_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chat-system.secretName" $ctx }}
+      key: {{ include "chat-system.rabbitmqUrlKey" (dict "ctx" $ctx "role" .broker) }}
+{{- end }}
+{{ include "chat-system.secretEnv" (dict "ctx" $ctx "key" "ELASTICSEARCH_URL" "optional" true) }}
+{{- include "chat-system.tlsEnv" (dict "ctx" $ctx "broker" .broker) }}
+{{- end -}}
+
+{{/*
+TLS to the dependencies (tls.caSecrets): each named Secret's `ca.crt` is mounted read-only at
+/etc/chat-system/tls/<dependency>/ca.crt in every chat-system container. RabbitMQ and Elasticsearch read it through
+RABBITMQ_CA_FILE / ELASTICSEARCH_CA_FILE; MySQL and Redis through their URL (`?ssl_ca=…` / `?ssl_ca_certs=…`), which
+the user writes (external URLs) or the chart builds (bundled ones are not served over TLS by this chart).
+*/}}
+{{- define "chat-system.tlsEnv" -}}
+{{- $broker := .broker -}}
+{{- with .ctx.Values.tls.caSecrets }}
+{{- if and .rabbitmq $broker }}
+- name: RABBITMQ_CA_FILE
+  value: /etc/chat-system/tls/rabbitmq/ca.crt
+{{- end }}
+{{- if .elasticsearch }}
+- name: ELASTICSEARCH_CA_FILE
+  value: /etc/chat-system/tls/elasticsearch/ca.crt
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* volumeMounts of the CA Secrets (tls.caSecrets), one directory per dependency. */}}
+{{- define "chat-system.tlsVolumeMounts" -}}
+{{- range $dependency, $secret := .Values.tls.caSecrets }}
+{{- if $secret }}
+- name: ca-{{ $dependency }}
+  mountPath: /etc/chat-system/tls/{{ $dependency }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* volumes of the CA Secrets (tls.caSecrets): only the `ca.crt` key of each. */}}
+{{- define "chat-system.tlsVolumes" -}}
+{{- range $dependency, $secret := .Values.tls.caSecrets }}
+{{- if $secret }}
+- name: ca-{{ $dependency }}
+  secret:
+    secretName: {{ $secret }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* envFrom of the Python services: the non-secret settings. */}}
@@ -427,7 +489,7 @@ argocd.argoproj.io/sync-wave: "-2"
 {{- end -}}
 
 {{/* The two writers: component name, values, Python module and the queue each consumes (KEDA scales on it).
-Queue suffixes are those of common/chat_common/topology.py, their source: tests/unit/test_writer_queue_names.py
+Queue suffixes are those of common/chat_common/wire/topology.py, their source: tests/unit/test_writer_queue_names.py
 checks they agree. */}}
 {{- define "chat-system.writers" -}}
 chat-writer:
@@ -496,4 +558,51 @@ Call with the list of check ids that apply to the object.
 {{- $lines = append $lines (printf "checkov.io/skip%d: %s" (add1 $i) (printf "%s=%s" $check (index $reasons $check) | quote)) -}}
 {{- end }}
 {{- join "\n" $lines -}}
+{{- end -}}
+
+{{/*
+Whether the chart gives each component its own RabbitMQ user (chat_common.ops.broker_users): with the bundled broker
+it runs itself and a Secret it makes. With auth.existingSecret, an external broker or the RabbitMQ Cluster Operator,
+every component uses RABBITMQ_URL as given.
+*/}}
+{{- define "chat-system.rabbitmqUsers" -}}
+{{- if and .Values.rabbitmq.enabled (not .Values.rabbitmq.clusterOperator) (not .Values.auth.existingSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret key of a component's broker URL: RABBITMQ_URL (the API's), RABBITMQ_WRITER_URL, RABBITMQ_MONITOR_URL. */}}
+{{- define "chat-system.rabbitmqUrlKey" -}}
+{{- if and (include "chat-system.rabbitmqUsers" .ctx) (ne .role "api") -}}
+{{- printf "RABBITMQ_%s_URL" (upper .role) -}}
+{{- else -}}
+RABBITMQ_URL
+{{- end -}}
+{{- end -}}
+
+{{/*
+The bundled broker's definitions (users, the vhost, permissions), loaded at every boot: the administrator
+(rabbitmq.auth.username: the broker's own and the queue-migration tool's) and one user per component, with the
+permissions of chat_common.ops.broker_users (the same regexes; tests/chart/test_broker_users.py compares them).
+Call with (dict "ctx" $ "passwords" (dict "admin" … "api" … "writer" … "monitor" …)).
+*/}}
+{{- define "chat-system.rabbitmqDefinitions" -}}
+{{- $v := .ctx.Values -}}
+{{- $p := regexQuoteMeta $v.config.queuePrefix -}}
+{{- $work := printf "%s\\.(chats|messages)" $p -}}
+{{- $tiers := "\\.delay\\.[0-9]+s" -}}
+{{- $legacy := "\\.retry\\.[0-9]+s" -}}
+{{- $ann := printf "%s\\.announcements" $p -}}
+{{- $admin := $v.rabbitmq.auth.username -}}
+{{- $perms := dict
+  "api" (dict "configure" (printf "^(%s(\\.dead|%s)?|%s|amq\\.gen-.*)$" $work $tiers $ann) "write" "^(amq\\.default|amq\\.gen-.*)$" "read" (printf "^(%s|%s|amq\\.gen-.*)$" $work $ann) "tags" "")
+  "writer" (dict "configure" (printf "^(%s(\\.dead|%s|%s)?|%s)$" $work $tiers $legacy $ann) "write" (printf "^(amq\\.default|%s)$" $ann) "read" (printf "^%s(%s|%s)?$" $work $tiers $legacy) "tags" "")
+  "monitor" (dict "configure" "^$" "write" "^$" "read" "^$" "tags" "monitoring") -}}
+{{- $users := list (dict "name" $admin "password" .passwords.admin "tags" (list "administrator")) -}}
+{{- $permissions := list (dict "user" $admin "vhost" "/" "configure" ".*" "write" ".*" "read" ".*") -}}
+{{- range $role := list "api" "writer" "monitor" -}}
+{{- $r := index $perms $role -}}
+{{- $name := printf "%s_%s" $admin $role -}}
+{{- $users = append $users (dict "name" $name "password" (index $.passwords $role) "tags" (ternary (list) (list $r.tags) (eq $r.tags ""))) -}}
+{{- $permissions = append $permissions (dict "user" $name "vhost" "/" "configure" $r.configure "write" $r.write "read" $r.read) -}}
+{{- end -}}
+{{- toJson (dict "users" $users "vhosts" (list (dict "name" "/")) "permissions" $permissions) -}}
 {{- end -}}

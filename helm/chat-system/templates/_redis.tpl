@@ -31,7 +31,7 @@
 {{- end -}}
 
 {{/*
-REDIS_URL of the bundled Redis in the forms chat_common.redis_client reads; call with (dict "ctx" $ "password" $pw).
+REDIS_URL of the bundled Redis in the forms chat_common.clients.redis_client reads; call with (dict "ctx" $ "password" $pw).
 Sentinel: every Sentinel (the client asks them for the current master); they require the same password.
 Cluster: every node (the client needs one that answers to learn the slot map).
 */}}

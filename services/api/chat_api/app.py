@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import falcon
@@ -27,11 +28,14 @@ from chat_api.adapters.recovery import NumberingMarker, NumberingRecovery
 from chat_api.adapters.replica import ReadRouter, ReplicaMonitor, replica_name
 from chat_api.adapters.repository import SqlRepository
 from chat_api.adapters.search import build_search_reader
+from chat_api.adapters.search_budget import RedisSearchBudget
 from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
 from chat_api.event_loop import install_blocking_guard
 from chat_api.media import media_handlers
 from chat_api.metrics_buffer import BUFFER
-from chat_api.middleware import RequestMetrics, SecureResponse, SizeLimits, TokenShape
+from chat_api.middleware import HEADER_FORM, HeaderToken, RequestMetrics, SecureResponse, SizeLimits, TokenShape
+from chat_api.numbering import Numberer
+from chat_api.ports import Publisher
 from chat_api.resources.applications import ApplicationsResource, TenantAdminResource
 from chat_api.resources.chats import ChatsResource
 from chat_api.resources.health import HealthResource, MetricsResource, ProcessState, ReadinessResource, StatusResource
@@ -41,16 +45,16 @@ from chat_api.resources.params import NumberConverter
 from chat_api.resources.streams import MessageStreamResource
 from chat_api.services import ChatService, Limits
 from chat_api.streams import StreamHub, build_hub
-from chat_api.streams.asgi import StreamingApp
+from chat_api.streams.asgi import StreamingApp, StreamsLifespan
 from chat_common import logs
-from chat_common.broker import API, CHECK, BrokerNodes
+from chat_common.clients.broker import API, CHECK, BrokerNodes
+from chat_common.clients.db import make_engine
+from chat_common.clients.redis_client import async_client, sync_client
 from chat_common.config import Settings
-from chat_common.db import make_engine
-from chat_common.keys import RedisKeys, slot_tag
-from chat_common.redis_client import async_client, sync_client
-from chat_common.tenancy import build_applications
-from chat_common.topology import Topology
+from chat_common.tenancy.applications import build_applications
 from chat_common.validation import MAX_NUMBER
+from chat_common.wire.keys import RedisKeys, slot_tag
+from chat_common.wire.topology import Topology
 
 # chat_api.resources.params.NumberConverter: strict ASCII [1-9][0-9]* within these bounds.
 NUMBER = f"number(min=1, max={MAX_NUMBER})"
@@ -68,24 +72,21 @@ class Lifecycle:
     state: ProcessState
     replicas: list[ReplicaMonitor] = field(default_factory=list)
     slow_callback_ms: float = 0.0
-    streams: StreamHub | None = None  # live streams; their broker connection opens with the first stream
+    numbering_watchdog: Callable[[], Awaitable[None]] | None = None  # NumberingRecovery.watch: lost slots re-open
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def process_startup(self, scope: dict, event: dict) -> None:  # noqa: D102
         install_blocking_guard(asyncio.get_running_loop(), self.slow_callback_ms)
         await self.service.publisher.start()
-        self._tasks = [
-            asyncio.create_task(self.service.recovery.watch(), name="numbering-watchdog"),
-            asyncio.create_task(BUFFER.flush_every(), name="metrics-flush"),
-        ]
+        self._tasks = [asyncio.create_task(BUFFER.flush_every(), name="metrics-flush")]
+        if self.numbering_watchdog is not None:
+            self._tasks.append(asyncio.create_task(self.numbering_watchdog(), name="numbering-watchdog"))
         for replica in self.replicas:
             self._tasks.append(asyncio.create_task(replica.watch(), name=f"replica-probe {replica.name}"))
         self.state.started = True
 
     async def process_shutdown(self, scope: dict, event: dict) -> None:  # noqa: D102
         self.state.draining = True
-        if self.streams is not None:  # usually ended already, when the server began shutting down (chat_api.worker)
-            await self.streams.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -101,14 +102,26 @@ class Lifecycle:
 
 
 def create_app(
-    service: ChatService, settings: Settings, status_checks: dict, lifecycle: Lifecycle | None = None
+    service: ChatService,
+    settings: Settings,
+    status_checks: dict,
+    lifecycle: Lifecycle | None = None,
+    streams: StreamHub | None = None,
 ) -> falcon.asgi.App:
-    """Routes, media handlers, error handlers and middleware; nothing here opens a connection."""
+    """Routes, media handlers, error handlers and middleware; nothing here opens a connection.
+
+    ``streams``: the process's live streams (their broker connection opens with the first stream); without it the
+    stream route answers 503. The app carries it for the server (``StreamingApp.streams``) and closes it at the
+    lifespan shutdown, before ``lifecycle`` closes the connections.
+    """
     middleware = [] if lifecycle is None else [lifecycle]
+    if streams is not None:
+        middleware.append(StreamsLifespan(streams))  # shut down first (Falcon runs process_shutdown in reverse)
     # Rate limits are a tenant rule: ChatService.tenant applies them (per application, RATE_LIMIT_PER_SECOND or
     # the tenant's own), with suspension and expired tokens.
-    middleware += [RequestMetrics(), SizeLimits(settings.max_request_bytes), TokenShape()]
+    middleware += [RequestMetrics(), SizeLimits(settings.max_request_bytes), HeaderToken(), TokenShape()]
     app = StreamingApp(middleware=middleware, response_type=SecureResponse)
+    app.streams = streams
     handlers = media_handlers()
     app.req_options.media_handlers = handlers
     app.resp_options.media_handlers = handlers
@@ -119,20 +132,25 @@ def create_app(
     applications = ApplicationsResource(service, settings.admin_api_key)
     chats = ChatsResource(service)
     messages = MessagesResource(service)
-    chat = f"/applications/{{token}}/chats/{{chat_number:{NUMBER}}}"
     app.add_route("/applications", applications)
     app.add_route("/applications/{token}", applications, suffix="item")
     tenant_admin = TenantAdminResource(service, settings.admin_api_key)
     for action in ("suspend", "resume", "rotate", "limits", "usage"):
         path = "rotate-token" if action == "rotate" else action
         app.add_route(f"/applications/{{token}}/{path}", tenant_admin, suffix=action)
-    app.add_route("/applications/{token}/chats", chats)
-    app.add_route(chat, chats, suffix="item")
-    app.add_route(f"{chat}/messages", messages)
-    app.add_route(f"{chat}/messages/search", MessageSearchResource(service))
-    streams = lifecycle.streams if lifecycle is not None else None
-    app.add_route(f"{chat}/messages/stream", MessageStreamResource(service, streams))
-    app.add_route(f"{chat}/messages/{{message_number:{NUMBER}}}", messages, suffix="item")
+    search = MessageSearchResource(service)
+    stream_resource = MessageStreamResource(service, streams)
+    # Every tenant route twice: the token in the path, and the header form (HeaderToken: Authorization: Bearer),
+    # where no proxy or access log in front sees it. The same resources: one code path, one set of rules.
+    app.add_route(HEADER_FORM, applications, suffix="own")
+    for application in ("/applications/{token}", HEADER_FORM):
+        chat = f"{application}/chats/{{chat_number:{NUMBER}}}"
+        app.add_route(f"{application}/chats", chats)
+        app.add_route(chat, chats, suffix="item")
+        app.add_route(f"{chat}/messages", messages)
+        app.add_route(f"{chat}/messages/search", search)
+        app.add_route(f"{chat}/messages/stream", stream_resource)
+        app.add_route(f"{chat}/messages/{{message_number:{NUMBER}}}", messages, suffix="item")
     app.add_route("/healthz", HealthResource())
     state = lifecycle.state if lifecycle is not None else ProcessState(started=True)
     app.add_route("/readyz", ReadinessResource(state))
@@ -144,23 +162,30 @@ def create_app(
     return app
 
 
-def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
-    """Collaborators for one process (unconnected), the status checks over them, and their lifecycle."""
+def build_service(
+    settings: Settings, publisher: Publisher | None = None
+) -> tuple[ChatService, dict, Lifecycle, StreamHub]:
+    """Collaborators for one process (unconnected), the status checks over them, their lifecycle and the live
+    streams' hub. ``publisher`` stands in for the broker (the benchmarks' baseline that inserts in the request)."""
     client = async_client(settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
     # Numbering's own client has no per-read timeout: its pipelined round trips are bounded as a whole (one timer
     # per round trip instead of one per reply).
     numbering_client = async_client(
         settings.redis_url, socket_timeout=None, socket_connect_timeout=2, health_check_interval=10
     )
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, read_timeout=settings.read_statement_timeout_seconds)
     keys = RedisKeys(settings.redis_key_prefix)
     slot_tag(0)  # the slot-tag table (~0.1 s of CPU, once per process) is built now, never on the event loop
     topology = Topology.from_settings(settings)
-    publisher = ConfirmingPublisher(
+    publisher = publisher or ConfirmingPublisher(
         BrokerNodes.from_settings(settings, API), declare=topology.declare, timeout=settings.publish_timeout_seconds
     )
     replicas = [
-        ReplicaMonitor(Database(url), settings.database_read_max_lag_seconds, name=replica_name(url))
+        ReplicaMonitor(
+            Database(url, read_timeout=settings.read_statement_timeout_seconds),
+            settings.database_read_max_lag_seconds,
+            name=replica_name(url),
+        )
         for url in (settings.database_read_url or "").split(",")
         if url.strip()
     ]
@@ -187,16 +212,32 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
     service = ChatService(
         applications=build_applications(settings, admin_engine, admin_redis),
         repository=repository,
-        numbering=numbering,
-        recovery=recovery,
+        numbers=Numberer(
+            store=numbering,
+            counters=repository,
+            recovery=recovery,
+            # A claim outlives the longest a create can take (its publish timeout), then frees the key.
+            idempotency=IdempotencyStore(
+                client, keys, claim_seconds=settings.publish_timeout_seconds + 2, **replication
+            ),
+            stored_keys=StoredKeys(db),
+        ),
         publisher=publisher,
         topology=topology,
         search=build_search_reader(settings, router),
-        # A claim outlives the longest a create can take (its publish timeout), then frees the key.
-        idempotency=IdempotencyStore(client, keys, claim_seconds=settings.publish_timeout_seconds + 2, **replication),
-        stored_keys=StoredKeys(db),
-        tenants=TenantDirectory(db, settings.tenant_cache_seconds, settings.tenant_cache_size),
-        rate_limiter=RedisRateLimiter(client, keys),
+        tenants=TenantDirectory(
+            db,
+            settings.tenant_cache_seconds,
+            settings.tenant_cache_size,
+            negative_ttl=settings.tenant_negative_cache_seconds,
+            negative_max_entries=settings.tenant_negative_cache_size,
+            unknown_lookups_per_second=settings.tenant_unknown_lookups_per_second,
+            stale_seconds=settings.tenant_stale_seconds,
+        ),
+        rate_limiter=RedisRateLimiter(client, keys, fallback_processes=settings.rate_limit_fallback_processes),
+        search_budget=RedisSearchBudget(
+            client, keys, settings.search_seconds_per_second, settings.search_burst_seconds
+        ),
         limits=Limits.from_settings(settings),
     )
 
@@ -225,15 +266,21 @@ def build_service(settings: Settings) -> tuple[ChatService, dict, Lifecycle]:
         "dead_letters": queues.dead_letters,
     }
     lifecycle = Lifecycle(
-        service, [client, numbering_client], db, ProcessState(), replicas, settings.api_slow_callback_ms
+        service,
+        [client, numbering_client],
+        db,
+        ProcessState(),
+        replicas,
+        settings.api_slow_callback_ms,
+        numbering_watchdog=recovery.watch,
     )
-    lifecycle.streams = build_hub(settings, db, client, keys, standing=service.token_standing)
-    return service, status_checks, lifecycle
+    streams = build_hub(settings, db, client, keys, standing=service.token_standing)
+    return service, status_checks, lifecycle, streams
 
 
 def get_app() -> falcon.asgi.App:
     """Entry point for gunicorn's uvicorn workers: settings from the environment, connections per worker."""
     logs.configure()
     settings = Settings.from_env()
-    service, status_checks, lifecycle = build_service(settings)
-    return create_app(service, settings, status_checks, lifecycle)
+    service, status_checks, lifecycle, streams = build_service(settings)
+    return create_app(service, settings, status_checks, lifecycle, streams)

@@ -1,4 +1,5 @@
-"""Middleware: request metrics, request and body size limits, token shape, security headers.
+"""Middleware: request metrics, request and body size limits, the header form of the token, token shape, security
+headers.
 
 Per-tenant rules (suspension, expired tokens, request rate) are not middleware: they live once, in
 :meth:`chat_api.services.ChatService.tenant`.
@@ -15,7 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from chat_api.metrics_buffer import BUFFER
 from chat_common.metrics import LATENCY_BUCKETS
-from chat_common.tenancy import TOKEN_SHAPE
+from chat_common.tenancy.applications import TOKEN_SHAPE
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +111,38 @@ class TokenShape:
         token = params.get("token")
         if token is not None and not TOKEN_SHAPE.fullmatch(token):
             raise falcon.HTTPNotFound(description="application not found")
+
+
+HEADER_FORM = "/application"  # the tenant routes whose token is in Authorization, not in the path
+
+
+def _is_header_form(template: str | None) -> bool:
+    return template is not None and (template == HEADER_FORM or template.startswith(HEADER_FORM + "/"))
+
+
+class HeaderToken:
+    """The header form of the tenant routes: ``/application/...`` takes the token from ``Authorization: Bearer``.
+
+    The token becomes the ``token`` parameter the path form (``/applications/{token}/...``) has, so resources and
+    every rule behind them are one code path. A missing or malformed header, a value no token can have, or a token
+    that names no application (or no longer does) is 401 with an RFC 6750 challenge; the path form answers 404 there.
+    """
+
+    CHALLENGE = 'Bearer realm="chat-system"'
+
+    async def process_resource(self, req, resp, resource, params: dict) -> None:  # noqa: D102
+        if not _is_header_form(req.uri_template):
+            return
+        scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise falcon.HTTPUnauthorized(
+                description="send the application token as Authorization: Bearer <token>",
+                challenges=[self.CHALLENGE],
+            )
+        if not TOKEN_SHAPE.fullmatch(token):
+            raise falcon.HTTPUnauthorized(
+                description="the Authorization header does not hold an application token",
+                challenges=[f'{self.CHALLENGE}, error="invalid_token"'],
+            )
+        params["token"] = token
+        req.context.token_in_header = True  # an unknown token is then a bad credential: 401 (chat_api.errors)

@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
 
-from chat_common.tenancy import Application
+from chat_common.search import SearchHit, SearchUnavailable
+from chat_common.tenancy.applications import Application, TenantLimits, Usage
 from chat_common.validation import Invalid
+from chat_common.wire.heartbeats import WriterHeartbeat
 
 __all__ = [
+    "Allocation",
+    "AllocationStatus",
     "Application",
     "Chat",
+    "Claim",
     "Conflict",
     "DatabaseUnavailable",
     "Invalid",
+    "KeyInUse",
+    "Keyed",
     "Message",
     "NotFound",
+    "Numbered",
     "Page",
+    "PublishError",
     "RateLimited",
+    "Recorded",
+    "SearchHit",
+    "SearchUnavailable",
     "Suspended",
+    "TenantLimits",
     "Unavailable",
+    "Usage",
+    "WriterHeartbeat",
 ]
 
 
@@ -61,6 +78,14 @@ class NotFound(Exception):
     """The token, chat or message does not exist (or is not visible to this token)."""
 
 
+class UnknownApplication(NotFound):
+    """No application has this token (or it is a rotated-away one past its grace): 404 when the token came in the
+    path, 401 (``invalid_token``) when it came in ``Authorization`` — the answer to a bad credential."""
+
+    def __init__(self, message: str = "application not found") -> None:
+        super().__init__(message)
+
+
 class Conflict(Exception):
     """The request collides with another one (same idempotency key); retry after ``retry_after`` s if given."""
 
@@ -89,6 +114,22 @@ class Unavailable(Exception):
         self.retry_after = retry_after
 
 
+class StatementTimedOut(Unavailable):
+    """A read ran into the statement time limit (``READ_STATEMENT_TIMEOUT_SECONDS``) and the server stopped it.
+
+    503 with ``Retry-After`` rather than a 4xx: the API cannot tell a read that is expensive by its shape (a search of
+    a huge chat) from one that is slow because the database is busy, and the same request may well pass on a quiet
+    server; the message says how to make it cheaper.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the query took longer than {seconds:g} s and was stopped; retry later, or make it cheaper"
+            " (a longer search fragment, or page with after=)",
+            retry_after=5,
+        )
+
+
 class NumberingStillOpening(Exception):
     """A hash slot used for the first time was not open within the bounded wait (its opening is still under way)."""
 
@@ -99,3 +140,79 @@ class DatabaseUnavailable(Unavailable):
     def __init__(self, detail: str = "") -> None:
         super().__init__("database unavailable", retry_after=1)
         self.detail = detail
+
+
+# -- values that cross the numbering, idempotency and publishing ports -------------------------------------------
+
+
+class AllocationStatus(IntEnum):
+    """What a numbering call answered (the integers the Redis script returns: :mod:`chat_api.adapters.numbering`)."""
+
+    OK = 0
+    APPLICATION_NOT_LOADED = -1  # the application's counters are not in the numbering store: load them from MySQL
+    NOT_FOUND = -2  # no such chat (or message, for an edit)
+    RECOVERING = -3  # the slot's numbering is closed: it lost its data (or never opened)
+    CHAT_NOT_LOADED = -4  # the chat's message counter is not loaded
+    LIMIT_REACHED = -5  # the tenant's maxChats: no number was taken
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What a numbering call answered: a status code, the epoch it ran under, and on success (id, value)."""
+
+    status: int  # an AllocationStatus
+    epoch: str
+    application_id: int = 0
+    value: int = 0  # the new number, or the edit's version
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The outcome of the first request with an idempotency key."""
+
+    application_id: int
+    number: int
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claim's answer: ``earlier`` when a request with this key was already given a number."""
+
+    earlier: Recorded | None
+    epoch: str  # the numbering epoch at the time of the claim ('' while numbering is closed)
+
+
+class KeyInUse(Exception):
+    """Another request with the same key is still being answered; its claim lapses in ``retry_after`` seconds."""
+
+    def __init__(self, key: str, retry_after: int) -> None:
+        super().__init__(key)
+        self.retry_after = retry_after
+
+
+class PublishError(Exception):
+    """The broker did not confirm the message: the caller must not report success."""
+
+
+class Keyed(NamedTuple):
+    """The idempotency key of a create and its request's fingerprint, carried to the writer with the row."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Numbered:
+    """A number (or edit version) handed out for one create or edit, and what its publish must carry.
+
+    ``published_at`` is the stamp taken just before the number was handed out (a replay: just before its
+    idempotency claim read it): the publish carries it and must be confirmed within the publish timeout of it, which
+    numbering recovery relies on (:mod:`chat_api.numbering.reopening`).
+    """
+
+    application_id: int
+    number: int  # the new number, or the edit's version
+    published_at: float
+    replayed: bool = False  # an earlier request with the same idempotency key was given this number
+    keyed: Keyed | None = None

@@ -1,17 +1,18 @@
 """Ports: what the service layer needs from the outside world, and nothing more.
 
-A port is a :class:`typing.Protocol` naming exactly the methods :class:`chat_api.services.ChatService` calls on
-one collaborator. The service is typed against these, never against the adapters, so the rules can run over
-anything shaped the same way:
+A port is a :class:`typing.Protocol` naming exactly the methods the use cases (:mod:`chat_api.use_cases`) and
+numbering (:mod:`chat_api.numbering`) call on one collaborator. They are typed against these, never against the
+adapters, so the rules can run over anything shaped the same way:
 
-- the real adapters (``chat_api.adapters.*`` and :class:`chat_common.tenancy.Applications`) satisfy them
+- the real adapters (``chat_api.adapters.*`` and :class:`chat_common.tenancy.applications.Applications`) satisfy them
   structurally, without inheriting from them — ``tests/unit/test_service_ports.py`` checks every adapter against
   its port, method by method, so a signature drifting apart fails a unit test;
 - in-memory fakes in ``tests/unit/fakes.py`` satisfy them too, and run the whole service layer (and the Falcon
   app over it) in milliseconds with no MariaDB, Redis or RabbitMQ reachable (``make test-unit``).
 
-The value types that cross a port (:class:`Allocation`, :class:`Claim`, :class:`Recorded`, the numbering status
-codes, :class:`KeyInUse`, :class:`PublishError`, :class:`SearchUnavailable`) stay where the adapters define them.
+The value types that cross a port (:class:`Allocation` and its status codes, :class:`Claim`, :class:`Recorded`,
+:class:`Numbered`, :class:`KeyInUse`, :class:`PublishError`, ...) live in :mod:`chat_api.model`, the only module
+this one imports: the layer contracts in ``pyproject.toml`` (import-linter) hold that.
 Ports say nothing about how connections are opened or closed beyond what the service itself calls; the process
 lifecycle (``chat_api.app.Lifecycle``) wires the concrete adapters it builds.
 """
@@ -20,21 +21,36 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from chat_api.adapters.idempotency import Claim, Recorded
-from chat_api.adapters.numbering import Allocation
-from chat_api.adapters.search import SearchReader  # the one definition of that port; re-exported here
-from chat_api.model import Application, Chat, Message
-from chat_common.tenancy import TenantLimits, Usage
+from chat_api.model import (
+    Allocation,
+    Application,
+    Chat,
+    Claim,
+    Message,
+    Numbered,
+    Recorded,
+    SearchHit,
+    TenantLimits,
+    Usage,
+    WriterHeartbeat,
+)
 
 __all__ = [
     "Applications",
+    "CounterSource",
     "IdempotencyPort",
     "NumberingPort",
+    "NumbersPort",
     "Publisher",
+    "QueueCounter",
     "RateLimiterPort",
     "RecoveryPort",
+    "RecoveryState",
     "Repository",
+    "SearchBudgetPort",
     "SearchReader",
+    "SlotMarkers",
+    "SlotOpenings",
     "StoredKeysPort",
     "TenantDirectoryPort",
 ]
@@ -104,7 +120,7 @@ class Repository(Protocol):
 class NumberingPort(Protocol):
     """Atomic numbering and edit versions (adapter: ``Numbering``, Redis + Lua).
 
-    Every call answers an :class:`Allocation` whose ``status`` is one of ``chat_api.adapters.numbering``'s codes
+    Every call answers an :class:`Allocation` whose ``status`` is an :class:`~chat_api.model.AllocationStatus`
     (OK, APPLICATION_NOT_LOADED, CHAT_NOT_LOADED, RECOVERING, NOT_FOUND, LIMIT_REACHED) and whose ``epoch`` is the
     numbering epoch it ran under (``<id>:fresh|recovered:<unix time>``, '' while numbering is closed). Counters are
     keyed by application id: every token of an application numbers into one sequence.
@@ -149,6 +165,47 @@ class NumberingPort(Protocol):
 
 
 @runtime_checkable
+class NumbersPort(Protocol):
+    """What the service asks numbering for: a number for a create, a version for an edit (:mod:`chat_api.numbering`).
+
+    Each answer is a :class:`Numbered` whose ``published_at`` the publish of the create or edit must carry.
+    """
+
+    async def for_chat(self, application: Application, name: str, key: str | None) -> Numbered:
+        """The number of a new chat; with an idempotency ``key``, a repeat gets the first one (``replayed``)."""
+        ...
+
+    async def for_message(self, application: Application, chat_number: int, body: str, key: str | None) -> Numbered:
+        """The number of a new message of the chat; a repeated ``key`` as :meth:`for_chat`."""
+        ...
+
+    async def for_chat_edit(self, application: Application, chat_number: int) -> Numbered:
+        """A fresh version for a rename of the chat."""
+        ...
+
+    async def for_message_edit(self, application: Application, chat_number: int, message_number: int) -> Numbered:
+        """A fresh version for an edit of the message."""
+        ...
+
+    async def last_edit(self, application_id: int) -> float | None:
+        """Unix time of the application's last edit (rename or message edit); None if it never edited."""
+        ...
+
+
+@runtime_checkable
+class CounterSource(Protocol):
+    """The highest numbers written to MySQL, that counters are loaded from (adapter: ``SqlRepository``)."""
+
+    async def last_chat_number(self, application_id: int) -> int:
+        """Highest chat number written for the application (0 if none)."""
+        ...
+
+    async def last_message_number(self, application_id: int, chat_number: int) -> int:
+        """Highest message number written in the chat (0 if none)."""
+        ...
+
+
+@runtime_checkable
 class Publisher(Protocol):
     """Durable hand-off to the writers' queues (adapter: ``ConfirmingPublisher``, RabbitMQ with confirms)."""
 
@@ -161,8 +218,11 @@ class Publisher(Protocol):
         """Start connecting in the background."""
         ...
 
-    async def publish(self, queue: str, body: bytes) -> None:
-        """Return once the broker confirmed; raise ``PublishError`` otherwise."""
+    async def publish(self, queue: str, body: bytes, published_at: float | None = None) -> None:
+        """Return once the broker confirmed; raise ``PublishError`` otherwise.
+
+        ``published_at``: when the number the message carries was handed out (:attr:`Numbered.published_at`; None:
+        now); the message carries it, and the confirm must come within the publish timeout of it."""
         ...
 
     async def close(self) -> None:
@@ -209,8 +269,112 @@ class RecoveryPort(Protocol):
 
 
 @runtime_checkable
+class SlotOpenings(Protocol):
+    """The Redis side of opening slots (adapter: ``chat_api.adapters.recovery.RedisSlotOpenings``; fake in
+    ``tests/unit/fakes.py``).
+
+    An *opening* is ``<incarnation>|<epoch>``: created (epoch part empty) when a slot without an epoch is first
+    looked at, *promoted* (epoch part set) by whoever finds that the slot never held numbers, removed in the same
+    atomic step that writes the epoch. It lives in the slot's shard, so it is lost exactly when the epoch is.
+    """
+
+    async def begin(self, slot: int, incarnation: str) -> str | None:
+        """None when the slot has its epoch; else its opening, created with ``incarnation`` if there was none."""
+        ...
+
+    async def promote(self, slot: int, incarnation: str, epoch: str) -> str | None:
+        """The opening of ``incarnation``, its epoch part set to ``epoch`` if it was empty and ``epoch`` is not;
+        None when that incarnation ended (completed, or lost with the shard's data)."""
+        ...
+
+    async def complete(self, slot: int, opening: str) -> int:
+        """Write the promoted ``opening``'s epoch (unless one is there) and end it, if it is still the current
+        opening: 2 (this call wrote the epoch), 1 (the slot has an epoch), 0 (neither: look again)."""
+        ...
+
+    async def legacy_epoch(self) -> str | None:
+        """The single epoch of the version before per-slot epochs, if Redis still holds it."""
+        ...
+
+
+@runtime_checkable
+class SlotMarkers(Protocol):
+    """The durable per-slot facts in MySQL (adapter: ``chat_api.adapters.recovery.NumberingMarker``)."""
+
+    async def slot_state(self, slot: int) -> str:
+        """OPENED (the slot held numbers: a missing epoch is a loss), NEW (it never did) or LEGACY (the system
+        predates per-slot markers and opened before: any slot may have held numbers):
+        :mod:`chat_api.numbering.opening`."""
+        ...
+
+    async def open_slot(self, slot: int, state: str) -> None:
+        """Record durably that ``slot`` opens (idempotent)."""
+        ...
+
+    async def opened_slots(self) -> set[int]:
+        """Every slot that ever opened."""
+        ...
+
+
+@runtime_checkable
+class RecoveryState(Protocol):
+    """What numbering recovery reads and writes in Redis (adapter: ``chat_api.adapters.recovery.RedisRecoveryState``):
+    slot epochs, when each slot's recovery started, per-slot locks, the writers' heartbeats, the deferral ledger."""
+
+    async def has_epoch(self, slot: int) -> bool:
+        """True when the slot's numbering is open."""
+        ...
+
+    async def epochs_present(self, slots: list[int]) -> list[bool]:
+        """For each slot, whether it has its epoch (one round trip)."""
+        ...
+
+    async def open_epoch(self, slot: int, epoch: str) -> bool:
+        """Write the slot's epoch unless one is there; True when this call wrote it."""
+        ...
+
+    async def note_recovery_start(self, slot: int, now: float) -> float:
+        """When the slot's recovery started: ``now`` unless an earlier start is recorded (then that one)."""
+        ...
+
+    async def forget_recovery_start(self, slot: int) -> None:
+        """The slot re-opened: its recovery clock goes."""
+        ...
+
+    async def lock(self, slot: int, milliseconds: int) -> bool:
+        """Take the slot's recovery lock for ``milliseconds`` (one process at a time recovers a slot)."""
+        ...
+
+    async def unlock(self, slot: int) -> None:
+        """Give the lock back (it expires by itself too)."""
+        ...
+
+    async def heartbeats(self) -> dict[str, WriterHeartbeat]:
+        """Every writer's latest heartbeat, by ``<queue>|<writer>``."""
+        ...
+
+    async def deferred_since(self) -> bytes | str | None:
+        """Since when the deferral ledger is complete (compared as is between reads); None: it was lost."""
+        ...
+
+    async def lowest_deferred(self) -> float | None:
+        """The lowest stamp in the deferral ledger; None when it is empty."""
+        ...
+
+
+@runtime_checkable
+class QueueCounter(Protocol):
+    """The broker's queue counts (adapter: ``chat_api.adapters.recovery.BrokerQueueCounts``). Blocking: called in a
+    worker thread. Raises :class:`OSError` (a ``ConnectionError``) when the broker cannot be reached."""
+
+    def count(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """(ready messages, consumers) of each queue; a missing queue counts as (0, 0)."""
+        ...
+
+
+@runtime_checkable
 class Applications(Protocol):
-    """The application lifecycle (adapter: :class:`chat_common.tenancy.Applications`).
+    """The application lifecycle (adapter: :class:`chat_common.tenancy.applications.Applications`).
 
     Synchronous, shared with the operator: the service calls it through :func:`asyncio.to_thread`, never on the
     event loop. ``create`` and ``rename`` validate the name (:class:`chat_api.model.Invalid`).
@@ -220,7 +384,7 @@ class Applications(Protocol):
         self, name: object, idempotency_key: str | None = None, fingerprint: str | None = None
     ) -> tuple[Application, bool]:
         """Create one; ``(application, created)`` — False when the key was used before (with this fingerprint;
-        another one raises :class:`~chat_common.idempotency.KeyReused`)."""
+        another one raises :class:`~chat_common.wire.idempotency.KeyReused`)."""
         ...
 
     def find(self, token: str) -> Application | None:
@@ -272,9 +436,39 @@ class TenantDirectoryPort(Protocol):
 
 
 @runtime_checkable
+class SearchBudgetPort(Protocol):
+    """Each application's share of search time (adapter: ``RedisSearchBudget``)."""
+
+    async def wait_seconds(self, application_id: int) -> float:
+        """0 when the application may search now, else how long until it may."""
+        ...
+
+    async def spend(self, application_id: int, seconds: float) -> None:
+        """Charge a search that took ``seconds``."""
+        ...
+
+
+@runtime_checkable
 class RateLimiterPort(Protocol):
     """Per-application request counting in one-second windows (adapter: ``RedisRateLimiter``)."""
 
     async def admit(self, application_id: int, limit: int) -> bool:
         """Count this request; False when it is over ``limit`` in the current second."""
+        ...
+
+
+class SearchReader(Protocol):
+    """Fragment search in one chat's messages, best matches first (adapters: ``chat_api.adapters.search``)."""
+
+    name: str
+
+    async def search(
+        self, application_id: int, chat_number: int, query: str, offset: int, limit: int, from_replica: bool = False
+    ) -> list[SearchHit]:
+        """Best matches first; :class:`SearchUnavailable` when the backend cannot answer. ``from_replica``: the
+        caller allows a read replica's answer (a backend without one ignores it)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
         ...

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from sqlalchemy import case, func, literal_column, select
 from sqlalchemy.dialects.mysql import insert
 
-from chat_common.consumer import BatchResult, Delivery, decode_batch
-from chat_common.contracts import ChatUpsert, ContractError
-from chat_common.idempotency import store_keys
-from chat_common.tables import applications, chats
-from chat_common.writer import WriterContext
+from chat_common.schema.tables import applications, chats
+from chat_common.wire.contracts import ChatUpsert, ContractError
+from chat_common.wire.idempotency import store_keys
+from chat_common.writing.consumer import BatchResult, Delivery, decode_batch
+from chat_common.writing.writer import WriterContext
 
 # A literal, not a bound parameter: pymysql only batches rows when the ON DUPLICATE suffix has none.
 NOW_6 = literal_column("NOW(6)")

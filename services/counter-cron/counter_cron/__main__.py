@@ -10,11 +10,11 @@ import time
 from prometheus_client import CollectorRegistry, Gauge
 
 from chat_common import logs
+from chat_common.clients.db import make_engine
+from chat_common.clients.redis_client import sync_client
 from chat_common.config import Settings
-from chat_common.db import make_engine
-from chat_common.keys import RedisKeys
 from chat_common.metrics import push_metrics
-from chat_common.redis_client import sync_client
+from chat_common.wire.keys import RedisKeys
 from counter_cron.sync import CountSync
 
 log = logging.getLogger("counter_cron")

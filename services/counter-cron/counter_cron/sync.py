@@ -26,7 +26,7 @@ InnoDB then rolls back the lighter transaction, which is the sync's (it has writ
 sync runs that transaction again: a deadlock or lock-wait timeout is retried ``LOCK_ATTEMPTS`` times with a
 short jittered backoff, counted in ``SyncReport.lock_retries``.
 
-Keyed by application: a writer marks a chat ``<application id>:<chat id>`` (``chat_common.keys.dirty_chat_mark``),
+Keyed by application: a writer marks a chat ``<application id>:<chat id>`` (``chat_common.wire.keys.dirty_chat_mark``),
 so every statement of a recount names the applications of its rows before their ids (``application_id IN (…) AND
 id IN (…)``): on a database sharded by tenant it reaches those tenants' shards only. Bare ids (marks of writers of
 an earlier version) are recounted by id alone. The full recount below walks every row.
@@ -50,8 +50,8 @@ import redis
 from sqlalchemy import Column, Engine, Table, func, select, text
 from sqlalchemy.exc import OperationalError
 
-from chat_common.keys import RedisKeys, parse_dirty_marks
-from chat_common.tables import applications, chats, messages
+from chat_common.schema.tables import applications, chats, messages
+from chat_common.wire.keys import RedisKeys, parse_dirty_marks
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,7 @@ class CountSync:
             if not raw:
                 break
             left -= len(raw)
+            # upgrade-only: remove after release 0.2 (0.1.x writers' bare ids leave ``tenants`` partial)
             ids, tenants = parse_dirty_marks(raw)
             try:
                 if ids:

@@ -6,7 +6,7 @@ unique key is ``(application_id, chat_id, number)``, the key a database sharded 
 A message can arrive before its chat's row (the chat-writer is a separate consumer): it goes to a
 delayed-retry queue, never dropped. A message for an application that no longer exists is dead-lettered.
 
-After the commit the rows are announced to the API's live streams (``chat_common.announcements``), at least once:
+After the commit the rows are announced to the API's live streams (``chat_common.wire.announcements``), at least once:
 every create, and every edit whose version is the one stored once the batch is applied — including a row already
 stored with that very version, which is what a redelivered batch finds when its writer died between the commit and
 the announcement (a stream drops numbers it has delivered and edits it has seen). Never announced: an edit the
@@ -26,14 +26,14 @@ from sqlalchemy import Select, case, func, literal_column, select, tuple_
 from sqlalchemy.dialects.mysql import insert
 from sqlalchemy.exc import IntegrityError
 
-from chat_common.announcements import Committed
-from chat_common.consumer import BatchResult, Delivery, decode_batch
-from chat_common.contracts import ContractError, MessageUpsert
-from chat_common.idempotency import store_keys
-from chat_common.keys import dirty_chat_mark
+from chat_common.schema.tables import applications, chats, messages
 from chat_common.search import SearchUnavailable, build_search
-from chat_common.tables import applications, chats, messages
-from chat_common.writer import WriterContext
+from chat_common.wire.announcements import Committed
+from chat_common.wire.contracts import ContractError, MessageUpsert
+from chat_common.wire.idempotency import store_keys
+from chat_common.wire.keys import dirty_chat_mark
+from chat_common.writing.consumer import BatchResult, Delivery, decode_batch
+from chat_common.writing.writer import WriterContext
 from message_writer.indexing import SearchIndexer
 
 # A literal, not a bound parameter: pymysql only batches rows when the ON DUPLICATE suffix has none.

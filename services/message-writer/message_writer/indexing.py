@@ -16,10 +16,10 @@ import redis
 from sqlalchemy import Engine, select, tuple_
 
 from chat_common import metrics
-from chat_common.contracts import MessageUpsert
-from chat_common.keys import RedisKeys
+from chat_common.schema.tables import chat_messages, chats, messages
 from chat_common.search import IndexedMessage, SearchBackend, SearchUnavailable
-from chat_common.tables import chat_messages, chats, messages
+from chat_common.wire.contracts import MessageUpsert
+from chat_common.wire.keys import RedisKeys
 
 log = logging.getLogger(__name__)
 

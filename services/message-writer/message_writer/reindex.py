@@ -15,11 +15,11 @@ from sqlalchemy import Engine, func, select
 from tqdm import tqdm
 
 from chat_common import logs
+from chat_common.clients.db import make_engine
 from chat_common.config import Settings
-from chat_common.db import make_engine
+from chat_common.schema.tables import messages
 from chat_common.search import build_search
 from chat_common.search.elastic import ElasticsearchSearch
-from chat_common.tables import messages
 from message_writer.indexing import as_document, indexable_messages
 
 log = logging.getLogger("message_writer.reindex")

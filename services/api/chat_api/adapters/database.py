@@ -8,7 +8,15 @@ good at — the tables and the statements, compiled to SQL text once per stateme
 
 Connections are autocommit (each statement is its own snapshot): no ``ROLLBACK`` when one goes back to the pool
 and no ``ping`` when it leaves. A connection the server dropped fails its statement, is closed, and the statement
-runs once more on a fresh one; a second failure is :class:`DatabaseUnavailable` (503).
+runs once more on a fresh one; a second failure is :class:`DatabaseUnavailable` (503). TLS options of the URL are
+read by :func:`chat_common.clients.db.mysql_target`, as for every other MySQL client: a server failing verification is a
+503.
+
+Every read (``SELECT``) runs under a statement time limit (``READ_STATEMENT_TIMEOUT_SECONDS``, default 1 s): the
+server stops it there (MariaDB ``SET STATEMENT max_statement_time=… FOR``, MySQL's ``MAX_EXECUTION_TIME`` hint),
+so one expensive read — a fragment search over a very large chat — holds a server thread and a pool connection for
+at most that long. A read stopped so is :class:`StatementTimedOut` (503 with ``Retry-After``), never retried here
+(the same statement would be stopped again) and never a reason to set a read replica aside.
 """
 
 from __future__ import annotations
@@ -19,19 +27,39 @@ from typing import Any
 import asyncmy
 from asyncmy import errors
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement
 
-from chat_api.model import DatabaseUnavailable
+from chat_api.model import DatabaseUnavailable, StatementTimedOut
+from chat_common.clients.db import mysql_target
 
 _DIALECT = mysql.dialect(paramstyle="pyformat")
+
+# The server's "statement stopped by its time limit" errors: MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.
+_STATEMENT_TIMEOUT_ERRORS = frozenset({1969, 3024})
+
+
+def limit_statement(sql: str, seconds: float, mariadb: bool) -> str:
+    """``sql`` (a ``SELECT``) with a server-side time limit of ``seconds``; other statements as they are.
+
+    MariaDB reads ``SET STATEMENT max_statement_time=<s> FOR <statement>`` (seconds, a fraction allowed); MySQL has no
+    such prefix but reads the optimizer hint ``SELECT /*+ MAX_EXECUTION_TIME(<ms>) */`` (which MariaDB ignores).
+    Per statement rather than per session, so writes and the server status statements keep no limit.
+    """
+    if seconds <= 0 or sql.lstrip()[:6].upper() != "SELECT":
+        return sql
+    if mariadb:
+        return f"SET STATEMENT max_statement_time={seconds:g} FOR {sql}"
+    head, _, rest = sql.lstrip().partition(" ")
+    return f"{head} /*+ MAX_EXECUTION_TIME({max(1, round(seconds * 1000))}) */ {rest}"
 
 
 class Database:
     """A small pool of asyncmy connections running compiled SQLAlchemy statements."""
 
-    def __init__(self, database_url: str, *, pool_size: int = 10, timeout: float = 30.0) -> None:
-        url = make_url(database_url)
+    def __init__(
+        self, database_url: str, *, pool_size: int = 10, timeout: float = 30.0, read_timeout: float = 0.0
+    ) -> None:
+        url, context = mysql_target(database_url)  # TLS options read as every other MySQL client reads them
         self.connect_args = {
             "host": url.host or "127.0.0.1",
             "port": url.port or 3306,
@@ -42,8 +70,12 @@ class Database:
             "autocommit": True,
             "connect_timeout": 5,
         }
+        if context is not None:
+            self.connect_args["ssl"] = context
         self.pool_size = pool_size
         self.timeout = timeout
+        self.read_timeout = read_timeout  # server-side limit of each SELECT (0: none)
+        self._mariadb: bool | None = None  # known at the first connection
         self._pool: asyncmy.Pool | None = None
         self._compiled: dict[int, tuple[ClauseElement, str, dict]] = {}
 
@@ -66,16 +98,23 @@ class Database:
             try:
                 async with asyncio.timeout(self.timeout):
                     conn = await self._acquire()
-            except (errors.OperationalError, OSError, TimeoutError) as exc:
+            # RuntimeError: asyncmy's connect raises "Transport does not expose socket instance" when the peer
+            # closes the connection as soon as it is accepted (a proxy or load balancer with no server behind it).
+            except (errors.OperationalError, OSError, TimeoutError, RuntimeError) as exc:
                 raise DatabaseUnavailable(exc.__class__.__name__) from None
+            if self._mariadb is None:
+                self._mariadb = "mariadb" in conn.get_server_info().lower()
             try:
                 async with asyncio.timeout(self.timeout), conn.cursor() as cursor:
-                    count = await cursor.execute(sql, params)
+                    count = await cursor.execute(limit_statement(sql, self.read_timeout, self._mariadb), params)
                     result = await cursor.fetchall() if fetch else count
                     if named:  # column names with each row (server status statements)
                         names = [column[0] for column in cursor.description or ()]
                         result = [dict(zip(names, row, strict=True)) for row in result]
             except (errors.OperationalError, errors.InterfaceError, OSError, TimeoutError) as exc:
+                if exc.args and exc.args[0] in _STATEMENT_TIMEOUT_ERRORS:  # only the statement was stopped: the
+                    self._pool.release(conn)  # connection is fine, and the same statement would be stopped again
+                    raise StatementTimedOut(self.read_timeout) from None
                 conn.close()  # a broken connection never goes back to the pool
                 self._pool.release(conn)
                 if attempt == 2 or isinstance(exc, TimeoutError):

@@ -7,7 +7,7 @@ given for ``KEY_LIFETIME_SECONDS``. A retry with the same key finds the record a
 and text; the writers' upsert makes that a no-op if the first publish did land.
 
 Redis may lose its data, and the keys with it. The writers store every key beside its row
-(:mod:`chat_common.idempotency`), and numbering re-opens after a loss only once every earlier create reached
+(:mod:`chat_common.wire.idempotency`), and numbering re-opens after a loss only once every earlier create reached
 MySQL; so while the epoch says a loss happened less than a key lifetime ago, a key Redis does not know is looked
 up in MySQL (:class:`StoredKeys`) before a new number is given.
 """
@@ -15,16 +15,16 @@ up in MySQL (:class:`StoredKeys`) before a new number is given.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import redis.asyncio as redis
 from sqlalchemy import bindparam, func, select, text
 
 from chat_api.adapters.database import Database
 from chat_api.adapters.pipelining import PipelinedScript
-from chat_common.idempotency import KEY_LIFETIME_SECONDS
-from chat_common.keys import RedisKeys
-from chat_common.tables import idempotency_keys
+from chat_api.model import Claim, KeyInUse, Recorded
+from chat_common.schema.tables import idempotency_keys
+from chat_common.wire.idempotency import KEY_LIFETIME_SECONDS
+from chat_common.wire.keys import RedisKeys
 
 PENDING = "pending"
 
@@ -37,31 +37,6 @@ return {0, redis.call('GET', KEYS[1]), epoch, redis.call('PTTL', KEYS[1])}
 """
 # KEYS: idempotency key   ARGV: value, lifetime seconds
 _RECORD = "return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])"
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """The outcome of the first request with a key."""
-
-    application_id: int
-    number: int
-    fingerprint: str
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A claim's answer: ``earlier`` when a request with this key was already given a number."""
-
-    earlier: Recorded | None
-    epoch: str  # the numbering epoch at the time of the claim ('' while numbering is closed)
-
-
-class KeyInUse(Exception):
-    """Another request with the same key is still being answered; its claim lapses in ``retry_after`` seconds."""
-
-    def __init__(self, key: str, retry_after: int) -> None:
-        super().__init__(key)
-        self.retry_after = retry_after
 
 
 class IdempotencyStore:

@@ -18,19 +18,20 @@ A tenant's ``maxChats`` is checked inside the script, before a number is taken (
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import redis.asyncio as redis
 
 from chat_api.adapters.pipelining import PipelinedScript
-from chat_common.keys import RedisKeys
+from chat_api.model import Allocation, AllocationStatus
+from chat_common.wire.keys import RedisKeys
 
-OK = 0
-APPLICATION_NOT_LOADED = -1
-NOT_FOUND = -2
-RECOVERING = -3
-CHAT_NOT_LOADED = -4
-LIMIT_REACHED = -5
+# The script's answers (the values live in the model: they cross the numbering port).
+OK = AllocationStatus.OK
+APPLICATION_NOT_LOADED = AllocationStatus.APPLICATION_NOT_LOADED
+NOT_FOUND = AllocationStatus.NOT_FOUND
+RECOVERING = AllocationStatus.RECOVERING
+CHAT_NOT_LOADED = AllocationStatus.CHAT_NOT_LOADED
+LIMIT_REACHED = AllocationStatus.LIMIT_REACHED
 
 # KEYS: see Numbering.script_keys (the slot's epoch, the application hash: one hash slot)
 # Edit versions come from the application's own clock (field ``v`` of its hash), not a global key: a version only
@@ -77,16 +78,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 1
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Allocation:
-    """What a script call answered: a status code, the epoch it ran under, and on success (id, value)."""
-
-    status: int
-    epoch: str
-    application_id: int = 0
-    value: int = 0  # the new number, or the edit's version
 
 
 class Numbering:
@@ -141,6 +132,7 @@ class Numbering:
         return [self.keys.epoch_of(application_id), self.keys.numbers(application_id)]
 
     async def _seed(self, application_id: int, epoch: str, fields: dict[str, int], legacy_token: str) -> bool:
+        # upgrade-only: remove after release 0.2 (never seed below 0.1.x's per-token counters)
         if legacy_token:
             # A plain command of its own (the legacy key is in another hash slot than the script's keys). The
             # legacy hash no longer changes once every API process runs this version, so reading it first is safe.

@@ -34,8 +34,8 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat_common.keys import key_slot
-from chat_common.redis_client import is_cluster
+from chat_common.clients.redis_client import is_cluster
+from chat_common.wire.keys import key_slot
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ A request coroutine publishes directly (no thread hop, no outbox) and awaits a f
 answers 201 only after the broker confirmed its own message. A background task connects, declares the
 topology and reconnects with backoff; a nack, a return, a lost channel or a missing confirm fails the request.
 
-Every message carries ``x-published-at-ms``: the time the request stamped (:func:`stamp_numbering`) just before its
-number or version was handed out, or the publish time when nothing was numbered (a replay). The publish must be
-confirmed within ``timeout`` of that stamp, never later, and is not even sent once that is over: a message
-stamped ``s`` is in the broker or abandoned by ``s + timeout`` — what numbering recovery relies on
-(:mod:`chat_api.adapters.recovery`).
+Every message carries ``x-published-at-ms``: the stamp the caller passes (``published_at``: the time just before its
+number or version was handed out, :class:`chat_api.model.Numbered`), or the publish time when none is given.
+The publish must be confirmed within ``timeout`` of that stamp, never later, and is not even sent once that is
+over: a message stamped ``s`` is in the broker or abandoned by ``s + timeout`` — what numbering recovery relies on
+(:mod:`chat_api.numbering.reopening`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any
 
 import pika
@@ -32,8 +31,9 @@ from pika.adapters.utils import io_services_utils
 from pika.channel import Channel
 
 from chat_api.adapters.pika_callbacks import guarded
-from chat_common.batches import PUBLISHED_AT_HEADER, stamp_header
-from chat_common.broker import BrokerNodes, asyncio_connection
+from chat_api.model import PublishError
+from chat_common.clients.broker import BrokerNodes, asyncio_connection
+from chat_common.writing.batches import PUBLISHED_AT_HEADER, stamp_header
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,9 @@ FAIL_FAST_SECONDS = 1.0  # right after a failure, fail at once instead of making
 NACKS_BEFORE_RECONNECT = 3
 
 
+# pika has no public hook on its transport's writes, so the private method is wrapped (see _produce_joined);
+# tests/unit/test_library_internals.py fails when a pika version changes the method wrapped (pinned 1.4.4).
 _produce_frame_by_frame = io_services_utils._AsyncTransportBase._produce
-
-# When the current request (its asyncio task: one per request) asked for a number or version; see stamp_numbering.
-_NUMBERED_AT: ContextVar[float | None] = ContextVar("numbered_at", default=None)
-
-
-def stamp_numbering() -> None:
-    """Record, for the current request, that a number or version is about to be handed out now: the message
-    publishing it carries this time and must be confirmed within the publish timeout of it."""
-    _NUMBERED_AT.set(time.time())
 
 
 def _produce_joined(transport: io_services_utils._AsyncTransportBase) -> None:
@@ -74,10 +67,6 @@ def _produce_joined(transport: io_services_utils._AsyncTransportBase) -> None:
     _produce_frame_by_frame(transport)
 
 
-class PublishError(Exception):
-    """The broker did not confirm the message: the caller must not report success."""
-
-
 class ConfirmingPublisher:
     """Publish persistent messages to named queues and wait for the broker's confirm (one per worker process)."""
 
@@ -90,7 +79,7 @@ class ConfirmingPublisher:
         connect_wait: float = 2.0,
     ) -> None:
         io_services_utils._AsyncTransportBase._produce = _produce_joined  # see _produce_joined; idempotent
-        self.broker = broker  # the nodes (chat_common.broker.API profile): tried in turn, failing over
+        self.broker = broker  # the nodes (chat_common.clients.broker.API profile): tried in turn, failing over
         self.declare = declare
         self.timeout = timeout
         self.connect_wait = connect_wait
@@ -118,10 +107,13 @@ class ConfirmingPublisher:
             self._closing = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="amqp-publisher")
 
-    async def publish(self, queue: str, body: bytes) -> None:
-        """Publish persistent and mandatory to ``queue``, return once confirmed; else raise :class:`PublishError`."""
+    async def publish(self, queue: str, body: bytes, published_at: float | None = None) -> None:
+        """Publish persistent and mandatory to ``queue``, return once confirmed; else raise :class:`PublishError`.
+
+        ``published_at``: when the number or version it carries was handed out (the stamp numbering recovery reads;
+        the confirm must come within ``timeout`` of it); None: now."""
         channel = self._channel if self._channel is not None else await self._wait_ready()
-        stamp = _NUMBERED_AT.get() or time.time()
+        stamp = published_at or time.time()
         remaining = stamp + self.timeout - time.time()
         if remaining <= 0:  # numbering recovery counts on nothing stamped this long ago still arriving
             raise PublishError(f"message broker did not confirm within {self.timeout}s")

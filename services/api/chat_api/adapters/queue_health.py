@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as redis
 
-from chat_common.broker import BrokerNodes
-from chat_common.keys import RedisKeys
-from chat_common.retry_tiers import parse_overdue_report
-from chat_common.topology import Topology
+from chat_common.clients.broker import BrokerNodes
+from chat_common.wire.keys import RedisKeys
+from chat_common.wire.topology import Topology
+from chat_common.writing.retry_tiers import parse_overdue_report
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from sqlalchemy import and_, bindparam, func, literal_column, select, update
 
 from chat_api.adapters.replica import ReadRouter
 from chat_api.model import Chat, Message, NotFound
-from chat_common.tables import applications, chats, in_chat, messages
+from chat_common.schema.tables import applications, chats, in_chat, messages
 
 _APP = chats.c.application_id == bindparam("app")
 _CHAT = chats.c.number == bindparam("chat")

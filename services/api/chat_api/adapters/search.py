@@ -6,30 +6,12 @@ it needs just this small port: MySQL through the API's connection pool, Elastics
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from chat_api.adapters.database import compile_sql
 from chat_api.adapters.replica import ReadRouter
+from chat_api.ports import SearchReader
 from chat_common.config import Settings
 from chat_common.search import SearchHit, SearchUnavailable
 from chat_common.search.mysql import search_statement
-
-
-class SearchReader(Protocol):
-    """Fragment search in one chat's messages, best matches first."""
-
-    name: str
-
-    async def search(
-        self, application_id: int, chat_number: int, query: str, offset: int, limit: int, from_replica: bool = False
-    ) -> list[SearchHit]:
-        """Best matches first; :class:`SearchUnavailable` when the backend cannot answer. ``from_replica``: the
-        caller allows a read replica's answer (a backend without one ignores it)."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections."""
-        ...
 
 
 class MySqlSearchReader:
@@ -56,10 +38,12 @@ class ElasticsearchSearchReader:
 
     name = "elasticsearch"
 
-    def __init__(self, url: str, alias: str) -> None:
+    def __init__(self, url: str, alias: str, ca_file: str | None = None) -> None:
         from elasticsearch import AsyncElasticsearch
 
-        self.client = AsyncElasticsearch(url, request_timeout=10, retry_on_timeout=True, max_retries=2)
+        from chat_common.search.elastic import client_options
+
+        self.client = AsyncElasticsearch(**client_options(url, ca_file))
         self.alias = alias
 
     async def search(  # noqa: D102
@@ -84,5 +68,7 @@ class ElasticsearchSearchReader:
 def build_search_reader(settings: Settings, router: ReadRouter) -> SearchReader:
     """Elasticsearch when ``ELASTICSEARCH_URL`` is set, otherwise MySQL/MariaDB (as the writers decide)."""
     if settings.elasticsearch_url:
-        return ElasticsearchSearchReader(settings.elasticsearch_url, settings.search_index)
+        return ElasticsearchSearchReader(
+            settings.elasticsearch_url, settings.search_index, settings.elasticsearch_ca_file
+        )
     return MySqlSearchReader(router)

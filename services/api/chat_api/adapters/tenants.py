@@ -8,34 +8,85 @@ LRU instead:
 - **bounded staleness**: an entry is used for at most ``ttl`` seconds (``TENANT_CACHE_SECONDS``, default 2) after
   the query that produced it *started*, so a suspension, a resume, a rotation or a limit change made anywhere (the
   admin API on another process, the operator) is in force on every API process within that bound;
-- **bounded size**: at most ``max_entries`` tokens (least recently used go first);
-- **negative caching**: an unknown token is remembered as unknown for the same ``ttl``, so a client hammering a
-  wrong token costs one query per ``ttl``, not one per request;
+- **bounded size**: at most ``max_entries`` known tokens (least recently used go first);
+- **negative caching, apart**: an unknown token is remembered as unknown for ``negative_ttl`` seconds
+  (``TENANT_NEGATIVE_CACHE_SECONDS``, default 30) in a bounded cache of its own (``negative_max_entries``), so a
+  flood of random tokens never evicts a real tenant, and a client hammering a wrong token costs one query per
+  ``negative_ttl`` — fresh lookups included. Longer than ``ttl`` is safe because a token only ever goes from known to
+  unknown (deletion, the end of a grace period), never back: a new token is drawn from the CSPRNG when it is created
+  or rotated to, so no process can have looked it up before it existed (2^-192), and the process that creates or
+  rotates one invalidates it anyway;
+- **a budget for strangers**: lookups that find nothing spend from a per-process token bucket of
+  ``unknown_lookups_per_second`` (``TENANT_UNKNOWN_LOOKUPS_PER_SECOND``, default 100; as many at once); while it is
+  empty, a token this process has no entry for answers 503 with Retry-After *before* any query, so strangers cost
+  MySQL at most that many queries a second per process. Lookups that find a tenant spend nothing — a process that
+  just started and meets thousands of real tenants is not throttled — and revalidating a known entry is never
+  refused; during a flood, a real tenant this process has not seen yet waits (Retry-After) with the strangers;
 - **one query per miss**: concurrent requests for the same token while it is being fetched share that one query;
-- **stale if error**: when MySQL cannot be reached, the last known entry keeps being used (creates need only Redis
-  and RabbitMQ, and must not fail because MySQL blinked); with no entry at all the request answers 503.
+- **bounded stale if error**: when MySQL cannot be reached, the last known entry keeps being used (creates need
+  only Redis and RabbitMQ, and must not fail because MySQL blinked) — but only up to ``stale_seconds``
+  (``TENANT_STALE_SECONDS``, default 30) after MySQL last confirmed it; then, as with no entry at all, 503. A
+  suspension or a rotation made just before the outage is in force within that bound.
 
 :class:`RedisRateLimiter` counts requests per application (every token of it) in one-second windows shared by every
-API process. The rules that use both live in :meth:`chat_api.services.ChatService.tenant`.
+API process; while Redis cannot be reached it counts per process. The rules that use both live in
+:meth:`chat_api.services.ChatService.tenant`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from chat_api.adapters.database import Database
-from chat_api.model import Application, DatabaseUnavailable
-from chat_common.keys import RedisKeys
-from chat_common.tenancy import TENANT_BY_TOKEN, application_from_row
+from chat_api.model import Application, DatabaseUnavailable, Unavailable
+from chat_common.tenancy.applications import TENANT_BY_TOKEN, application_from_row
+from chat_common.tenancy.tokens import token_digest
+from chat_common.wire.keys import RedisKeys
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Entry:
+    at: float  # when the query behind it started (used until at + ttl)
+    application: Application
+    confirmed: float  # when MySQL last answered for this token (stale-if-error is bounded from here)
+
+
+class TokenBucket:
+    """``rate`` units a second on average, ``burst`` at once; spending may run into debt (down to ``-burst``), which
+    later refills pay back first."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def available(self) -> bool:
+        """Whether one unit is left now."""
+        self._refill()
+        return self._tokens >= 1
+
+    def spend(self) -> None:
+        """Use one unit (after the fact: several cold lookups may have been in flight at once)."""
+        self._refill()
+        self._tokens = max(-self.burst, self._tokens - 1)
 
 
 class TenantDirectory:
@@ -47,43 +98,74 @@ class TenantDirectory:
         ttl: float = 2.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        negative_ttl: float = 30.0,
+        negative_max_entries: int = 100_000,
+        unknown_lookups_per_second: float = 100.0,
+        stale_seconds: float = 30.0,
     ) -> None:
         self.db = db
         self.ttl = ttl
         self.max_entries = max_entries
         self.clock = clock
-        self._entries: OrderedDict[str, tuple[float, Application | None]] = OrderedDict()
+        self.negative_ttl = negative_ttl
+        self.negative_max_entries = negative_max_entries
+        self.stale_seconds = stale_seconds
+        # 0 turns the budget off (tests, benchmarks that create tenants faster than it allows).
+        self._budget = (
+            TokenBucket(unknown_lookups_per_second, max(1.0, unknown_lookups_per_second), clock)
+            if unknown_lookups_per_second > 0
+            else None
+        )
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # token -> when MySQL said it names nothing
         self._fetching: dict[str, asyncio.Future] = {}
         self.queries = 0  # how many times MySQL was asked (tests and benchmarks read it)
+        self.throttled = 0  # cold lookups refused by the budget
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def unknown_count(self) -> int:
+        """How many unknown tokens are remembered."""
+        return len(self._unknown)
+
     async def lookup(self, token: str, fresh: bool = False) -> Application | None:
-        """The application this token names now (None: no application has it); ``fresh`` skips the cache."""
+        """The application this token names now (None: no application has it); ``fresh`` skips the cache of
+        known tokens (an unknown token stays unknown for ``negative_ttl``, fresh or not)."""
+        now = self.clock()
         entry = self._entries.get(token)
-        if entry is not None and not fresh and self.clock() - entry[0] < self.ttl:
+        if entry is not None and not fresh and now - entry.at < self.ttl:
             self._entries.move_to_end(token)
-            return entry[1]
+            return entry.application
+        if entry is None:
+            unknown_at = self._unknown.get(token)
+            if unknown_at is not None and now - unknown_at < self.negative_ttl:
+                return None
         pending = self._fetching.get(token)
         if pending is not None and not fresh:
             return await asyncio.shield(pending)
+        if entry is None and self._budget is not None and not self._budget.available():
+            self.throttled += 1
+            raise Unavailable("too many lookups of unknown tokens; try again", retry_after=1)
         return await self._fetch(token, entry)
 
-    async def _fetch(self, token: str, entry: tuple[float, Application | None] | None) -> Application | None:
+    async def _fetch(self, token: str, entry: _Entry | None) -> Application | None:
         future = asyncio.get_running_loop().create_future()
         self._fetching[token] = future
         started = self.clock()  # the entry's age counts from before the query: staleness stays within ttl
         try:
             self.queries += 1
-            rows = await self.db.rows(TENANT_BY_TOKEN, {"token": token})
+            rows = await self.db.rows(TENANT_BY_TOKEN, {"digest": token_digest(token)})  # never the token itself
         except DatabaseUnavailable as exc:
-            if entry is not None:
+            if entry is not None and self.clock() - entry.confirmed < self.stale_seconds:
                 log.debug("tenant directory: database unavailable, serving the last known entry")
                 # Kept for another half second (at most ttl): one retry of MySQL per token then, not one per request.
-                self._store(token, self.clock() - self.ttl + min(0.5, self.ttl), entry[1])
-                future.set_result(entry[1])
-                return entry[1]
+                entry.at = self.clock() - self.ttl + min(0.5, self.ttl)
+                self._entries[token] = entry
+                self._entries.move_to_end(token)
+                future.set_result(entry.application)
+                return entry.application
             future.set_exception(exc)
             future.exception()  # retrieved here, so a future nobody else awaited does not warn
             raise
@@ -95,39 +177,76 @@ class TenantDirectory:
             if self._fetching.get(token) is future:
                 del self._fetching[token]
         application = application_from_row(rows[0]) if rows else None
-        self._store(token, started, application)
+        if application is None:
+            if entry is None and self._budget is not None:
+                self._budget.spend()
+            self._entries.pop(token, None)
+            self._unknown[token] = started
+            self._unknown.move_to_end(token)
+            while len(self._unknown) > self.negative_max_entries:
+                self._unknown.popitem(last=False)
+        else:
+            self._unknown.pop(token, None)
+            self._entries[token] = _Entry(started, application, started)
+            self._entries.move_to_end(token)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
         future.set_result(application)
         return application
 
-    def _store(self, token: str, at: float, application: Application | None) -> None:
-        self._entries[token] = (at, application)
-        self._entries.move_to_end(token)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
     def invalidate(self, token: str) -> None:
-        """Forget one token (this process changed its application: the next request asks MySQL)."""
+        """Forget one token, known or unknown (this process changed or created its application: the next request
+        asks MySQL)."""
         self._entries.pop(token, None)
+        self._unknown.pop(token, None)
 
 
 class RedisRateLimiter:
     """At most ``limit`` requests per application in each wall-clock second, counted in Redis (one INCR each).
 
-    When Redis cannot be reached the request goes through: the limiter protects the system, it must not become
-    the reason the API is down.
+    When Redis cannot be reached the limit is counted in this process instead — its share of the limit,
+    ``ceil(limit / fallback_processes)`` (``RATE_LIMIT_FALLBACK_PROCESSES``: the number of API processes, so the
+    shares add up to about the limit) — and Redis is tried again after a second rather than on every request. The
+    limiter protects the system; it must neither become the reason the API is down nor switch off when Redis is.
     """
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+    RETRY_SECONDS = 1.0
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: RedisKeys,
+        *,
+        fallback_processes: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = client
         self.keys = keys
+        self.fallback_processes = max(1, fallback_processes)
+        self.clock = clock
+        self._redis_retry_at = 0.0
+        self._local_second = -1
+        self._local: dict[int, int] = {}  # application id -> requests in _local_second (this process)
 
     async def admit(self, application_id: int, limit: int) -> bool:
         """Count this request; False when it is over ``limit`` in the current second."""
-        key = self.keys.rate_window(application_id, int(time.time()))
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                count = (await pipe.incr(key).expire(key, 2).execute())[0]
-        except RedisError as exc:
-            log.debug("rate limit not checked: %s", exc.__class__.__name__)
-            return True
-        return count <= limit
+        now = self.clock()
+        if now >= self._redis_retry_at:
+            key = self.keys.rate_window(application_id, int(now))
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    count = (await pipe.incr(key).expire(key, 2).execute())[0]
+            except RedisError as exc:
+                log.debug("rate limit counted in this process: %s", exc.__class__.__name__)
+                self._redis_retry_at = now + self.RETRY_SECONDS
+            else:
+                return count <= limit
+        return self._admit_locally(application_id, limit, int(now))
+
+    def _admit_locally(self, application_id: int, limit: int, second: int) -> bool:
+        if second != self._local_second:  # a new window: the dict holds one second's tenants at most
+            self._local_second = second
+            self._local.clear()
+        count = self._local.get(application_id, 0) + 1
+        self._local[application_id] = count
+        return count <= math.ceil(limit / self.fallback_processes)

@@ -1,4 +1,4 @@
-"""``/applications`` and ``/applications/{token}``."""
+"""``/applications``, ``/applications/{token}`` and its header form ``/application``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class ApplicationsResource:
     @falcon.before(require_admin)
     async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """List applications, a page at a time."""
-        page, per_page = page_params(req, self.service.limits.max_page_size)
+        page, per_page = page_params(req, self.service.limits)
         result = await self.service.list_applications(page, per_page)
         resp.media = [a.public() for a in result.items]
         add_page_links(req, resp, result.page, result.per_page, result.has_next)
@@ -33,7 +33,8 @@ class ApplicationsResource:
             name, key, caller=admin_identity(self.admin_api_key)
         )
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
-        resp.location = f"{req.prefix}/applications/{application.token}"
+        if application.token is not None:  # a replay without TOKEN_SEALING_KEY cannot recover it (docs/security.md)
+            resp.location = f"{req.prefix}/applications/{application.token}"
         resp.media = application.public()
 
     async def on_get_item(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
@@ -47,6 +48,11 @@ class ApplicationsResource:
         ).public()
 
     on_put_item = on_patch_item
+
+    # The header form, /application (token in Authorization): the tenant's own operations only, no DELETE.
+    on_get_own = on_get_item
+    on_patch_own = on_patch_item
+    on_put_own = on_patch_item
 
     @falcon.before(require_admin)
     async def on_delete_item(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
@@ -68,8 +74,8 @@ async def _body_object(req: falcon.Request) -> dict | None:
 class TenantAdminResource:
     """Tenant management (admin key): suspend and resume, rotate the token, limits, usage.
 
-    The same :mod:`chat_common.tenancy` operations the operator applies from an ``Application``'s spec. They work
-    on suspended tenants, and with the former token during its grace period.
+    The same :mod:`chat_common.tenancy.applications` operations the operator applies from an ``Application``'s spec.
+    They work on suspended tenants, and with the former token during its grace period.
     """
 
     def __init__(self, service: ChatService, admin_api_key: str | None) -> None:

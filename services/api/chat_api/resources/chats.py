@@ -16,7 +16,7 @@ class ChatsResource:
 
     async def on_get(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """List chats in number order (``?after=n`` starts after chat n)."""
-        page, per_page = page_params(req, self.service.limits.max_page_size)
+        page, per_page = page_params(req, self.service.limits, keyset=True)
         result = await self.service.list_chats(token, page, per_page, after_param(req))
         resp.media = [c.public() for c in result.items]
         last = result.items[-1].chat_number if result.items else None

@@ -16,7 +16,7 @@ class MessagesResource:
 
     async def on_get(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
         """List messages in number order (``?after=m`` starts after message m)."""
-        page, per_page = page_params(req, self.service.limits.max_page_size)
+        page, per_page = page_params(req, self.service.limits, keyset=True)
         result = await self.service.list_messages(token, chat_number, page, per_page, after_param(req))
         resp.media = [m.public() for m in result.items]
         last = result.items[-1].message_number if result.items else None
@@ -70,7 +70,7 @@ class MessageSearchResource:
             raise falcon.HTTPBadRequest(
                 description=f"query must be at most {self.service.limits.max_query_chars} characters"
             )
-        page, per_page = page_params(req, self.service.limits.max_page_size)
+        page, per_page = page_params(req, self.service.limits)
         result = await self.service.search_messages(token, chat_number, query, page, per_page)
         resp.media = [
             {"message_number": h.message_number, "body": h.body, **({"score": h.score} if h.score is not None else {})}

@@ -49,8 +49,8 @@ def without_admin_key(document: dict) -> dict:
     for item in document["paths"].values():
         for method in METHODS:
             operation = item.get(method)
-            if not operation or not operation.get("security"):
-                continue
+            if not operation or {"adminKey": []} not in (operation.get("security") or []):
+                continue  # not an admin operation (the header form's applicationToken stays)
             operation["security"] = []
             operation["responses"].pop("401", None)
             description = operation.get("description")
@@ -92,7 +92,10 @@ def render_html(document: dict) -> str:
             operation = item.get(method)
             if operation is None:
                 continue
-            admin = " <span class=muted>(admin key)</span>" if operation.get("security") else ""
+            security = operation.get("security") or []
+            admin = " <span class=muted>(admin key)</span>" if {"adminKey": []} in security else ""
+            if {"applicationToken": []} in security:
+                admin = " <span class=muted>(token in Authorization)</span>"
             out.append(f"<section><h3><span class=method>{method}</span> <span class=path>{esc(path)}</span></h3>")
             out.append(f"<p>{esc(operation.get('summary', ''))}{admin}</p>")
             if operation.get("description"):

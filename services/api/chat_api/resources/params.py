@@ -9,7 +9,7 @@ import re
 import falcon
 
 from chat_api.model import Invalid
-from chat_api.services import MAX_PAGE
+from chat_api.services import MAX_OFFSET, Limits
 from chat_common.validation import MAX_NUMBER
 
 _NONE = object()  # a form the body does not send (None is a value a client can send)
@@ -63,21 +63,58 @@ async def body_field(req: falcon.Request, root: str, field: str) -> object:
     return next(iter(sent.values()), None)
 
 
-def page_params(req: falcon.Request, max_page_size: int) -> tuple[int, int | None]:
+_QUERY_NUMBER = re.compile(r"0|[1-9][0-9]{0,9}")
+
+
+def query_number(req: falcon.Request, name: str, min_value: int, max_value: int) -> int | None:
+    """A number in the query string, spelled as the contract spells it: ASCII ``0`` or ``[1-9][0-9]*``; 400 else.
+
+    Falcon's ``get_param_as_int`` uses :func:`int`, which also reads ``+1``, ``01``, `` 1``, ``1_0`` and full-width
+    or Arabic-Indic digits: many URLs for one page, which caches and rules in front would tell apart (the same
+    reason the path numbers are strict, :class:`NumberConverter`). ``None`` when the parameter is absent.
+    """
+    value = req.get_param(name)
+    if value is None:
+        return None
+    if not _QUERY_NUMBER.fullmatch(value) or not min_value <= int(value) <= max_value:
+        raise falcon.HTTPInvalidParam(
+            f"It must be a whole number from {min_value} to {max_value}, in ASCII digits without sign or leading zeros",
+            name,
+        )
+    return int(value)
+
+
+def page_params(req: falcon.Request, limits: Limits, keyset: bool = False) -> tuple[int, int | None]:
     """``page`` (1-based) and ``per_page`` from the query string; 400 when malformed or out of range.
 
-    This is the one place the pagination bounds are checked (``1..MAX_PAGE`` pages, ``1..max_page_size`` rows):
+    This is the one place the pagination bounds are checked (``1..max_page_size`` rows per page, and an offset —
+    the rows before the page, ``(page - 1) x per_page`` — of at most :data:`~chat_api.services.MAX_OFFSET`):
     out-of-range paging is a malformed request (400, as the README and the OpenAPI document say), and the service
     trusts what it is given here (:meth:`chat_api.services.ChatService.page_bounds` only fills in the default).
+
+    An offset makes MySQL (or Elasticsearch) read and drop every row before the page, so its cost grows with the
+    depth; :data:`MAX_OFFSET` bounds it. Lists with numbered rows (``keyset``: chats, messages) go deeper with
+    ``after=<number>`` (the ``next`` link does so), where ``page`` is only the page's ordinal and is not capped.
     """
-    page = req.get_param_as_int("page", min_value=1, max_value=MAX_PAGE, default=1)
-    per_page = req.get_param_as_int("per_page", min_value=1, max_value=max_page_size)
+    per_page = query_number(req, "per_page", 1, limits.max_page_size)
+    after = after_param(req) if keyset else None
+    page = query_number(req, "page", 1, MAX_NUMBER) or 1
+    rows_before = (page - 1) * (per_page or limits.default_page_size)
+    if after is None and rows_before > MAX_OFFSET:
+        further = (
+            "; to read further, pass after=<the last number you have> (or follow the Link header's next)"
+            if keyset
+            else "; narrow the request instead"
+        )
+        raise falcon.HTTPInvalidParam(
+            f"Pages may start at most {MAX_OFFSET} rows in (this one starts {rows_before} rows in){further}", "page"
+        )
     return page, per_page
 
 
 def after_param(req: falcon.Request) -> int | None:
     """``after``: the number the page starts after (keyset pagination); 400 when malformed."""
-    return req.get_param_as_int("after", min_value=0, max_value=MAX_NUMBER)
+    return query_number(req, "after", 0, MAX_NUMBER)
 
 
 def add_page_links(
@@ -123,7 +160,7 @@ async def require_admin(req: falcon.Request, resp: falcon.Response, resource, pa
 def admin_identity(admin_api_key: str | None) -> str:
     """Who passed :func:`require_admin`: a digest of the configured key (never the key), or ``open`` without one.
 
-    Application-create idempotency keys are scoped to it (:func:`chat_common.idempotency.caller_key`), so a new
+    Application-create idempotency keys are scoped to it (:func:`chat_common.wire.idempotency.caller_key`), so a new
     admin key starts a new key space, and a deployment without an admin key shares one (it has no callers to tell
     apart: anyone may create and list applications there).
     """

@@ -6,6 +6,7 @@ import re
 
 import falcon
 
+from chat_api.errors import retry_hint
 from chat_api.metrics_buffer import BUFFER
 from chat_api.resources.params import after_param
 from chat_api.services import ChatService
@@ -44,13 +45,17 @@ class MessageStreamResource:
         """Open a stream: replay after ``Last-Event-ID``/``?after=`` (default: from now), then live events."""
         after = last_event_id(req)
         if self.hub is None:
-            raise falcon.HTTPServiceUnavailable(description="live streams are not served here", retry_after=5)
+            description = retry_hint("live streams are not served here", 5)
+            raise falcon.HTTPServiceUnavailable(description=description, retry_after=5)
         application_id, after = await self.service.stream_position(token, chat_number, after)
         try:
             stream = self.hub.open(application_id, chat_number, after, aborter(req.scope), token=token)
         except Refused as exc:
             BUFFER.inc(metrics.STREAM_REFUSED, exc.limit)
-            raise falcon.HTTPTooManyRequests(description=str(exc), retry_after=5) from None
+            if exc.limit == "tenant":  # this tenant's share is used up: its own doing
+                raise falcon.HTTPTooManyRequests(description=str(exc), retry_after=5) from None
+            # The process is full (every tenant's streams): a capacity fault; another process may have room.
+            raise falcon.HTTPServiceUnavailable(description=str(exc), retry_after=5) from None
         on_disconnect(req.scope, lambda: self.hub.end(stream, "client"))  # frees its slot at once
         resp.set_header("X-Accel-Buffering", "no")  # nginx (the ingress): pass events through unbuffered
         resp.sse = self.hub.events(stream)

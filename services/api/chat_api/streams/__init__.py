@@ -1,26 +1,25 @@
 """Live message streams (Server-Sent Events): ``GET /applications/{token}/chats/{n}/messages/stream``.
 
 - :mod:`.hub` — the streams of one worker: order, exactly once, the gap rule, resume, backpressure, heartbeats.
-- :mod:`.subscriber` — the worker's one consumer of the writers' announcements (``chat_common.announcements``).
+- :mod:`.subscriber` — the worker's one consumer of the writers' announcements (``chat_common.wire.announcements``).
 - :mod:`.reader` — the MySQL range reads a stream makes (replay, gaps, re-sync).
 - :mod:`.registry` — the chats this worker streams, listed in Redis for the writers (who announce only those).
-- :mod:`.asgi` — the Falcon app subclass that lets a stream abort its connection (slow clients).
+- :mod:`.asgi` — the Falcon app subclass that lets a stream abort its connection (slow clients) and carries the
+  process's hub to the server (which ends the streams first when it shuts down), and the hub's lifespan.
 
 The HTTP side is ``chat_api.resources.streams``; the design is in docs/architecture.md ("Live streams").
 """
 
 from __future__ import annotations
 
-import asyncio
-
-from chat_api.streams.hub import HUBS, Refused, StreamHub, StreamLimits, TokenStanding
+from chat_api.streams.hub import Refused, StreamHub, StreamLimits, TokenStanding
 from chat_api.streams.reader import SqlStreamReader
 from chat_api.streams.registry import RedisStreamRegistry
 from chat_api.streams.subscriber import AnnouncementSubscriber
-from chat_common.broker import API, BrokerNodes
-from chat_common.topology import announcements_exchange
+from chat_common.clients.broker import API, BrokerNodes
+from chat_common.wire.topology import announcements_exchange
 
-__all__ = ["Refused", "StreamHub", "StreamLimits", "build_hub", "end_all_streams"]
+__all__ = ["Refused", "StreamHub", "StreamLimits", "build_hub"]
 
 
 def build_hub(settings, db, redis_client, keys, standing: TokenStanding | None = None) -> StreamHub:
@@ -43,13 +42,3 @@ def build_hub(settings, db, redis_client, keys, standing: TokenStanding | None =
         registry=RedisStreamRegistry(redis_client, keys.stream_rooms),
         standing=standing,
     )
-
-
-async def end_all_streams(timeout: float = 2.0) -> None:
-    """End every stream of this process and wait (bounded) for their responses to finish (server shutdown)."""
-    hubs = list(HUBS)
-    for hub in hubs:
-        hub.end_all()
-    deadline = asyncio.get_running_loop().time() + timeout
-    while any(hub.open_count for hub in hubs) and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)

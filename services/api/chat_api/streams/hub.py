@@ -46,7 +46,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -57,8 +56,9 @@ from chat_api.metrics_buffer import BUFFER
 from chat_api.model import Unavailable
 from chat_api.streams.reader import Row, StreamReader
 from chat_api.streams.registry import REFRESH_SECONDS as REGISTRY_REFRESH_SECONDS
-from chat_common import announcements, metrics
+from chat_common import metrics
 from chat_common.validation import MAX_NUMBER
+from chat_common.wire import announcements
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,6 @@ HEARTBEAT = b": heartbeat\n\n"
 TENANT_CHECK_SECONDS = 1.0
 # Ends of a stream that let its response finish cleanly (what is pending is written first); others abort it.
 CLEAN_ENDS = frozenset({"shutdown", "suspended", "expired_token", "unknown"})
-
-# Every hub of this process, so that the server can end the streams when it starts shutting down (chat_api.worker).
-HUBS: weakref.WeakSet[StreamHub] = weakref.WeakSet()
 
 
 class Frame(bytes):
@@ -121,7 +118,7 @@ class StreamRegistry(Protocol):
 
 
 class Refused(Exception):
-    """A limit refuses a new stream (429)."""
+    """A limit refuses a new stream: ``limit`` is "tenant" (its share used up: 429) or "process" (full: 503)."""
 
     def __init__(self, limit: str, message: str) -> None:
         super().__init__(message)
@@ -132,8 +129,8 @@ class Refused(Exception):
 class StreamLimits:
     """The settings of the streams of one process (``STREAM_*``)."""
 
-    max_per_process: int = 10_000
-    max_per_tenant: int = 1_000
+    max_per_process: int = 4_000
+    max_per_tenant: int = 100
     heartbeat_seconds: float = 15.0
     retry_ms: int = 3_000
     buffer_bytes: int = 256 * 1024
@@ -224,7 +221,6 @@ class StreamHub:
         self._beats: list[Stream] = []
         self._beats_per_tick = 1
         self.retry_frame = Frame(b"retry: %d\n\n" % limits.retry_ms)
-        HUBS.add(self)
 
     # -- opening and closing ---------------------------------------------------------------------------------
     def open(
@@ -584,51 +580,78 @@ class StreamHub:
                 log.exception("stream ticker step failed")
 
     def tick(self, now: float) -> None:
-        """One step: gaps due for a MySQL look, the tenant rules of open streams' tokens, heartbeats when due,
-        unbinding of rooms left empty."""
-        if self.standing is not None and now >= self._next_standing and not self._checking:
-            self._next_standing = now + TENANT_CHECK_SECONDS
-            tokens = {s.token for room in self.rooms.values() for s in room.streams if s.token and not s.ended}
-            if tokens:
-                self._checking = True  # one round at a time: a slow directory never piles rounds up
-                self._spawn(self._check_tokens(tokens))
-        if self.gapped:
-            due: dict[Room, list[Stream]] = {}
-            for stream in list(self.gapped):
-                if stream.ended:
-                    self.gapped.discard(stream)
-                    continue
-                self._advance(stream, now)  # the gap rule is time-based: a hole may have aged past it
-                if stream.ahead and not stream.reading and now >= stream.gap_check_at:
-                    due.setdefault(stream.room, []).append(stream)
-            for room, streams in due.items():
-                upto = max(max(s.ahead) for s in streams if s.ahead)
-                self._spawn(self._read_into(room, "gap", upto, streams))
-        if self.registry is not None:
-            if now >= self._next_refresh:
-                self._next_refresh = now + REGISTRY_REFRESH_SECONDS
-                self._spawn(self._refresh_registry())
-            else:
-                for room in self.rooms.values():
-                    if room.streams and not room.registered:
-                        self._spawn(self._register(room))
-                        break  # one at a time: they all go with the next refresh anyway
-        if self._beats:  # this period's heartbeats, a slice per tick: thousands of streams never wake at once
-            for stream in self._beats[-self._beats_per_tick :]:
-                if not stream.pending and not stream.ended:
-                    stream.pending.append(HEARTBEAT)
-                    self._wake(stream)
-            del self._beats[-self._beats_per_tick :]
-        if now >= self._next_heartbeat:
+        """One step of the ticker: each job in turn (see each method for when it acts)."""
+        self._schedule_tenant_check(now)
+        self._check_gaps(now)
+        self._keep_registry(now)
+        self._send_heartbeats()
+        if now >= self._next_heartbeat:  # once per heartbeat period
             self._next_heartbeat = now + self.limits.heartbeat_seconds
-            self._beats = [stream for room in self.rooms.values() for stream in room.streams]
-            ticks = max(int(self.limits.heartbeat_seconds / TICK_SECONDS) // 2, 1)  # done in half the period
-            self._beats_per_tick = max(-(-len(self._beats) // ticks), 1)
-            for key, room in list(self.rooms.items()):
-                if not room.streams and now - room.empty_since > ROOM_LINGER_SECONDS:
-                    del self.rooms[key]
-                    if room.bound is not None and self.subscriber is not None:
-                        self.subscriber.unbind(key)
+            self._plan_heartbeats()
+            self._drop_empty_rooms(now)
+
+    def _schedule_tenant_check(self, now: float) -> None:
+        """Every ``TENANT_CHECK_SECONDS``, a round of the tenant rules of open streams' tokens (one at a time)."""
+        if self.standing is None or now < self._next_standing or self._checking:
+            return
+        self._next_standing = now + TENANT_CHECK_SECONDS
+        tokens = {s.token for room in self.rooms.values() for s in room.streams if s.token and not s.ended}
+        if tokens:
+            self._checking = True  # one round at a time: a slow directory never piles rounds up
+            self._spawn(self._check_tokens(tokens))
+
+    def _check_gaps(self, now: float) -> None:
+        """Apply the gap rule to streams holding rows (it is time-based), and read the holes due for a MySQL look."""
+        if not self.gapped:
+            return
+        due: dict[Room, list[Stream]] = {}
+        for stream in list(self.gapped):
+            if stream.ended:
+                self.gapped.discard(stream)
+                continue
+            self._advance(stream, now)  # a hole may have aged past the gap rule
+            if stream.ahead and not stream.reading and now >= stream.gap_check_at:
+                due.setdefault(stream.room, []).append(stream)
+        for room, streams in due.items():
+            upto = max(max(s.ahead) for s in streams if s.ahead)
+            self._spawn(self._read_into(room, "gap", upto, streams))
+
+    def _keep_registry(self, now: float) -> None:
+        """Refresh the writers' registry every ``REGISTRY_REFRESH_SECONDS``; in between, list one room it lacks."""
+        if self.registry is None:
+            return
+        if now >= self._next_refresh:
+            self._next_refresh = now + REGISTRY_REFRESH_SECONDS
+            self._spawn(self._refresh_registry())
+            return
+        for room in self.rooms.values():
+            if room.streams and not room.registered:
+                self._spawn(self._register(room))
+                break  # one at a time: they all go with the next refresh anyway
+
+    def _send_heartbeats(self) -> None:
+        """This tick's slice of the period's heartbeats: thousands of streams never wake at once."""
+        if not self._beats:
+            return
+        for stream in self._beats[-self._beats_per_tick :]:
+            if not stream.pending and not stream.ended:
+                stream.pending.append(HEARTBEAT)
+                self._wake(stream)
+        del self._beats[-self._beats_per_tick :]
+
+    def _plan_heartbeats(self) -> None:
+        """The streams to beat this period, sliced so that they are all done in half the period."""
+        self._beats = [stream for room in self.rooms.values() for stream in room.streams]
+        ticks = max(int(self.limits.heartbeat_seconds / TICK_SECONDS) // 2, 1)
+        self._beats_per_tick = max(-(-len(self._beats) // ticks), 1)
+
+    def _drop_empty_rooms(self, now: float) -> None:
+        """Forget, and unbind, the rooms nobody has listened to for ``ROOM_LINGER_SECONDS``."""
+        for key, room in list(self.rooms.items()):
+            if not room.streams and now - room.empty_since > ROOM_LINGER_SECONDS:
+                del self.rooms[key]
+                if room.bound is not None and self.subscriber is not None:
+                    self.subscriber.unbind(key)
 
     async def _check_tokens(self, tokens: set[str]) -> None:
         """One round of the tenant rules: one directory lookup per distinct token; refused tokens' streams end."""
@@ -659,12 +682,17 @@ class StreamHub:
             for stream in list(room.streams):
                 self.end(stream, reason)
 
+    async def end_all_and_wait(self, timeout: float = 2.0) -> None:
+        """End every stream and wait (bounded) for their responses to finish: the server is shutting down and
+        waits for open responses before the lifespan shutdown (``chat_api.worker.StreamEndingServer``)."""
+        self.end_all()
+        deadline = time.monotonic() + timeout
+        while self.open_count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     async def close(self, drain_seconds: float = 2.5) -> None:
         """End every stream, give their responses ``drain_seconds`` to finish, stop the ticker and the consumer."""
-        self.end_all()
-        deadline = time.monotonic() + drain_seconds
-        while self.open_count and time.monotonic() < deadline:  # the responses finish on their own tasks
-            await asyncio.sleep(0.05)
+        await self.end_all_and_wait(drain_seconds)  # the responses finish on their own tasks
         for task in [self._ticker, *self._background]:
             if task is not None:
                 task.cancel()

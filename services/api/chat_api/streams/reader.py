@@ -14,7 +14,7 @@ from typing import Protocol
 from sqlalchemy import bindparam, func, literal_column, select
 
 from chat_api.adapters.database import Database
-from chat_common.tables import in_chat, messages
+from chat_common.schema.tables import in_chat, messages
 
 # (number, body, age in seconds) of a chat's messages in (after, upto], in number order.
 Row = tuple[int, str, float]

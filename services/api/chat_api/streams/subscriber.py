@@ -23,8 +23,8 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 
 from chat_api.adapters.pika_callbacks import guarded
-from chat_common.broker import BrokerNodes, asyncio_connection
-from chat_common.topology import declare_announcements
+from chat_common.clients.broker import BrokerNodes, asyncio_connection
+from chat_common.wire.topology import declare_announcements
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class AnnouncementSubscriber:
         on_ready: Callable[[], None],
         on_lost: Callable[[], None],
     ) -> None:
-        self.broker = broker  # the nodes (chat_common.broker.API profile): tried in turn, failing over
+        self.broker = broker  # the nodes (chat_common.clients.broker.API profile): tried in turn, failing over
         self.exchange = exchange
         self.on_announcement = on_announcement
         self.on_ready = on_ready

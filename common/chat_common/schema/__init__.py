@@ -1,0 +1,1 @@
+"""The database schema: the tables as SQLAlchemy Core metadata and their Alembic migrations."""

@@ -1,1 +1,0 @@
-"""Test support: namespaces, processes and the API client (from chat_devtools), and test-only helpers."""

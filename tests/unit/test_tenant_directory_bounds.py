@@ -1,0 +1,150 @@
+"""The tenant directory's bounds against strangers and outages, and the rate limiter's fallback, on fakes.
+
+- Unknown tokens: remembered in a negative cache of their own (a flood of random tokens never evicts a real tenant),
+  honoured by fresh lookups too, cleared by an invalidation (a tenant created or rotated on this process), and
+  looked up in MySQL at a bounded rate per process (past the budget, a token with no entry answers 503 before any
+  query; lookups that find a tenant spend nothing).
+- Outages: a cached entry is served while MySQL is unreachable only up to ``stale_seconds`` after MySQL last
+  confirmed it; then 503 (:class:`DatabaseUnavailable`), so a suspension or a rotation made just before the outage
+  takes effect within that bound.
+- The rate limiter keeps counting per process while Redis is unreachable.
+"""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
+from chat_api.model import DatabaseUnavailable, Unavailable
+from chat_common.wire.keys import RedisKeys
+from tests.unit.test_service_tenants import Clock, FakeDatabase
+
+
+def make(**options) -> tuple[TenantDirectory, FakeDatabase, Clock]:
+    db, clock = FakeDatabase(), Clock()
+    options = {"ttl": 2.0, "max_entries": 3, "clock": clock, **options}
+    return TenantDirectory(db, **options), db, clock
+
+
+async def test_fresh_lookups_of_an_unknown_token_cost_one_query():
+    tenants, db, _ = make()
+    for _ in range(20):
+        assert await tenants.lookup("stranger", fresh=True) is None
+    assert db.queries == 1
+
+
+async def test_unknown_tokens_are_remembered_longer_than_known_ones():
+    tenants, db, clock = make(negative_ttl=30.0)
+    await tenants.lookup("stranger")
+    clock.now += 29
+    await tenants.lookup("stranger")
+    assert db.queries == 1
+    clock.now += 1.5
+    await tenants.lookup("stranger")
+    assert db.queries == 2
+
+
+async def test_a_flood_of_unknown_tokens_never_evicts_a_real_tenant():
+    tenants, db, _ = make(max_entries=3)
+    db.add("real", 1)
+    await tenants.lookup("real")
+    for i in range(100):
+        await tenants.lookup(f"random{i}")
+    queries = db.queries
+    assert (await tenants.lookup("real")).id == 1
+    assert db.queries == queries  # still cached: the strangers went to the negative cache
+
+
+async def test_the_negative_cache_is_bounded():
+    tenants, _, _ = make(negative_max_entries=10)
+    for i in range(50):
+        await tenants.lookup(f"random{i}")
+    assert tenants.unknown_count() == 10
+
+
+async def test_an_invalidation_forgets_an_unknown_token():
+    tenants, db, _ = make()
+    assert await tenants.lookup("new-token") is None
+    db.add("new-token", 7)  # created (or rotated to) on this process, which invalidates it
+    tenants.invalidate("new-token")
+    assert (await tenants.lookup("new-token")).id == 7
+
+
+async def test_unknown_lookups_past_the_budget_answer_503_before_mysql():
+    tenants, db, clock = make(unknown_lookups_per_second=5.0)
+    db.add("real", 1)
+    await tenants.lookup("real")  # known before the flood
+    for i in range(5):
+        await tenants.lookup(f"random{i}")
+    with pytest.raises(Unavailable) as refused:
+        await tenants.lookup("random-over")
+    assert refused.value.retry_after == 1
+    assert db.queries == 6
+    assert (await tenants.lookup("real", fresh=True)).id == 1  # a known tenant is never refused
+    assert db.queries == 7
+    clock.now += 1.0  # the budget refills (5 per second)
+    assert await tenants.lookup("random-later") is None
+
+
+async def test_lookups_that_find_tenants_spend_no_budget():
+    tenants, db, _ = make(unknown_lookups_per_second=5.0, max_entries=100)
+    for i in range(50):  # a process that just started meets many real tenants at once
+        db.add(f"t{i}", i + 1)
+    assert [(await tenants.lookup(f"t{i}")).id for i in range(50)] == list(range(1, 51))
+
+
+async def test_stale_entries_are_served_only_up_to_the_stale_bound():
+    tenants, db, clock = make(stale_seconds=10.0)
+    db.add("tok", 1)
+    await tenants.lookup("tok")
+    db.down = True
+    clock.now += 9.5
+    assert (await tenants.lookup("tok")).id == 1  # within the bound of MySQL's last answer
+    clock.now += 1.0
+    with pytest.raises(DatabaseUnavailable) as refused:
+        await tenants.lookup("tok")
+    assert refused.value.retry_after >= 1
+    db.down = False
+    assert (await tenants.lookup("tok")).id == 1  # back: confirmed again, served again
+
+
+async def test_a_stale_bound_of_zero_serves_nothing_stale():
+    tenants, db, clock = make(stale_seconds=0.0)
+    db.add("tok", 1)
+    await tenants.lookup("tok")
+    db.down = True
+    clock.now += 2.1
+    with pytest.raises(DatabaseUnavailable):
+        await tenants.lookup("tok")
+
+
+# -- the rate limiter while Redis is down --------------------------------------------------------------------------
+class DownRedis:
+    """A redis client whose every command fails to connect; counts the attempts."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def pipeline(self, transaction: bool = False):
+        self.attempts += 1
+        raise RedisConnectionError("connection refused")
+
+
+async def test_the_rate_limit_holds_per_process_while_redis_is_down():
+    wall = Clock()
+    client = DownRedis()
+    limiter = RedisRateLimiter(client, RedisKeys("t:"), clock=wall)
+    admitted = [await limiter.admit(1, 3) for _ in range(5)]
+    assert admitted == [True, True, True, False, False]
+    assert await limiter.admit(2, 3)  # per application
+    assert client.attempts == 1  # Redis is not asked again within the second after it failed
+    wall.now += 1.0
+    assert await limiter.admit(1, 3)  # a new second
+    assert client.attempts == 2
+
+
+async def test_the_local_fallback_takes_a_share_of_the_limit():
+    limiter = RedisRateLimiter(DownRedis(), RedisKeys("t:"), clock=Clock(), fallback_processes=4)
+    admitted = [await limiter.admit(1, 10) for _ in range(5)]
+    assert admitted == [True, True, True, False, False]  # ceil(10 / 4) = 3 on this process
