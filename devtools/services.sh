@@ -40,8 +40,16 @@ if ! rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then
   # At the default 1024 descriptors a few hundred quorum queues exhaust the broker's file handle cache and every
   # new AMQP connection hangs: raise the limit for the broker (it inherits this shell's).
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-  rabbitmq-server -detached || true
+  # Debian's /usr/sbin/rabbitmq-server switches user with `su`, whose PAM session (pam_limits) puts the soft limit
+  # back to 1024: switch with setpriv instead, which keeps this shell's limits.
+  (cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+    /usr/lib/rabbitmq/bin/rabbitmq-server -detached) || true
   wait_for 120 rabbitmq-diagnostics -q check_port_connectivity
+fi
+fd_limit=$(rabbitmq-diagnostics -q status 2>/dev/null | sed -n '/File Descriptors/,/limit/s/.*limit: \([0-9]*\).*/\1/p' | head -n 1)
+if [ "${fd_limit:-0}" -lt 4000 ]; then
+  echo "warning: RabbitMQ runs with ${fd_limit:-an unknown} file descriptor limit (it was started before this script?):" \
+    "restart it with 'rabbitmqctl stop' and run this again" >&2
 fi
 
 if ! mysqladmin --protocol=tcp -h 127.0.0.1 -uroot ping >/dev/null 2>&1; then
