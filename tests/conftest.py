@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,21 @@ from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
 
 LOG_ROOT = Path(os.environ.get("TEST_LOG_DIR", "/tmp/chat-system-test-logs"))
+
+
+@contextmanager
+def own_system(
+    label: str, *, api_workers: int = 2, extra_env: dict | None = None, **settings: object
+) -> Iterator[System]:
+    """A whole system (API and writers, ready) on a namespace of its own (``Namespace.create(label, **settings)``),
+    stopped and its namespace destroyed afterwards."""
+    namespace = Namespace.create(label, **settings)
+    system = System(namespace, LOG_ROOT / namespace.name, api_workers=api_workers, extra_env=extra_env)
+    try:
+        yield system.start()
+    finally:
+        system.stop()
+        namespace.destroy()
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from chat_common.clients.db import make_engine
 from chat_devtools.http import Api
-from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
-from tests.conftest import LOG_ROOT
+from tests.conftest import own_system
 
 LIMITS = {
     "API_MAX_HEADERS": "20",
@@ -30,11 +29,8 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def limited() -> Iterator[System]:
-    namespace = Namespace.create("lim")
-    system = System(namespace, LOG_ROOT / namespace.name, api_workers=1, extra_env=LIMITS).start()
-    yield system
-    system.stop()
-    namespace.destroy()
+    with own_system("lim", api_workers=1, extra_env=LIMITS) as system:
+        yield system
 
 
 def _address(system: System) -> tuple[str, int]:
