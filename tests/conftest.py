@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from chat_common.clients.db import make_engine
 from chat_devtools.namespace import Namespace
@@ -31,6 +31,30 @@ def own_system(
     finally:
         system.stop()
         namespace.destroy()
+
+
+def seed_messages(database_url: str, token: str, chat: int, count: int, first_number: int = 1) -> None:
+    """``count`` messages (numbers from ``first_number``) in an existing chat, written straight to MySQL: a chat far
+    larger than creates through the API could make in a test's time."""
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            app_id, chat_id = conn.execute(
+                text(
+                    "SELECT a.id, c.id FROM applications a JOIN chats c ON c.application_id = a.id"
+                    " WHERE a.token_digest = SHA2(:token, 256) AND c.number = :chat"
+                ),
+                {"token": token, "chat": chat},
+            ).one()
+            conn.execute(
+                text(
+                    "INSERT INTO messages (application_id, chat_id, number, body)"
+                    f" SELECT :app, :chat, :first - 1 + seq, CONCAT('seeded message body ', seq) FROM seq_1_to_{count}"
+                ),
+                {"app": app_id, "chat": chat_id, "first": first_number},
+            )
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -37,12 +37,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
-from sqlalchemy import text
 
-from chat_common.clients.db import make_engine
 from chat_devtools.http import Api, wait_for
 from chat_devtools.processes import ROOT, System
-from tests.conftest import LOG_ROOT
+from tests.conftest import LOG_ROOT, seed_messages
 
 pytestmark = pytest.mark.slow
 
@@ -195,35 +193,14 @@ def system(fresh_namespace):
     sys_.stop()
 
 
-def _seed(database_url: str, application_token: str, chat: int) -> None:
-    """A large chat for the hostile tenant, written straight to MySQL (numbers far above what the API hands out)."""
-    engine = make_engine(database_url)
-    with engine.begin() as conn:
-        app_id, chat_id = conn.execute(
-            text(
-                "SELECT a.id, c.id FROM applications a JOIN chats c ON c.application_id = a.id"
-                " WHERE a.token_digest = SHA2(:token, 256) AND c.number = :chat"
-            ),
-            {"token": application_token, "chat": chat},
-        ).one()
-        conn.execute(
-            text(
-                "INSERT INTO messages (application_id, chat_id, number, body)"
-                " SELECT :app, :chat, 1000000 + seq, CONCAT('seeded message body ', seq)"
-                f" FROM seq_1_to_{SEEDED_MESSAGES}"
-            ),
-            {"app": app_id, "chat": chat_id},
-        )
-    engine.dispose()
-
-
 def test_a_hostile_client_does_not_double_a_quiet_tenants_create_p99(system, fresh_namespace):
     api = Api(system.base_url)
     quiet, hostile = api.new_application("quiet"), api.new_application("hostile")
     quiet_chat, hostile_chat = api.new_chat(quiet), api.new_chat(hostile)
     api.wait_chat(quiet, quiet_chat)
     api.wait_chat(hostile, hostile_chat)
-    _seed(fresh_namespace.settings.database_url, hostile, hostile_chat)
+    # A large chat for the hostile tenant, numbered far above what the API hands out.
+    seed_messages(fresh_namespace.settings.database_url, hostile, hostile_chat, SEEDED_MESSAGES, 1_000_001)
     _quiet_window(system.base_url, quiet, quiet_chat, 3.0)  # warm up connections and caches
 
     ctx = multiprocessing.get_context("spawn")
