@@ -57,36 +57,50 @@ def seed_messages(database_url: str, token: str, chat: int, count: int, first_nu
         engine.dispose()
 
 
+# For fixtures (``yield from``): what they hand out, released when they end.
+def namespace_of(label: str) -> Iterator[Namespace]:
+    """A migrated namespace of its own (database, key prefix, queue prefix), destroyed afterwards."""
+    namespace = Namespace.create(label)
+    yield namespace
+    namespace.destroy()
+
+
+def engine_on(namespace: Namespace, **options: object) -> Iterator[Engine]:
+    """An engine on the namespace's database, disposed afterwards."""
+    engine = make_engine(namespace.settings.database_url, **options)
+    yield engine
+    engine.dispose()
+
+
+def redis_on(namespace: Namespace) -> Iterator[redis.Redis]:
+    """A Redis client of the namespace's server (use its key prefix), closed afterwards."""
+    client = redis.Redis.from_url(namespace.settings.redis_url)
+    yield client
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def namespace() -> Iterator[Namespace]:
     """One migrated database, key prefix and queue prefix for the whole session."""
-    ns = Namespace.create("s")
-    yield ns
-    ns.destroy()
+    yield from namespace_of("s")
 
 
 @pytest.fixture
 def fresh_namespace() -> Iterator[Namespace]:
     """A namespace of a test's own, for tests that break or count things."""
-    ns = Namespace.create("f")
-    yield ns
-    ns.destroy()
+    yield from namespace_of("f")
 
 
 @pytest.fixture(scope="session")
 def engine(namespace: Namespace) -> Iterator[Engine]:
     """Engine on the session namespace's database."""
-    eng = make_engine(namespace.settings.database_url)
-    yield eng
-    eng.dispose()
+    yield from engine_on(namespace)
 
 
 @pytest.fixture(scope="session")
 def redis_client(namespace: Namespace) -> Iterator[redis.Redis]:
     """Redis client (use the namespace's key prefix)."""
-    client = redis.Redis.from_url(namespace.settings.redis_url)
-    yield client
-    client.close()
+    yield from redis_on(namespace)
 
 
 @pytest.fixture(scope="session")
