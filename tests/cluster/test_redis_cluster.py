@@ -122,18 +122,28 @@ def start_or_skip(start: Callable[[], T], unavailable: str | None, what: str) ->
         pytest.skip(f"cannot start {what} here: {exc}")
 
 
+@contextlib.contextmanager
+def tenants_on_private_redis(start: Callable[[], T], unavailable: str | None, what: str, prefix: str, tenants: int):
+    """:func:`system_with_tenants` on a private Redis deployment (:func:`start_or_skip`), stopped afterwards; yields
+    the tenants and the Redis deployment."""
+    redis_deployment = start_or_skip(start, unavailable, what)
+    try:
+        with system_with_tenants(prefix, redis_deployment.url, tenants) as found:
+            yield found, redis_deployment
+    finally:
+        redis_deployment.stop()
+
+
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    cluster = start_or_skip(
+    with tenants_on_private_redis(
         lambda: RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start(),
         unavailable_reason(),
         "a Redis Cluster",
-    )
-    try:
-        with system_with_tenants("rcl", cluster.url, APPS) as tenants:
-            yield Deployment(**vars(tenants), cluster=cluster)
-    finally:
-        cluster.stop()
+        "rcl",
+        APPS,
+    ) as (tenants, cluster):
+        yield Deployment(**vars(tenants), cluster=cluster)
 
 
 def message_load(d: Tenants, apps: list[int], threads: int = 6) -> MessageLoad:
