@@ -41,7 +41,7 @@ class Deployment(Tenants):
 def deployment() -> Iterator[Deployment]:
     with tenants_on_private_redis(
         lambda: RedisSentinel(replicas=2, sentinels=3, down_after_ms=500, failover_timeout_ms=2000).start(),
-        unavailable_reason(),
+        unavailable_reason,
         "Redis Sentinel",
         "rsn",
         APPS,
