@@ -135,13 +135,10 @@ def tenants_on_private_redis(
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    with tenants_on_private_redis(
-        lambda: RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start(),
-        unavailable_reason,
-        "a Redis Cluster",
-        "rcl",
-        APPS,
-    ) as (tenants, cluster):
+    def start() -> RedisCluster:
+        return RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start()
+
+    with tenants_on_private_redis(start, unavailable_reason, "a Redis Cluster", "rcl", APPS) as (tenants, cluster):
         yield Deployment(**vars(tenants), cluster=cluster)
 
 

@@ -39,13 +39,10 @@ class Deployment(Tenants):
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    with tenants_on_private_redis(
-        lambda: RedisSentinel(replicas=2, sentinels=3, down_after_ms=500, failover_timeout_ms=2000).start(),
-        unavailable_reason,
-        "Redis Sentinel",
-        "rsn",
-        APPS,
-    ) as (tenants, sentinel):
+    def start() -> RedisSentinel:
+        return RedisSentinel(replicas=2, sentinels=3, down_after_ms=500, failover_timeout_ms=2000).start()
+
+    with tenants_on_private_redis(start, unavailable_reason, "Redis Sentinel", "rsn", APPS) as (tenants, sentinel):
         yield Deployment(**vars(tenants), sentinel=sentinel)
 
 
