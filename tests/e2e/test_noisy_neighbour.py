@@ -111,13 +111,14 @@ def _hostile_main(base_url: str, token: str, chat: int, stop, counts, kinds: tup
     held: list[socket.socket] = []
     threads = []
 
+    def count(key: str) -> None:
+        counts[key] = counts.get(key, 0) + 1
+
     def session_work(make_request):
         session = requests.Session()
 
         def work():
-            resp = make_request(session)
-            key = f"{resp.status_code}"
-            counts[key] = counts.get(key, 0) + 1
+            count(f"{make_request(session).status_code}")
 
         return work
 
@@ -138,30 +139,32 @@ def _hostile_main(base_url: str, token: str, chat: int, stop, counts, kinds: tup
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * (8 << 20) + b"\r\n\r\n")
             sock.recv(1024)
-        counts["huge_header"] = counts.get("huge_header", 0) + 1
+        count("huge_header")
+
+    def held_connection(limit: int, request: bytes) -> socket.socket | None:
+        """A connection that sent ``request`` and is kept open to the end; None (after a pause) once ``limit``
+        connections are held."""
+        if len(held) >= limit:
+            time.sleep(0.5)
+            return None
+        sock = socket.create_connection((host, port), timeout=10)
+        held.append(sock)
+        sock.sendall(request)
+        return sock
 
     def slowloris():
-        if len(held) >= 2_000:
-            time.sleep(0.5)
-            return
-        sock = socket.create_connection((host, port), timeout=10)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never the rest
-        held.append(sock)
-        counts["slowloris"] = counts.get("slowloris", 0) + 1
+        if held_connection(2_000, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ") is not None:  # never the rest
+            count("slowloris")
 
     def stream():
-        if len(held) >= 4_000:
-            time.sleep(0.5)
-            return
-        sock = socket.create_connection((host, port), timeout=10)
-        sock.sendall(
+        request = (
             f"GET /applications/{token}/chats/{chat}/messages/stream HTTP/1.1\r\nHost: x\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
+            "Accept: text/event-stream\r\n\r\n"
         )
-        status = sock.recv(64).split(b" ")[1:2]
-        key = f"stream_{status[0].decode() if status else 'closed'}"
-        counts[key] = counts.get(key, 0) + 1
-        held.append(sock)
+        sock = held_connection(4_000, request.encode())
+        if sock is not None:
+            status = sock.recv(64).split(b" ")[1:2]
+            count(f"stream_{status[0].decode() if status else 'closed'}")
 
     threads_of = {
         "random_token": [session_work(random_token)] * 2,
