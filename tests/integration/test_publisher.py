@@ -77,10 +77,15 @@ def topology() -> Iterator[Topology]:
 
 
 @contextlib.asynccontextmanager
-async def running(url: str, topology: Topology, **options: float) -> AsyncIterator[ConfirmingPublisher]:
+async def running(
+    url: str, topology: Topology, ready_within: float | None = 5.0, **options: float
+) -> AsyncIterator[ConfirmingPublisher]:
+    """A started publisher, ready (connected, confirm mode) unless ``ready_within`` is None; closed afterwards."""
     publisher = ConfirmingPublisher(BrokerNodes(url, API), declare=topology.declare, **options)
     await publisher.start()
     try:
+        if ready_within is not None:
+            await until_ready(publisher, ready_within)
         yield publisher
     finally:
         await publisher.close()
@@ -156,7 +161,6 @@ class BrokerProxy:
 async def test_confirmed_message_is_in_the_queue_and_persistent(topology: Topology) -> None:
     queue = topology.messages.name
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         await publisher.publish(queue, b'{"n": 1}')
     [(properties, body)] = await drain(queue)
     assert body == b'{"n": 1}'
@@ -189,7 +193,6 @@ async def test_returned_message_fails_only_its_own_request(topology: Topology) -
     queue = topology.messages.name
     missing = f"{topology.prefix}.no_such_queue"
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         results = await asyncio.gather(
             publisher.publish(queue, b"1"),
             publisher.publish(missing, b"2"),
@@ -207,7 +210,6 @@ async def test_nack_fails_only_its_own_request(topology: Topology) -> None:
     queue = f"{topology.prefix}.extra.nack"
     await asyncio.to_thread(_declare, queue, {"x-max-length": 1, "x-overflow": "reject-publish"})
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         results = await asyncio.gather(
             publisher.publish(queue, b"first"), publisher.publish(queue, b"second"), return_exceptions=True
         )
@@ -223,7 +225,6 @@ async def test_a_run_of_refused_messages_makes_the_publisher_reconnect(topology:
     queue = f"{topology.prefix}.extra.nack"
     await asyncio.to_thread(_declare, queue, {"x-max-length": 0, "x-overflow": "reject-publish"})  # refuses all
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         first = publisher._connection
         results = await asyncio.gather(
             *(publisher.publish(queue, b"refused") for _ in range(NACKS_BEFORE_RECONNECT)), return_exceptions=True
@@ -247,7 +248,6 @@ async def test_refusals_of_one_queue_make_the_publisher_reconnect_even_while_ano
     queue = f"{topology.prefix}.extra.nack"
     await asyncio.to_thread(_declare, queue, {"x-max-length": 0, "x-overflow": "reject-publish"})  # refuses all
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         first = publisher._connection
         for i in range(NACKS_BEFORE_RECONNECT):
             with pytest.raises(PublishError, match="refused"):
@@ -264,7 +264,6 @@ async def test_refusals_of_one_queue_make_the_publisher_reconnect_even_while_ano
 async def test_channel_closed_by_broker_fails_pending_then_recovers(topology: Topology) -> None:
     queue = topology.messages.name
     async with running(AMQP_URL, topology, timeout=10.0) as publisher:
-        await until_ready(publisher)
         # A publish to a missing exchange makes the broker close the channel; the broker ignores what follows
         # it on that channel, so the ten publishes below are in flight and can only fail.
         publisher._channel.basic_publish(f"{topology.prefix}.no_such_exchange", "x", b"")
@@ -283,7 +282,6 @@ async def test_channel_closed_by_broker_fails_pending_then_recovers(topology: To
 async def test_connection_lost_mid_flight_fails_pending_then_recovers(topology: Topology) -> None:
     queue = topology.messages.name
     async with BrokerProxy() as proxy, running(proxy.url, topology, timeout=10.0) as publisher:
-        await until_ready(publisher)
         proxy.hold()  # the broker receives and confirms, but the confirms stay in the proxy
         pending = [asyncio.create_task(publisher.publish(queue, b"in flight")) for _ in range(10)]
         await asyncio.sleep(0.2)
@@ -300,7 +298,7 @@ async def test_connection_lost_mid_flight_fails_pending_then_recovers(topology: 
 
 @pytest.mark.asyncio
 async def test_broker_down_at_start_fails_quickly(topology: Topology) -> None:
-    async with running(amqp_url(closed_port()), topology, connect_wait=0.5) as publisher:
+    async with running(amqp_url(closed_port()), topology, ready_within=None, connect_wait=0.5) as publisher:
         assert not publisher.is_ready
         started = time.monotonic()
         with pytest.raises(PublishError):
@@ -317,8 +315,7 @@ async def test_broker_down_at_start_fails_quickly(topology: Topology) -> None:
 @pytest.mark.asyncio
 async def test_url_list_connects_through_the_node_that_answers(topology: Topology) -> None:
     queue = topology.messages.name
-    async with running(f"{amqp_url(closed_port())}, {AMQP_URL}", topology) as publisher:
-        await until_ready(publisher, within=3.0)
+    async with running(f"{amqp_url(closed_port())}, {AMQP_URL}", topology, ready_within=3.0) as publisher:
         await publisher.publish(queue, b"via second")
     assert [body for _, body in await drain(queue)] == [b"via second"]
 
@@ -327,7 +324,6 @@ async def test_url_list_connects_through_the_node_that_answers(topology: Topolog
 async def test_missing_confirm_times_out_and_cancel_leaks_nothing(topology: Topology) -> None:
     queue = topology.messages.name
     async with BrokerProxy() as proxy, running(proxy.url, topology, timeout=0.3) as publisher:
-        await until_ready(publisher)
         proxy.hold()
         started = time.monotonic()
         with pytest.raises(PublishError, match="did not confirm"):
