@@ -157,7 +157,6 @@ class BrokerProxy:
 
 
 # -- tests -----------------------------------------------------------------------------------------------------
-@pytest.mark.asyncio
 async def test_confirmed_message_is_in_the_queue_and_persistent(topology: Topology) -> None:
     queue = topology.messages.name
     async with running(AMQP_URL, topology) as publisher:
@@ -168,7 +167,6 @@ async def test_confirmed_message_is_in_the_queue_and_persistent(topology: Topolo
     assert properties.content_type == "application/json"
 
 
-@pytest.mark.asyncio
 async def test_concurrent_publishes_all_confirmed_exactly_once(topology: Topology) -> None:
     queue = topology.chats.name
     bodies = [f'{{"n": {i}}}'.encode() for i in range(200)]
@@ -188,7 +186,6 @@ async def test_concurrent_publishes_all_confirmed_exactly_once(topology: Topolog
     assert Counter(body for _, body in await drain(queue)) == Counter(bodies)
 
 
-@pytest.mark.asyncio
 async def test_returned_message_fails_only_its_own_request(topology: Topology) -> None:
     queue = topology.messages.name
     missing = f"{topology.prefix}.no_such_queue"
@@ -205,7 +202,6 @@ async def test_returned_message_fails_only_its_own_request(topology: Topology) -
     assert [body for _, body in await drain(queue)] == [b"1", b"3", b"4"]
 
 
-@pytest.mark.asyncio
 async def test_nack_fails_only_its_own_request(topology: Topology) -> None:
     queue = f"{topology.prefix}.extra.nack"
     await asyncio.to_thread(_declare, queue, {"x-max-length": 1, "x-overflow": "reject-publish"})
@@ -218,7 +214,6 @@ async def test_nack_fails_only_its_own_request(topology: Topology) -> None:
     assert [body for _, body in await drain(queue)] == [b"first"]
 
 
-@pytest.mark.asyncio
 async def test_a_run_of_refused_messages_makes_the_publisher_reconnect(topology: Topology) -> None:
     """RabbitMQ 3.10 can keep refusing every message on a channel after a quorum queue's leader died (see
     NACKS_BEFORE_RECONNECT): a long run of nacks gets a new connection, on which publishing works again."""
@@ -238,7 +233,6 @@ async def test_a_run_of_refused_messages_makes_the_publisher_reconnect(topology:
     assert [body for _, body in await drain(topology.messages.name)] == [b"after"]
 
 
-@pytest.mark.asyncio
 async def test_refusals_of_one_queue_make_the_publisher_reconnect_even_while_another_queue_is_confirmed(
     topology: Topology,
 ) -> None:
@@ -260,7 +254,6 @@ async def test_refusals_of_one_queue_make_the_publisher_reconnect_even_while_ano
             await asyncio.sleep(0.05)
 
 
-@pytest.mark.asyncio
 async def test_channel_closed_by_broker_fails_pending_then_recovers(topology: Topology) -> None:
     queue = topology.messages.name
     async with running(AMQP_URL, topology, timeout=10.0) as publisher:
@@ -278,7 +271,6 @@ async def test_channel_closed_by_broker_fails_pending_then_recovers(topology: To
     assert [body for _, body in await drain(queue)] == [b"after"]
 
 
-@pytest.mark.asyncio
 async def test_connection_lost_mid_flight_fails_pending_then_recovers(topology: Topology) -> None:
     queue = topology.messages.name
     async with BrokerProxy() as proxy, running(proxy.url, topology, timeout=10.0) as publisher:
@@ -296,7 +288,6 @@ async def test_connection_lost_mid_flight_fails_pending_then_recovers(topology: 
         await publisher.publish(queue, b"after")
 
 
-@pytest.mark.asyncio
 async def test_broker_down_at_start_fails_quickly(topology: Topology) -> None:
     async with running(amqp_url(closed_port()), topology, ready_within=None, connect_wait=0.5) as publisher:
         assert not publisher.is_ready
@@ -312,7 +303,6 @@ async def test_broker_down_at_start_fails_quickly(topology: Topology) -> None:
         assert not publisher.is_ready
 
 
-@pytest.mark.asyncio
 async def test_url_list_connects_through_the_node_that_answers(topology: Topology) -> None:
     queue = topology.messages.name
     async with running(f"{amqp_url(closed_port())}, {AMQP_URL}", topology, ready_within=3.0) as publisher:
@@ -320,7 +310,6 @@ async def test_url_list_connects_through_the_node_that_answers(topology: Topolog
     assert [body for _, body in await drain(queue)] == [b"via second"]
 
 
-@pytest.mark.asyncio
 async def test_missing_confirm_times_out_and_cancel_leaks_nothing(topology: Topology) -> None:
     queue = topology.messages.name
     async with BrokerProxy() as proxy, running(proxy.url, topology, timeout=0.3) as publisher:
@@ -341,7 +330,6 @@ async def test_missing_confirm_times_out_and_cancel_leaks_nothing(topology: Topo
         assert publisher.is_ready
 
 
-@pytest.mark.asyncio
 async def test_close_fails_pending_and_stops_every_task(topology: Topology) -> None:
     queue = topology.messages.name
     publisher = ConfirmingPublisher(BrokerNodes(AMQP_URL, API), declare=topology.declare)
