@@ -59,21 +59,19 @@ COPY --from=counter-cron-venv /opt/venv /opt/venv
 ENTRYPOINT ["python", "-m", "counter_cron"]
 
 # -- the writers: consume their RabbitMQ queue in batches until SIGTERM; /metrics on METRICS_PORT -----------------
-FROM runtime AS chat-writer
-COPY --from=chat-writer-venv /opt/venv /opt/venv
+FROM runtime AS writer
 ENV METRICS_PORT=9090
 EXPOSE 9090
 # A writer has no HTTP API: the metrics endpoint answering is the sign of a live process.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ['METRICS_PORT'], timeout=2)"]
+
+FROM writer AS chat-writer
+COPY --from=chat-writer-venv /opt/venv /opt/venv
 ENTRYPOINT ["python", "-m", "chat_writer"]
 
-FROM runtime AS message-writer
+FROM writer AS message-writer
 COPY --from=message-writer-venv /opt/venv /opt/venv
-ENV METRICS_PORT=9090
-EXPOSE 9090
-HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ['METRICS_PORT'], timeout=2)"]
 ENTRYPOINT ["python", "-m", "message_writer"]
 
 # -- the operator (kopf): reconciles chat-system.io/v1 Application objects; /healthz on 8080, /metrics on 9090 -----

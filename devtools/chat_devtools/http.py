@@ -74,6 +74,15 @@ class Api:
         assert resp.status_code == 201, resp.text
         return resp.json()["message_number"]
 
+    def first_message_stored(self, name: str, body: str) -> str:
+        """A new application with chat 1 and message 1 in it, once the writers stored the message (the whole write
+        path: API, broker, both writers, MySQL); returns its token."""
+        token = self.new_application(name)
+        assert self.new_chat(token) == 1
+        self.new_message(token, 1, body)
+        self.wait_message(token, 1, 1)
+        return token
+
     def wait_chat(self, token: str, chat: int, timeout: float = 15.0) -> dict:
         """The chat once its row is written."""
 

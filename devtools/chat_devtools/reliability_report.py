@@ -46,12 +46,11 @@ def _outcome(row: dict) -> str:
     return "as documented" if row.get("outcome") == "pass" else "**FAILED**"
 
 
-def _chaos(doc: dict | None) -> list[str]:
-    out = ["## Faults under load", ""]
+def _chaos(doc: dict | None) -> list[str] | None:
     if not doc:
-        return [*out, "_Not run._", ""]
+        return None
     rows = doc["rows"]
-    out += [
+    out = [
         f"Last run: {_when(doc['finished_at'])}, {doc['host']['cpus']} CPUs. Each fault hit a fresh system on private "
         "MariaDB, Redis and RabbitMQ instances while 4 clients created chats and messages as fast as they were "
         "answered. *Accepted* = answered 201; *persisted* = found in MySQL exactly once with the answered number "
@@ -90,12 +89,11 @@ def _chaos(doc: dict | None) -> list[str]:
     return out
 
 
-def _guarantees(doc: dict | None, fresh: dict | None) -> list[str]:
-    out = ["## What clients see under faults", ""]
+def _guarantees(doc: dict | None, fresh: dict | None) -> list[str] | None:
     rows = (doc or {}).get("rows", []) + (fresh or {}).get("rows", [])
     if not rows:
-        return [*out, "_Not run._", ""]
-    out += [
+        return None
+    out = [
         "Readiness, idempotent retries and error answers, observed from outside over HTTP "
         "(`tests/chaos/test_client_guarantees.py`, `tests/integration/test_fresh_start.py`).",
         "",
@@ -104,14 +102,13 @@ def _guarantees(doc: dict | None, fresh: dict | None) -> list[str]:
     return [*out, ""]
 
 
-def _hostile(doc: dict | None) -> list[str]:
-    out = ["## Hostile input", ""]
+def _hostile(doc: dict | None) -> list[str] | None:
     if not doc:
-        return [*out, "_Not run._", ""]
+        return None
     rows = doc["rows"]
     ok = sum(r.get("outcome") == "pass" for r in rows)
     untouched = doc["meta"].get("victim_untouched")
-    out += [
+    out = [
         f"Last run: {_when(doc['finished_at'])}. {len(rows)} inputs, {ok} answered as documented, "
         f"{len(rows) - ok} not. Every request was "
         "sent as exact bytes. Rejected requests aimed at one seeded application; afterwards its rows and Redis "
@@ -128,22 +125,20 @@ def _hostile(doc: dict | None) -> list[str]:
     return [*out, ""]
 
 
-def _security(doc: dict | None) -> list[str]:
-    out = ["## Security checks", ""]
+def _security(doc: dict | None) -> list[str] | None:
     if not doc:
-        return [*out, "_Not run._", ""]
-    out += [f"Last run: {_when(doc['finished_at'])}.", ""]
+        return None
+    out = [f"Last run: {_when(doc['finished_at'])}.", ""]
     out += _table(["check", "result"], [[r["check"], _outcome(r)] for r in doc["rows"]])
     return [*out, ""]
 
 
-def _fuzz(doc: dict | None) -> list[str]:
-    out = ["## Fuzzing (schemathesis, from the OpenAPI document)", ""]
+def _fuzz(doc: dict | None) -> list[str] | None:
     if not doc or not doc["meta"]:
-        return [*out, "_Not run._", ""]
+        return None
     m = doc["meta"]
     phases = ", ".join(f"{k} {v}" for k, v in m.get("phases", {}).items())
-    out += [
+    out = [
         f"Last run: {_when(doc['finished_at'])}, seed `{m.get('seed')}` (replay with `FUZZ_SEED`). "
         f"{m.get('test_cases')} generated requests over {m.get('operations')} operations "
         f"({m.get('max_examples')} examples per operation and phase) in {m.get('seconds')} s; phases: {phases}. "
@@ -163,11 +158,10 @@ def _fuzz(doc: dict | None) -> list[str]:
     return out
 
 
-def _cluster(doc: dict | None) -> list[str]:
-    out = ["## Broker cluster failover", ""]
+def _cluster(doc: dict | None) -> list[str] | None:
     if not doc or not doc["rows"]:
-        return [*out, "_Not run._", ""]
-    out += [
+        return None
+    out = [
         f"Last run: {_when(doc['finished_at'])}, {doc['host']['cpus']} CPUs. A 3-node RabbitMQ cluster of private "
         "nodes on loopback (quorum queues), the API given every node's URL, 4 clients creating messages through the "
         "API without pause; a node SIGKILLed under the load, kept down, restarted with its data "
@@ -187,13 +181,12 @@ def _cluster(doc: dict | None) -> list[str]:
     return [*out, ""]
 
 
-def _soak(doc: dict | None) -> list[str]:
-    out = ["## Soak", ""]
+def _soak(doc: dict | None) -> list[str] | None:
     if not doc or not doc["meta"]:
-        return [*out, "_Not run._", ""]
+        return None
     m = doc["meta"]
     latency = m.get("latency_ms", {})
-    out += [
+    out = [
         f"Last run: {_when(doc['finished_at'])}: {m['seconds']:.0f} s measured after {m['warmup_seconds']:.0f} s of "
         f"warm-up, {m['requests']} creates ({m['rate_per_second']}/s), {m['accepted']} accepted, {m['persisted']} "
         f"persisted, {m['lost']} lost, {m['duplicated']} duplicated; latency p50 {latency.get('p50')} ms, "
@@ -229,7 +222,7 @@ LIMITS = """## What these runs do not show
 """
 
 
-# Each section: its heading, the suites it is made of, and how it is rendered.
+# Each section: its heading, the suites it is made of, and how it is rendered (None: the suites did not run).
 SECTIONS = [
     ("## Faults under load", ("chaos",), _chaos),
     ("## Broker cluster failover", ("cluster",), _cluster),
@@ -273,7 +266,8 @@ def render(results: dict[str, dict], previous: str | None = None) -> str:
         if heading in kept and not any(results.get(suite) for suite in suites):
             lines += kept[heading]
         else:
-            lines += build(*(results.get(suite) for suite in suites))
+            body = build(*(results.get(suite) for suite in suites))
+            lines += [heading, "", *(["_Not run._", ""] if body is None else body)]
     lines.append(LIMITS)
     return "\n".join(lines)
 

@@ -292,23 +292,21 @@ class Reconciler:
             events.append(Event("Normal", "SecretRestored", f"Secret {secret['metadata']['name']} {change}"))
         return Outcome(status=kube.status_changes(resource.status, desired), events=tuple(events))
 
+    def _not_ready_status(self, resource: Resource, phase: str, reason: str, message: str) -> dict:
+        """The status of a resource in ``phase`` whose tenant is not ready (missing, or being deleted)."""
+        conditions = list(resource.status.get("conditions") or [])
+        now = self.clock()
+        return {
+            "phase": phase,
+            "conditions": kube.set_condition(conditions, kube.READY, False, reason, message, resource.generation, now),
+        }
+
     def _missing(self, resource: Resource) -> Outcome:
         message = MISSING
         ready = kube.find_condition(resource.status, kube.READY)
         reported = ready is not None and ready.get("reason") == "ApplicationMissing"
         events = () if reported else (Event("Warning", "ApplicationMissing", message),)
-        desired = {
-            "phase": FAILED,
-            "conditions": kube.set_condition(
-                list(resource.status.get("conditions") or []),
-                kube.READY,
-                False,
-                "ApplicationMissing",
-                message,
-                resource.generation,
-                self.clock(),
-            ),
-        }
+        desired = self._not_ready_status(resource, FAILED, "ApplicationMissing", message)
         return Outcome(status=kube.status_changes(resource.status, desired), events=events)
 
     # -- deletion ------------------------------------------------------------------------------------------------
@@ -321,18 +319,7 @@ class Reconciler:
         if policy is not Policy.DELETE or resource.status.get("phase") == DELETING:
             return Outcome()
         message = "deleting the application with all its chats and messages"
-        desired = {
-            "phase": DELETING,
-            "conditions": kube.set_condition(
-                list(resource.status.get("conditions") or []),
-                kube.READY,
-                False,
-                "Deleting",
-                message,
-                resource.generation,
-                self.clock(),
-            ),
-        }
+        desired = self._not_ready_status(resource, DELETING, "Deleting", message)
         return Outcome(
             status=kube.status_changes(resource.status, desired), events=(Event("Normal", "Deleting", message),)
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -18,14 +18,20 @@ from chat_devtools.results import Results
 from tests.conftest import LOG_ROOT
 
 
+def skip_unless_servers_start_here(what: str, unavailable: Callable[[], str | None]) -> None:
+    """Skip where the test cannot start its own ``what``: against a deployed API (``API_BASE_URL``; these tests
+    start and kill their own processes), or on a machine where ``unavailable()`` gives the reason they cannot."""
+    if os.environ.get("API_BASE_URL"):
+        pytest.skip("the cluster tests start and kill their own processes; API_BASE_URL is set")
+    reason = unavailable()
+    if reason:
+        pytest.skip(f"cannot start {what} here: {reason}")
+
+
 @pytest.fixture(scope="session")
 def rabbit_cluster() -> Iterator[RabbitCluster]:
     """Three private RabbitMQ nodes joined into one cluster, with a TCP balancer in front (a Service's role)."""
-    if os.environ.get("API_BASE_URL"):
-        pytest.skip("the cluster tests start and kill their own processes; API_BASE_URL is set")
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"cannot start private RabbitMQ nodes here: {reason}")
+    skip_unless_servers_start_here("private RabbitMQ nodes", unavailable_reason)
     root = LOG_ROOT / f"rabbit-cluster-{uuid.uuid4().hex[:8]}"
     cluster = RabbitCluster(root, size=3).start()
     cluster.start_balancer()

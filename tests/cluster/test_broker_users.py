@@ -125,11 +125,7 @@ def test_api_and_writers_do_their_jobs_with_their_own_users(node: RabbitNode, de
         writer.env = {**writer.env, "RABBITMQ_URL": url(node, definitions, "writer")}
     system.start()
     try:
-        api = Api(system.base_url)
-        token = api.new_application("users per component")
-        assert api.new_chat(token) == 1
-        api.new_message(token, 1, "through the broker with least privilege")
-        api.wait_message(token, 1, 1)
+        Api(system.base_url).first_message_stored("users per component", "through the broker with least privilege")
     finally:
         system.stop()
         # Deleting the queues is the administrator's (the legacy retry tiers are nobody's to configure now).

@@ -16,7 +16,6 @@ Redis and RabbitMQ are the shared ones, isolated by the test's own key prefix an
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -30,6 +29,7 @@ from chat_devtools.http import Api, wait_for
 from chat_devtools.namespace import Namespace
 from chat_devtools.private_services import ReplicationPrimary, ReplicationReplica, mariadb_unavailable_reason
 from chat_devtools.processes import System
+from tests.cluster.conftest import skip_unless_servers_start_here
 from tests.conftest import LOG_ROOT
 
 pytestmark = pytest.mark.slow
@@ -91,17 +91,9 @@ class Deployment:
         return "replica" if ONLY_ON_REPLICA in [m["message_number"] for m in resp.json()] else "primary"
 
 
-def _unavailable_reason() -> str | None:
-    if os.environ.get("API_BASE_URL"):
-        return "the replica tests start their own database servers; API_BASE_URL is set"
-    return mariadb_unavailable_reason()
-
-
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    reason = _unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_unless_servers_start_here("a MariaDB primary and replica", mariadb_unavailable_reason)
     root = LOG_ROOT / f"mariadb-replication-{uuid.uuid4().hex[:8]}"
     primary, replica = ReplicationPrimary(root), ReplicationReplica(root)
     system = namespace = None

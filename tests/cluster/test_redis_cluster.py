@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from chat_devtools.load.clients import MessageLoad
 from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
 from chat_devtools.redis_cluster import RedisCluster, RedisNode, unavailable_reason
+from tests.cluster.conftest import skip_unless_servers_start_here
 from tests.conftest import LOG_ROOT
 
 pytestmark = pytest.mark.slow
@@ -108,32 +108,38 @@ def system_with_tenants(prefix: str, redis_url: str, tenants: int) -> Iterator[T
         dataclasses.replace(ns, settings=dataclasses.replace(ns.settings, redis_url=SHARED_REDIS)).destroy()
 
 
-def start_or_skip(start: Callable[[], T], unavailable: str | None, what: str) -> T:
+def start_or_skip(start: Callable[[], T], unavailable: Callable[[], str | None], what: str) -> T:
     """``start()`` the private Redis deployment, or skip the module: against a deployed API (``API_BASE_URL``),
     on a machine without the binaries (``unavailable``), or when it does not come up (no free ports, a
     redis-server that refuses cluster or sentinel mode)."""
-    if os.environ.get("API_BASE_URL"):
-        pytest.skip("the cluster tests start and kill their own processes; API_BASE_URL is set")
-    if unavailable:
-        pytest.skip(f"cannot start {what} here: {unavailable}")
+    skip_unless_servers_start_here(what, unavailable)
     try:
         return start()
     except (OSError, TimeoutError) as exc:
         pytest.skip(f"cannot start {what} here: {exc}")
 
 
+@contextlib.contextmanager
+def tenants_on_private_redis(
+    start: Callable[[], T], unavailable: Callable[[], str | None], what: str, prefix: str, tenants: int
+):
+    """:func:`system_with_tenants` on a private Redis deployment (:func:`start_or_skip`), stopped afterwards; yields
+    the tenants and the Redis deployment."""
+    redis_deployment = start_or_skip(start, unavailable, what)
+    try:
+        with system_with_tenants(prefix, redis_deployment.url, tenants) as found:
+            yield found, redis_deployment
+    finally:
+        redis_deployment.stop()
+
+
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    cluster = start_or_skip(
-        lambda: RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start(),
-        unavailable_reason(),
-        "a Redis Cluster",
-    )
-    try:
-        with system_with_tenants("rcl", cluster.url, APPS) as tenants:
-            yield Deployment(**vars(tenants), cluster=cluster)
-    finally:
-        cluster.stop()
+    def start() -> RedisCluster:
+        return RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start()
+
+    with tenants_on_private_redis(start, unavailable_reason, "a Redis Cluster", "rcl", APPS) as (tenants, cluster):
+        yield Deployment(**vars(tenants), cluster=cluster)
 
 
 def message_load(d: Tenants, apps: list[int], threads: int = 6) -> MessageLoad:

@@ -23,8 +23,7 @@ from tests.cluster.test_redis_cluster import (
     Tenants,
     _check_no_number_twice,
     message_load,
-    start_or_skip,
-    system_with_tenants,
+    tenants_on_private_redis,
 )
 
 pytestmark = pytest.mark.slow
@@ -40,16 +39,11 @@ class Deployment(Tenants):
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    sentinel = start_or_skip(
-        lambda: RedisSentinel(replicas=2, sentinels=3, down_after_ms=500, failover_timeout_ms=2000).start(),
-        unavailable_reason(),
-        "Redis Sentinel",
-    )
-    try:
-        with system_with_tenants("rsn", sentinel.url, APPS) as tenants:
-            yield Deployment(**vars(tenants), sentinel=sentinel)
-    finally:
-        sentinel.stop()
+    def start() -> RedisSentinel:
+        return RedisSentinel(replicas=2, sentinels=3, down_after_ms=500, failover_timeout_ms=2000).start()
+
+    with tenants_on_private_redis(start, unavailable_reason, "Redis Sentinel", "rsn", APPS) as (tenants, sentinel):
+        yield Deployment(**vars(tenants), sentinel=sentinel)
 
 
 def test_a_sentinel_failover_resumes_creates_and_never_repeats_a_number(deployment: Deployment):

@@ -41,6 +41,7 @@ from chat_devtools.namespace import Namespace
 from chat_devtools.private_services import MARIADB_INSTALL_DB, MARIADBD, REDIS_SERVER, TlsMariaDB, TlsRedis
 from chat_devtools.processes import System
 from chat_devtools.rabbit_cluster import LoopbackCertificates
+from tests.cluster.conftest import skip_unless_servers_start_here
 from tests.conftest import LOG_ROOT
 
 pytestmark = pytest.mark.slow
@@ -55,8 +56,6 @@ class TlsServers:
 
 
 def _unavailable_reason() -> str | None:
-    if os.environ.get("API_BASE_URL"):
-        return "the TLS tests start their own database servers; API_BASE_URL is set"
     missing = [b for b in (MARIADBD, MARIADB_INSTALL_DB, REDIS_SERVER) if not os.access(b, os.X_OK)]
     if missing:
         return f"missing server binaries: {', '.join(missing)}"
@@ -65,9 +64,7 @@ def _unavailable_reason() -> str | None:
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[TlsServers]:
-    reason = _unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_unless_servers_start_here("MariaDB and Redis with TLS", _unavailable_reason)
     root = LOG_ROOT / f"tls-services-{uuid.uuid4().hex[:8]}"
     certificates, other = LoopbackCertificates(root / "tls"), LoopbackCertificates(root / "other-ca")
     mariadb, redis_server = TlsMariaDB(root, certificates), TlsRedis(root, certificates)
@@ -191,10 +188,7 @@ def test_the_system_serves_over_tls_and_answers_503_when_the_database_ca_is_wron
     system = System(namespace, root / "good", api_workers=1).start()
     try:
         api = Api(system.base_url)
-        token = api.new_application("over tls")
-        assert api.new_chat(token) == 1
-        api.new_message(token, 1, "hello over tls")
-        api.wait_message(token, 1, 1)  # written by the message writer, over TLS
+        token = api.first_message_stored("over tls", "hello over tls")  # written by the writers, over TLS
     finally:
         system.stop()
 

@@ -37,12 +37,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
-from sqlalchemy import text
 
-from chat_common.clients.db import make_engine
 from chat_devtools.http import Api, wait_for
 from chat_devtools.processes import ROOT, System
-from tests.conftest import LOG_ROOT
+from tests.conftest import LOG_ROOT, seed_messages
 
 pytestmark = pytest.mark.slow
 
@@ -113,13 +111,14 @@ def _hostile_main(base_url: str, token: str, chat: int, stop, counts, kinds: tup
     held: list[socket.socket] = []
     threads = []
 
+    def count(key: str) -> None:
+        counts[key] = counts.get(key, 0) + 1
+
     def session_work(make_request):
         session = requests.Session()
 
         def work():
-            resp = make_request(session)
-            key = f"{resp.status_code}"
-            counts[key] = counts.get(key, 0) + 1
+            count(f"{make_request(session).status_code}")
 
         return work
 
@@ -140,30 +139,32 @@ def _hostile_main(base_url: str, token: str, chat: int, stop, counts, kinds: tup
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * (8 << 20) + b"\r\n\r\n")
             sock.recv(1024)
-        counts["huge_header"] = counts.get("huge_header", 0) + 1
+        count("huge_header")
+
+    def held_connection(limit: int, request: bytes) -> socket.socket | None:
+        """A connection that sent ``request`` and is kept open to the end; None (after a pause) once ``limit``
+        connections are held."""
+        if len(held) >= limit:
+            time.sleep(0.5)
+            return None
+        sock = socket.create_connection((host, port), timeout=10)
+        held.append(sock)
+        sock.sendall(request)
+        return sock
 
     def slowloris():
-        if len(held) >= 2_000:
-            time.sleep(0.5)
-            return
-        sock = socket.create_connection((host, port), timeout=10)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never the rest
-        held.append(sock)
-        counts["slowloris"] = counts.get("slowloris", 0) + 1
+        if held_connection(2_000, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ") is not None:  # never the rest
+            count("slowloris")
 
     def stream():
-        if len(held) >= 4_000:
-            time.sleep(0.5)
-            return
-        sock = socket.create_connection((host, port), timeout=10)
-        sock.sendall(
+        request = (
             f"GET /applications/{token}/chats/{chat}/messages/stream HTTP/1.1\r\nHost: x\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
+            "Accept: text/event-stream\r\n\r\n"
         )
-        status = sock.recv(64).split(b" ")[1:2]
-        key = f"stream_{status[0].decode() if status else 'closed'}"
-        counts[key] = counts.get(key, 0) + 1
-        held.append(sock)
+        sock = held_connection(4_000, request.encode())
+        if sock is not None:
+            status = sock.recv(64).split(b" ")[1:2]
+            count(f"stream_{status[0].decode() if status else 'closed'}")
 
     threads_of = {
         "random_token": [session_work(random_token)] * 2,
@@ -195,35 +196,14 @@ def system(fresh_namespace):
     sys_.stop()
 
 
-def _seed(database_url: str, application_token: str, chat: int) -> None:
-    """A large chat for the hostile tenant, written straight to MySQL (numbers far above what the API hands out)."""
-    engine = make_engine(database_url)
-    with engine.begin() as conn:
-        app_id, chat_id = conn.execute(
-            text(
-                "SELECT a.id, c.id FROM applications a JOIN chats c ON c.application_id = a.id"
-                " WHERE a.token_digest = SHA2(:token, 256) AND c.number = :chat"
-            ),
-            {"token": application_token, "chat": chat},
-        ).one()
-        conn.execute(
-            text(
-                "INSERT INTO messages (application_id, chat_id, number, body)"
-                " SELECT :app, :chat, 1000000 + seq, CONCAT('seeded message body ', seq)"
-                f" FROM seq_1_to_{SEEDED_MESSAGES}"
-            ),
-            {"app": app_id, "chat": chat_id},
-        )
-    engine.dispose()
-
-
 def test_a_hostile_client_does_not_double_a_quiet_tenants_create_p99(system, fresh_namespace):
     api = Api(system.base_url)
     quiet, hostile = api.new_application("quiet"), api.new_application("hostile")
     quiet_chat, hostile_chat = api.new_chat(quiet), api.new_chat(hostile)
     api.wait_chat(quiet, quiet_chat)
     api.wait_chat(hostile, hostile_chat)
-    _seed(fresh_namespace.settings.database_url, hostile, hostile_chat)
+    # A large chat for the hostile tenant, numbered far above what the API hands out.
+    seed_messages(fresh_namespace.settings.database_url, hostile, hostile_chat, SEEDED_MESSAGES, 1_000_001)
     _quiet_window(system.base_url, quiet, quiet_chat, 3.0)  # warm up connections and caches
 
     ctx = multiprocessing.get_context("spawn")

@@ -1,15 +1,24 @@
-"""Fixtures for integration tests: a private running system per test that breaks things."""
+"""Fixtures for integration tests: a private running system per test that breaks things; databases of a migration
+test's own."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.engine import Engine, make_url
 
-from chat_common.clients.db import make_engine
+from chat_common.clients.db import drop_database, make_engine
+from chat_common.ops.migrate import alembic_config, upgrade
+from chat_common.schema.tables import metadata
 from chat_devtools.http import Api
-from chat_devtools.namespace import Namespace
+from chat_devtools.namespace import BASE_DATABASE_URL, Namespace
 from chat_devtools.processes import System
 from tests.conftest import LOG_ROOT
 
@@ -59,3 +68,32 @@ def private_db(fresh_namespace: Namespace) -> Iterator[Database]:
     db = Database(fresh_namespace.settings.database_url)
     yield db
     db.engine.dispose()
+
+
+@contextmanager
+def migrated_database(prefix: str, revision: str = "head") -> Iterator[tuple[str, Engine]]:
+    """A database of the caller's own brought to ``revision`` (its URL and an engine), dropped afterwards."""
+    url = make_url(BASE_DATABASE_URL).set(database=f"{prefix}_{uuid.uuid4().hex[:10]}")
+    url = url.render_as_string(hide_password=False)
+    engine = None
+    try:
+        upgrade(url, revision)
+        engine = make_engine(url, pool_size=1)
+        yield url, engine
+    finally:
+        if engine is not None:
+            engine.dispose()
+        drop_database(url)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the database of ``engine`` back to ``revision``."""
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), revision)
+
+
+def differences_from_metadata(engine: Engine, table: str, compare_types: bool = True) -> list:
+    """What Alembic finds between the database and the tables' metadata, about ``table``."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": compare_types})
+        return [d for d in compare_metadata(context, metadata) if table in repr(d)]

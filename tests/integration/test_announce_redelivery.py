@@ -35,18 +35,15 @@ from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
 from chat_devtools.sse import Listener, stream_url
 from message_writer.handler import MessageBatchWriter
-from tests.conftest import LOG_ROOT
+from tests.conftest import own_system
 
 
 @pytest.fixture(scope="module")
 def stopped_writer() -> Iterator[tuple[System, Api, Namespace]]:
     """A system whose message-writer is stopped: the test is the message-writer."""
-    ns = Namespace.create("redeliv")
-    system = System(ns, LOG_ROOT / ns.name, api_workers=1).start()
-    system.message_writer.stop()
-    yield system, Api(system.base_url), ns
-    system.stop()
-    ns.destroy()
+    with own_system("redeliv", api_workers=1) as system:
+        system.message_writer.stop()
+        yield system, Api(system.base_url), system.namespace
 
 
 class Writer:

@@ -295,21 +295,23 @@ def test_count_sync_every_second_against_back_to_back_writer_batches(seeded_chat
 # -- the two paths of a lock conflict -----------------------------------------------------------------------------
 
 
-def _one_dirty_message_in_chats_1_to_20(engine, client, keys) -> None:
-    """A message in each of chats 1 to 20 and the chats marked dirty: the rows the count sync will lock."""
+def _a_dirty_message_in_chats_up_to(last_chat: int, number: int, engine, client, keys) -> None:
+    """Message ``number`` in each of chats 1 to ``last_chat``, and those chats marked dirty: the rows the count sync
+    will lock."""
     with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO messages (application_id, chat_id, number, body)"
-                " SELECT application_id, id, 1, 'm' FROM chats WHERE id <= 20"
-            )
+                " SELECT application_id, id, :number, 'm' FROM chats WHERE id <= :last"
+            ),
+            {"number": number, "last": last_chat},
         )
-    client.sadd(keys.dirty_chats, *range(1, 21))
+    client.sadd(keys.dirty_chats, *range(1, last_chat + 1))
 
 
 def test_rows_a_writer_holds_are_waited_for_one_at_a_time(seeded_chats):
     _, engine, client, keys = seeded_chats
-    _one_dirty_message_in_chats_1_to_20(engine, client, keys)
+    _a_dirty_message_in_chats_up_to(20, 1, engine, client, keys)
     holder = engine.connect()
     held = holder.begin()
     # A writer holding chat rows until it commits (a chat-writer's rename; before 0004, a message insert's FK check).
@@ -327,7 +329,7 @@ def test_rows_a_writer_holds_are_waited_for_one_at_a_time(seeded_chats):
 
 def test_a_deadlock_victim_is_retried_and_a_batch_that_keeps_failing_is_given_back(seeded_chats, monkeypatch):
     _, engine, client, keys = seeded_chats
-    _one_dirty_message_in_chats_1_to_20(engine, client, keys)
+    _a_dirty_message_in_chats_up_to(20, 1, engine, client, keys)
     monkeypatch.setattr(count_sync, "LOCK_BACKOFF_SECONDS", 0.001)
     real = CountSync._raise_free_rows
     failures = iter([1213, 1205])
@@ -344,14 +346,7 @@ def test_a_deadlock_victim_is_retried_and_a_batch_that_keeps_failing_is_given_ba
     assert_counts_exact(engine)
 
     # A conflict that outlasts every retry escapes the run, and the claimed ids go straight back to the dirty set.
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO messages (application_id, chat_id, number, body)"
-                " SELECT application_id, id, 2, 'm' FROM chats WHERE id <= 5"
-            )
-        )
-    client.sadd(keys.dirty_chats, *range(1, 6))
+    _a_dirty_message_in_chats_up_to(5, 2, engine, client, keys)
     monkeypatch.setattr(CountSync, "_raise_free_rows", lambda *_: (_ for _ in ()).throw(_lock_error(1213)))
     with pytest.raises(OperationalError):
         CountSync(engine, client, keys).run()

@@ -152,11 +152,7 @@ def test_every_component_works_with_the_application_user(users: Users):
     engine = make_engine(users.application_url, pool_size=1)
     client = sync_client(namespace.settings.redis_url)
     try:
-        api = Api(system.base_url)
-        token = api.new_application("least privilege")
-        assert api.new_chat(token) == 1
-        api.new_message(token, 1, "written by a DML-only user")
-        api.wait_message(token, 1, 1)
+        Api(system.base_url).first_message_stored("least privilege", "written by a DML-only user")
         done = system.sync_counts()  # the count sync (counter-cron)
         assert done.returncode == 0, done.stderr
         # The operator provisions a tenant straight in MySQL.

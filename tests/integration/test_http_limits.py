@@ -10,14 +10,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from chat_common.clients.db import make_engine
 from chat_devtools.http import Api
-from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
-from tests.conftest import LOG_ROOT
+from tests.conftest import own_system, seed_messages
 
 LIMITS = {
     "API_MAX_HEADERS": "20",
@@ -30,11 +27,8 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def limited() -> Iterator[System]:
-    namespace = Namespace.create("lim")
-    system = System(namespace, LOG_ROOT / namespace.name, api_workers=1, extra_env=LIMITS).start()
-    yield system
-    system.stop()
-    namespace.destroy()
+    with own_system("lim", api_workers=1, extra_env=LIMITS) as system:
+        yield system
 
 
 def _address(system: System) -> tuple[str, int]:
@@ -133,23 +127,7 @@ def test_a_read_past_the_statement_time_limit_answers_503(limited):
     token = api.new_application("big")
     chat = api.new_chat(token)
     api.wait_chat(token, chat)
-    engine = make_engine(limited.namespace.settings.database_url)
-    with engine.begin() as conn:
-        app_id, chat_id = conn.execute(
-            text(
-                "SELECT a.id, c.id FROM applications a JOIN chats c ON c.application_id = a.id"
-                " WHERE a.token_digest = SHA2(:token, 256) AND c.number = :chat"
-            ),
-            {"token": token, "chat": chat},
-        ).one()
-        conn.execute(
-            text(
-                "INSERT INTO messages (application_id, chat_id, number, body)"
-                " SELECT :app, :chat, seq, CONCAT('seeded message body ', seq) FROM seq_1_to_300000"
-            ),
-            {"app": app_id, "chat": chat_id},
-        )
-    engine.dispose()
+    seed_messages(limited.namespace.settings.database_url, token, chat, 300_000)
     resp = api.get(f"/applications/{token}/chats/{chat}/messages/search", params={"query": "zq"})
     assert resp.status_code == 503, resp.text
     assert int(resp.headers["Retry-After"]) > 0 and "cheaper" in resp.json()["error"]

@@ -3,22 +3,15 @@ on an empty database. Each test creates and drops its own database; none touches
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.migration import MigrationContext
 from sqlalchemy import text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from chat_common.clients.db import drop_database, make_engine
-from chat_common.ops.migrate import MIGRATIONS_DIR, upgrade
-from chat_common.schema.tables import metadata
-from chat_devtools.namespace import BASE_DATABASE_URL
+from chat_common.ops.migrate import upgrade
+from tests.integration.conftest import differences_from_metadata, downgrade, migrated_database
 
 # Ids across several backfill batches (0004 fills 10 000 ids a transaction), with gaps between them.
 MESSAGE_IDS = (1, 2, 3, 9_999, 10_000, 10_001, 25_000, 40_123)
@@ -26,18 +19,9 @@ MESSAGE_IDS = (1, 2, 3, 9_999, 10_000, 10_001, 25_000, 40_123)
 
 @pytest.fixture
 def database() -> Iterator[tuple[str, Engine]]:
-    """A database of this test's own (URL, engine), dropped afterwards."""
-    name = f"cs_m4_{uuid.uuid4().hex[:10]}"
-    url = make_url(BASE_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
-    engine = None
-    try:
-        upgrade(url, "0003")
-        engine = make_engine(url, pool_size=1)
-        yield url, engine
-    finally:
-        if engine is not None:
-            engine.dispose()
-        drop_database(url)
+    """A database of this test's own at 0003 (URL, engine), dropped afterwards."""
+    with migrated_database("cs_m4", "0003") as database:
+        yield database
 
 
 def _seed_0003(engine: Engine) -> dict[int, int]:
@@ -141,11 +125,7 @@ def test_a_downgrade_restores_the_0003_shape_and_the_upgrade_runs_again(database
     url, engine = database
     expected = _seed_0003(engine)
     upgrade(url)
-    with engine.begin() as conn:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0003")
+    downgrade(engine, "0003")
 
     indexes = _indexes(engine)
     assert indexes["uq_messages_chat_number"] == ["chat_id", "number"]
@@ -161,21 +141,9 @@ def test_a_downgrade_restores_the_0003_shape_and_the_upgrade_runs_again(database
 
 
 def test_an_empty_database_reaches_head_in_the_shape_of_the_metadata():
-    name = f"cs_m4e_{uuid.uuid4().hex[:10]}"
-    url = make_url(BASE_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
-    engine = None
-    try:
-        upgrade(url)
-        engine = make_engine(url, pool_size=1)
+    with migrated_database("cs_m4e") as (_, engine):
         _assert_0004_shape(engine)
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": False})
-            differences = [d for d in compare_metadata(context, metadata) if "messages" in repr(d)]
-        assert differences == []
-    finally:
-        if engine is not None:
-            engine.dispose()
-        drop_database(url)
+        assert differences_from_metadata(engine, "messages", compare_types=False) == []
 
 
 def test_a_run_killed_after_the_column_was_added_resumes(database):

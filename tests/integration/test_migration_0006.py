@@ -9,25 +9,18 @@ previous version rotated during the rollout is re-derived by the last step. Back
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.migration import MigrationContext
 from sqlalchemy import text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
-from chat_common.clients.db import drop_database, make_engine
-from chat_common.ops.migrate import MIGRATIONS_DIR, upgrade
+from chat_common.ops.migrate import upgrade
 from chat_common.ops.token_migration import convert
-from chat_common.schema.tables import metadata
 from chat_common.tenancy.applications import Applications
 from chat_common.tenancy.tokens import TokenSealer, new_sealing_key, token_digest
 from chat_common.wire.keys import RedisKeys
-from chat_devtools.namespace import BASE_DATABASE_URL
+from tests.integration.conftest import differences_from_metadata, downgrade, migrated_database
 
 COUNT = 1_100  # over two batches of 1000
 
@@ -41,17 +34,8 @@ def key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def database(key) -> Iterator[tuple[str, Engine]]:
-    name = f"cs_m6_{uuid.uuid4().hex[:10]}"
-    url = make_url(BASE_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
-    engine = None
-    try:
-        upgrade(url, "0005")
-        engine = make_engine(url, pool_size=1)
-        yield url, engine
-    finally:
-        if engine is not None:
-            engine.dispose()
-        drop_database(url)
+    with migrated_database("cs_m6", "0005") as database:
+        yield database
 
 
 def _seed(engine: Engine) -> dict[str, str]:
@@ -146,27 +130,11 @@ def test_a_downgrade_puts_the_plaintexts_back(database, key):
     upgrade(url)
     with engine.connect() as conn:
         convert(conn, TokenSealer.from_key(key), erase=True)
-    with engine.begin() as conn:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0005")
+    downgrade(engine, "0005")
     with engine.connect() as conn:
         assert {r.token for r in conn.execute(text("SELECT token FROM applications"))} == set(tokens)
 
 
 def test_an_empty_database_reaches_head_in_the_shape_of_the_metadata():
-    name = f"cs_m6e_{uuid.uuid4().hex[:10]}"
-    url = make_url(BASE_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
-    engine = None
-    try:
-        upgrade(url)
-        engine = make_engine(url, pool_size=1)
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn)
-            differences = [d for d in compare_metadata(context, metadata) if "applications" in repr(d)]
-        assert differences == []
-    finally:
-        if engine is not None:
-            engine.dispose()
-        drop_database(url)
+    with migrated_database("cs_m6e") as (_, engine):
+        assert differences_from_metadata(engine, "applications") == []

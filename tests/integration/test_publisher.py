@@ -77,10 +77,15 @@ def topology() -> Iterator[Topology]:
 
 
 @contextlib.asynccontextmanager
-async def running(url: str, topology: Topology, **options: float) -> AsyncIterator[ConfirmingPublisher]:
+async def running(
+    url: str, topology: Topology, ready_within: float | None = 5.0, **options: float
+) -> AsyncIterator[ConfirmingPublisher]:
+    """A started publisher, ready (connected, confirm mode) unless ``ready_within`` is None; closed afterwards."""
     publisher = ConfirmingPublisher(BrokerNodes(url, API), declare=topology.declare, **options)
     await publisher.start()
     try:
+        if ready_within is not None:
+            await until_ready(publisher, ready_within)
         yield publisher
     finally:
         await publisher.close()
@@ -152,11 +157,9 @@ class BrokerProxy:
 
 
 # -- tests -----------------------------------------------------------------------------------------------------
-@pytest.mark.asyncio
 async def test_confirmed_message_is_in_the_queue_and_persistent(topology: Topology) -> None:
     queue = topology.messages.name
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         await publisher.publish(queue, b'{"n": 1}')
     [(properties, body)] = await drain(queue)
     assert body == b'{"n": 1}'
@@ -164,7 +167,6 @@ async def test_confirmed_message_is_in_the_queue_and_persistent(topology: Topolo
     assert properties.content_type == "application/json"
 
 
-@pytest.mark.asyncio
 async def test_concurrent_publishes_all_confirmed_exactly_once(topology: Topology) -> None:
     queue = topology.chats.name
     bodies = [f'{{"n": {i}}}'.encode() for i in range(200)]
@@ -184,12 +186,10 @@ async def test_concurrent_publishes_all_confirmed_exactly_once(topology: Topolog
     assert Counter(body for _, body in await drain(queue)) == Counter(bodies)
 
 
-@pytest.mark.asyncio
 async def test_returned_message_fails_only_its_own_request(topology: Topology) -> None:
     queue = topology.messages.name
     missing = f"{topology.prefix}.no_such_queue"
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         results = await asyncio.gather(
             publisher.publish(queue, b"1"),
             publisher.publish(missing, b"2"),
@@ -202,12 +202,10 @@ async def test_returned_message_fails_only_its_own_request(topology: Topology) -
     assert [body for _, body in await drain(queue)] == [b"1", b"3", b"4"]
 
 
-@pytest.mark.asyncio
 async def test_nack_fails_only_its_own_request(topology: Topology) -> None:
     queue = f"{topology.prefix}.extra.nack"
     await asyncio.to_thread(_declare, queue, {"x-max-length": 1, "x-overflow": "reject-publish"})
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         results = await asyncio.gather(
             publisher.publish(queue, b"first"), publisher.publish(queue, b"second"), return_exceptions=True
         )
@@ -216,14 +214,12 @@ async def test_nack_fails_only_its_own_request(topology: Topology) -> None:
     assert [body for _, body in await drain(queue)] == [b"first"]
 
 
-@pytest.mark.asyncio
 async def test_a_run_of_refused_messages_makes_the_publisher_reconnect(topology: Topology) -> None:
     """RabbitMQ 3.10 can keep refusing every message on a channel after a quorum queue's leader died (see
     NACKS_BEFORE_RECONNECT): a long run of nacks gets a new connection, on which publishing works again."""
     queue = f"{topology.prefix}.extra.nack"
     await asyncio.to_thread(_declare, queue, {"x-max-length": 0, "x-overflow": "reject-publish"})  # refuses all
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         first = publisher._connection
         results = await asyncio.gather(
             *(publisher.publish(queue, b"refused") for _ in range(NACKS_BEFORE_RECONNECT)), return_exceptions=True
@@ -237,7 +233,6 @@ async def test_a_run_of_refused_messages_makes_the_publisher_reconnect(topology:
     assert [body for _, body in await drain(topology.messages.name)] == [b"after"]
 
 
-@pytest.mark.asyncio
 async def test_refusals_of_one_queue_make_the_publisher_reconnect_even_while_another_queue_is_confirmed(
     topology: Topology,
 ) -> None:
@@ -247,7 +242,6 @@ async def test_refusals_of_one_queue_make_the_publisher_reconnect_even_while_ano
     queue = f"{topology.prefix}.extra.nack"
     await asyncio.to_thread(_declare, queue, {"x-max-length": 0, "x-overflow": "reject-publish"})  # refuses all
     async with running(AMQP_URL, topology) as publisher:
-        await until_ready(publisher)
         first = publisher._connection
         for i in range(NACKS_BEFORE_RECONNECT):
             with pytest.raises(PublishError, match="refused"):
@@ -260,11 +254,9 @@ async def test_refusals_of_one_queue_make_the_publisher_reconnect_even_while_ano
             await asyncio.sleep(0.05)
 
 
-@pytest.mark.asyncio
 async def test_channel_closed_by_broker_fails_pending_then_recovers(topology: Topology) -> None:
     queue = topology.messages.name
     async with running(AMQP_URL, topology, timeout=10.0) as publisher:
-        await until_ready(publisher)
         # A publish to a missing exchange makes the broker close the channel; the broker ignores what follows
         # it on that channel, so the ten publishes below are in flight and can only fail.
         publisher._channel.basic_publish(f"{topology.prefix}.no_such_exchange", "x", b"")
@@ -279,11 +271,9 @@ async def test_channel_closed_by_broker_fails_pending_then_recovers(topology: To
     assert [body for _, body in await drain(queue)] == [b"after"]
 
 
-@pytest.mark.asyncio
 async def test_connection_lost_mid_flight_fails_pending_then_recovers(topology: Topology) -> None:
     queue = topology.messages.name
     async with BrokerProxy() as proxy, running(proxy.url, topology, timeout=10.0) as publisher:
-        await until_ready(publisher)
         proxy.hold()  # the broker receives and confirms, but the confirms stay in the proxy
         pending = [asyncio.create_task(publisher.publish(queue, b"in flight")) for _ in range(10)]
         await asyncio.sleep(0.2)
@@ -298,9 +288,8 @@ async def test_connection_lost_mid_flight_fails_pending_then_recovers(topology: 
         await publisher.publish(queue, b"after")
 
 
-@pytest.mark.asyncio
 async def test_broker_down_at_start_fails_quickly(topology: Topology) -> None:
-    async with running(amqp_url(closed_port()), topology, connect_wait=0.5) as publisher:
+    async with running(amqp_url(closed_port()), topology, ready_within=None, connect_wait=0.5) as publisher:
         assert not publisher.is_ready
         started = time.monotonic()
         with pytest.raises(PublishError):
@@ -314,20 +303,16 @@ async def test_broker_down_at_start_fails_quickly(topology: Topology) -> None:
         assert not publisher.is_ready
 
 
-@pytest.mark.asyncio
 async def test_url_list_connects_through_the_node_that_answers(topology: Topology) -> None:
     queue = topology.messages.name
-    async with running(f"{amqp_url(closed_port())}, {AMQP_URL}", topology) as publisher:
-        await until_ready(publisher, within=3.0)
+    async with running(f"{amqp_url(closed_port())}, {AMQP_URL}", topology, ready_within=3.0) as publisher:
         await publisher.publish(queue, b"via second")
     assert [body for _, body in await drain(queue)] == [b"via second"]
 
 
-@pytest.mark.asyncio
 async def test_missing_confirm_times_out_and_cancel_leaks_nothing(topology: Topology) -> None:
     queue = topology.messages.name
     async with BrokerProxy() as proxy, running(proxy.url, topology, timeout=0.3) as publisher:
-        await until_ready(publisher)
         proxy.hold()
         started = time.monotonic()
         with pytest.raises(PublishError, match="did not confirm"):
@@ -345,7 +330,6 @@ async def test_missing_confirm_times_out_and_cancel_leaks_nothing(topology: Topo
         assert publisher.is_ready
 
 
-@pytest.mark.asyncio
 async def test_close_fails_pending_and_stops_every_task(topology: Topology) -> None:
     queue = topology.messages.name
     publisher = ConfirmingPublisher(BrokerNodes(AMQP_URL, API), declare=topology.declare)

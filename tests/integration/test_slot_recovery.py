@@ -177,16 +177,29 @@ async def _lost_after_grace(recovery, client, keys) -> int:
 
 
 @contextlib.contextmanager
-def _a_consumer_on(recovery, queue: str):
-    """A consumer of ``queue`` the broker knows of (the writer whose heartbeat the test writes)."""
+def _a_channel_on(recovery):
+    """A channel of a blocking connection to the broker, the topology declared; the connection closed afterwards."""
     connection = recovery.broker.connect_blocking()
     try:
         channel = connection.channel()
         recovery.topology.declare(channel)
-        channel.basic_consume(queue, lambda *_: None)
-        yield
+        yield channel
     finally:
         connection.close()
+
+
+def _publish_numbered_at(channel, queue: str, stamp: float) -> None:
+    """A message in ``queue`` as the API publishes one it numbered at ``stamp``."""
+    props = pika.BasicProperties(delivery_mode=2, headers={PUBLISHED_AT_HEADER: stamp_header(stamp)})
+    channel.basic_publish("", queue, b"{}", props)
+
+
+@contextlib.contextmanager
+def _a_consumer_on(recovery, queue: str):
+    """A consumer of ``queue`` the broker knows of (the writer whose heartbeat the test writes)."""
+    with _a_channel_on(recovery) as channel:
+        channel.basic_consume(queue, lambda *_: None)
+        yield
 
 
 async def test_a_busy_writer_holds_the_recovery_of_a_lost_slot(parts):
@@ -279,19 +292,15 @@ async def test_a_writer_holding_a_message_from_before_the_loss_keeps_the_slot_cl
     assert not await recovery.attempt(app)
     lost = time.time()
     queue = recovery.topology.chats.name
-    connection = recovery.broker.connect_blocking()
-    try:
-        channel = connection.channel()
-        recovery.topology.declare(channel)
+    with _a_channel_on(recovery) as channel:
         for stamp in (lost - 1, lost + 3600):  # one numbered before the loss, one long after it
-            props = pika.BasicProperties(delivery_mode=2, headers={PUBLISHED_AT_HEADER: stamp_header(stamp)})
-            channel.basic_publish("", queue, b"{}", props)
+            _publish_numbered_at(channel, queue, stamp)
         held: list[int] = []
         channel.basic_qos(prefetch_count=10)
         channel.basic_consume(queue, lambda _ch, method, _p, _b: held.append(method.delivery_tag))
         deadline = time.monotonic() + 15  # a loaded machine may take more than a second to deliver both
         while len(held) < 2 and time.monotonic() < deadline:
-            connection.process_data_events(time_limit=0.2)
+            channel.connection.process_data_events(time_limit=0.2)
         assert len(held) == 2  # both delivered to this "writer", unacknowledged
         async with Beating(client, keys, f"{queue}|w1") as writer:
             writer.held, writer.oldest = 2, lost - 1
@@ -301,8 +310,6 @@ async def test_a_writer_holding_a_message_from_before_the_loss_keeps_the_slot_cl
             writer.held, writer.oldest = 1, lost + 3600
             # Still busy (the coarse rule would wait for it to be idle) but with a message numbered after the loss:
             assert await recovery.recover() == {application_slot(app)}
-    finally:
-        connection.close()
 
 
 async def _lose_a_slot_past_the_evidence_time(recovery, client, keys) -> tuple[int, float]:
@@ -329,12 +336,8 @@ async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_clo
     # The whole round, with the message really in a retry tier (as the writer left it: ledger first, then the tier).
     await client.zadd(keys.deferred, {"a-retried-message": lost - 1})
     queue = recovery.topology.messages
-    connection = recovery.broker.connect_blocking()
-    try:
-        channel = connection.channel()
-        recovery.topology.declare(channel)
-        props = pika.BasicProperties(delivery_mode=2, headers={PUBLISHED_AT_HEADER: stamp_header(lost - 1)})
-        channel.basic_publish("", queue.retry(1), b"{}", props)
+    with _a_channel_on(recovery) as channel:
+        _publish_numbered_at(channel, queue.retry(1), lost - 1)
         assert await recovery.recover() == set()
         got = (None, None, None)
         for _ in range(50):  # in the tier (no writer drains it here), or back in the work queue: "commit" it
@@ -349,8 +352,6 @@ async def test_a_message_in_a_retry_tier_from_before_the_loss_keeps_the_slot_clo
         await client.zrem(keys.deferred, "a-retried-message")  # settled before the acknowledgement
         channel.basic_ack(got[0].delivery_tag)
         assert await recovery.recover() == {application_slot(app)}
-    finally:
-        connection.close()
 
 
 async def test_a_message_ready_in_a_retry_tier_keeps_the_precise_rule_shut_even_without_a_ledger_entry(parts):
@@ -358,17 +359,11 @@ async def test_a_message_ready_in_a_retry_tier_keeps_the_precise_rule_shut_even_
     recovery, client, keys, _ = parts
     _, lost = await _lose_a_slot_past_the_evidence_time(recovery, client, keys)
     queue = recovery.topology.chats
-    connection = recovery.broker.connect_blocking()
-    try:
-        channel = connection.channel()
-        recovery.topology.declare(channel)
-        props = pika.BasicProperties(delivery_mode=2, headers={PUBLISHED_AT_HEADER: stamp_header(lost - 1)})
-        channel.basic_publish("", queue.retry(2), b"{}", props)
+    with _a_channel_on(recovery) as channel:
+        _publish_numbered_at(channel, queue.retry(2), lost - 1)
         assert not await recovery._settled(lost)
         assert channel.basic_get(queue.retry(2), auto_ack=True)[0] is not None  # committed, say
         assert await recovery._settled(lost)
-    finally:
-        connection.close()
 
 
 async def test_a_ledger_lost_with_the_slot_waits_out_the_longest_retry_delay(parts):

@@ -23,10 +23,9 @@ import schemathesis
 from jsonschema import Draft202012Validator, ValidationError, validators
 
 from chat_devtools.http import Api, wait_for
-from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
 from chat_devtools.sse import Listener, stream_url
-from tests.conftest import LOG_ROOT
+from tests.conftest import own_system
 
 STREAM_PATH = "/applications/{token}/chats/{chat_number}/messages/stream"
 RETRY = re.compile(r"^[0-9]+$")
@@ -98,11 +97,8 @@ def parse_items(blocks: list[bytes]) -> tuple[list[dict], list[bytes]]:
 
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
-    ns = Namespace.create("stschema")
-    system = System(ns, LOG_ROOT / ns.name, extra_env={"STREAM_HEARTBEAT_SECONDS": "0.5"}).start()
-    yield system
-    system.stop()
-    ns.destroy()
+    with own_system("stschema", extra_env={"STREAM_HEARTBEAT_SECONDS": "0.5"}) as system:
+        yield system
 
 
 def test_every_item_of_a_stream_matches_the_served_event_schema(system):

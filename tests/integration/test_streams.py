@@ -21,7 +21,7 @@ from chat_devtools.http import Api, wait_for
 from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
 from chat_devtools.sse import Listener, stream_url
-from tests.conftest import LOG_ROOT
+from tests.conftest import LOG_ROOT, own_system
 
 STREAM_ENV = {
     # The event-loop guard (chat_api.event_loop): any loop step longer than this is reported; see the last tests.
@@ -35,11 +35,8 @@ STREAM_ENV = {
 @pytest.fixture(scope="module")
 def streaming() -> Iterator[tuple[System, Api]]:
     """A system of its own (two API workers) with small stream limits and a fast heartbeat."""
-    namespace = Namespace.create("st")
-    system = System(namespace, LOG_ROOT / namespace.name, api_workers=2, extra_env=STREAM_ENV).start()
-    yield system, Api(system.base_url)
-    system.stop()
-    namespace.destroy()
+    with own_system("st", api_workers=2, extra_env=STREAM_ENV) as system:
+        yield system, Api(system.base_url)
 
 
 @pytest.fixture

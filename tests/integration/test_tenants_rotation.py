@@ -15,9 +15,8 @@ import pytest
 import requests
 
 from chat_devtools.http import Api, wait_for
-from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
-from tests.conftest import LOG_ROOT
+from tests.conftest import own_system
 from tests.integration.conftest import Database
 
 GRACE = 6  # seconds the old token keeps working
@@ -28,13 +27,10 @@ PER_THREAD = 80
 
 @pytest.fixture(scope="module")
 def rotating() -> Iterator[tuple[System, Database]]:
-    ns = Namespace.create("rotate")
-    system = System(ns, LOG_ROOT / ns.name, api_workers=2, extra_env={"TENANT_CACHE_SECONDS": str(BOUND)}).start()
-    db = Database(ns.settings.database_url)
-    yield system, db
-    db.engine.dispose()
-    system.stop()
-    ns.destroy()
+    with own_system("rotate", api_workers=2, extra_env={"TENANT_CACHE_SECONDS": str(BOUND)}) as system:
+        db = Database(system.namespace.settings.database_url)
+        yield system, db
+        db.engine.dispose()
 
 
 def test_creates_with_both_tokens_across_a_rotation_number_one_sequence(rotating):

@@ -13,13 +13,13 @@ import yaml
 from kubernetes import client
 from sqlalchemy import Engine
 
-from chat_common.clients.db import make_engine
 from chat_common.tenancy.applications import Applications, build_applications
 from chat_common.wire.keys import RedisKeys
 from chat_devtools.namespace import Namespace
 from chat_operator.kube import KubeSecrets
 from chat_operator.provisioning import Provisioner
 from chat_operator.reconciler import Reconciler
+from tests.conftest import engine_on, namespace_of, redis_on
 from tests.operator.fake_apiserver import FakeApiServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,23 +32,17 @@ API_URL = "http://chat-system-api.chat.svc:8080"
 @pytest.fixture(scope="module")
 def op_namespace() -> Iterator[Namespace]:
     """A migrated database, Redis key prefix and queue prefix for one test module."""
-    ns = Namespace.create("op")
-    yield ns
-    ns.destroy()
+    yield from namespace_of("op")
 
 
 @pytest.fixture(scope="module")
 def op_engine(op_namespace: Namespace) -> Iterator[Engine]:
-    eng = make_engine(op_namespace.settings.database_url, pool_size=4)
-    yield eng
-    eng.dispose()
+    yield from engine_on(op_namespace, pool_size=4)
 
 
 @pytest.fixture(scope="module")
 def op_redis(op_namespace: Namespace) -> Iterator[redis.Redis]:
-    client_ = redis.Redis.from_url(op_namespace.settings.redis_url)
-    yield client_
-    client_.close()
+    yield from redis_on(op_namespace)
 
 
 @pytest.fixture(scope="module")

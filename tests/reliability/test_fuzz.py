@@ -26,9 +26,8 @@ from pathlib import Path
 import pytest
 
 from chat_devtools.http import Api
-from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
-from tests.conftest import LOG_ROOT
+from tests.conftest import own_system
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "services/api/chat_api/openapi.json"
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
@@ -115,11 +114,8 @@ def fuzzed() -> Iterator[tuple[System, str]]:
     if os.environ.get("API_BASE_URL"):
         pytest.skip("the fuzzing run starts its own system; API_BASE_URL is set")
     admin_key = f"adm-{secrets.token_urlsafe(24)}"
-    ns = Namespace.create("fuzz", admin_api_key=admin_key)
-    system = System(ns, LOG_ROOT / ns.name).start()
-    yield system, admin_key
-    system.stop()
-    ns.destroy()
+    with own_system("fuzz", admin_api_key=admin_key) as system:
+        yield system, admin_key
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(fuzzed, fuzz_results, tmp_path):

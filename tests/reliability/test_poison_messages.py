@@ -17,18 +17,15 @@ from chat_common.wire.topology import Topology
 from chat_devtools.http import Api, wait_for
 from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
-from tests.conftest import LOG_ROOT
+from tests.conftest import own_system
 
 UNKNOWN_APPLICATION = 4_000_000_000
 
 
 @pytest.fixture(scope="module")
 def poisoned() -> Iterator[tuple[System, Namespace]]:
-    ns = Namespace.create("poison")
-    system = System(ns, LOG_ROOT / ns.name).start()
-    yield system, ns
-    system.stop()
-    ns.destroy()
+    with own_system("poison") as system:
+        yield system, system.namespace
 
 
 def _publish(ns: Namespace, queue: str, body: bytes) -> None:

@@ -26,7 +26,7 @@ from chat_common.tenancy import applications as tenancy
 from chat_devtools.http import Api, wait_for
 from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
-from tests.conftest import LOG_ROOT
+from tests.conftest import LOG_ROOT, own_system
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "services/api/chat_api/openapi.json"
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -197,11 +197,8 @@ def test_admin_key_is_compared_in_constant_time(security_results):
 @pytest.fixture(scope="module")
 def limited() -> Iterator[System]:
     """A system of its own with RATE_LIMIT_PER_SECOND=5."""
-    ns = Namespace.create("rate")
-    system = System(ns, LOG_ROOT / ns.name, extra_env={"RATE_LIMIT_PER_SECOND": "5"}).start()
-    yield system
-    system.stop()
-    ns.destroy()
+    with own_system("rate", extra_env={"RATE_LIMIT_PER_SECOND": "5"}) as system:
+        yield system
 
 
 def _tally(statuses: list[int]) -> str:

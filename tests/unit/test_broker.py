@@ -14,7 +14,7 @@ import pytest
 
 from chat_common.clients.broker import API, CHECK, WRITER, BrokerNodes, node_parameters, parse_urls
 from chat_common.config import Settings
-from chat_devtools.rabbit_cluster import LoopbackCertificates
+from chat_devtools.tinyca import TinyCA
 
 
 @pytest.fixture(autouse=True)
@@ -102,8 +102,8 @@ def test_asynchronous_callers_fail_over_at_once_and_back_off_only_after_a_whole_
 
 @pytest.fixture(scope="module")
 def ca_file(tmp_path_factory) -> Path:
-    """A self-signed CA certificate (PEM), made with the openssl command line."""
-    return LoopbackCertificates(tmp_path_factory.mktemp("ca")).ca
+    """A self-signed CA certificate (PEM), made in process (no openssl command to spawn)."""
+    return TinyCA("chat-system test CA").save(tmp_path_factory.mktemp("ca"), "ca").cert
 
 
 def _trusted(parameters) -> list[str]:

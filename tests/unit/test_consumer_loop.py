@@ -164,20 +164,26 @@ POISON = b'{"id": 0, "poison": true}'
 QUEUE = Topology("t", (1, 5, 30)).messages
 
 
+def make_consumer(handler, connect, nodes: str = "amqp://unused", **options) -> BatchConsumer:
+    """The loop of a writer of ``QUEUE`` that connects with ``connect`` to (fakes of) ``nodes``, without waiting
+    for a batch to fill."""
+    return BatchConsumer(
+        broker=BrokerNodes(nodes, WRITER),
+        queue=QUEUE,
+        handler=handler,
+        transient_errors=(Transient,),
+        max_wait=0.0,
+        connect=connect,
+        **options,
+    )
+
+
 def run(messages, handler, *, max_attempts=40, hooks=(), batch_size=500, tiers=None, existing=()):
     """Run the loop over ``messages`` (and ``tiers``) on a fake broker where the queues ``existing`` exist already."""
     broker = FakeBroker([(m, 0) if isinstance(m, bytes) else m for m in messages], tiers)
     broker.existing.update(existing)
-    consumer = BatchConsumer(
-        broker=BrokerNodes("amqp://unused", WRITER),
-        queue=QUEUE,
-        handler=handler,
-        transient_errors=(Transient,),
-        batch_size=batch_size,
-        max_wait=0.0,
-        max_attempts=max_attempts,
-        hooks=hooks,
-        connect=lambda _parameters: broker,
+    consumer = make_consumer(
+        handler, lambda _parameters: broker, batch_size=batch_size, max_attempts=max_attempts, hooks=hooks
     )
     broker.consumer = consumer
     consumer.run()
@@ -260,14 +266,7 @@ def test_a_transient_failure_holds_the_batch_and_retries_it_with_growing_backoff
 def test_stopping_while_the_database_is_down_leaves_the_batch_to_the_broker():
     db = FakeDatabase(transient_failures=100)
     broker = FakeBroker([(row(1), 0)])
-    consumer = BatchConsumer(
-        broker=BrokerNodes("amqp://unused", WRITER),
-        queue=QUEUE,
-        handler=db,
-        transient_errors=(Transient,),
-        max_wait=0.0,
-        connect=lambda _parameters: broker,
-    )
+    consumer = make_consumer(db, lambda _parameters: broker)
     broker.consumer = consumer
     broker.sleep = lambda _s: setattr(consumer, "should_stop", True)  # SIGTERM arrives during the backoff
     consumer.run()
@@ -330,14 +329,7 @@ def test_several_broker_urls_a_dead_node_is_skipped_and_a_lost_node_is_tried_las
         return broker
 
     db = FakeDatabase()
-    consumer = BatchConsumer(
-        broker=BrokerNodes("amqp://a, amqp://b,amqp://c", WRITER),
-        queue=QUEUE,
-        handler=db,
-        transient_errors=(Transient,),
-        max_wait=0.0,
-        connect=connect,
-    )
+    consumer = make_consumer(db, connect, "amqp://a, amqp://b,amqp://c")
     consumer._sleep = lambda _seconds: None  # no real backoff in a unit test
     consumer.run()
     assert tried == ["a", "b", "c"]  # a refused, b served then crashed, c next (not a again)
@@ -366,14 +358,7 @@ def test_a_consumer_cancelled_by_the_broker_reconnects(cancelled):
         connections.append(broker)
         return broker
 
-    consumer = BatchConsumer(
-        broker=BrokerNodes("amqp://a", WRITER),
-        queue=QUEUE,
-        handler=FakeDatabase(),
-        transient_errors=(Transient,),
-        max_wait=0.0,
-        connect=connect,
-    )
+    consumer = make_consumer(FakeDatabase(), connect, "amqp://a")
     consumer._sleep = lambda _seconds: None
     consumer.run()
     assert len(connections) == 2 and not connections[0].is_open

@@ -4,6 +4,7 @@ tests: when a held message is due, what happens when its way back fails, how lat
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from types import SimpleNamespace
 
@@ -154,14 +155,31 @@ class Reports:
         return {}
 
 
+class GatedBroker(SlowBroker):
+    """Counts read only once the test opens ``gate``: a scan exactly as slow as the test needs, and no slower."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.gate = threading.Event()
+
+    def count_queues(self, names: list[str]) -> dict[str, tuple[int, int] | None]:
+        self.gate.wait(5)
+        return super().count_queues(names)
+
+
 async def test_a_slow_queue_scan_never_holds_status_up_and_shows_unknown_until_read(monkeypatch):
     monkeypatch.setattr(queue_health, "FIRST_READ_SECONDS", 0.05)
-    health = QueueHealth(Reports(), RedisKeys("t:"), SlowBroker(0.3), Topology("t"), margin_seconds=30, cache_seconds=0)
+    broker = GatedBroker()
+    health = QueueHealth(Reports(), RedisKeys("t:"), broker, Topology("t"), margin_seconds=30, cache_seconds=0)
     started = time.monotonic()
     assert await health.retry_tiers() == ("unknown", {})  # the first read is still going
     assert time.monotonic() - started < 0.25
-    await asyncio.sleep(0.4)
-    state, detail = await health.retry_tiers()
+    broker.gate.set()  # the scan ends
+    deadline = time.monotonic() + 5
+    while (answer := await health.retry_tiers())[0] == "unknown":
+        assert time.monotonic() < deadline, "the finished scan never showed"
+        await asyncio.sleep(0.01)
+    state, detail = answer
     assert state == "ok" and detail["tiers"]
     assert (await health.dead_letters())[0] == "empty"
 

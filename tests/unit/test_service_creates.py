@@ -327,14 +327,22 @@ async def test_redis_down_at_claim_is_503(service, world):
         await service.create_chat(world.application().token, "x", "k")
 
 
-async def test_redis_down_at_record_is_503_and_frees_the_key(service, world):
+@pytest.mark.parametrize(
+    ("port", "step", "next_number"),
+    [
+        ("numbering", "new_chat", 1),  # no number was handed out
+        ("idempotency", "record", 2),  # number 1 was taken, then lost with the failed record
+    ],
+)
+async def test_redis_down_after_the_key_is_claimed_is_503_and_frees_the_key(service, world, port, step, next_number):
     app = world.application()
-    world.idempotency.fail("record", RedisConnectionError("down"))
+    getattr(world, port).fail(step, RedisConnectionError("down"))
     with pytest.raises(Unavailable, match="numbering store unavailable"):
         await service.create_chat(app.token, "x", "k")
     assert world.idempotency.called("release") == [(app.id, "chats", "k")]
+    assert (app.id, "chats", "k") not in world.idempotency.values
     assert world.publisher.published == []
-    assert await service.create_chat(app.token, "x", "k") == (2, False)  # the key is free; number 1 was lost
+    assert await service.create_chat(app.token, "x", "k") == (next_number, False)  # the key is free
 
 
 async def test_release_failing_never_replaces_the_original_error(service, world):
@@ -345,14 +353,6 @@ async def test_release_failing_never_replaces_the_original_error(service, world)
     world.repository.fail("last_chat_number", DB_DOWN)
     with pytest.raises(Unavailable, match="database unavailable"):
         await service.create_chat(world.application().token, "x", "k2")
-
-
-async def test_numbering_error_with_a_key_is_503_and_frees_the_key(service, world):
-    app = world.application()
-    world.numbering.fail("new_chat", RedisConnectionError("down"))
-    with pytest.raises(Unavailable, match="numbering store unavailable"):
-        await service.create_chat(app.token, "x", "k")
-    assert (app.id, "chats", "k") not in world.idempotency.values
 
 
 async def test_mysql_down_at_key_lookup_is_503_and_frees_the_key(service, world):

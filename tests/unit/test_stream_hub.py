@@ -126,10 +126,16 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_live_events_in_order_exactly_once(reader, subscriber, clock):
-    hub = make_hub(reader, subscriber, clock)
+async def listening_from_the_start(reader, subscriber, clock, **limits) -> tuple[StreamHub, Client]:
+    """A hub and one client of it that listens from the chat's start, its replay done."""
+    hub = make_hub(reader, subscriber, clock, **limits)
     client = Client(hub, after=0)
     await settle()
+    return hub, client
+
+
+async def test_live_events_in_order_exactly_once(reader, subscriber, clock):
+    hub, client = await listening_from_the_start(reader, subscriber, clock)
     assert subscriber.bound == [KEY]
     announce(hub, 1, 2)
     announce(hub, 2, 3)  # a redelivered batch announces again
@@ -154,9 +160,7 @@ async def test_resume_replays_stored_then_live_without_seam(reader, subscriber, 
 
 
 async def test_a_hole_is_held_then_filled_by_its_announcement(reader, subscriber, clock):
-    hub = make_hub(reader, subscriber, clock)
-    client = Client(hub, after=0)
-    await settle()
+    hub, client = await listening_from_the_start(reader, subscriber, clock)
     announce(hub, 1, 3)
     await settle()
     assert client.numbers() == [1]
@@ -167,9 +171,7 @@ async def test_a_hole_is_held_then_filled_by_its_announcement(reader, subscriber
 
 
 async def test_a_hole_is_read_from_mysql_when_its_announcement_is_lost(reader, subscriber, clock):
-    hub = make_hub(reader, subscriber, clock)
-    client = Client(hub, after=0)
-    await settle()
+    hub, client = await listening_from_the_start(reader, subscriber, clock)
     reader.store(1)
     reader.store(2)  # committed, announcement lost
     reader.store(3)
@@ -184,9 +186,7 @@ async def test_a_hole_is_read_from_mysql_when_its_announcement_is_lost(reader, s
 
 
 async def test_a_burned_number_is_skipped_after_the_gap_rule_and_never_blocks(reader, subscriber, clock):
-    hub = make_hub(reader, subscriber, clock, gap_seconds=10)
-    client = Client(hub, after=0)
-    await settle()
+    hub, client = await listening_from_the_start(reader, subscriber, clock, gap_seconds=10)
     reader.store(1)
     reader.store(3)  # 2 was burned: never written
     announce(hub, 1, 3)
@@ -208,17 +208,13 @@ async def test_a_burned_number_is_skipped_after_the_gap_rule_and_never_blocks(re
 async def test_replay_skips_an_old_burned_number_at_once(reader, subscriber, clock):
     for n in (1, 2, 4, 5):
         reader.store(n, age=3600)
-    hub = make_hub(reader, subscriber, clock)
-    client = Client(hub, after=0)
-    await settle()
+    hub, client = await listening_from_the_start(reader, subscriber, clock)
     assert client.numbers() == [1, 2, 4, 5]
     await hub.close()
 
 
 async def test_edits_follow_delivered_messages_and_replace_held_ones(reader, subscriber, clock):
-    hub = make_hub(reader, subscriber, clock)
-    client = Client(hub, after=0)
-    await settle()
+    hub, client = await listening_from_the_start(reader, subscriber, clock)
     announce(hub, 1, 3)
     announce(hub, 1, version=5, body="one, edited")
     announce(hub, 1, version=4, body="older edit")  # late and older: not shown
@@ -236,9 +232,7 @@ async def test_edits_follow_delivered_messages_and_replace_held_ones(reader, sub
 
 
 async def test_broker_reconnect_resyncs_from_mysql(reader, subscriber, clock):
-    hub = make_hub(reader, subscriber, clock)
-    client = Client(hub, after=0)
-    await settle()
+    hub, client = await listening_from_the_start(reader, subscriber, clock)
     announce(hub, 1)
     hub.on_subscriber_lost()
     reader.store(1)
@@ -293,9 +287,7 @@ async def test_announcements_overflowing_during_a_replay_are_read_again_not_cut(
     reader = GatedReader(clock)
     for n in range(1, 151):
         reader.store(n, body="x" * 100, age=60)
-    hub = make_hub(reader, subscriber, clock, buffer_bytes=2000)
-    client = Client(hub, after=0)
-    await settle()
+    hub, client = await listening_from_the_start(reader, subscriber, clock, buffer_bytes=2000)
     for n in range(151, 201):  # stored and announced while the replay waits: far more than the buffer holds
         reader.store(n, body="x" * 100)
         announce(hub, n, body="x" * 100)
@@ -310,18 +302,14 @@ async def test_a_replay_that_cannot_progress_past_a_young_hole_is_still_cut(cloc
     reader = FakeReader(clock)
     for n in range(2, 60):  # number 1 is a young hole: everything after it is held back
         reader.store(n, body="x" * 100)
-    hub = make_hub(reader, subscriber, clock, buffer_bytes=2000)
-    client = Client(hub, after=0)
-    await settle()
+    hub, client = await listening_from_the_start(reader, subscriber, clock, buffer_bytes=2000)
     assert client.aborted and client.stream.ended == "slow"  # bounded memory, no endless re-reading
     assert reader.reads <= 3
     await hub.close()
 
 
 async def test_heartbeats_and_unbinding_of_empty_rooms_come_from_one_ticker(reader, subscriber, clock):
-    hub = make_hub(reader, subscriber, clock, heartbeat_seconds=15)
-    client = Client(hub, after=0)
-    await settle()
+    hub, client = await listening_from_the_start(reader, subscriber, clock, heartbeat_seconds=15)
     clock.now += 16
     hub.tick(clock.now)  # due: this period's heartbeats are spread over the ticks that follow
     hub.tick(clock.now + 0.25)

@@ -94,11 +94,17 @@ async def test_lookups_that_find_tenants_spend_no_budget():
     assert [(await tenants.lookup(f"t{i}")).id for i in range(50)] == list(range(1, 51))
 
 
-async def test_stale_entries_are_served_only_up_to_the_stale_bound():
-    tenants, db, clock = make(stale_seconds=10.0)
+async def _read_once_then_database_down(stale_seconds: float):
+    """A directory that has read the tenant ``tok`` (id 1) from MySQL once, then MySQL is down."""
+    tenants, db, clock = make(stale_seconds=stale_seconds)
     db.add("tok", 1)
     await tenants.lookup("tok")
     db.down = True
+    return tenants, db, clock
+
+
+async def test_stale_entries_are_served_only_up_to_the_stale_bound():
+    tenants, db, clock = await _read_once_then_database_down(stale_seconds=10.0)
     clock.now += 9.5
     assert (await tenants.lookup("tok")).id == 1  # within the bound of MySQL's last answer
     clock.now += 1.0
@@ -110,10 +116,7 @@ async def test_stale_entries_are_served_only_up_to_the_stale_bound():
 
 
 async def test_a_stale_bound_of_zero_serves_nothing_stale():
-    tenants, db, clock = make(stale_seconds=0.0)
-    db.add("tok", 1)
-    await tenants.lookup("tok")
-    db.down = True
+    tenants, _, clock = await _read_once_then_database_down(stale_seconds=0.0)
     clock.now += 2.1
     with pytest.raises(DatabaseUnavailable):
         await tenants.lookup("tok")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import Connection
 
 from chat_common import logs, schema
 from chat_common.clients.db import create_database_if_missing, make_engine
@@ -14,6 +15,14 @@ from chat_common.config import Settings
 
 MIGRATIONS_DIR = Path(schema.__file__).with_name("migrations")
 log = logging.getLogger("chat_common.ops.migrate")
+
+
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration for running this project's revisions on ``connection`` (its transaction)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
@@ -24,10 +33,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     engine = make_engine(database_url, pool_size=1, read_timeout=None)
     try:
         with engine.begin() as connection:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS_DIR))
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+            command.upgrade(alembic_config(connection), revision)
     finally:
         engine.dispose()
 

@@ -63,14 +63,20 @@ def _version_fields(data: dict) -> dict:
     return {"version": _int_field(data, "version", 0, MAX_VERSION), **_key_fields(data)}
 
 
-def _encode(message: object) -> bytes:
-    """Serialise a contract, leaving out optional fields that are not set (``dataclasses.asdict`` deep-copies: slow)."""
-    data = {"v": SCHEMA_VERSION}
-    for name in message.__slots__:
-        value = getattr(message, name)
-        if value is not None:
-            data[name] = value
-    return orjson.dumps(data)
+class _Contract:
+    """What every queue message has: its serialisation."""
+
+    __slots__ = ()
+
+    def encode(self) -> bytes:
+        """Serialise for the wire, leaving out optional fields that are not set (``dataclasses.asdict`` deep-copies:
+        slow)."""
+        data = {"v": SCHEMA_VERSION}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        return orjson.dumps(data)
 
 
 def _decode(raw: bytes) -> dict:
@@ -84,7 +90,7 @@ def _decode(raw: bytes) -> dict:
 
 
 @dataclass(frozen=True, slots=True)
-class ChatUpsert:
+class ChatUpsert(_Contract):
     """Create (version 0) or rename a chat."""
 
     application_id: int
@@ -94,10 +100,6 @@ class ChatUpsert:
     idempotency_key: str | None = None
     fingerprint: str | None = None
 
-    def encode(self) -> bytes:
-        """Serialise for the wire."""
-        return _encode(self)
-
     @classmethod
     def decode(cls, raw: bytes, max_name_chars: int = NAME_MAX_CHARS) -> ChatUpsert:
         """Parse and validate; raises :class:`ContractError` for anything malformed."""
@@ -106,7 +108,7 @@ class ChatUpsert:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageUpsert:
+class MessageUpsert(_Contract):
     """Create (version 0) or edit a message."""
 
     application_id: int
@@ -116,10 +118,6 @@ class MessageUpsert:
     version: int = 0
     idempotency_key: str | None = None
     fingerprint: str | None = None
-
-    def encode(self) -> bytes:
-        """Serialise for the wire."""
-        return _encode(self)
 
     @classmethod
     def decode(cls, raw: bytes, max_body_chars: int = BODY_MAX_CHARS) -> MessageUpsert:

@@ -30,7 +30,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.utils import io_services_utils
 from pika.channel import Channel
 
-from chat_api.adapters.pika_callbacks import guarded
+from chat_api.adapters.pika_callbacks import OneChannelClient, close_if_open, guarded
 from chat_api.model import PublishError
 from chat_common.clients.broker import BrokerNodes, asyncio_connection
 from chat_common.writing.batches import PUBLISHED_AT_HEADER, stamp_header
@@ -67,7 +67,7 @@ def _produce_joined(transport: io_services_utils._AsyncTransportBase) -> None:
     _produce_frame_by_frame(transport)
 
 
-class ConfirmingPublisher:
+class ConfirmingPublisher(OneChannelClient):
     """Publish persistent messages to named queues and wait for the broker's confirm (one per worker process)."""
 
     def __init__(
@@ -147,10 +147,7 @@ class ConfirmingPublisher:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
-        if self._connection is not None and not (self._connection.is_closing or self._connection.is_closed):
-            self._connection.close()
-        if self._over is not None and not self._over.done():
-            await asyncio.wait([self._over], timeout=self.timeout)  # the broker answers Connection.Close
+        await self._close_connection(self.timeout)
 
     # -- background connection -------------------------------------------------------------------------------
     async def _wait_ready(self) -> Channel:
@@ -190,8 +187,7 @@ class ConfirmingPublisher:
     def callback_failed(self) -> None:
         """A pika callback failed (:func:`~chat_api.adapters.pika_callbacks.guarded`): drop the connection."""
         self._mark_down("publisher callback failed")
-        if self._connection is not None and not (self._connection.is_closing or self._connection.is_closed):
-            self._connection.close()
+        close_if_open(self._connection)
 
     def _mark_down(self, reason: str) -> None:
         """Not ready any more: fail every pending publish (its confirm can no longer arrive)."""
@@ -208,17 +204,12 @@ class ConfirmingPublisher:
 
     # -- pika callbacks (on the loop) ------------------------------------------------------------------------
     @guarded
-    def _on_open(self, connection: AsyncioConnection) -> None:
-        connection.channel(on_open_callback=self._on_channel_open)
-
-    @guarded
     def _on_connection_over(self, _connection: AsyncioConnection, reason: BaseException) -> None:
         """Connection failed to open or closed: the task's wait for this connection ends."""
         if not self._closing:
             log.warning("message broker connection failed or closed: %r", reason)
         self._mark_down(f"connection to the message broker lost: {reason!r}")
-        if self._over is not None and not self._over.done():
-            self._over.set_result(None)
+        self._end_wait()
 
     @guarded
     def _on_channel_open(self, channel: Channel) -> None:

@@ -59,27 +59,19 @@ class QueueSnapshot:
         return HOLDING if any(self.dead.values()) else EMPTY
 
 
+@dataclass(eq=False)
 class QueueHealth:
     """Reads :class:`QueueSnapshot` s for ``/status`` (one per ``cache_seconds`` at most)."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: RedisKeys,
-        broker: BrokerNodes,
-        topology: Topology,
-        margin_seconds: float,
-        cache_seconds: float = 2.0,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.broker = broker
-        self.topology = topology
-        self.margin_seconds = margin_seconds
-        self.cache_seconds = cache_seconds
-        self._snapshot: QueueSnapshot | None = None
-        self._taken = float("-inf")
-        self._reading: asyncio.Task | None = None
+    client: redis.Redis
+    keys: RedisKeys
+    broker: BrokerNodes
+    topology: Topology
+    margin_seconds: float
+    cache_seconds: float = 2.0
+    _snapshot: QueueSnapshot | None = field(default=None, init=False, repr=False)
+    _taken: float = field(default=float("-inf"), init=False, repr=False)
+    _reading: asyncio.Task | None = field(default=None, init=False, repr=False)
 
     async def snapshot(self) -> QueueSnapshot | None:
         """The latest snapshot no older than ``MAX_AGE`` (None: none yet, or the reads keep failing).

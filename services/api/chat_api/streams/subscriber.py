@@ -22,7 +22,7 @@ import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 
-from chat_api.adapters.pika_callbacks import guarded
+from chat_api.adapters.pika_callbacks import OneChannelClient, close_if_open, guarded
 from chat_common.clients.broker import BrokerNodes, asyncio_connection
 from chat_common.wire.topology import declare_announcements
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 100_000
 
 
-class AnnouncementSubscriber:
+class AnnouncementSubscriber(OneChannelClient):
     """The worker's announcement consumer (see the module docstring)."""
 
     def __init__(
@@ -93,11 +93,7 @@ class AnnouncementSubscriber:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
-        connection = self._connection
-        if connection is not None and not (connection.is_closing or connection.is_closed):
-            connection.close()
-        if self._over is not None and not self._over.done():
-            await asyncio.wait([self._over], timeout=5)
+        await self._close_connection(5)
 
     # -- background connection -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -119,9 +115,7 @@ class AnnouncementSubscriber:
 
     def callback_failed(self) -> None:
         """A pika callback failed (:func:`~chat_api.adapters.pika_callbacks.guarded`): reconnect from scratch."""
-        connection = self._connection
-        if connection is not None and not (connection.is_closing or connection.is_closed):
-            connection.close()
+        close_if_open(self._connection)
 
     def _mark_down(self) -> None:
         was_ready = self._queue is not None
@@ -131,16 +125,11 @@ class AnnouncementSubscriber:
             self.on_lost()
 
     @guarded
-    def _on_open(self, connection: AsyncioConnection) -> None:
-        connection.channel(on_open_callback=self._on_channel_open)
-
-    @guarded
     def _on_connection_over(self, _connection: AsyncioConnection, reason: BaseException) -> None:
         if not self._closing:
             log.warning("announcement subscriber: connection failed or closed: %r", reason)
         self._mark_down()
-        if self._over is not None and not self._over.done():
-            self._over.set_result(None)
+        self._end_wait()
 
     @guarded
     def _on_channel_open(self, channel: Channel) -> None:
