@@ -46,6 +46,7 @@ from chat_api.resources.streams import MessageStreamResource
 from chat_api.services import ChatService, Limits
 from chat_api.streams import StreamHub, build_hub
 from chat_api.streams.asgi import StreamingApp, StreamsLifespan
+from chat_api.use_cases.tickets import TicketSigner, parse_keys
 from chat_common import logs
 from chat_common.clients.broker import API, CHECK, BrokerNodes
 from chat_common.clients.db import make_engine
@@ -238,6 +239,7 @@ def build_service(
         search_budget=RedisSearchBudget(
             client, keys, settings.search_seconds_per_second, settings.search_burst_seconds
         ),
+        tickets=TicketSigner(parse_keys(settings.stream_ticket_keys), settings.stream_ticket_seconds),
         limits=Limits.from_settings(settings),
     )
 
@@ -274,7 +276,7 @@ def build_service(
         settings.api_slow_callback_ms,
         numbering_watchdog=recovery.watch,
     )
-    streams = build_hub(settings, db, client, keys, standing=service.token_standing)
+    streams = build_hub(settings, db, client, keys, standing=service.stream_standing)
     return service, status_checks, lifecycle, streams
 
 

@@ -430,6 +430,10 @@ class TenantDirectoryPort(Protocol):
         """The application the token names now (current token, or former one in its grace period), or None."""
         ...
 
+    async def lookup_digest(self, digest: str) -> Application | None:
+        """The same by the token's digest (a stream ticket carries the digest, never the token), cached alike."""
+        ...
+
     def invalidate(self, token: str) -> None:
         """Forget what is cached for a token."""
         ...
