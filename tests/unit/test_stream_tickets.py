@@ -105,9 +105,10 @@ async def test_a_minted_ticket_opens_its_chat_without_the_token(service, world):
     world.deliver()
     minted = await service.mint_stream_ticket(app.token, 1)
     assert minted["chat_number"] == 1 and minted["expires_at"] == int(world.clock.now) + 300
-    application, claims = await service.open_ticket(minted["ticket"])
-    assert application.id == app.id and claims.chat_number == 1
-    assert world.tenants.called("lookup_digest") == [(token_digest(app.token),)]
+    application, claims, after = await service.open_ticket(minted["ticket"])
+    assert application.id == app.id and claims.chat_number == 1 and after == 0
+    assert (await service.open_ticket(minted["ticket"], 5))[2] == 5
+    assert set(world.tenants.called("lookup_digest")) == {(token_digest(app.token),)}  # no token, no MySQL
 
 
 async def test_minting_follows_the_tenant_rules_and_the_chat_must_exist(service, world):

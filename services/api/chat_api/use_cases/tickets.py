@@ -193,19 +193,22 @@ class StreamTickets:
         ticket, expires_at = self.signer.sign(application.current_digest(), chat_number)
         return {"ticket": ticket, "chat_number": chat_number, "expires_at": expires_at}
 
-    async def open(self, ticket: str) -> tuple[Application, TicketClaims]:
-        """The application and claims of a ticket that may open its chat's stream now, or the refusal.
+    async def open(self, ticket: str, after: int | None = None) -> tuple[Application, TicketClaims, int]:
+        """The application and claims of a ticket that may open its chat's stream now, and where the stream starts
+        (``after``, else after the chat's newest stored message), or the refusal.
 
-        No MySQL and no Redis on this path in steady state: the signature here, the tenant from the directory's
-        cache by digest (no rate limit either: opening a stream is bounded by the stream limits, minting by the
-        tenant's rate). The chat was checked when the ticket was minted.
+        The ticket itself costs no MySQL and no Redis in steady state: the signature here, the tenant from the
+        directory's cache by digest (no rate limit either: opening a stream is bounded by the stream limits,
+        minting by the tenant's rate). The chat was checked when the ticket was minted.
         """
         claims = self.signer.verify(ticket)
         application = await self.tenants.lookup_digest(claims.token_digest)
         refusal = ticket_refusal(claims.token_digest, application)
         if refusal is not None:
             raise refusal[1]
-        return application, claims
+        if after is None:
+            after = await self.repository.last_message_number(application.id, claims.chat_number)
+        return application, claims, after
 
     async def standing(self, holder: TicketHolder) -> tuple[str, str] | None:
         """For open streams (the hub's re-check): ``(reason, error)`` when the ticket's token may no longer be
