@@ -170,3 +170,32 @@ def test_cors_only_on_the_stream_and_ticket_routes_for_the_allowed_origin(api, t
     # Every other route opts out: no CORS header, whoever asks.
     other = api.get(f"/applications/{token}/chats/{chat}", headers={"Origin": TEST_ORIGIN})
     assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+
+
+def test_a_tenants_own_origins_replace_the_deployments(api, token, in_process_only):
+    chat, _ = written_chat_with(api, token, [])
+    own = "http://tenant-origin.test"
+    assert api.get(f"/applications/{token}/cors-origins").json() == {"origins": None}
+    changed = api.put(f"/applications/{token}/cors-origins", json={"origins": [own]})
+    assert changed.status_code == 200 and changed.json()["cors_origins"] == [own]
+    assert api.get(f"/applications/{token}/cors-origins").json() == {"origins": [own]}
+    assert api.put(f"/applications/{token}/cors-origins", json={"origins": ["not an origin"]}).status_code == 422
+    time.sleep(2.5)  # TENANT_CACHE_SECONDS: every process sees it
+
+    def allowed(origin: str) -> tuple[str | None, str | None]:
+        minted = api.post(f"/applications/{token}/chats/{chat}/stream-tickets", headers={"Origin": origin})
+        listener = Listener(f"{api.base_url}{minted.json()['stream_path']}", request_headers={"Origin": origin})
+        try:
+            listener.start()
+            return (
+                minted.headers.get("access-control-allow-origin"),
+                listener.headers.get("access-control-allow-origin"),
+            )
+        finally:
+            listener.close()
+
+    assert allowed(own) == (own, own)
+    assert allowed(TEST_ORIGIN) == (None, None)  # the deployment's list no longer applies to this tenant
+    assert api.put(f"/applications/{token}/cors-origins", json={"origins": None}).json()["cors_origins"] is None
+    time.sleep(2.5)
+    assert allowed(TEST_ORIGIN) == (TEST_ORIGIN, TEST_ORIGIN)

@@ -234,6 +234,12 @@ class FakeApplications(Faults):
         found = self._by_id(application_id)
         return None if found is None else self._replace(found, limits=limits)
 
+    def set_cors_origins(self, application_id: int, origins: tuple[str, ...] | None) -> Application | None:
+        """Set the CORS origins; None when the application is gone."""
+        self._enter("set_cors_origins", application_id, origins)
+        found = self._by_id(application_id)
+        return None if found is None else self._replace(found, cors_origins=origins)
+
     def usage(self, application_id: int) -> Usage | None:
         """Usage from :attr:`usage_of` (what the count sync and numbering would report)."""
         self._enter("usage", application_id)

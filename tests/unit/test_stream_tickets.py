@@ -1,5 +1,6 @@
 """Stream tickets on fakes: signing and verifying (keys, rotation with a grace, expiry, scope to one chat), and the
-tenant rules over them (a token rotation or a suspension refuses every ticket minted before it)."""
+tenant rules over them (a token rotation or a suspension refuses every ticket minted before it); the CORS rule and a
+tenant's own origins."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import base64
 import orjson
 import pytest
 
-from chat_api.model import NotFound, Suspended
+from chat_api.model import Invalid, NotFound, Suspended
+from chat_api.use_cases.cors import allowed_origin, cors_headers
 from chat_api.use_cases.tickets import (
     TicketHolder,
     TicketRefused,
@@ -17,6 +19,7 @@ from chat_api.use_cases.tickets import (
     parse_keys,
 )
 from chat_common.tenancy.tokens import token_digest
+from chat_common.validation import clean_origins
 from tests.unit.fakes import TICKET_KEY, FakeClock
 
 OLD_KEY = b"an-old-stream-ticket-key-which-retires-soon"
@@ -103,7 +106,7 @@ async def test_a_minted_ticket_opens_its_chat_without_the_token(service, world):
     app = world.application()
     await service.create_chat(app.token, "room")
     world.deliver()
-    minted = await service.mint_stream_ticket(app.token, 1)
+    minted, _ = await service.mint_stream_ticket(app.token, 1)
     assert minted["chat_number"] == 1 and minted["expires_at"] == int(world.clock.now) + 300
     application, claims, after = await service.open_ticket(minted["ticket"])
     assert application.id == app.id and claims.chat_number == 1 and after == 0
@@ -128,7 +131,7 @@ async def test_a_rotation_refuses_every_ticket_minted_before_it_and_the_former_t
     app = world.application()
     await service.create_chat(app.token, "room")
     world.deliver()
-    before = (await service.mint_stream_ticket(app.token, 1))["ticket"]
+    before = (await service.mint_stream_ticket(app.token, 1))[0]["ticket"]
     holder = TicketHolder(token_digest(app.token))
     assert await service.stream_standing(holder) is None
     rotated = await service.rotate_token(app.token, 3600)  # the former token keeps its grace...
@@ -138,7 +141,7 @@ async def test_a_rotation_refuses_every_ticket_minted_before_it_and_the_former_t
     assert (await service.stream_standing(holder))[0] == "expired_token"  # open streams end too
     with pytest.raises(TicketRefused):
         await service.mint_stream_ticket(app.token, 1)
-    after = (await service.mint_stream_ticket(rotated.token, 1))["ticket"]
+    after = (await service.mint_stream_ticket(rotated.token, 1))[0]["ticket"]
     assert (await service.open_ticket(after))[0].id == app.id
 
 
@@ -146,7 +149,7 @@ async def test_a_suspension_refuses_tickets_and_ends_their_streams_and_a_resume_
     app = world.application()
     await service.create_chat(app.token, "room")
     world.deliver()
-    ticket = (await service.mint_stream_ticket(app.token, 1))["ticket"]
+    ticket = (await service.mint_stream_ticket(app.token, 1))[0]["ticket"]
     await service.suspend_application(app.token, True)
     with pytest.raises(Suspended):
         await service.open_ticket(ticket)
@@ -160,7 +163,7 @@ async def test_a_ticket_of_a_deleted_application_opens_nothing(service, world):
     app = world.application()
     await service.create_chat(app.token, "room")
     world.deliver()
-    ticket = (await service.mint_stream_ticket(app.token, 1))["ticket"]
+    ticket = (await service.mint_stream_ticket(app.token, 1))[0]["ticket"]
     await service.delete_application(app.token)
     with pytest.raises(NotFound):
         await service.open_ticket(ticket)
@@ -171,7 +174,45 @@ async def test_an_expired_ticket_is_refused_by_the_service(service, world):
     app = world.application()
     await service.create_chat(app.token, "room")
     world.deliver()
-    ticket = (await service.mint_stream_ticket(app.token, 1))["ticket"]
+    ticket = (await service.mint_stream_ticket(app.token, 1))[0]["ticket"]
     world.clock.advance(300)
     with pytest.raises(TicketRefused):
         await service.open_ticket(ticket)
+
+
+# -- CORS: the rule, and the tenant's own list ------------------------------------------------------------------
+def test_cors_answers_the_asking_origin_when_listed_never_a_list_and_never_credentials():
+    allowed = clean_origins("https://app.example, http://127.0.0.1:8000")
+    assert allowed == ("https://app.example", "http://127.0.0.1:8000")
+    assert allowed_origin("https://app.example", allowed) == "https://app.example"
+    assert allowed_origin("https://evil.example", allowed) is None
+    assert allowed_origin(None, allowed) is None and allowed_origin("https://app.example", ()) is None
+    assert allowed_origin("https://any.example", ("*",)) == "*"
+    headers = cors_headers("https://app.example", allowed)
+    assert headers["Access-Control-Allow-Origin"] == "https://app.example" and headers["Vary"] == "Origin"
+    assert cors_headers("https://evil.example", allowed) == {"Vary": "Origin"}
+    preflight = cors_headers("http://127.0.0.1:8000", allowed, preflight=True)
+    assert "POST" in preflight["Access-Control-Allow-Methods"]
+    for headers in (cors_headers("https://x.example", ("*",)), preflight):
+        assert "Access-Control-Allow-Credentials" not in headers
+
+
+def test_an_origin_list_holds_origins_only():
+    for bad in ("https://app.example/", "https://app.example/path", "ftp://app.example", "app.example", "null"):
+        with pytest.raises(Invalid):
+            clean_origins([bad])
+    with pytest.raises(Invalid, match="at most 50"):
+        clean_origins([f"https://h{i}.example" for i in range(51)])
+    assert clean_origins(["https://A.example", "https://a.example", " "]) == ("https://a.example",)
+
+
+async def test_a_tenants_own_origins_are_set_shown_and_reset_by_the_admin(service, world):
+    app = world.application()
+    assert app.admin()["cors_origins"] is None  # the deployment's
+    changed = await service.set_cors_origins(app.token, {"origins": ["https://app.example"]})
+    assert changed.cors_origins == ("https://app.example",)
+    assert changed.admin()["cors_origins"] == ["https://app.example"]
+    assert (await service.set_cors_origins(app.token, {"origins": None})).cors_origins is None
+    for bad in ({"origins": ["nope"]}, {"origin": []}, None):
+        with pytest.raises(Invalid):
+            await service.set_cors_origins(app.token, bad)

@@ -146,8 +146,8 @@ def create_app(
     app.add_route("/applications", applications)
     app.add_route("/applications/{token}", applications, suffix="item")
     tenant_admin = TenantAdminResource(service, settings.admin_api_key)
-    for action in ("suspend", "resume", "rotate", "limits", "usage"):
-        path = "rotate-token" if action == "rotate" else action
+    for action in ("suspend", "resume", "rotate", "limits", "cors", "usage"):
+        path = {"rotate": "rotate-token", "cors": "cors-origins"}.get(action, action)
         app.add_route(f"/applications/{{token}}/{path}", tenant_admin, suffix=action)
     search = MessageSearchResource(service)
     cors_origins = parse_origins(settings.cors_allowed_origins)

@@ -417,6 +417,10 @@ class Applications(Protocol):
         """Set the per-tenant limits; None when the application is gone."""
         ...
 
+    def set_cors_origins(self, application_id: int, origins: tuple[str, ...] | None) -> Application | None:
+        """Set the origins CORS allows on its stream and ticket routes (None: the deployment's); None when gone."""
+        ...
+
     def usage(self, application_id: int) -> Usage | None:
         """Chats, messages, last activity and state; None when the application is gone."""
         ...

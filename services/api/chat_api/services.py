@@ -78,6 +78,7 @@ class ChatService:
         self.suspend_application = admin.suspend
         self.rotate_token = admin.rotate_token
         self.set_limits = admin.set_limits
+        self.set_cors_origins = admin.set_cors_origins
         self.usage = admin.usage
 
         chats = ChatUseCases(gate, numbers, publisher, repository, topology.chats.name, limits)

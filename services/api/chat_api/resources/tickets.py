@@ -31,13 +31,15 @@ class StreamTicketsResource:
     async def on_post(self, req: falcon.Request, resp: falcon.Response, token: str, chat_number: int) -> None:
         """201 ``{ticket, chat_number, expires_at, stream_path}``."""
         try:
-            minted = await self.service.mint_stream_ticket(token, chat_number)
+            minted, application = await self.service.mint_stream_ticket(token, chat_number)
         except TicketsNotConfigured:
             raise _not_configured() from None
         except TicketRefused as exc:  # a rotated-away token (the tenant rules' refusals count as theirs)
             BUFFER.inc(metrics.STREAM_TICKETS, f"refused_{exc.reason}")
             raise
         BUFFER.inc(metrics.STREAM_TICKETS, "issued")
+        if application.cors_origins is not None:  # the tenant's own list replaces the deployment's (Cors middleware)
+            req.context.cors_origins = application.cors_origins
         resp.status = falcon.HTTP_201
         resp.set_header("Cache-Control", "no-store")
         resp.media = {**minted, "stream_path": f"/streams/{minted['ticket']}"}
@@ -63,4 +65,6 @@ class TicketStreamResource:
             reason = exc.reason if isinstance(exc, TicketRefused) else type(exc).__name__.lower()
             BUFFER.inc(metrics.STREAM_TICKETS, f"refused_{reason}")
             raise
+        if application.cors_origins is not None:  # the tenant's own list replaces the deployment's (Cors middleware)
+            req.context.cors_origins = application.cors_origins
         serve(req, resp, self.hub, application.id, claims.chat_number, after, TicketHolder(claims.token_digest))

@@ -10,34 +10,14 @@ cookies, so a browser never needs to send credentials.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from chat_common.validation import clean_origins
 
-# scheme://host[:port], as a browser sends Origin (no path, no trailing slash); or "*".
-_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
-MAX_ORIGINS = 50
-MAX_ORIGIN_CHARS = 255
 PREFLIGHT_MAX_AGE = 600
 
 
-def parse_origins(raw: str | Iterable[str] | None) -> tuple[str, ...]:
-    """A comma-separated (or listed) allow-list of origins, checked; :class:`ValueError` for a malformed one."""
-    if raw is None:
-        return ()
-    items = raw.split(",") if isinstance(raw, str) else list(raw)
-    origins = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError("an origin must be a string")
-        origin = item.strip()
-        if not origin:
-            continue
-        if origin != "*" and (len(origin) > MAX_ORIGIN_CHARS or not _ORIGIN.fullmatch(origin)):
-            raise ValueError(f"{origin[:80]!r} is not an origin (scheme://host[:port], or *)")
-        origins.append(origin.lower() if origin != "*" else origin)
-    if len(origins) > MAX_ORIGINS:
-        raise ValueError(f"at most {MAX_ORIGINS} origins")
-    return tuple(dict.fromkeys(origins))
+def parse_origins(raw: str | None) -> tuple[str, ...]:
+    """``CORS_ALLOWED_ORIGINS``: comma-separated origins (:func:`chat_common.validation.clean_origins`)."""
+    return clean_origins(raw)
 
 
 def allowed_origin(origin: str | None, allowed: tuple[str, ...]) -> str | None:

@@ -181,9 +181,10 @@ class StreamTickets:
         self.tenants = tenants
         self.repository = repository
 
-    async def mint(self, token: str, chat_number: int) -> dict:
-        """A ticket for one chat of the token's application: the tenant rules (404/403/429) and the chat's 404 as
-        every chat route; a rotated-away token (in its grace period) mints nothing its tickets could open (404)."""
+    async def mint(self, token: str, chat_number: int) -> tuple[dict, Application]:
+        """A ticket for one chat of the token's application (and that application: its CORS origins): the tenant
+        rules (404/403/429) and the chat's 404 as every chat route; a rotated-away token (in its grace period)
+        mints nothing its tickets could open (404)."""
         if not self.signer.enabled:
             raise TicketsNotConfigured("stream tickets are not configured (STREAM_TICKET_KEYS)")
         application = await self.gate.tenant(token)
@@ -191,7 +192,7 @@ class StreamTickets:
             raise TicketRefused("rotated")
         await self.repository.locate(application.id, chat_number)
         ticket, expires_at = self.signer.sign(application.current_digest(), chat_number)
-        return {"ticket": ticket, "chat_number": chat_number, "expires_at": expires_at}
+        return {"ticket": ticket, "chat_number": chat_number, "expires_at": expires_at}, application
 
     async def open(self, ticket: str, after: int | None = None) -> tuple[Application, TicketClaims, int]:
         """The application and claims of a ticket that may open its chat's stream now, and where the stream starts
