@@ -62,7 +62,13 @@ class TicketStreamResource:
         except TicketsNotConfigured:
             raise _not_configured() from None
         except (NotFound, Suspended) as exc:
-            reason = exc.reason if isinstance(exc, TicketRefused) else type(exc).__name__.lower()
+            reason = (
+                exc.reason
+                if isinstance(exc, TicketRefused)
+                else "suspended"
+                if isinstance(exc, Suspended)
+                else "unknown"
+            )
             BUFFER.inc(metrics.STREAM_TICKETS, f"refused_{reason}")
             raise
         if application.cors_origins is not None:  # the tenant's own list replaces the deployment's (Cors middleware)
