@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from chat_api.model import Invalid, NotFound, Suspended
-from chat_api.use_cases.cors import allowed_origin, cors_headers
+from chat_api.use_cases.cors import allowed_origin, cors_headers, parse_origins
 from chat_api.use_cases.tickets import (
     TicketHolder,
     TicketRefused,
@@ -182,7 +182,7 @@ async def test_an_expired_ticket_is_refused_by_the_service(service, world):
 
 # -- CORS: the rule, and the tenant's own list ------------------------------------------------------------------
 def test_cors_answers_the_asking_origin_when_listed_never_a_list_and_never_credentials():
-    allowed = clean_origins("https://app.example, http://127.0.0.1:8000")
+    allowed = parse_origins("https://app.example, http://127.0.0.1:8000,")
     assert allowed == ("https://app.example", "http://127.0.0.1:8000")
     assert allowed_origin("https://app.example", allowed) == "https://app.example"
     assert allowed_origin("https://evil.example", allowed) is None
@@ -203,7 +203,14 @@ def test_an_origin_list_holds_origins_only():
             clean_origins([bad])
     with pytest.raises(Invalid, match="at most 50"):
         clean_origins([f"https://h{i}.example" for i in range(51)])
-    assert clean_origins(["https://A.example", "https://a.example", " "]) == ("https://a.example",)
+    assert clean_origins(["https://A.example", "https://a.example"]) == ("https://a.example",)
+    assert clean_origins("") == () and clean_origins("https://a.example,http://b.example:81") == (
+        "https://a.example",
+        "http://b.example:81",
+    )
+    for bad in (" https://a.example", "https://a.example,", "https://a.example, http://b.example", [" "]):
+        with pytest.raises(Invalid):
+            clean_origins(bad)
 
 
 async def test_a_tenants_own_origins_are_set_shown_and_reset_by_the_admin(service, world):

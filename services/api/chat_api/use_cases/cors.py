@@ -16,8 +16,9 @@ PREFLIGHT_MAX_AGE = 600
 
 
 def parse_origins(raw: str | None) -> tuple[str, ...]:
-    """``CORS_ALLOWED_ORIGINS``: comma-separated origins (:func:`chat_common.validation.clean_origins`)."""
-    return clean_origins(raw)
+    """``CORS_ALLOWED_ORIGINS``: comma-separated origins (:func:`chat_common.validation.clean_origins`); blanks
+    around them and empty items are forgiven in a setting."""
+    return clean_origins([item.strip() for item in (raw or "").split(",") if item.strip()])
 
 
 def allowed_origin(origin: str | None, allowed: tuple[str, ...]) -> str | None:
