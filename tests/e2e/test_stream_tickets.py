@@ -196,6 +196,13 @@ def test_a_tenants_own_origins_replace_the_deployments(api, token, in_process_on
 
     assert allowed(own) == (own, own)
     assert allowed(TEST_ORIGIN) == (None, None)  # the deployment's list no longer applies to this tenant
+    token_stream = f"{api.base_url}/applications/{token}/chats/{chat}/messages/stream"
+    for origin, answer in ((own, own), (TEST_ORIGIN, None)):
+        listener = Listener(token_stream, request_headers={"Origin": origin}).start()
+        try:
+            assert listener.headers.get("access-control-allow-origin") == answer
+        finally:
+            listener.close()
     assert api.put(f"/applications/{token}/cors-origins", json={"origins": None}).json()["cors_origins"] is None
     time.sleep(2.5)
     assert allowed(TEST_ORIGIN) == (TEST_ORIGIN, TEST_ORIGIN)

@@ -39,8 +39,9 @@ class MessageStreamResource:
     """One chat's messages as they are stored: ``event: message`` (id = number) and ``event: edit``.
 
     ``Last-Event-ID`` in the answer names the message number the stream resumes after (Mercure's convention), so a
-    client back after a long absence can tell whether it missed anything. CORS: the deployment's origins (this route
-    takes the tenant's token, which a browser should not hold; pages use ``/streams/{ticket}``).
+    client back after a long absence can tell whether it missed anything. CORS: the tenant's origins, else the
+    deployment's (this route takes the tenant's token, which a browser should not hold; pages use
+    ``/streams/{ticket}``).
     """
 
     def __init__(self, service: ChatService, hub: StreamHub | None, cors_origins: tuple[str, ...] = ()) -> None:
@@ -52,8 +53,10 @@ class MessageStreamResource:
         """Open a stream: replay after ``Last-Event-ID``/``?after=`` (default: from now), then live events."""
         after = last_event_id(req)
         require_hub(self.hub)
-        application_id, after = await self.service.stream_position(token, chat_number, after)
-        serve(req, resp, self.hub, application_id, chat_number, after, token)
+        application, after = await self.service.stream_position(token, chat_number, after)
+        if application.cors_origins is not None:  # the tenant's own list replaces the deployment's (Cors middleware)
+            req.context.cors_origins = application.cors_origins
+        serve(req, resp, self.hub, application.id, chat_number, after, token)
 
 
 def require_hub(hub: StreamHub | None) -> None:
