@@ -129,10 +129,16 @@ def test_a_rotation_refuses_earlier_tickets_and_ends_their_streams(api, token):
         opened.close()
 
 
-def test_a_suspension_refuses_tickets_until_resumed(api, token):
+def test_a_suspension_ends_ticket_streams_and_refuses_tickets_until_resumed(api, token):
     chat, _ = written_chat_with(api, token, [])
     ticket = mint(api, token, chat)["ticket"]
-    assert api.post(f"/applications/{token}/suspend").status_code == 200
+    listener = Listener(f"{api.base_url}/streams/{ticket}").start()
+    try:
+        assert api.post(f"/applications/{token}/suspend").status_code == 200
+        listener.wait_until(lambda listened: listened.done.is_set(), timeout=30, what="the stream's end")
+        assert [(e.event, e.data) for e in listener.events][-1:] == [("error", {"error": "application suspended"})]
+    finally:
+        listener.close()
     time.sleep(2.5)  # TENANT_CACHE_SECONDS: every process sees it
     resp = api.get(f"/streams/{ticket}")
     assert resp.status_code == 403 and resp.json() == {"error": "application suspended"}
