@@ -13,6 +13,8 @@ command -v rabbitmq-server >/dev/null || packages+=(rabbitmq-server)
 command -v promtool >/dev/null || packages+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || packages+=(prometheus-pushgateway)
 command -v python3 >/dev/null || packages+=(python3 python3-venv)
+# The browser tests (tests/e2e/test_browser_example.py) drive it headless with Playwright; no browser download.
+command -v chromium >/dev/null || packages+=(chromium)
 if [ ${#packages[@]} -gt 0 ]; then
   log "installing ${packages[*]}"
   apt-get update -q

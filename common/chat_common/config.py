@@ -114,6 +114,13 @@ class Settings:
     stream_retry_ms: int = 3_000
     stream_buffer_bytes: int = 256 * 1024
     stream_gap_seconds: float = 10.0
+    # Stream tickets (chat_api.use_cases.tickets): the HMAC keys, comma-separated, each >= 32 characters (the first
+    # signs, all verify: rotate by putting a new one first); unset, no tickets are minted (503). How long a ticket
+    # opens streams. Origins allowed by CORS on the ticket and stream routes (comma-separated; a tenant's own list,
+    # when set, replaces it).
+    stream_ticket_keys: str | None = None
+    stream_ticket_seconds: int = 300
+    cors_allowed_origins: str | None = None
     # Writers.
     writer_batch_size: int = 500
     writer_max_wait_seconds: float = 0.2

@@ -112,6 +112,11 @@ STREAMS_OPEN = Gauge("chat_api_streams_open", "Open message streams (SSE)", mult
 STREAM_EVENTS = Counter("chat_api_stream_events_total", "Events written to message streams", ["event"])
 STREAM_CLOSED = Counter("chat_api_stream_closed_total", "Message streams ended, by reason", ["reason"])
 STREAM_REFUSED = Counter("chat_api_stream_refused_total", "Message streams refused with 429, by limit", ["limit"])
+STREAM_TICKETS = Counter(
+    "chat_api_stream_tickets_total",
+    "Stream tickets issued, and tickets refused (minting or opening), by outcome: issued, refused_<reason>",
+    ["outcome"],
+)
 STREAM_READS = Counter(
     "chat_api_stream_reads_total", "MySQL reads made for streams, by cause (replay, gap, resync)", ["cause"]
 )

@@ -55,3 +55,32 @@ def clean_name(value: object, max_chars: int = NAME_MAX_CHARS) -> str:
 def clean_body(value: object, max_chars: int = BODY_MAX_CHARS) -> str:
     """A valid message body."""
     return clean_text(value, "body", max_chars, BODY_FORBIDDEN)
+
+
+# Web origins allowed by CORS on the stream and ticket routes (a tenant's list, or the deployment's): scheme://host[:port]
+# as a browser sends Origin (no path, no trailing slash), or "*" (any origin; never with credentials).
+# (IPv6 literals are not taken: a page served from one is a test setup, and "*" covers it.)
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?")
+MAX_ORIGINS = 50
+MAX_ORIGIN_CHARS = 255
+
+
+def clean_origins(value: object) -> tuple[str, ...]:
+    """An allow-list of origins from a list or a comma-separated string (``""``: none), lower-cased, without
+    repeats; :class:`Invalid` for anything that is not exactly one (no blanks around them, at most
+    :data:`MAX_ORIGINS`), as the OpenAPI document and the CRD state it."""
+    if value is None or value == "":
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise Invalid("origins must be a list of origins (scheme://host[:port], or *)")
+    origins = []
+    for origin in items:
+        if not isinstance(origin, str):
+            raise Invalid("each origin must be a string")
+        if origin != "*" and (len(origin) > MAX_ORIGIN_CHARS or not _ORIGIN.fullmatch(origin)):
+            raise Invalid(f"{origin[:80]!r} is not an origin (scheme://host[:port], or *)")
+        origins.append(origin.lower())
+    if len(origins) > MAX_ORIGINS:
+        raise Invalid(f"at most {MAX_ORIGINS} origins")
+    return tuple(dict.fromkeys(origins))

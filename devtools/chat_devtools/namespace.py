@@ -21,6 +21,8 @@ from chat_common.tenancy.tokens import new_sealing_key
 from chat_common.wire.topology import Topology, announcements_exchange
 
 BASE_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/?charset=utf8mb4")
+# The one origin the test systems allow by CORS (CORS_ALLOWED_ORIGINS) on the stream and ticket routes.
+TEST_ORIGIN = "http://allowed-origin.test"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Namespace:
             writer_max_wait_seconds=0.1,
             writer_retry_delays_seconds=(1, 2),
             token_sealing_key=new_sealing_key(),  # as the chart generates one: sealed token copies (docs/security.md)
+            stream_ticket_keys=new_sealing_key(),  # stream tickets are signed with it (chat_api.use_cases.tickets)
+            cors_allowed_origins=TEST_ORIGIN,  # the origin the HTTP tests send for the routes that opt into CORS
         )
         defaults.update(overrides)
         settings = Settings.from_env(**defaults)
@@ -70,6 +74,11 @@ class Namespace:
             env["ADMIN_API_KEY"] = s.admin_api_key
         if s.token_sealing_key:
             env["TOKEN_SEALING_KEY"] = s.token_sealing_key
+        if s.stream_ticket_keys:
+            env["STREAM_TICKET_KEYS"] = s.stream_ticket_keys
+        if s.cors_allowed_origins:
+            env["CORS_ALLOWED_ORIGINS"] = s.cors_allowed_origins
+        env["STREAM_TICKET_SECONDS"] = str(s.stream_ticket_seconds)
         if s.elasticsearch_url:
             env["ELASTICSEARCH_URL"] = s.elasticsearch_url
         return env

@@ -33,6 +33,7 @@ class Listener:
 
     url: str
     last_event_id: str | None = None
+    request_headers: dict[str, str] = field(default_factory=dict)  # more request headers (e.g. Origin)
     read: bool = True  # False: never read the body (a client that stalls); see ``stall_buffer``
     stall_buffer: int = 4096  # receive buffer of a stalled client, so the server's writes back up quickly
     status: int = 0
@@ -54,6 +55,7 @@ class Listener:
         head = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n"
         if self.last_event_id is not None:
             head += f"Last-Event-ID: {self.last_event_id}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in self.request_headers.items())
         self._sock.sendall((head + "\r\n").encode())
         self._buffer = b""
         self._head_read = threading.Event()

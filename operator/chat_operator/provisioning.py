@@ -1,6 +1,6 @@
 """What an ``Application`` resource means for the chat system, as plain functions over the shared service layer.
 
-Nothing here knows Kubernetes: the create/rename/delete/suspend/rotate/limits implementation is
+Nothing here knows Kubernetes: the create/rename/delete/suspend/rotate/limits/CORS implementation is
 :class:`chat_common.tenancy.applications.Applications` (the one the API's admin endpoints use); this module only decides
 which of those to call for a resource's spec, so it can be tested against the real MariaDB and Redis without an API
 server.
@@ -20,7 +20,7 @@ from chat_common.tenancy.applications import (
     Usage,
     check_grace_seconds,
 )
-from chat_common.validation import Invalid
+from chat_common.validation import Invalid, clean_origins
 
 # Idempotency keys share one column with the REST API's Idempotency-Key header; the prefix keeps a client's
 # key from ever meaning "the application of resource <uid>".
@@ -68,6 +68,7 @@ class Spec:
     rotate_token: int = 0  # rotations asked for so far: the operator rotates while the tenant has made fewer
     previous_token_grace_seconds: int = DEFAULT_GRACE_SECONDS
     limits: TenantLimits = field(default_factory=TenantLimits)
+    cors_origins: tuple[str, ...] | None = None  # spec.corsOrigins; None (omitted): the deployment's
 
     @classmethod
     def parse(cls, spec: Mapping) -> Spec:
@@ -87,6 +88,13 @@ class Spec:
         if isinstance(rotate, bool) or not isinstance(rotate, int) or rotate < 0:
             raise Rejected("InvalidSpec", "spec.rotateToken must be a non-negative integer")
         raw_limits = spec.get("limits") or {}
+        raw_origins = spec.get("corsOrigins")
+        if raw_origins is not None and not isinstance(raw_origins, list):
+            raise Rejected("InvalidSpec", "spec.corsOrigins must be a list of origins")
+        try:
+            cors_origins = None if raw_origins is None else clean_origins(raw_origins)
+        except Invalid as exc:
+            raise Rejected("InvalidSpec", f"spec.corsOrigins: {exc}") from None
         try:
             grace = check_grace_seconds(spec.get("previousTokenGraceSeconds", DEFAULT_GRACE_SECONDS))
             if not isinstance(raw_limits, Mapping) or set(raw_limits) - set(LIMIT_FIELDS):
@@ -106,6 +114,7 @@ class Spec:
             rotate_token=rotate,
             previous_token_grace_seconds=grace,
             limits=limits,
+            cors_origins=cors_origins,
         )
 
 
@@ -127,6 +136,7 @@ class Managed:
     suspended_changed: bool = False
     rotated: bool = False
     limits_changed: bool = False
+    cors_changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,12 +232,13 @@ class Provisioner:
         return self.applications.find_by_idempotency_key(idempotency_key(uid))
 
     def manage(self, application: Application, spec: Spec) -> Managed:
-        """Bring suspension, limits and token rotation in line with the spec; idempotent, each step one UPDATE.
+        """Bring suspension, limits, CORS origins and token rotation in line with the spec; idempotent, each step one
+        UPDATE.
 
         A rotation happens only while the tenant has made fewer rotations than ``spec.rotateToken`` (the tenancy
         layer decides in the UPDATE itself), so a retried or repeated reconcile never rotates twice.
         """
-        suspended_changed = rotated = limits_changed = False
+        suspended_changed = rotated = limits_changed = cors_changed = False
         current: Application | None = application
         if current.suspended != spec.suspended:
             current = self.applications.set_suspended(current.id, spec.suspended)
@@ -235,13 +246,16 @@ class Provisioner:
         if current is not None and current.limits != spec.limits:
             current = self.applications.set_limits(current.id, spec.limits)
             limits_changed = True
+        if current is not None and current.cors_origins != spec.cors_origins:
+            current = self.applications.set_cors_origins(current.id, spec.cors_origins)
+            cors_changed = True
         if current is not None and spec.rotate_token > current.token_generation:
             current, rotated = self.applications.rotate_token(
                 current.id, spec.previous_token_grace_seconds, generation=spec.rotate_token
             )
         if current is None:  # deleted by someone else meanwhile
             raise Rejected("ApplicationMissing", MISSING)
-        return Managed(current, suspended_changed, rotated, limits_changed)
+        return Managed(current, suspended_changed, rotated, limits_changed, cors_changed)
 
     def usage(self, application: Application) -> Usage:
         """Chats, messages (as of the last count sync), last activity and state."""

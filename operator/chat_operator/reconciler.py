@@ -152,6 +152,10 @@ class Reconciler:
             given = {k: getattr(application.limits, v) for k, v in LIMIT_FIELDS.items()}
             text = ", ".join(f"{k}={'default' if v is None else v}" for k, v in given.items())
             events.append(Event("Normal", "LimitsChanged", f"limits set: {text}"))
+        if managed.cors_changed:
+            origins = application.cors_origins
+            text = "the deployment's" if origins is None else ", ".join(origins) or "none"
+            events.append(Event("Normal", "CorsOriginsChanged", f"CORS origins of the stream routes: {text}"))
         if managed.rotated:
             shared_metrics.TENANT_ROTATIONS.labels("operator").inc()
             until = rfc3339(application.previous_token_expires_at)

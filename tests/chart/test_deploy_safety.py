@@ -239,12 +239,17 @@ def test_explicit_passwords_win_and_are_stable():
         "redis": {"auth": {"password": "redis-pass"}},
         "rabbitmq": {"auth": {"password": "mq-pass"}},
         "elasticsearch": {"auth": {"password": "es-pass"}},
-        "auth": {"adminApiKey": "admin-key-" + "k" * 32, "tokenSealingKey": "sealing-key-" + "s" * 32},
+        "auth": {
+            "adminApiKey": "admin-key-" + "k" * 32,
+            "tokenSealingKey": "sealing-key-" + "s" * 32,
+            "streamTicketKeys": "ticket-key-" + "t" * 32,
+        },
     }
     first, second = render(values), render(values)
     assert secret_data(first) == secret_data(second)
     assert secret_data(first)["chat-chat-system"]["MARIADB_PASSWORD"] == "db-pass"
     assert secret_data(first)["chat-chat-system"]["TOKEN_SEALING_KEY"] == "sealing-key-" + "s" * 32
+    assert secret_data(first)["chat-chat-system"]["STREAM_TICKET_KEYS"] == "ticket-key-" + "t" * 32
     assert secret_data(first)["chat-chat-system"]["MARIADB_APP_PASSWORD"] == "app-pass"
 
 
@@ -325,7 +330,7 @@ def test_a_global_registry_and_pull_secrets_reach_every_image_and_pod():
 def test_the_ingress_publishes_the_rest_api_only():
     (ingress,) = of_kind(rendered("kind"), "Ingress")
     paths = {p["path"] for rule in ingress.obj["spec"]["rules"] for p in rule["http"]["paths"]}
-    assert paths == {"/applications", "/healthz"}
+    assert paths == {"/applications", "/streams", "/healthz"}  # /streams: browsers open live streams with tickets
     for private in ("/metrics", "/readyz", "/docs", "/openapi.json"):
         assert not any(private.startswith(p) for p in paths), private
 

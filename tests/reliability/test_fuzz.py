@@ -74,9 +74,10 @@ parameters = {{ "path.token" = {{ dictionary = "disposable", probability = 0.8 }
 
 # A live stream (SSE) never ends by itself, so every 200 would be a timeout here: tests/integration/test_streams.py
 # and tests/e2e/test_streams.py check its answers, and tests/integration/test_stream_event_schema.py runs this same
-# response check (every event against the document's itemSchema) on a stream that its test ends.
+# response check (every event against the document's itemSchema) on a stream that its test ends. The same for the
+# ticket's stream (the fuzzer reuses the tickets POST …/stream-tickets answers): tests/e2e/test_stream_tickets.py.
 [[operations]]
-include-path-regex = '/messages/stream$'
+include-path-regex = '(/messages/stream$|^/streams/)'
 enabled = false
 
 # A page by `page` may start at most 10,000 rows in: (page - 1) x per_page, lifted by `after` on the keyset lists.
@@ -88,12 +89,12 @@ include-path-regex = '(/applications|/chats|/messages|/search)$'
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 
-# Tenant management would suspend the seeded application, rotate its token away or cap its chats, and later
-# requests of the run would be refused: these operations draw from the throwaway applications, never from values
-# seen in responses (the seeded token is one of them), and stay out of the stateful sequences (a chat create
-# refused by a tenant's maxChats is a 422 for a schema-valid request).
+# Tenant management would suspend the seeded application, rotate its token away, cap its chats or change its CORS
+# origins, and later requests of the run would be refused: these operations draw from the throwaway applications,
+# never from values seen in responses (the seeded token is one of them), and stay out of the stateful sequences (a
+# chat create refused by a tenant's maxChats is a 422 for a schema-valid request).
 [[operations]]
-include-path-regex = '/(suspend|resume|rotate-token|limits)$'
+include-path-regex = '/(suspend|resume|rotate-token|limits|cors-origins)$'
 parameters = {{ "path.token" = {{ dictionary = "disposable", probability = 0.8 }} }}
 [operations.phases.examples]
 extra-data-sources = {{ responses = false }}
@@ -170,8 +171,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(fuzzed, fuzz
         fuzz_results.add(code=failure["code"], title=failure["title"], count=failure["count"],
                          operations=failure["operations"])  # fmt: skip
     assert run.returncode == 0, f"schemathesis found problems (full output in {reports}):\n{run.stdout[-6000:]}"
-    # Every operation the config selects (all but the live stream in both forms, deselected above) was tested.
-    assert report["operations"]["tested"] == report["operations"]["selected"] == report["operations"]["total"] - 2
+    # Every operation the config selects (all but the live streams: both token forms and the ticket's, deselected
+    # above) was tested.
+    assert report["operations"]["tested"] == report["operations"]["selected"] == report["operations"]["total"] - 3
 
     # Whatever the fuzzer sent (including deletes racing creates), the writers must still be writing.
     probe = admin_api.new_application("after the fuzzing")

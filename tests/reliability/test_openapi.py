@@ -139,6 +139,8 @@ def test_admin_operations_declare_the_admin_key(document):
         "GET /applications/{token}/limits",
         "PUT /applications/{token}/limits",
         "PATCH /applications/{token}/limits",
+        "GET /applications/{token}/cors-origins",
+        "PUT /applications/{token}/cors-origins",
         "GET /applications/{token}/usage",
     }
     assert secured == {"GET /applications", "POST /applications", "DELETE /applications/{token}", *tenants}
@@ -147,7 +149,7 @@ def test_admin_operations_declare_the_admin_key(document):
 def test_every_tenant_route_has_a_header_form(document):
     """Each tenant operation of the path form (``/applications/{token}...``, not admin) is also declared without the
     token in the path (``/application...``), with the applicationToken scheme and its 401; DELETE is admin only."""
-    admin = ("/suspend", "/resume", "/rotate-token", "/limits", "/usage")
+    admin = ("/suspend", "/resume", "/rotate-token", "/limits", "/cors-origins", "/usage")
     for path, item in document["paths"].items():
         if not path.startswith("/applications/{token}") or path.endswith(admin):
             continue

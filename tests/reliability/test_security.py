@@ -164,7 +164,11 @@ def _bad_authorizations(key: str) -> dict[str, dict]:
 
 ADMIN_OPERATIONS = [(m, p) for m, p, op in _operations() if {"adminKey": []} in (op.get("security") or [])]
 # What a request to an admin operation carries (default: a name); tenant management takes its own fields.
-ADMIN_BODIES = {"/applications/{token}/rotate-token": {}, "/applications/{token}/limits": {"max_chats": 5}}
+ADMIN_BODIES = {
+    "/applications/{token}/rotate-token": {},
+    "/applications/{token}/limits": {"max_chats": 5},
+    "/applications/{token}/cors-origins": {"origins": ["https://app.example"]},
+}
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_OPERATIONS)

@@ -39,6 +39,7 @@ from chat_api.numbering import Numberer
 from chat_api.numbering.epochs import FRESH, RECOVERED, new_epoch
 from chat_api.numbering.opening import LEGACY, NEW, OPENED
 from chat_api.services import ChatService, Limits
+from chat_api.use_cases.tickets import TicketSigner
 from chat_common.search import SearchHit, SearchUnavailable
 from chat_common.tenancy.applications import TenantLimits, Usage, new_token
 from chat_common.validation import clean_name
@@ -113,6 +114,15 @@ class FakeApplications(Faults):
             return self.rows[token]
         now = time.time()
         return next((a for a in self.rows.values() if a.previous_token == token and a.previous_token_valid(now)), None)
+
+    def _find_digest(self, digest: str) -> Application | None:
+        now = time.time()
+        for application in self.rows.values():
+            if application.current_digest() == digest:
+                return application
+            if application.previous_digest() == digest and application.previous_token_valid(now):
+                return application
+        return None
 
     def _by_id(self, application_id: int) -> Application | None:
         return next((a for a in self.rows.values() if a.id == application_id), None)
@@ -223,6 +233,12 @@ class FakeApplications(Faults):
         self._enter("set_limits", application_id, limits)
         found = self._by_id(application_id)
         return None if found is None else self._replace(found, limits=limits)
+
+    def set_cors_origins(self, application_id: int, origins: tuple[str, ...] | None) -> Application | None:
+        """Set the CORS origins; None when the application is gone."""
+        self._enter("set_cors_origins", application_id, origins)
+        found = self._by_id(application_id)
+        return None if found is None else self._replace(found, cors_origins=origins)
 
     def usage(self, application_id: int) -> Usage | None:
         """Usage from :attr:`usage_of` (what the count sync and numbering would report)."""
@@ -824,6 +840,11 @@ class FakeTenantDirectory(Faults):
         self._enter("lookup", token, fresh)
         return self.applications._find(token)
 
+    async def lookup_digest(self, digest: str) -> Application | None:
+        """The application whose current (or former, in its grace period) token has this digest, or None."""
+        self._enter("lookup_digest", digest)
+        return self.applications._find_digest(digest)
+
     def invalidate(self, token: str) -> None:
         """Nothing cached."""
         self._enter("invalidate", token)
@@ -867,6 +888,23 @@ class FakeSearchBudget(Faults):
 
 
 # -- one wired world ------------------------------------------------------------------------------------------
+class FakeClock:
+    """Wall-clock time a test moves by hand (stream tickets expire by it)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.now += seconds
+
+
+TICKET_KEY = b"unit-test-stream-ticket-key-0123456789"
+
+
 @dataclass
 class World:
     """Every fake of one service, to arrange and inspect from a test."""
@@ -883,6 +921,7 @@ class World:
     tenants: FakeTenantDirectory
     rate_limiter: FakeRateLimiter
     search_budget: FakeSearchBudget
+    clock: FakeClock = field(default_factory=lambda: FakeClock())
 
     def application(self, name: str = "acme") -> Application:
         """A new application (as an admin creates it)."""
@@ -937,6 +976,7 @@ def build(limits: Limits | None = None, recovery_opens_after: int | None = 1) ->
         tenants=world.tenants,
         rate_limiter=world.rate_limiter,
         search_budget=world.search_budget,
+        tickets=TicketSigner((TICKET_KEY,), clock=world.clock),
     )
     return service, world
 

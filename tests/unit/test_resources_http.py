@@ -21,6 +21,7 @@ ADMIN_OPERATIONS = [
     ("/applications/{token}", "delete"),
     *[(f"/applications/{{token}}/{action}", "post") for action in ("suspend", "resume", "rotate-token")],
     *[("/applications/{token}/limits", method) for method in ("get", "put", "patch")],
+    *[("/applications/{token}/cors-origins", method) for method in ("get", "put")],
     ("/applications/{token}/usage", "get"),
 ]
 

@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
 from chat_api.model import DatabaseUnavailable, Unavailable
+from chat_common.tenancy.tokens import token_digest
 from chat_common.wire.keys import RedisKeys
 from tests.unit.test_service_tenants import Clock, FakeDatabase
 
@@ -151,3 +152,24 @@ async def test_the_local_fallback_takes_a_share_of_the_limit():
     limiter = RedisRateLimiter(DownRedis(), RedisKeys("t:"), clock=Clock(), fallback_processes=4)
     admitted = [await limiter.admit(1, 10) for _ in range(5)]
     assert admitted == [True, True, True, False, False]  # ceil(10 / 4) = 3 on this process
+
+
+async def test_stream_tickets_find_their_tenant_by_digest_in_the_cache_and_an_invalidation_reaches_them():
+    """What makes a ticket's hot path query-free: lookups by digest are cached like tokens' (apart from them), and
+    the process that suspends or rotates a tenant forgets both entries at once."""
+    tenants, db, clock = make()
+    db.add("real", 1)
+    digest = token_digest("real")
+    assert (await tenants.lookup_digest(digest)).id == 1
+    for _ in range(10):
+        assert (await tenants.lookup_digest(digest)).id == 1
+    assert db.queries == 1
+    await tenants.lookup("real")
+    assert db.queries == 2  # the token's own entry: the two never stand for each other
+    tenants.invalidate("real")
+    await tenants.lookup_digest(digest)
+    assert db.queries == 3
+    clock.now += 2.0  # and within the directory's staleness bound, on every process
+    await tenants.lookup_digest(digest)
+    assert db.queries == 4
+    assert await tenants.lookup_digest(token_digest("stranger")) is None

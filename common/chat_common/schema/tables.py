@@ -82,6 +82,9 @@ applications = Table(
     Column("requests_per_second", Number, nullable=True),
     Column("max_chats", Number, nullable=True),
     Column("max_message_bytes", Number, nullable=True),
+    # Origins allowed by CORS on its stream and ticket routes, comma-separated (migration 0007); NULL = the
+    # deployment's CORS_ALLOWED_ORIGINS.
+    Column("cors_origins", Text, nullable=True),
     # Last create or edit, persisted from Redis when usage is read (the operator's refresh, the usage endpoint).
     Column("last_activity_at", Timestamp, nullable=True),
     # uid of the Application resource that manages it (set on creation and on adoption).

@@ -134,6 +134,7 @@ class Application:
     last_activity_at: float | None = None
     token_digest: str | None = None
     previous_token_digest: str | None = None
+    cors_origins: tuple[str, ...] | None = None  # None: the deployment's CORS_ALLOWED_ORIGINS
 
     def current_digest(self) -> str:
         """The digest of the current token."""
@@ -203,6 +204,7 @@ class Application:
             "token_rotated_at": rfc3339(self.token_rotated_at),
             "token_generation": self.token_generation,
             "previous_token_expires_at": rfc3339(self.previous_token_expires_at) if valid else None,
+            "cors_origins": list(self.cors_origins) if self.cors_origins is not None else None,
         }
 
 
@@ -248,6 +250,7 @@ _COLUMNS = (
     applications.c.max_chats,
     applications.c.max_message_bytes,
     _unix(applications.c.last_activity_at),
+    applications.c.cors_origins,
 )
 _PREVIOUS_VALID = applications.c.previous_token_expires_at > func.now(6)
 
@@ -295,6 +298,7 @@ def application_from_row(row, sealer: TokenSealer | None = None) -> Application 
         last_activity_at=_float(row["last_activity_at"]),
         token_digest=row["token_digest"] or (token_digest(token) if token else None),
         previous_token_digest=row["previous_token_digest"] or (token_digest(previous) if previous else None),
+        cors_origins=None if row["cors_origins"] is None else tuple(filter(None, row["cors_origins"].split(","))),
     )
 
 
@@ -507,6 +511,11 @@ class Applications:
     def set_limits(self, application_id: int, limits: TenantLimits) -> Application | None:
         """Set the per-tenant limits (None each: the default); None when the application is gone."""
         return self._update(application_id, **{name: getattr(limits, name) for name in LIMIT_FIELDS})
+
+    def set_cors_origins(self, application_id: int, origins: tuple[str, ...] | None) -> Application | None:
+        """Set the origins allowed by CORS on its stream and ticket routes (None: the deployment's; checked with
+        :func:`chat_common.validation.clean_origins`); None when the application is gone."""
+        return self._update(application_id, cors_origins=None if origins is None else ",".join(origins))
 
     def usage(self, application_id: int) -> Usage | None:
         """Chats and messages (as of the last count sync), last activity and state; None when it is gone.

@@ -33,7 +33,15 @@ from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
 from chat_api.event_loop import install_blocking_guard
 from chat_api.media import media_handlers
 from chat_api.metrics_buffer import BUFFER
-from chat_api.middleware import HEADER_FORM, HeaderToken, RequestMetrics, SecureResponse, SizeLimits, TokenShape
+from chat_api.middleware import (
+    HEADER_FORM,
+    Cors,
+    HeaderToken,
+    RequestMetrics,
+    SecureResponse,
+    SizeLimits,
+    TokenShape,
+)
 from chat_api.numbering import Numberer
 from chat_api.ports import Publisher
 from chat_api.resources.applications import ApplicationsResource, TenantAdminResource
@@ -43,9 +51,12 @@ from chat_api.resources.messages import MessageSearchResource, MessagesResource
 from chat_api.resources.openapi import DocsResource, OpenApiResource
 from chat_api.resources.params import NumberConverter
 from chat_api.resources.streams import MessageStreamResource
+from chat_api.resources.tickets import StreamTicketsResource, TicketStreamResource
 from chat_api.services import ChatService, Limits
 from chat_api.streams import StreamHub, build_hub
 from chat_api.streams.asgi import StreamingApp, StreamsLifespan
+from chat_api.use_cases.cors import parse_origins
+from chat_api.use_cases.tickets import TicketSigner, parse_keys
 from chat_common import logs
 from chat_common.clients.broker import API, CHECK, BrokerNodes
 from chat_common.clients.db import make_engine
@@ -119,7 +130,7 @@ def create_app(
         middleware.append(StreamsLifespan(streams))  # shut down first (Falcon runs process_shutdown in reverse)
     # Rate limits are a tenant rule: ChatService.tenant applies them (per application, RATE_LIMIT_PER_SECOND or
     # the tenant's own), with suspension and expired tokens.
-    middleware += [RequestMetrics(), SizeLimits(settings.max_request_bytes), HeaderToken(), TokenShape()]
+    middleware += [RequestMetrics(), SizeLimits(settings.max_request_bytes), HeaderToken(), TokenShape(), Cors()]
     app = StreamingApp(middleware=middleware, response_type=SecureResponse)
     app.streams = streams
     handlers = media_handlers()
@@ -135,11 +146,14 @@ def create_app(
     app.add_route("/applications", applications)
     app.add_route("/applications/{token}", applications, suffix="item")
     tenant_admin = TenantAdminResource(service, settings.admin_api_key)
-    for action in ("suspend", "resume", "rotate", "limits", "usage"):
-        path = "rotate-token" if action == "rotate" else action
+    for action in ("suspend", "resume", "rotate", "limits", "cors", "usage"):
+        path = {"rotate": "rotate-token", "cors": "cors-origins"}.get(action, action)
         app.add_route(f"/applications/{{token}}/{path}", tenant_admin, suffix=action)
     search = MessageSearchResource(service)
-    stream_resource = MessageStreamResource(service, streams)
+    cors_origins = parse_origins(settings.cors_allowed_origins)
+    stream_resource = MessageStreamResource(service, streams, cors_origins)
+    tickets = StreamTicketsResource(service, cors_origins)
+    app.add_route("/streams/{ticket}", TicketStreamResource(service, streams, cors_origins))
     # Every tenant route twice: the token in the path, and the header form (HeaderToken: Authorization: Bearer),
     # where no proxy or access log in front sees it. The same resources: one code path, one set of rules.
     app.add_route(HEADER_FORM, applications, suffix="own")
@@ -150,6 +164,7 @@ def create_app(
         app.add_route(f"{chat}/messages", messages)
         app.add_route(f"{chat}/messages/search", search)
         app.add_route(f"{chat}/messages/stream", stream_resource)
+        app.add_route(f"{chat}/stream-tickets", tickets)
         app.add_route(f"{chat}/messages/{{message_number:{NUMBER}}}", messages, suffix="item")
     app.add_route("/healthz", HealthResource())
     state = lifecycle.state if lifecycle is not None else ProcessState(started=True)
@@ -238,6 +253,7 @@ def build_service(
         search_budget=RedisSearchBudget(
             client, keys, settings.search_seconds_per_second, settings.search_burst_seconds
         ),
+        tickets=TicketSigner(parse_keys(settings.stream_ticket_keys), settings.stream_ticket_seconds),
         limits=Limits.from_settings(settings),
     )
 
@@ -274,7 +290,7 @@ def build_service(
         settings.api_slow_callback_ms,
         numbering_watchdog=recovery.watch,
     )
-    streams = build_hub(settings, db, client, keys, standing=service.token_standing)
+    streams = build_hub(settings, db, client, keys, standing=service.stream_standing)
     return service, status_checks, lifecycle, streams
 
 

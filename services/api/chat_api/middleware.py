@@ -1,5 +1,5 @@
 """Middleware: request metrics, request and body size limits, the header form of the token, token shape, security
-headers.
+headers, CORS for the routes that opt in.
 
 Per-tenant rules (suspension, expired tokens, request rate) are not middleware: they live once, in
 :meth:`chat_api.services.ChatService.tenant`.
@@ -15,6 +15,7 @@ import falcon.asgi
 from prometheus_client import Counter, Histogram
 
 from chat_api.metrics_buffer import BUFFER
+from chat_api.use_cases.cors import cors_headers
 from chat_common.metrics import LATENCY_BUCKETS
 from chat_common.tenancy.applications import TOKEN_SHAPE
 
@@ -133,6 +134,8 @@ class HeaderToken:
     async def process_resource(self, req, resp, resource, params: dict) -> None:  # noqa: D102
         if not _is_header_form(req.uri_template):
             return
+        if req.method == "OPTIONS":  # a CORS preflight carries no credentials: the resource answers it
+            return
         scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise falcon.HTTPUnauthorized(
@@ -146,3 +149,21 @@ class HeaderToken:
             )
         params["token"] = token
         req.context.token_in_header = True  # an unknown token is then a bad credential: 401 (chat_api.errors)
+
+
+class Cors:
+    """CORS for the routes that opt in — a resource with a ``cors_origins`` attribute (the stream and ticket
+    routes); every other route sends no CORS header. The rule: :mod:`chat_api.use_cases.cors`.
+
+    A resource that knows the tenant may narrow or widen the list for this request (``req.context.cors_origins``:
+    the ticket stream, with the tenant's own list). A preflight (``OPTIONS`` with ``Access-Control-Request-Method``)
+    is answered by Falcon's default responder; this adds the allowed origin, methods and headers to it.
+    """
+
+    async def process_response(self, req, resp, resource, req_succeeded: bool) -> None:  # noqa: D102
+        origins = getattr(resource, "cors_origins", None)
+        if origins is None:
+            return
+        origins = req.context.get("cors_origins", origins)
+        preflight = req.method == "OPTIONS" and req.get_header("Access-Control-Request-Method") is not None
+        resp.set_headers(cors_headers(req.get_header("Origin"), origins, preflight=preflight))

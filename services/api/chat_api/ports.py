@@ -417,6 +417,10 @@ class Applications(Protocol):
         """Set the per-tenant limits; None when the application is gone."""
         ...
 
+    def set_cors_origins(self, application_id: int, origins: tuple[str, ...] | None) -> Application | None:
+        """Set the origins CORS allows on its stream and ticket routes (None: the deployment's); None when gone."""
+        ...
+
     def usage(self, application_id: int) -> Usage | None:
         """Chats, messages, last activity and state; None when the application is gone."""
         ...
@@ -428,6 +432,10 @@ class TenantDirectoryPort(Protocol):
 
     async def lookup(self, token: str, fresh: bool = False) -> Application | None:
         """The application the token names now (current token, or former one in its grace period), or None."""
+        ...
+
+    async def lookup_digest(self, digest: str) -> Application | None:
+        """The same by the token's digest (a stream ticket carries the digest, never the token), cached alike."""
         ...
 
     def invalidate(self, token: str) -> None:

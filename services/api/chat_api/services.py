@@ -30,6 +30,7 @@ from chat_api.use_cases.paging import page_bounds
 from chat_api.use_cases.search import SearchUseCase
 from chat_api.use_cases.streams import StreamStart
 from chat_api.use_cases.tenants import TenantGate
+from chat_api.use_cases.tickets import StreamTickets, TicketHolder, TicketSigner
 from chat_common.wire.topology import Topology
 
 __all__ = ["MAX_OFFSET", "ChatService", "Limits"]
@@ -55,6 +56,7 @@ class ChatService:
         tenants: TenantDirectoryPort,
         rate_limiter: RateLimiterPort,
         search_budget: SearchBudgetPort | None = None,
+        tickets: TicketSigner | None = None,
     ) -> None:
         self.applications = applications  # closed by the process lifecycle
         self.publisher = publisher  # started and closed by the process lifecycle
@@ -76,6 +78,7 @@ class ChatService:
         self.suspend_application = admin.suspend
         self.rotate_token = admin.rotate_token
         self.set_limits = admin.set_limits
+        self.set_cors_origins = admin.set_cors_origins
         self.usage = admin.usage
 
         chats = ChatUseCases(gate, numbers, publisher, repository, topology.chats.name, limits)
@@ -92,6 +95,16 @@ class ChatService:
 
         self.search_messages = SearchUseCase(gate, repository, numbers, search, limits, search_budget).messages
         self.stream_position = StreamStart(gate, repository).position
+
+        self.tickets = StreamTickets(tickets or TicketSigner(()), gate, tenants, repository)
+        self.mint_stream_ticket = self.tickets.mint
+        self.open_ticket = self.tickets.open
+
+    async def stream_standing(self, credential: str | TicketHolder) -> tuple[str, str] | None:
+        """For the hub's re-check of open streams: a token's standing, or a ticket's (its token must stay current)."""
+        if isinstance(credential, TicketHolder):
+            return await self.tickets.standing(credential)
+        return await self.token_standing(credential)
 
     def page_bounds(self, page: int, per_page: int | None) -> tuple[int, int]:
         """``(page, per_page)`` with the default page size filled in (:func:`chat_api.use_cases.paging.page_bounds`)."""

@@ -152,6 +152,23 @@ def test_limits_follow_the_spec(reconciler, applications, provisioned):
     assert applications.find(app.token).limits == TenantLimits()
 
 
+def test_cors_origins_follow_the_spec(reconciler, applications, provisioned):
+    body, app = provisioned
+    origins = ["https://chat.example", "http://127.0.0.1:8000"]
+    outcome = run(reconciler.apply, bump(body, corsOrigins=origins))
+    assert reasons(outcome) == ["CorsOriginsChanged"]
+    assert "https://chat.example, http://127.0.0.1:8000" in outcome.events[0].message
+    assert applications.find(app.token).cors_origins == tuple(origins)
+    assert reasons(run(reconciler.apply, bump(body, corsOrigins=list(origins)))) == []  # unchanged: no UPDATE
+    assert reasons(run(reconciler.apply, bump(body, corsOrigins=[]))) == ["CorsOriginsChanged"]
+    assert applications.find(app.token).cors_origins == ()  # none allowed
+    assert reasons(run(reconciler.apply, bump(body, corsOrigins=None))) == ["CorsOriginsChanged"]
+    assert applications.find(app.token).cors_origins is None  # the deployment's
+    refused = run(reconciler.apply, bump(body, corsOrigins=["https://chat.example/path"]))
+    assert refused.permanent and refused.failure == "InvalidSpec"
+    assert "corsOrigins" in condition(body, kube.SYNCED)["message"]
+
+
 def test_invalid_management_fields_fail_permanently_without_touching_the_tenant(reconciler, applications, provisioned):
     body, app = provisioned
     # What the CRD would refuse, should it be bypassed: the operator refuses it too.

@@ -133,6 +133,14 @@ class TenantDirectory:
     async def lookup(self, token: str, fresh: bool = False) -> Application | None:
         """The application this token names now (None: no application has it); ``fresh`` skips the cache of
         known tokens (an unknown token stays unknown for ``negative_ttl``, fresh or not)."""
+        return await self._lookup(token, token_digest(token), fresh)
+
+    async def lookup_digest(self, digest: str) -> Application | None:
+        """The application whose token has this digest (stream tickets carry it), with the same cache, bounds and
+        budget; its entries are apart from the tokens' (keyed ``#digest``: no token has a ``#``)."""
+        return await self._lookup(f"#{digest}", digest, False)
+
+    async def _lookup(self, token: str, digest: str, fresh: bool) -> Application | None:
         now = self.clock()
         entry = self._entries.get(token)
         if entry is not None and not fresh and now - entry.at < self.ttl:
@@ -148,15 +156,15 @@ class TenantDirectory:
         if entry is None and self._budget is not None and not self._budget.available():
             self.throttled += 1
             raise Unavailable("too many lookups of unknown tokens; try again", retry_after=1)
-        return await self._fetch(token, entry)
+        return await self._fetch(token, digest, entry)
 
-    async def _fetch(self, token: str, entry: _Entry | None) -> Application | None:
+    async def _fetch(self, token: str, digest: str, entry: _Entry | None) -> Application | None:
         future = asyncio.get_running_loop().create_future()
         self._fetching[token] = future
         started = self.clock()  # the entry's age counts from before the query: staleness stays within ttl
         try:
             self.queries += 1
-            rows = await self.db.rows(TENANT_BY_TOKEN, {"digest": token_digest(token)})  # never the token itself
+            rows = await self.db.rows(TENANT_BY_TOKEN, {"digest": digest})  # never the token itself
         except DatabaseUnavailable as exc:
             if entry is not None and self.clock() - entry.confirmed < self.stale_seconds:
                 log.debug("tenant directory: database unavailable, serving the last known entry")
@@ -197,8 +205,9 @@ class TenantDirectory:
     def invalidate(self, token: str) -> None:
         """Forget one token, known or unknown (this process changed or created its application: the next request
         asks MySQL)."""
-        self._entries.pop(token, None)
-        self._unknown.pop(token, None)
+        for key in (token, f"#{token_digest(token)}"):  # and the tickets' entry of the same token
+            self._entries.pop(key, None)
+            self._unknown.pop(key, None)
 
 
 class RedisRateLimiter:

@@ -72,7 +72,7 @@ async def _body_object(req: falcon.Request) -> dict | None:
 
 
 class TenantAdminResource:
-    """Tenant management (admin key): suspend and resume, rotate the token, limits, usage.
+    """Tenant management (admin key): suspend and resume, rotate the token, limits, CORS origins, usage.
 
     The same :mod:`chat_common.tenancy.applications` operations the operator applies from an ``Application``'s spec.
     They work on suspended tenants, and with the former token during its grace period.
@@ -116,6 +116,16 @@ class TenantAdminResource:
     async def on_patch_limits(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """Change the limits given (null: back to the default), keep the others."""
         resp.media = (await self.service.set_limits(token, await _body_object(req), merge=True)).admin()
+
+    @falcon.before(require_admin)
+    async def on_get_cors(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """The origins CORS allows on the tenant's stream and ticket routes (null: the deployment's)."""
+        resp.media = {"origins": (await self.service.admin_application(token)).admin()["cors_origins"]}
+
+    @falcon.before(require_admin)
+    async def on_put_cors(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """Replace them: ``{"origins": [...]}``, or ``{"origins": null}`` for the deployment's."""
+        resp.media = (await self.service.set_cors_origins(token, await _body_object(req))).admin()
 
     @falcon.before(require_admin)
     async def on_get_usage(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:

@@ -1,4 +1,5 @@
-"""Tenant management (admin): state, suspension, token rotation, limits, usage — on suspended tenants too."""
+"""Tenant management (admin): state, suspension, token rotation, limits, CORS origins, usage — on suspended tenants
+too."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from chat_api.model import Application, Invalid, TenantLimits, UnknownApplicatio
 from chat_api.ports import Applications, TenantDirectoryPort
 from chat_common import metrics
 from chat_common.tenancy.applications import DEFAULT_GRACE_SECONDS, check_grace_seconds
+from chat_common.validation import clean_origins
 
 
 class TenantAdmin:
@@ -65,6 +67,16 @@ class TenantAdmin:
             limits = {**found.limits.public(), **limits}
         parsed = TenantLimits.parse(limits)
         return self._changed(token, await asyncio.to_thread(self.applications.set_limits, found.id, parsed))
+
+    async def set_cors_origins(self, token: str, body: object) -> Application:
+        """Set the origins CORS allows on the tenant's stream and ticket routes: ``{"origins": [...]}`` (a list or a
+        comma-separated string), or ``{"origins": null}`` for the deployment's ``CORS_ALLOWED_ORIGINS`` (admin)."""
+        found = await self._find(token)
+        if not isinstance(body, dict) or set(body) != {"origins"}:
+            raise Invalid('send {"origins": [origins]} or {"origins": null} for the deployment\'s default')
+        raw = body["origins"]
+        origins = None if raw is None else clean_origins(raw)
+        return self._changed(token, await asyncio.to_thread(self.applications.set_cors_origins, found.id, origins))
 
     async def usage(self, token: str) -> Usage:
         """Chats and messages (as of the last count sync), last activity and state (admin)."""

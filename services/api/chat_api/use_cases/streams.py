@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chat_api.model import Application
 from chat_api.ports import Repository
 from chat_api.use_cases.tenants import TenantGate
 
@@ -13,8 +14,8 @@ class StreamStart:
         self.gate = gate
         self.repository = repository
 
-    async def position(self, token: str, chat_number: int, after: int | None) -> tuple[int, int]:
-        """Where a live stream of a chat starts: ``(application id, last message number the client has)``.
+    async def position(self, token: str, chat_number: int, after: int | None) -> tuple[Application, int]:
+        """Where a live stream of a chat starts: ``(application, last message number the client has)``.
 
         The same tenant rules and the same 404 as every chat route (the chat must belong to the token's
         application). Without ``after`` the stream starts after the chat's newest stored message.
@@ -23,4 +24,4 @@ class StreamStart:
         await self.repository.locate(application.id, chat_number)
         if after is None:
             after = await self.repository.last_message_number(application.id, chat_number)
-        return application.id, after
+        return application, after
