@@ -68,6 +68,12 @@ class Listener:
             raise TimeoutError(f"no response head from {self.url}")
         return self
 
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Drop the connection (a client going away)."""
         if not self.ended:

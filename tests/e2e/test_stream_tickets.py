@@ -39,28 +39,19 @@ def test_a_ticket_opens_its_chats_stream_without_the_token(api, token):
     assert set(minted) == {"ticket", "chat_number", "expires_at", "stream_path"}
     assert minted["chat_number"] == chat and minted["expires_at"] > time.time() + 200
     assert token not in minted["ticket"] and minted["stream_path"] == f"/streams/{minted['ticket']}"
-    listener = Listener(f"{api.base_url}{minted['stream_path']}?after=0").start()
-    try:
+    with Listener(f"{api.base_url}{minted['stream_path']}?after=0").start() as listener:
         assert listener.status == 200 and listener.headers["content-type"].startswith("text/event-stream")
         assert listener.headers["last-event-id"] == "0"  # where it resumed
         third = api.new_message(token, chat, "three")
         listener.wait_numbers([*numbers, third])
         assert [e.data["body"] for e in listener.events] == ["one", "two", "three"]
-    finally:
-        listener.close()
     # A reconnect as an EventSource makes it: Last-Event-ID, nothing again, nothing missed.
-    resumed = Listener(f"{api.base_url}{minted['stream_path']}", last_event_id=str(numbers[0])).start()
-    try:
+    with Listener(f"{api.base_url}{minted['stream_path']}", last_event_id=str(numbers[0])).start() as resumed:
         assert resumed.headers["last-event-id"] == str(numbers[0])
         resumed.wait_numbers([numbers[1], third])
-    finally:
-        resumed.close()
     # Without a resume point it starts after the newest stored message, and says so.
-    live = Listener(f"{api.base_url}{minted['stream_path']}").start()
-    try:
+    with Listener(f"{api.base_url}{minted['stream_path']}").start() as live:
         assert live.headers["last-event-id"] == str(third)
-    finally:
-        live.close()
 
 
 def test_the_header_form_mints_too_and_a_token_stream_names_where_it_resumed(api, token):
@@ -68,11 +59,8 @@ def test_the_header_form_mints_too_and_a_token_stream_names_where_it_resumed(api
     resp = api.post(f"/application/chats/{chat}/stream-tickets", headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 201 and resp.json()["chat_number"] == chat
     assert api.post(f"/application/chats/{chat}/stream-tickets").status_code == 401
-    listener = Listener(f"{api.base_url}/applications/{token}/chats/{chat}/messages/stream?after=0").start()
-    try:
+    with Listener(f"{api.base_url}/applications/{token}/chats/{chat}/messages/stream?after=0").start() as listener:
         assert listener.headers["last-event-id"] == "0"
-    finally:
-        listener.close()
 
 
 def test_minting_follows_the_tenant_rules(api, token):
@@ -100,55 +88,40 @@ def test_an_expired_ticket_is_refused(api, token, system, in_process_only):
     expired, _ = long_ago.sign(token_digest(token), chat)
     assert api.get(f"/streams/{expired}").status_code == 404
     fresh, _ = TicketSigner(keys, 300).sign(token_digest(token), chat)
-    listener = Listener(f"{api.base_url}/streams/{fresh}").start()  # the same ticket minted now opens
-    try:
+    with Listener(f"{api.base_url}/streams/{fresh}").start() as listener:  # the same ticket minted now opens
         assert listener.status == 200
-    finally:
-        listener.close()
 
 
 def test_a_rotation_refuses_earlier_tickets_and_ends_their_streams(api, token):
     chat, _ = written_chat_with(api, token, [])
     ticket = mint(api, token, chat)["ticket"]
-    listener = Listener(f"{api.base_url}/streams/{ticket}").start()
-    try:
+    with Listener(f"{api.base_url}/streams/{ticket}").start() as listener:
         rotated = api.post(f"/applications/{token}/rotate-token", json={"grace_seconds": 3600})
         assert rotated.status_code == 200
         new_token = rotated.json()["token"]
         listener.wait_until(lambda listened: listened.done.is_set(), timeout=30, what="the stream's end")
         assert [e.event for e in listener.events][-1:] == ["error"]
-    finally:
-        listener.close()
     assert api.get(f"/streams/{ticket}").status_code == 404
     assert api.post(f"/applications/{token}/chats/{chat}/stream-tickets").status_code == 404  # former token
     fresh = mint(api, new_token, chat)["ticket"]
-    opened = Listener(f"{api.base_url}/streams/{fresh}").start()
-    try:
+    with Listener(f"{api.base_url}/streams/{fresh}").start() as opened:
         assert opened.status == 200
-    finally:
-        opened.close()
 
 
 def test_a_suspension_ends_ticket_streams_and_refuses_tickets_until_resumed(api, token):
     chat, _ = written_chat_with(api, token, [])
     ticket = mint(api, token, chat)["ticket"]
-    listener = Listener(f"{api.base_url}/streams/{ticket}").start()
-    try:
+    with Listener(f"{api.base_url}/streams/{ticket}").start() as listener:
         assert api.post(f"/applications/{token}/suspend").status_code == 200
         listener.wait_until(lambda listened: listened.done.is_set(), timeout=30, what="the stream's end")
         assert [(e.event, e.data) for e in listener.events][-1:] == [("error", {"error": "application suspended"})]
-    finally:
-        listener.close()
     time.sleep(2.5)  # TENANT_CACHE_SECONDS: every process sees it
     resp = api.get(f"/streams/{ticket}")
     assert resp.status_code == 403 and resp.json() == {"error": "application suspended"}
     assert api.post(f"/applications/{token}/resume").status_code == 200
     time.sleep(2.5)
-    listener = Listener(f"{api.base_url}/streams/{ticket}").start()
-    try:
+    with Listener(f"{api.base_url}/streams/{ticket}").start() as listener:
         assert listener.status == 200
-    finally:
-        listener.close()
 
 
 def test_cors_only_on_the_stream_and_ticket_routes_for_the_allowed_origin(api, token, in_process_only):
@@ -162,12 +135,9 @@ def test_cors_only_on_the_stream_and_ticket_routes_for_the_allowed_origin(api, t
     ticket = allowed.json()["ticket"]
     # A page's EventSource: a simple GET, no preflight; its answer is readable by the allowed origin only.
     for path in (f"/streams/{ticket}", f"/applications/{token}/chats/{chat}/messages/stream"):
-        listener = Listener(f"{api.base_url}{path}", request_headers={"Origin": TEST_ORIGIN}).start()
-        try:
+        with Listener(f"{api.base_url}{path}", request_headers={"Origin": TEST_ORIGIN}).start() as listener:
             assert listener.headers["access-control-allow-origin"] == TEST_ORIGIN
             assert listener.headers["access-control-expose-headers"] == "Last-Event-ID"
-        finally:
-            listener.close()
     preflight_headers = {"Origin": TEST_ORIGIN, "Access-Control-Request-Method": "POST"}
     preflight = api.request("OPTIONS", f"/application/chats/{chat}/stream-tickets", headers=preflight_headers)
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == TEST_ORIGIN
@@ -204,11 +174,8 @@ def test_a_tenants_own_origins_replace_the_deployments(api, token, in_process_on
     assert allowed(TEST_ORIGIN) == (None, None)  # the deployment's list no longer applies to this tenant
     token_stream = f"{api.base_url}/applications/{token}/chats/{chat}/messages/stream"
     for origin, answer in ((own, own), (TEST_ORIGIN, None)):
-        listener = Listener(token_stream, request_headers={"Origin": origin}).start()
-        try:
+        with Listener(token_stream, request_headers={"Origin": origin}).start() as listener:
             assert listener.headers.get("access-control-allow-origin") == answer
-        finally:
-            listener.close()
     assert api.put(f"/applications/{token}/cors-origins", json={"origins": None}).json()["cors_origins"] is None
     time.sleep(2.5)
     assert allowed(TEST_ORIGIN) == (TEST_ORIGIN, TEST_ORIGIN)
