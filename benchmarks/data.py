@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from benchmarks.ceilings import pymysql_connection
 from chat_common.clients.broker import BrokerNodes
 from chat_common.wire.contracts import MessageUpsert
+from chat_devtools.sql import fetch_all
 
 # fmt: off
 WORDS = (
@@ -134,15 +135,13 @@ def total_messages(engine: Engine) -> int:
 
 def write_times(engine: Engine, app_id: int) -> dict[tuple[int, int], float]:
     """(chat number, message number) -> when its row was written (``created_at``, Unix seconds)."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT c.number, m.number, UNIX_TIMESTAMP(m.created_at) FROM messages m"
-                " JOIN chats c ON c.application_id = m.application_id AND c.id = m.chat_id WHERE m.application_id = :a"
-            ),
-            {"a": app_id},
-        )
-        return {(chat, number): float(at) for chat, number, at in rows}
+    rows = fetch_all(
+        engine,
+        "SELECT c.number, m.number, UNIX_TIMESTAMP(m.created_at) FROM messages m"
+        " JOIN chats c ON c.application_id = m.application_id AND c.id = m.chat_id WHERE m.application_id = :a",
+        a=app_id,
+    )
+    return {(chat, number): float(at) for chat, number, at in rows}
 
 
 def drain_rate(engine: Engine, app_id: int) -> tuple[float, int, float]:

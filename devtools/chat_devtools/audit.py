@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 
 from chat_devtools.http import wait_for
 from chat_devtools.load.clients import Attempt
+from chat_devtools.sql import fetch_all
 
 
 @dataclass
@@ -47,22 +48,19 @@ class Figures:
 
 def stored_creates(engine: Engine, token: str) -> tuple[list, list]:
     """The tenant's rows as MySQL holds them: (chat number, name) per chat, (chat, number, body) per message."""
-    with engine.connect() as conn:
-        chats = conn.execute(
-            text(
-                "SELECT c.number, c.name FROM chats c JOIN applications a ON a.id = c.application_id"
-                " WHERE a.token_digest = SHA2(:t, 256)"
-            ),
-            {"t": token},
-        ).all()
-        messages = conn.execute(
-            text(
-                "SELECT c.number, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
-                "JOIN applications a ON a.id = c.application_id WHERE a.token_digest = SHA2(:t, 256)"
-            ),
-            {"t": token},
-        ).all()
-    return chats, messages
+    chats = fetch_all(
+        engine,
+        "SELECT c.number, c.name FROM chats c JOIN applications a ON a.id = c.application_id"
+        " WHERE a.token_digest = SHA2(:t, 256)",
+        t=token,
+    )
+    messages = fetch_all(
+        engine,
+        "SELECT c.number, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
+        "JOIN applications a ON a.id = c.application_id WHERE a.token_digest = SHA2(:t, 256)",
+        t=token,
+    )
+    return list(chats), list(messages)
 
 
 def audit(

@@ -38,6 +38,7 @@ from chat_common.writing.writer import WriterContext
 from chat_devtools.http import wait_for
 from chat_devtools.namespace import Namespace
 from chat_devtools.processes import System
+from chat_devtools.sql import fetch_all
 from counter_cron import sync as count_sync
 from counter_cron.sync import CountSync
 from message_writer.handler import MessageBatchWriter
@@ -104,20 +105,16 @@ def _scalar(engine, sql: str, **params) -> int:
 
 def assert_counts_exact(engine) -> None:
     """Every chat's messages_count and every application's chats_count equals its rows, exactly."""
-    with engine.connect() as conn:
-        chats = conn.execute(
-            text(
-                "SELECT c.id, c.messages_count, COUNT(m.id) FROM chats c LEFT JOIN messages m ON m.chat_id = c.id"
-                " GROUP BY c.id, c.messages_count HAVING c.messages_count <> COUNT(m.id)"
-            )
-        ).all()
-        apps = conn.execute(
-            text(
-                "SELECT a.id, a.chats_count, COUNT(c.id) FROM applications a"
-                " LEFT JOIN chats c ON c.application_id = a.id"
-                " GROUP BY a.id, a.chats_count HAVING a.chats_count <> COUNT(c.id)"
-            )
-        ).all()
+    chats = fetch_all(
+        engine,
+        "SELECT c.id, c.messages_count, COUNT(m.id) FROM chats c LEFT JOIN messages m ON m.chat_id = c.id"
+        " GROUP BY c.id, c.messages_count HAVING c.messages_count <> COUNT(m.id)",
+    )
+    apps = fetch_all(
+        engine,
+        "SELECT a.id, a.chats_count, COUNT(c.id) FROM applications a LEFT JOIN chats c ON c.application_id = a.id"
+        " GROUP BY a.id, a.chats_count HAVING a.chats_count <> COUNT(c.id)",
+    )
     assert not chats, f"{len(chats)} chats with a wrong messages_count (id, stored, exact), e.g. {chats[:5]}"
     assert not apps, f"applications with a wrong chats_count (id, stored, exact): {apps}"
 

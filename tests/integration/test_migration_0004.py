@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from chat_common.ops.migrate import upgrade
+from chat_devtools.sql import fetch_all
 from tests.integration.conftest import differences_from_metadata, downgrade, migrated_database
 
 # Ids across several backfill batches (0004 fills 10 000 ids a transaction), with gaps between them.
@@ -46,13 +47,11 @@ def _seed_0003(engine: Engine) -> dict[int, int]:
 
 def _indexes(engine: Engine) -> dict[str, list[str]]:
     """Index name -> its columns in order, of ``messages``."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT index_name, column_name FROM information_schema.statistics"
-                " WHERE table_schema = DATABASE() AND table_name = 'messages' ORDER BY index_name, seq_in_index"
-            )
-        ).all()
+    rows = fetch_all(
+        engine,
+        "SELECT index_name, column_name FROM information_schema.statistics"
+        " WHERE table_schema = DATABASE() AND table_name = 'messages' ORDER BY index_name, seq_in_index",
+    )
     found: dict[str, list[str]] = {}
     for index, column in rows:
         found.setdefault(index, []).append(column)
