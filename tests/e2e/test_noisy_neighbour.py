@@ -25,6 +25,8 @@ The numbers of each run are written to ``noisy-neighbour.txt`` in the system's l
 
 from __future__ import annotations
 
+import collections
+import http.client
 import multiprocessing
 import os
 import random
@@ -32,6 +34,7 @@ import socket
 import string
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -55,6 +58,7 @@ FLOOR_SECONDS = 0.010
 # Redis and RabbitMQ share the cores, every attack alone keeps the quiet p99 within 2x, but all of them at once do
 # not reliably (docs/security.md, "Not done yet"): the test holds the median to 2x and reports the p99 ratio;
 # NOISY_STRICT_P99=1 (`make noisy-neighbour`) holds the p99 too, for a machine where the attacker is not sharing them.
+LOADAVG = Path("/proc/loadavg")
 STRICT_P99 = os.environ.get("NOISY_STRICT_P99") == "1"
 
 
@@ -97,7 +101,7 @@ def _loop(stop, work) -> None:
     while not stop.is_set():
         try:
             work()
-        except (requests.RequestException, OSError):
+        except (http.client.HTTPException, OSError):
             time.sleep(0.01)
 
 
@@ -106,41 +110,90 @@ KINDS = ("random_token", "deep_page", "search", "create", "huge_header", "slowlo
 RUN_KINDS = tuple(os.environ.get("NOISY_KINDS", ",".join(KINDS)).split(","))
 
 
+def _lower_priority() -> None:
+    mode = os.environ.get("NOISY_PRIORITY", "nice")
+    if mode == "nice":
+        os.nice(19)
+    elif mode == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    elif mode == "autogroup":
+        os.setsid()
+        with open("/proc/self/autogroup", "w") as f:
+            f.write("19")
+        os.nice(19)
+    elif mode == "session_idle":
+        os.setsid()
+        with open("/proc/self/autogroup", "w") as f:
+            f.write("19")
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def _hostile_main(base_url: str, token: str, chat: int, stop, counts, kinds: tuple[str, ...] = KINDS) -> None:
-    os.nice(19)
+    _lower_priority()
     host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
-    tenant = f"{base_url}/applications/{token}"
+    tenant = f"/applications/{token}"
     held: list[socket.socket] = []
     threads = []
+    # Counted here and handed to the test once at the end: a shared dict would cost the manager process (at the test's
+    # priority) two round trips per hostile request, load generator work standing in for the server's.
+    # (The same for the stop signal: the threads look at a local copy of it.)
+    stopping = threading.Event()
+    tally: collections.Counter[str] = collections.Counter()
+    tally_lock = threading.Lock()
+
+    def count(key: str) -> None:
+        with tally_lock:
+            tally[key] += 1
 
     def session_work(make_request):
-        session = requests.Session()
+        """One thread's keep-alive connection, on ``http.client``: a tenth of ``requests``' CPU per request, so the
+        load generator's own CPU stands in less for the server's (reconnects after an error or a close)."""
+        conn: list[http.client.HTTPConnection] = []
 
         def work():
-            resp = make_request(session)
-            key = f"{resp.status_code}"
-            counts[key] = counts.get(key, 0) + 1
+            if not conn:
+                conn.append(http.client.HTTPConnection(host, port, timeout=30))
+            try:
+                resp = make_request(conn[0])
+                resp.read()
+            except (http.client.HTTPException, OSError):
+                conn.pop().close()
+                raise
+            if resp.will_close:
+                conn.pop().close()
+            key = f"{resp.status}"
+            count(key)
 
         return work
 
-    def random_token(session):
+    def get(conn, path):
+        conn.request("GET", path)
+        return conn.getresponse()
+
+    def random_token(conn):
         fake = "".join(random.choices(string.ascii_letters + string.digits, k=32))
-        return session.get(f"{base_url}/applications/{fake}/chats", timeout=10)
+        return get(conn, f"/applications/{fake}/chats")
 
-    def deep_page(session):
-        return session.get(f"{tenant}/chats/{chat}/messages", params={"page": 100_000, "per_page": 100}, timeout=30)
+    def deep_page(conn):
+        return get(conn, f"{tenant}/chats/{chat}/messages?page=100000&per_page=100")
 
-    def search(session):
-        return session.get(f"{tenant}/chats/{chat}/messages/search", params={"query": "zq"}, timeout=30)
+    def search(conn):
+        return get(conn, f"{tenant}/chats/{chat}/messages/search?query=zq")
 
-    def create(session):
-        return session.post(f"{tenant}/chats/{chat}/messages", json={"body": "flood"}, timeout=10)
+    def create(conn):
+        conn.request(
+            "POST",
+            f"{tenant}/chats/{chat}/messages",
+            body=b'{"body": "flood"}',
+            headers={"Content-Type": "application/json"},
+        )
+        return conn.getresponse()
 
     def huge_header():
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * (8 << 20) + b"\r\n\r\n")
             sock.recv(1024)
-        counts["huge_header"] = counts.get("huge_header", 0) + 1
+        count("huge_header")
 
     def slowloris():
         if len(held) >= 2_000:
@@ -149,7 +202,7 @@ def _hostile_main(base_url: str, token: str, chat: int, stop, counts, kinds: tup
         sock = socket.create_connection((host, port), timeout=10)
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never the rest
         held.append(sock)
-        counts["slowloris"] = counts.get("slowloris", 0) + 1
+        count("slowloris")
 
     def stream():
         if len(held) >= 4_000:
@@ -162,26 +215,31 @@ def _hostile_main(base_url: str, token: str, chat: int, stop, counts, kinds: tup
         )
         status = sock.recv(64).split(b" ")[1:2]
         key = f"stream_{status[0].decode() if status else 'closed'}"
-        counts[key] = counts.get(key, 0) + 1
+        count(key)
         held.append(sock)
 
     threads_of = {
-        "random_token": [session_work(random_token)] * 2,
-        "deep_page": [session_work(deep_page)] * 2,
-        "search": [session_work(search)] * 2,
-        "create": [session_work(create)] * 2,
+        "random_token": [session_work(random_token) for _ in range(2)],
+        "deep_page": [session_work(deep_page) for _ in range(2)],
+        "search": [session_work(search) for _ in range(2)],
+        "create": [session_work(create) for _ in range(2)],
         "huge_header": [huge_header],
         "slowloris": [slowloris],
         "stream": [stream],
     }
     work = [w for kind in kinds for w in threads_of[kind]]
     for w in work:
-        thread = threading.Thread(target=_loop, args=(stop, w), daemon=True)
+        thread = threading.Thread(target=_loop, args=(stopping, w), daemon=True)
         thread.start()
         threads.append(thread)
     stop.wait()
+    stopping.set()
     for sock in held:
         sock.close()
+    tally_lock.acquire()  # the threads are daemons still running: no count lands after the hand-over
+    for key, value in tally.items():
+        counts[key] = counts.get(key, 0) + value
+    counts["cpu_seconds"] = counts.get("cpu_seconds", 0.0) + time.process_time()
 
 
 @pytest.fixture
@@ -230,6 +288,7 @@ def test_a_hostile_client_does_not_double_a_quiet_tenants_create_p99(system, fre
     quiet_samples: list[float] = []
     loaded_samples: list[float] = []
     failures = {"quiet": 0, "loaded": 0}
+    hostile_seconds = 0.0
     with ctx.Manager() as manager:
         counts = manager.dict()
         for _ in range(ROUNDS):
@@ -243,11 +302,13 @@ def test_a_hostile_client_does_not_double_a_quiet_tenants_create_p99(system, fre
                 daemon=True,
             )
             hostile_process.start()
+            hostile_began = time.monotonic()
             time.sleep(2.0)  # let the flood build up (streams and idle connections pile up)
             samples, failed = _quiet_window(system.base_url, quiet, quiet_chat, WINDOW_SECONDS)
             loaded_samples += samples
             failures["loaded"] += failed
             stop.set()
+            hostile_seconds += time.monotonic() - hostile_began
             hostile_process.join(30)
             if hostile_process.is_alive():
                 hostile_process.kill()
@@ -263,6 +324,9 @@ def test_a_hostile_client_does_not_double_a_quiet_tenants_create_p99(system, fre
         f" p99={loaded_p99 * 1000:.1f} ms failures={failures['loaded']}\n"
         f"p99 ratio: {loaded_p99 / quiet_p99:.2f} (issue #23's target: <= 2)\n"
         f"hostile answers: {hostile_counts}\n"
+        f"hostile rate: {sum(v for k, v in hostile_counts.items() if k != 'cpu_seconds') / hostile_seconds:.0f}/s"
+        f" over {hostile_seconds:.0f} s, its own CPU {hostile_counts.get('cpu_seconds', 0.0):.1f} s\n"
+        f"load average: {LOADAVG.read_text()}"
     )
     print(report)
     (system.log_dir / "noisy-neighbour.txt").write_text(report)
