@@ -13,9 +13,13 @@ hostile client, in a process of its own, does everything a tenant or a stranger 
 - floods creates on its own tenant.
 
 Quiet and hostile windows alternate (ten short ones of each) so that drift in the machine's other load (other test
-runs on this shared 2-core box) spreads over both. The hostile process runs at the lowest CPU priority (``nice 19``):
-on a real deployment the attacker's own CPU is not the server's, and here both share two cores, so without it the
-test would measure the load generator rather than what the server spends on it. The quiet tenant never fails, and its
+runs on this shared 2-core box) spreads over both. On a real deployment the attacker's own CPU is not the server's;
+here both share two cores, so the hostile process (``hostile_client.py``, standard library only) runs below everything
+else on the machine — a session of its own whose scheduler group has the lowest weight, and ``SCHED_IDLE``
+(:func:`~tests.e2e.hostile_client.lowest_priority` says why ``nice 19`` alone did not do it) — and spends little CPU
+per request (``http.client``, counts kept in the process); else the test would measure the load generator rather than
+what the server spends on it. Every hostile request is still sent and served: the report gives the hostile answers per
+second, so a weaker attack would show. The quiet tenant never fails, and its
 median stays within ``2 x`` its quiet value (floor 10 ms: a 3 ms value doubled is within a shared machine's scheduler
 jitter); the p99 ratio is reported, and held to ``2 x`` with ``NOISY_STRICT_P99=1`` (see ``STRICT_P99``).
 ``NOISY_KINDS=search,stream`` runs a subset of the attacks (to find which one costs most).
@@ -183,11 +187,6 @@ def test_a_hostile_client_does_not_double_a_quiet_tenants_create_p99(system, fre
         f"load average: {LOADAVG.read_text()}"
     )
     print(report)
-    if os.environ.get("NOISY_WHERE"):
-        per = int(WINDOW_SECONDS * QUIET_RATE)
-        for name, samp in (("quiet", quiet_samples), ("loaded", loaded_samples)):
-            worst = sorted(range(len(samp)), key=lambda i: -samp[i])[:15]
-            print(name, [(i // per, round((i % per) / QUIET_RATE, 2), round(samp[i] * 1000)) for i in worst])
     (system.log_dir / "noisy-neighbour.txt").write_text(report)
     assert failures["loaded"] == 0, report
     assert loaded_p50 <= 2 * max(quiet_p50, FLOOR_SECONDS), report
