@@ -118,9 +118,9 @@ def flood(base_url: str, token: str, chat: int, kinds: tuple[str, ...], stopping
 
     def huge_header():
         with socket.create_connection((host, port), timeout=10) as sock:
+            count("huge_header")  # sent: the server answers 431 and closes mid-way, so the send itself fails
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * (8 << 20) + b"\r\n\r\n")
             sock.recv(1024)
-        count("huge_header")
 
     def slowloris():
         if len(held) >= 2_000:
