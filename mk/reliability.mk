@@ -16,7 +16,7 @@ schemathesis: venv ## schemathesis, every check, against a system started as `ma
 	FUZZ_MAX_EXAMPLES=$(or $(FUZZ_MAX_EXAMPLES),50) $(BIN)/python -m pytest -p no:cacheprovider tests/reliability/test_fuzz.py
 
 noisy-neighbour: venv ## a hostile client beside a quiet tenant; the quiet create p99 held to 2x (NOISY_KINDS=a,b: a subset)
-	NOISY_STRICT_P99=1 $(BIN)/python -m pytest -s tests/e2e/test_noisy_neighbour.py
+	NOISY_STRICT_P99=1 NOISY_HOSTILE_RATE=0 $(BIN)/python -m pytest -s tests/e2e/test_noisy_neighbour.py
 
 hostile: venv ## hostile HTTP and queue input: documented 4xx, nothing stored
 	$(BIN)/python -m pytest tests/reliability/test_hostile_input.py tests/reliability/test_poison_messages.py

@@ -13,26 +13,29 @@ hostile client, in a process of its own, does everything a tenant or a stranger 
 - floods creates on its own tenant.
 
 Quiet and hostile windows alternate (ten short ones of each) so that drift in the machine's other load (other test
-runs on this shared 2-core box) spreads over both. The hostile process runs at the lowest CPU priority (``nice 19``):
-on a real deployment the attacker's own CPU is not the server's, and here both share two cores, so without it the
-test would measure the load generator rather than what the server spends on it. The quiet tenant never fails, and its
-median stays within ``2 x`` its quiet value (floor 10 ms: a 3 ms value doubled is within a shared machine's scheduler
-jitter); the p99 ratio is reported, and held to ``2 x`` with ``NOISY_STRICT_P99=1`` (see ``STRICT_P99``).
-``NOISY_KINDS=search,stream`` runs a subset of the attacks (to find which one costs most).
+runs on this shared 2-core box) spreads over both. On a real deployment the attacker's own CPU is not the server's;
+here both share two cores, so the hostile process (``hostile_client.py``, standard library only) runs below everything
+else on the machine — a session of its own whose scheduler group has the lowest weight, and ``SCHED_IDLE``
+(:func:`~tests.e2e.hostile_client.lowest_priority` says why ``nice 19`` alone did not do it) — and spends little CPU
+per request (``http.client``, counts kept in the process); else the test would measure the load generator rather
+than what the server spends on it. Every hostile request is still sent and served: the report gives the hostile
+answers per second, so a weaker attack would show. The quiet tenant never fails (a failure is reported by its status
+and body), and its median stays within ``2 x`` its quiet value (floor 10 ms: a 3 ms value doubled is within a shared
+machine's scheduler jitter); the p99 ratio is reported, and held to ``2 x`` with ``NOISY_STRICT_P99=1`` (see
+``STRICT_P99``). ``NOISY_KINDS=search,stream`` runs a subset of the attacks (to find which one costs most).
 
 The numbers of each run are written to ``noisy-neighbour.txt`` in the system's log directory and printed.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import collections
+import json
 import os
-import random
-import socket
-import string
-import threading
+import subprocess
+import sys
 import time
-from urllib.parse import urlsplit
+from pathlib import Path
 
 import pytest
 import requests
@@ -41,6 +44,7 @@ import yaml
 from chat_devtools.http import Api, wait_for
 from chat_devtools.processes import ROOT, System
 from tests.conftest import LOG_ROOT, seed_messages
+from tests.e2e.hostile_client import KINDS, lowest_priority
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +53,20 @@ QUIET_RATE = 20.0  # creates per second, open loop
 WINDOW_SECONDS = 5.0
 ROUNDS = 10
 FLOOR_SECONDS = 0.010
-# The issue's bound is on p99. On this 2-core machine, where the hostile client, the API, the writers and MariaDB,
-# Redis and RabbitMQ share the cores, every attack alone keeps the quiet p99 within 2x, but all of them at once do
-# not reliably (docs/security.md, "Not done yet"): the test holds the median to 2x and reports the p99 ratio;
-# NOISY_STRICT_P99=1 (`make noisy-neighbour`) holds the p99 too, for a machine where the attacker is not sharing them.
+# The issue's bound is on p99. With the hostile client kept off the server's CPU, all the attacks at once (~2,600
+# answers/s) keep the quiet p99 at about 2x on this 2-core machine when it is otherwise idle, but not reliably under
+# it (1.83-2.22x in seven runs of nine, 3.0x, 4.3x; docs/security.md, "The attacker's CPU, corrected"): the test holds
+# the median to 2x and reports the p99 ratio; NOISY_STRICT_P99=1 (`make noisy-neighbour`) holds the p99 too.
+LOADAVG = Path("/proc/loadavg")
+HOSTILE_CLIENT = Path(__file__).with_name("hostile_client.py")
+# A subset, to find which attack costs the quiet tenant most (NOISY_KINDS=stream,create); the test runs them all.
+RUN_KINDS = tuple(os.environ.get("NOISY_KINDS", ",".join(KINDS)).split(","))
 STRICT_P99 = os.environ.get("NOISY_STRICT_P99") == "1"
+# How hard the hostile client pushes, in attack steps a second across all attacks (0: as fast as answered, ~2,600/s
+# here). `make test` holds it near the strength of the first version of this test (~450 answers/s): at full strength
+# one run in nine on an idle machine had quiet creates fail, a cause not found yet (docs/security.md); `make
+# noisy-neighbour` runs at full strength.
+HOSTILE_RATE = float(os.environ.get("NOISY_HOSTILE_RATE", "500"))
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -65,12 +78,13 @@ def _p99(samples: list[float]) -> float:
     return _percentile(samples, 0.99)
 
 
-def _quiet_window(base_url: str, token: str, chat: int, seconds: float) -> tuple[list[float], int]:
-    """Creates at a steady rate (open loop: each starts on its tick, late or not); latencies and failures."""
+def _quiet_window(base_url: str, token: str, chat: int, seconds: float) -> tuple[list[float], collections.Counter]:
+    """Creates at a steady rate (open loop: each starts on its tick, late or not); latencies, and failures by what
+    they were (the status, or the exception's name)."""
     session = requests.Session()
     url = f"{base_url}/applications/{token}/chats/{chat}/messages"
     latencies: list[float] = []
-    failures = 0
+    failures: collections.Counter[str] = collections.Counter()
     start = time.monotonic()
     n = 0
     while (tick := start + n / QUIET_RATE) < start + seconds:
@@ -80,109 +94,15 @@ def _quiet_window(base_url: str, token: str, chat: int, seconds: float) -> tuple
         began = time.perf_counter()
         try:
             resp = session.post(url, json={"body": f"quiet {n}"}, timeout=10)
-            ok = resp.status_code == 201
-        except requests.RequestException:
-            ok = False
+            failure = None if resp.status_code == 201 else f"{resp.status_code} {resp.text[:80]}"
+        except requests.RequestException as exc:
+            failure = type(exc).__name__
         latencies.append(time.perf_counter() - began)
-        failures += not ok
+        if failure:
+            failures[failure] += 1
         n += 1
     session.close()
     return latencies, failures
-
-
-# -- the hostile client (its own process) ---------------------------------------------------------------------------
-def _loop(stop, work) -> None:
-    while not stop.is_set():
-        try:
-            work()
-        except (requests.RequestException, OSError):
-            time.sleep(0.01)
-
-
-KINDS = ("random_token", "deep_page", "search", "create", "huge_header", "slowloris", "stream")
-# A subset, to find which attack costs the quiet tenant most (NOISY_KINDS=stream,create); the test runs them all.
-RUN_KINDS = tuple(os.environ.get("NOISY_KINDS", ",".join(KINDS)).split(","))
-
-
-def _hostile_main(base_url: str, token: str, chat: int, stop, counts, kinds: tuple[str, ...] = KINDS) -> None:
-    os.nice(19)
-    host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
-    tenant = f"{base_url}/applications/{token}"
-    held: list[socket.socket] = []
-    threads = []
-
-    def count(key: str) -> None:
-        counts[key] = counts.get(key, 0) + 1
-
-    def session_work(make_request):
-        session = requests.Session()
-
-        def work():
-            count(f"{make_request(session).status_code}")
-
-        return work
-
-    def random_token(session):
-        fake = "".join(random.choices(string.ascii_letters + string.digits, k=32))
-        return session.get(f"{base_url}/applications/{fake}/chats", timeout=10)
-
-    def deep_page(session):
-        return session.get(f"{tenant}/chats/{chat}/messages", params={"page": 100_000, "per_page": 100}, timeout=30)
-
-    def search(session):
-        return session.get(f"{tenant}/chats/{chat}/messages/search", params={"query": "zq"}, timeout=30)
-
-    def create(session):
-        return session.post(f"{tenant}/chats/{chat}/messages", json={"body": "flood"}, timeout=10)
-
-    def huge_header():
-        with socket.create_connection((host, port), timeout=10) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * (8 << 20) + b"\r\n\r\n")
-            sock.recv(1024)
-        count("huge_header")
-
-    def held_connection(limit: int, request: bytes) -> socket.socket | None:
-        """A connection that sent ``request`` and is kept open to the end; None (after a pause) once ``limit``
-        connections are held."""
-        if len(held) >= limit:
-            time.sleep(0.5)
-            return None
-        sock = socket.create_connection((host, port), timeout=10)
-        held.append(sock)
-        sock.sendall(request)
-        return sock
-
-    def slowloris():
-        if held_connection(2_000, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ") is not None:  # never the rest
-            count("slowloris")
-
-    def stream():
-        request = (
-            f"GET /applications/{token}/chats/{chat}/messages/stream HTTP/1.1\r\nHost: x\r\n"
-            "Accept: text/event-stream\r\n\r\n"
-        )
-        sock = held_connection(4_000, request.encode())
-        if sock is not None:
-            status = sock.recv(64).split(b" ")[1:2]
-            count(f"stream_{status[0].decode() if status else 'closed'}")
-
-    threads_of = {
-        "random_token": [session_work(random_token)] * 2,
-        "deep_page": [session_work(deep_page)] * 2,
-        "search": [session_work(search)] * 2,
-        "create": [session_work(create)] * 2,
-        "huge_header": [huge_header],
-        "slowloris": [slowloris],
-        "stream": [stream],
-    }
-    work = [w for kind in kinds for w in threads_of[kind]]
-    for w in work:
-        thread = threading.Thread(target=_loop, args=(stop, w), daemon=True)
-        thread.start()
-        threads.append(thread)
-    stop.wait()
-    for sock in held:
-        sock.close()
 
 
 @pytest.fixture
@@ -206,47 +126,54 @@ def test_a_hostile_client_does_not_double_a_quiet_tenants_create_p99(system, fre
     seed_messages(fresh_namespace.settings.database_url, hostile, hostile_chat, SEEDED_MESSAGES, 1_000_001)
     _quiet_window(system.base_url, quiet, quiet_chat, 3.0)  # warm up connections and caches
 
-    ctx = multiprocessing.get_context("spawn")
     quiet_samples: list[float] = []
     loaded_samples: list[float] = []
-    failures = {"quiet": 0, "loaded": 0}
-    with ctx.Manager() as manager:
-        counts = manager.dict()
-        for _ in range(ROUNDS):
-            samples, failed = _quiet_window(system.base_url, quiet, quiet_chat, WINDOW_SECONDS)
-            quiet_samples += samples
-            failures["quiet"] += failed
-            stop = manager.Event()
-            hostile_process = ctx.Process(
-                target=_hostile_main,
-                args=(system.base_url, hostile, hostile_chat, stop, counts, RUN_KINDS),
-                daemon=True,
-            )
-            hostile_process.start()
+    failures: dict[str, collections.Counter[str]] = {"quiet": collections.Counter(), "loaded": collections.Counter()}
+    hostile_counts: collections.Counter[str] = collections.Counter()
+    hostile_seconds = hostile_cpu = 0.0
+    for _ in range(ROUNDS):
+        samples, failed = _quiet_window(system.base_url, quiet, quiet_chat, WINDOW_SECONDS)
+        quiet_samples += samples
+        failures["quiet"] += failed
+        argv = [sys.executable, str(HOSTILE_CLIENT), system.base_url, hostile, str(hostile_chat), ",".join(RUN_KINDS)]
+        argv.append(str(HOSTILE_RATE))
+        hostile_process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=lowest_priority
+        )
+        try:
+            assert hostile_process.stdout.readline() == "ready\n", "the hostile client did not start"
+            hostile_began = time.monotonic()
             time.sleep(2.0)  # let the flood build up (streams and idle connections pile up)
             samples, failed = _quiet_window(system.base_url, quiet, quiet_chat, WINDOW_SECONDS)
             loaded_samples += samples
             failures["loaded"] += failed
-            stop.set()
-            hostile_process.join(30)
-            if hostile_process.is_alive():
+            out, _ = hostile_process.communicate(timeout=30)  # closes its stdin: it stops and reports
+            hostile_seconds += time.monotonic() - hostile_began
+        finally:
+            if hostile_process.poll() is None:
                 hostile_process.kill()
-            wait_for(lambda: api.get("/healthz").status_code == 200, timeout=30, what="API answers again")
-        hostile_counts = dict(counts)
+                hostile_process.wait()
+        report = json.loads(out.splitlines()[-1])
+        hostile_counts.update(report["answers"])
+        hostile_cpu += report["cpu_seconds"]
+        wait_for(lambda: api.get("/healthz").status_code == 200, timeout=30, what="API answers again")
 
     quiet_p50, loaded_p50 = _percentile(quiet_samples, 0.50), _percentile(loaded_samples, 0.50)
     quiet_p99, loaded_p99 = _p99(quiet_samples), _p99(loaded_samples)
     report = (
         f"quiet: n={len(quiet_samples)} p50={quiet_p50 * 1000:.1f} ms"
-        f" p99={quiet_p99 * 1000:.1f} ms failures={failures['quiet']}\n"
+        f" p99={quiet_p99 * 1000:.1f} ms failures={failures['quiet'].total()} {dict(failures['quiet'])}\n"
         f"loaded: n={len(loaded_samples)} p50={loaded_p50 * 1000:.1f} ms"
-        f" p99={loaded_p99 * 1000:.1f} ms failures={failures['loaded']}\n"
+        f" p99={loaded_p99 * 1000:.1f} ms failures={failures['loaded'].total()} {dict(failures['loaded'])}\n"
         f"p99 ratio: {loaded_p99 / quiet_p99:.2f} (issue #23's target: <= 2)\n"
-        f"hostile answers: {hostile_counts}\n"
+        f"hostile answers: {dict(hostile_counts)}\n"
+        f"hostile rate: {hostile_counts.total() / hostile_seconds:.0f} answers/s over {hostile_seconds:.0f} s,"
+        f" its own CPU {hostile_cpu:.1f} s\n"
+        f"load average: {LOADAVG.read_text()}"
     )
     print(report)
     (system.log_dir / "noisy-neighbour.txt").write_text(report)
-    assert failures["loaded"] == 0, report
+    assert not failures["loaded"], report
     assert loaded_p50 <= 2 * max(quiet_p50, FLOOR_SECONDS), report
     if STRICT_P99:
         assert loaded_p99 <= 2 * max(quiet_p99, FLOOR_SECONDS), report
