@@ -57,8 +57,10 @@ test: venv control-plane ## the whole test suite (needs `make services`; builds 
 	$(BIN)/python -m pytest
 
 test-unit: venv ## the unit tests only: the rules on in-memory fakes, no service reachable (seconds)
-	@# The fuzzing plugins take half of pytest's start-up and serve no unit test.
-	$(BIN)/python -m pytest tests/unit -q -p no:schemathesis -p no:hypothesispytest
+	@# The fuzzing plugins take half of pytest's start-up and serve no unit test. Bytecode is cached even where the
+	@# environment says not to (PYTHONDONTWRITEBYTECODE=1 on this machine): compiling every module and rewriting every
+	@# test's assertions again would cost a second and a half of each run.
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest tests/unit -q -p no:schemathesis -p no:hypothesispytest
 
 lint: venv ## ruff lint and format check; layer contracts (import-linter)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-cache
