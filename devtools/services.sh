@@ -13,12 +13,17 @@ command -v rabbitmq-server >/dev/null || packages+=(rabbitmq-server)
 command -v promtool >/dev/null || packages+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || packages+=(prometheus-pushgateway)
 command -v python3 >/dev/null || packages+=(python3 python3-venv)
-# The browser tests (tests/e2e/test_browser_example.py) drive it headless with Playwright; no browser download.
-command -v chromium >/dev/null || packages+=(chromium)
 if [ ${#packages[@]} -gt 0 ]; then
   log "installing ${packages[*]}"
   apt-get update -q
   apt-get install -yq --no-install-recommends "${packages[@]}"
+fi
+# The browser tests (tests/e2e/test_browser_example.py) drive Debian's Chromium headless with Playwright (no browser
+# download). Installed with its recommended packages (fonts, Mesa), as the tests were developed against.
+if ! command -v chromium >/dev/null; then
+  log "installing chromium"
+  [ ${#packages[@]} -gt 0 ] || apt-get update -q
+  apt-get install -yq chromium
 fi
 
 wait_for() { # wait_for <seconds> <command...>
