@@ -6,25 +6,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from chat_common.wire.stamps import PUBLISHED_AT_HEADER, read_stamp, stamp_header
+
+__all__ = [
+    "ATTEMPT_HEADER",
+    "DUE_AT_HEADER",
+    "PUBLISHED_AT_HEADER",
+    "BatchHandler",
+    "BatchResult",
+    "Delivery",
+    "decode_batch",
+    "read_stamp",
+    "stamp_header",
+]
+
 ATTEMPT_HEADER = "x-attempt"
-# Unix time (integer milliseconds: AMQP tables carry no floats) the API stamped on a create or edit just before its
-# number or version was handed out; kept on every retry and dead-letter hop, so numbering recovery can tell messages
-# from before a Redis loss from later ones.
-PUBLISHED_AT_HEADER = "x-published-at-ms"
 # Unix time (integer milliseconds) a message in a retry tier is due back in its work queue; set by the writer that
 # sends it to the tier, read by the writers that drain the tier (chat_common.writing.retry_tiers), kept across
 # redeliveries.
 DUE_AT_HEADER = "x-due-at-ms"
-
-
-def stamp_header(at: float) -> int:
-    """The header value for the unix time ``at``."""
-    return round(at * 1000)
-
-
-def read_stamp(value: object) -> float:
-    """The unix time a header value says; 0.0 (older than anything) when absent or malformed."""
-    return value / 1000 if isinstance(value, int) and not isinstance(value, bool) else 0.0
 
 
 @dataclass(frozen=True, slots=True)
