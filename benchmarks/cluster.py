@@ -9,6 +9,9 @@ machine. Three configurations, each a fresh namespace with the API and the write
 - ``single_quorum``: one node, ``QUEUE_TYPE=quorum`` (the default; a quorum queue of one member);
 - ``cluster3_quorum``: three nodes, quorum queues of three members, ``RABBITMQ_URL`` listing the three nodes.
 
+The two quorum configurations are also measured with coalesced publishing off (``PUBLISH_COALESCE=false``:
+one AMQP message per create, as before issue #27), as ``single_quorum_uncoalesced`` and ``cluster3_quorum_uncoalesced``.
+
 Each point is POST …/messages at c=64 (the headline load; the median of ``BENCH_REPEATS`` wrk runs), with the CPU
 of the broker's Erlang VMs (all nodes, summed), the API and the writers per create. Keys: ``create_message_rps_
 rabbit_cluster3`` and ``ratio_cluster_vs_single`` (cluster over one node, both quorum), plus broker CPU per create
@@ -72,12 +75,14 @@ def _configuration(
     queue_type: str,
     broker_pids: list[int],
     c: Conditions,
+    coalesce: bool = True,
 ) -> dict:
     """One broker configuration: a namespace and stack on it, 16 chats, the median wrk point with CPU per create."""
     namespace = Namespace.create(
         "bench_rabbit",
         rabbitmq_url=urls,
         queue_type=queue_type,
+        publish_coalesce=coalesce,
         publish_timeout_seconds=PRODUCTION.publish_timeout_seconds,
         writer_max_wait_seconds=PRODUCTION.writer_max_wait_seconds,
         writer_retry_delays_seconds=PRODUCTION.writer_retry_delays_seconds,
@@ -118,11 +123,17 @@ def run(c: Conditions) -> dict:
         pids = [p for p in (single.nodes[0].server_pid,) if p]
         out["single_classic"] = _configuration("single_classic", single.urls, "classic", pids, c)
         out["single_quorum"] = _configuration("single_quorum", single.urls, "quorum", pids, c)
+        out["single_quorum_uncoalesced"] = _configuration(
+            "single_quorum_uncoalesced", single.urls, "quorum", pids, c, coalesce=False
+        )
     booted = time.monotonic()
     with RabbitCluster(c.log_dir / "rabbit-cluster3", size=3) as cluster:
         out["cluster_boot_seconds"] = round(time.monotonic() - booted, 1)
         pids = [p for p in (node.server_pid for node in cluster.nodes) if p]
         out["cluster3_quorum"] = _configuration("cluster3_quorum", cluster.urls, "quorum", pids, c)
+        out["cluster3_quorum_uncoalesced"] = _configuration(
+            "cluster3_quorum_uncoalesced", cluster.urls, "quorum", pids, c, coalesce=False
+        )
     out["seconds"] = round(time.monotonic() - started, 1)
     for broker in (single, cluster):  # keep the nodes' logs, drop their data (the queues' Raft logs)
         for node in broker.nodes:
@@ -144,6 +155,14 @@ def run(c: Conditions) -> dict:
     out["ratio_broker_cpu_cluster_vs_single"] = ratio(us("cluster3_quorum"), us("single_quorum"))
     out["ratio_broker_cpu_quorum_vs_classic"] = ratio(us("single_quorum"), us("single_classic"))
     out["ratio_quorum_vs_classic_rps"] = ratio(out["single_quorum"]["rps"], out["single_classic"]["rps"])
+    # Issue #27's A/B: the same two configurations with one AMQP message per create.
+    out["broker_cpu_us_per_create_single_uncoalesced"] = us("single_quorum_uncoalesced")
+    out["broker_cpu_us_per_create_cluster3_uncoalesced"] = us("cluster3_quorum_uncoalesced")
+    out["ratio_cluster_vs_single_uncoalesced"] = ratio(
+        out["cluster3_quorum_uncoalesced"]["rps"], out["single_quorum_uncoalesced"]["rps"]
+    )
+    out["create_message_rps_rabbit_single_uncoalesced"] = out["single_quorum_uncoalesced"]["rps"]
+    out["create_message_rps_rabbit_cluster3_uncoalesced"] = out["cluster3_quorum_uncoalesced"]["rps"]
     return out
 
 

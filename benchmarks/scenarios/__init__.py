@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from benchmarks.scenarios import (
+    coalescing,
     count_sync,
     creates,
     drain,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 SCENARIOS: dict[str, Callable[[Bench], dict]] = {
     "loadgen": loadgen.run,
     "create": creates.run,
+    "coalescing": coalescing.run,
     "naive": naive.run,
     "ceilings": parts.run,
     "metrics_cost": metrics.run,

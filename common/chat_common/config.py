@@ -86,6 +86,12 @@ class Settings:
     rate_limit_fallback_processes: int = 1
     # Hand-off to RabbitMQ.
     publish_timeout_seconds: float = 5.0
+    # Coalescing (chat_common.wire.bundles): the creates and edits for one queue that are ready in the same event-loop
+    # turn of an API worker travel as one AMQP message (one confirm, one Raft entry, one delivery). Turn it on only
+    # once every writer reads bundles (rolling upgrade: writers first). The wait lets a bundle gather for up to this
+    # many milliseconds more; 0 (the default) sends at the end of the loop turn and adds no latency.
+    publish_coalesce: bool = True
+    publish_coalesce_wait_ms: float = 0.0
     # Bound on one numbering round trip to Redis (connecting included), after which a create answers 503.
     redis_timeout_seconds: float = 2.0
     # Replicas that must hold a number (Redis WAIT) before it is handed out: 0 on a single node; 1 with Sentinel

@@ -60,6 +60,12 @@ QUEUE_CONSUMERS = Gauge(
 
 # API hand-off to the broker.
 API_PUBLISHED = Counter("chat_api_published_total", "Messages the broker confirmed", ["queue"])
+API_PUBLISH_BUNDLE_SIZE = Histogram(
+    "chat_api_publish_bundle_size",
+    "Creates and edits per AMQP message the API sent (coalesced publishing: chat_common.wire.bundles)",
+    ["queue"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 API_PUBLISH_FAILURES = Counter(
     "chat_api_publish_failures_total", "Publishes answered with 503 (nack, unroutable, timeout, broker down)", ["queue"]
 )

@@ -66,6 +66,8 @@ class Namespace:
             "QUEUE_TYPE": s.queue_type,
             "SEARCH_INDEX": s.search_index,
             "PUBLISH_TIMEOUT_SECONDS": str(s.publish_timeout_seconds),
+            "PUBLISH_COALESCE": str(s.publish_coalesce).lower(),
+            "PUBLISH_COALESCE_WAIT_MS": str(s.publish_coalesce_wait_ms),
             "WRITER_MAX_WAIT_SECONDS": str(s.writer_max_wait_seconds),
             "WRITER_RETRY_DELAYS_SECONDS": ",".join(str(d) for d in s.writer_retry_delays_seconds),
             "WRITER_MAX_ATTEMPTS": str(s.writer_max_attempts),

@@ -19,6 +19,7 @@ import pytest
 
 from chat_api.adapters.publisher import NACKS_BEFORE_RECONNECT, ConfirmingPublisher, PublishError
 from chat_common.clients.broker import API, BrokerNodes
+from chat_common.wire.bundles import BUNDLE_HEADER, MAX_BUNDLE_UPSERTS, is_bundle, unpack
 from chat_common.wire.topology import Topology
 
 BROKER = ("127.0.0.1", 5672)
@@ -60,8 +61,20 @@ def _drain(queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
             got.append((properties, body))
 
 
-async def drain(queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+async def drain_messages(queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+    """Every message in the queue, as the broker holds it (bundles whole)."""
     return await asyncio.to_thread(_drain, queue)
+
+
+async def drain(queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+    """Every upsert in the queue, in order: a bundle's upserts one by one (with the bundle's properties)."""
+    upserts = []
+    for properties, body in await drain_messages(queue):
+        if is_bundle(properties.headers):
+            upserts.extend((properties, part) for part, _ in unpack(body, properties.headers))
+        else:
+            upserts.append((properties, body))
+    return upserts
 
 
 @pytest.fixture
@@ -161,16 +174,18 @@ async def test_confirmed_message_is_in_the_queue_and_persistent(topology: Topolo
     queue = topology.messages.name
     async with running(AMQP_URL, topology) as publisher:
         await publisher.publish(queue, b'{"n": 1}')
-    [(properties, body)] = await drain(queue)
+    [(properties, body)] = await drain_messages(queue)
     assert body == b'{"n": 1}'
     assert properties.delivery_mode == 2
     assert properties.content_type == "application/json"
+    assert not is_bundle(properties.headers)  # a lone publish is a plain message, as before bundles
 
 
 async def test_concurrent_publishes_all_confirmed_exactly_once(topology: Topology) -> None:
     queue = topology.chats.name
     bodies = [f'{{"n": {i}}}'.encode() for i in range(200)]
-    publisher = ConfirmingPublisher(BrokerNodes(AMQP_URL, API), declare=topology.declare)
+    # One message each (coalescing off), so that the broker confirms many at once (multiple=True).
+    publisher = ConfirmingPublisher(BrokerNodes(AMQP_URL, API), declare=topology.declare, coalesce=False)
     confirms = []  # spy on our own ack handler (registered when the channel opens): which frames carried acks
     original = publisher._on_confirm
     publisher._on_confirm = lambda frame: (confirms.append(frame.method.multiple), original(frame))
@@ -205,7 +220,7 @@ async def test_returned_message_fails_only_its_own_request(topology: Topology) -
 async def test_nack_fails_only_its_own_request(topology: Topology) -> None:
     queue = f"{topology.prefix}.extra.nack"
     await asyncio.to_thread(_declare, queue, {"x-max-length": 1, "x-overflow": "reject-publish"})
-    async with running(AMQP_URL, topology) as publisher:
+    async with running(AMQP_URL, topology, coalesce=False) as publisher:
         results = await asyncio.gather(
             publisher.publish(queue, b"first"), publisher.publish(queue, b"second"), return_exceptions=True
         )
@@ -221,10 +236,9 @@ async def test_a_run_of_refused_messages_makes_the_publisher_reconnect(topology:
     await asyncio.to_thread(_declare, queue, {"x-max-length": 0, "x-overflow": "reject-publish"})  # refuses all
     async with running(AMQP_URL, topology) as publisher:
         first = publisher._connection
-        results = await asyncio.gather(
-            *(publisher.publish(queue, b"refused") for _ in range(NACKS_BEFORE_RECONNECT)), return_exceptions=True
-        )
-        assert all(isinstance(result, PublishError) for result in results), results
+        for _ in range(NACKS_BEFORE_RECONNECT):  # one message each
+            with pytest.raises(PublishError, match="refused"):
+                await publisher.publish(queue, b"refused")
         deadline = time.monotonic() + 5
         while publisher._connection is first or not publisher.is_ready:
             assert time.monotonic() < deadline, "the publisher did not reconnect after a run of refusals"
@@ -344,3 +358,100 @@ async def test_close_fails_pending_and_stops_every_task(topology: Topology) -> N
     assert asyncio.all_tasks() == {asyncio.current_task()}
     with pytest.raises(PublishError):
         await publisher.publish(queue, b"after close")
+
+
+# -- coalescing: the publishes of one loop turn travel as one bundle ------------------------------------------------
+async def test_publishes_of_one_turn_travel_as_one_bundle_each_confirmed(topology: Topology) -> None:
+    queue, other = topology.messages.name, topology.chats.name
+    bodies = [f'{{"n": {i}}}'.encode() for i in range(50)]
+    async with running(AMQP_URL, topology) as publisher:
+        stamps = [time.time() - 1 + i / 1000 for i in range(50)]
+        results = await asyncio.gather(
+            *(publisher.publish(queue, body, stamp) for body, stamp in zip(bodies, stamps, strict=True)),
+            publisher.publish(other, b'{"chat": 1}'),
+        )
+        assert results == [None] * 51
+        assert publisher._pending == {} and publisher._timers == {}
+    [(properties, body)] = await drain_messages(queue)
+    assert properties.headers[BUNDLE_HEADER] == 50
+    assert properties.content_type == "application/x-ndjson" and properties.delivery_mode == 2
+    assert [(part, round(stamp, 3)) for part, stamp in unpack(body, properties.headers)] == [
+        (part, round(stamp, 3)) for part, stamp in zip(bodies, stamps, strict=True)
+    ]
+    [(properties, body)] = await drain_messages(other)  # another queue: a message of its own, not bundled
+    assert body == b'{"chat": 1}' and not is_bundle(properties.headers)
+
+
+async def test_coalescing_off_sends_one_message_per_publish(topology: Topology) -> None:
+    queue = topology.messages.name
+    async with running(AMQP_URL, topology, coalesce=False) as publisher:
+        await asyncio.gather(*(publisher.publish(queue, b"%d" % i) for i in range(10)))
+    messages = await drain_messages(queue)
+    assert [body for _, body in messages] == [b"%d" % i for i in range(10)]
+    assert not any(is_bundle(properties.headers) for properties, _ in messages)
+
+
+async def test_a_full_bundle_is_sent_and_the_rest_starts_another(topology: Topology) -> None:
+    queue = topology.messages.name
+    count = MAX_BUNDLE_UPSERTS * 2 + 5
+    async with running(AMQP_URL, topology) as publisher:
+        await asyncio.gather(*(publisher.publish(queue, b"%d" % i) for i in range(count)))
+    messages = await drain_messages(queue)
+    assert [properties.headers[BUNDLE_HEADER] for properties, _ in messages] == [
+        MAX_BUNDLE_UPSERTS,
+        MAX_BUNDLE_UPSERTS,
+        5,
+    ]
+    assert b"\n".join(body for _, body in messages).split(b"\n") == [b"%d" % i for i in range(count)]
+
+
+async def test_a_nacked_bundle_fails_only_its_own_creates(topology: Topology) -> None:
+    """A nack refuses one message: every create it carries is answered with a failure, no other create is."""
+    queue = f"{topology.prefix}.extra.nack"
+    await asyncio.to_thread(_declare, queue, {"x-max-length": 1, "x-overflow": "reject-publish"})
+    async with running(AMQP_URL, topology) as publisher:
+        first = await asyncio.gather(publisher.publish(queue, b"a"), publisher.publish(queue, b"b"))
+        assert first == [None, None]  # one bundle: the one message the queue takes
+        second = await asyncio.gather(
+            publisher.publish(queue, b"c"),
+            publisher.publish(queue, b"d"),
+            publisher.publish(topology.messages.name, b"elsewhere"),
+            return_exceptions=True,
+        )
+        assert [type(result) for result in second] == [PublishError, PublishError, type(None)], second
+    assert [body for _, body in await drain(queue)] == [b"a", b"b"]
+    assert [body for _, body in await drain(topology.messages.name)] == [b"elsewhere"]
+
+
+async def test_a_bundle_is_abandoned_by_its_oldest_stamp_deadline(topology: Topology) -> None:
+    """Numbering recovery counts on nothing stamped ``s`` being confirmed after ``s + timeout``: a bundle's deadline
+    is its oldest create's."""
+    queue = topology.messages.name
+    async with BrokerProxy() as proxy, running(proxy.url, topology, timeout=1.0) as publisher:
+        proxy.hold()
+        started = time.time()
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                publisher.publish(queue, b"old", started - 0.7),  # 0.3 s left
+                publisher.publish(queue, b"new", started),  # 1 s left, but in the same message
+                return_exceptions=True,
+            ),
+            5,
+        )
+        assert all(isinstance(result, PublishError) for result in results), results
+        assert time.time() - started < 0.8
+        assert publisher._pending == {} and publisher._timers == {}
+        proxy.release()
+
+
+async def test_the_coalescing_wait_gathers_publishes_of_later_turns(topology: Topology) -> None:
+    queue = topology.messages.name
+    async with running(AMQP_URL, topology, coalesce_wait=0.2) as publisher:
+
+        async def later(delay: float, body: bytes) -> None:
+            await asyncio.sleep(delay)
+            await publisher.publish(queue, body)
+
+        await asyncio.gather(later(0, b"a"), later(0.05, b"b"), later(0.1, b"c"))
+    [(properties, body)] = await drain_messages(queue)
+    assert properties.headers[BUNDLE_HEADER] == 3 and body == b"a\nb\nc"

@@ -19,7 +19,7 @@ The format, defined here once:
 
 A message without ``x-bundle`` is a single upsert, as every message was before bundles (and as a bundle of one is
 still sent), so writers consume both during a rolling upgrade. Writers older than bundles cannot read them: upgrade
-the writers before the API turns coalescing on (``PUBLISH_COALESCE``, docs/operations.md).
+the writers before the API turns coalescing on (``PUBLISH_COALESCE``; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -193,7 +193,11 @@ def build_service(
     slot_tag(0)  # the slot-tag table (~0.1 s of CPU, once per process) is built now, never on the event loop
     topology = Topology.from_settings(settings)
     publisher = publisher or ConfirmingPublisher(
-        BrokerNodes.from_settings(settings, API), declare=topology.declare, timeout=settings.publish_timeout_seconds
+        BrokerNodes.from_settings(settings, API),
+        declare=topology.declare,
+        timeout=settings.publish_timeout_seconds,
+        coalesce=settings.publish_coalesce,
+        coalesce_wait=settings.publish_coalesce_wait_ms / 1000,
     )
     replicas = [
         ReplicaMonitor(
