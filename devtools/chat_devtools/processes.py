@@ -37,9 +37,18 @@ class Process:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         """Signal the process and wait for it; SIGKILL when it does not stop in time."""
+        self.send(sig)
+        return self.wait_stopped(timeout)
+
+    def send(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the process if it is running; returns at once."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def wait_stopped(self, timeout: float = 30) -> int | None:
+        """Wait for the process to end; SIGKILL when it does not in time."""
         if self.popen is None or self.popen.poll() is not None:
             return self.popen.returncode if self.popen else None
-        self.popen.send_signal(sig)
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -116,6 +125,9 @@ class System:
         )
 
     def stop(self) -> None:
-        """Stop everything gracefully."""
-        for process in (self.api, self.chat_writer, self.message_writer):
-            process.stop()
+        """Stop everything gracefully, all at once: one process's graceful shutdown overlaps the others'."""
+        processes = (self.api, self.chat_writer, self.message_writer)
+        for process in processes:
+            process.send(signal.SIGTERM)
+        for process in processes:
+            process.wait_stopped()
