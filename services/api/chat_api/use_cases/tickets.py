@@ -104,13 +104,17 @@ class TicketSigner:
         """Whether a key is configured."""
         return bool(self.keys)
 
+    def require_enabled(self) -> None:
+        """:class:`TicketsNotConfigured` (a 503 naming the setting) unless a key is configured."""
+        if not self.keys:
+            raise TicketsNotConfigured("stream tickets are not configured (STREAM_TICKET_KEYS)")
+
     def _mac(self, key: bytes, signed: str) -> str:
         return _b64(hmac.new(key, signed.encode("ascii"), hashlib.sha256).digest())
 
     def sign(self, token_digest: str, chat_number: int) -> tuple[str, int]:
         """A ticket for reading chat ``chat_number`` of the token with this digest, and when it expires (unix)."""
-        if not self.keys:
-            raise TicketsNotConfigured("stream tickets are not configured (STREAM_TICKET_KEYS)")
+        self.require_enabled()
         expires_at = int(self.clock()) + self.lifetime_seconds
         claims = _b64(orjson.dumps({"d": token_digest, "c": chat_number, "x": expires_at}))
         signed = f"{PREFIX}.{claims}"
@@ -119,8 +123,7 @@ class TicketSigner:
     def verify(self, ticket: str, chat_number: int | None = None) -> TicketClaims:
         """The claims of a ticket signed by any configured key, not expired (and for ``chat_number`` when given);
         :class:`TicketRefused` otherwise."""
-        if not self.keys:
-            raise TicketsNotConfigured("stream tickets are not configured (STREAM_TICKET_KEYS)")
+        self.require_enabled()
         if len(ticket) > MAX_TICKET_CHARS or not ticket.isascii():
             raise TicketRefused("malformed")
         parts = ticket.split(".")
@@ -185,8 +188,7 @@ class StreamTickets:
         """A ticket for one chat of the token's application (and that application: its CORS origins): the tenant
         rules (404/403/429) and the chat's 404 as every chat route; a rotated-away token (in its grace period)
         mints nothing its tickets could open (404)."""
-        if not self.signer.enabled:
-            raise TicketsNotConfigured("stream tickets are not configured (STREAM_TICKET_KEYS)")
+        self.signer.require_enabled()
         application = await self.gate.tenant(token)
         if not application.is_current(token):
             raise TicketRefused("rotated")
