@@ -99,11 +99,6 @@ class TicketSigner:
         self.lifetime_seconds = lifetime_seconds
         self.clock = clock
 
-    @property
-    def enabled(self) -> bool:
-        """Whether a key is configured."""
-        return bool(self.keys)
-
     def require_enabled(self) -> None:
         """:class:`TicketsNotConfigured` (a 503 naming the setting) unless a key is configured."""
         if not self.keys:
