@@ -138,9 +138,7 @@ def test_a_bundle_part_whose_chat_is_not_written_yet_is_retried_alone_and_commit
     assert private_db.messages_of(token, late_chat) == []
     # The chat arrives in a bundle too, on the chat-writer's queue.
     broker.bundle(topology.chats.name, ChatUpsert(app_id, late_chat, "late chat").encode(), stamp=time.time())
-    wait_for(
-        lambda: private_db.messages_of(token, late_chat) == [(1, "I was early")], timeout=30, what="retried part"
-    )
+    wait_for(lambda: private_db.messages_of(token, late_chat) == [(1, "I was early")], timeout=30, what="retried part")
     assert private_db.messages_of(token, chat) == [(1, "message 1")]  # the healthy part was not written twice
     assert broker.ready(topology.messages.dead_letter) == 0 and broker.ready(topology.chats.dead_letter) == 0
 

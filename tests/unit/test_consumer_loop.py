@@ -520,9 +520,10 @@ class Drip(FakeBroker):
 
     def process_data_events(self, time_limit):
         channel, callback = self.consuming
-        held = (max(self.delivered), max(tag for tag, _ in self.acked) if self.acked else 0) if self.delivered else (0, 0)
-        room = channel.prefetch - (held[0] - held[1])
-        if not self.pending and held[0] == held[1]:
+        delivered = max(self.delivered, default=0)
+        acked = max((tag for tag, _ in self.acked), default=0)
+        room = channel.prefetch - (delivered - acked)
+        if not self.pending and delivered == acked:
             self.consumer.should_stop = True
             return
         for body, headers in self.pending[:room]:

@@ -218,7 +218,11 @@ def test_send_publishes_a_dead_part_alone_to_the_dead_letter_queue_confirmed_bef
     batch = [part(7, b"a", stamp=12.5), part(7, b"b"), Delivery(b"c", 8, False, 3, 1.0, 2), part(8, b"d", parts=2)]
     result = BatchResult(dead=[(batch[0], "unappliable: ValueError: bad row")], retry=[(batch[2], "chat not written")])
     send(route(batch, result, QUEUE, max_attempts=40), Recording(on_channel), Recording(on_retry_channel), lambda: 0.0)
-    parked_headers = {ATTEMPT_HEADER: 0, PUBLISHED_AT_HEADER: 12_500, "x-dead-reason": "unappliable: ValueError: bad row"}
+    parked_headers = {
+        ATTEMPT_HEADER: 0,
+        PUBLISHED_AT_HEADER: 12_500,
+        "x-dead-reason": "unappliable: ValueError: bad row",
+    }
     retry_headers = {ATTEMPT_HEADER: 4, PUBLISHED_AT_HEADER: 1_000, DUE_AT_HEADER: 30_000}
     assert on_retry_channel == [  # the confirm-mode channel: both are confirmed before anything is acknowledged
         ("publish", "t.chats.delay.30s", b"c", retry_headers, 2, True),
