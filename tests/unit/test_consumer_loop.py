@@ -559,3 +559,16 @@ def test_prefetch_shrinks_when_bundles_follow_single_upserts_and_holds_about_twi
     work = [prefetch for queue, prefetch in broker.subscriptions if queue == QUEUE.name]
     assert max(work) >= 90 and work[-1] <= 8  # about 2 * batch_size upserts: 100 / 25 = 4 messages (hysteresis: 8)
     assert len(db.rows) == 200 + 2000
+
+
+def test_a_re_subscription_starts_a_new_session_for_numbering_recovery():
+    """Cancelling the consumer requeues what pika received and had not handed over: recovery must see a new session."""
+    seen = Seen()
+    big = [bundle(*(row(n) for n in range(i * 128, i * 128 + 128))) for i in range(3)]
+    broker = Drip([(row(n), None) for n in range(1, 201)] + big)
+    broker.delivered = []
+    consumer = make_consumer(FakeDatabase(), lambda _parameters: broker, batch_size=50, hooks=[seen])
+    consumer.max_wait = 60.0
+    broker.consumer = consumer
+    consumer.run()
+    assert broker.cancelled and seen.state.session == 1 + len(broker.cancelled)

@@ -95,7 +95,9 @@ class LoopState:
     oldest: float | None = None  # lowest publish stamp among the held deliveries (None: holds nothing)
     last: float = 0.0  # publish stamp of the latest first-attempt delivery received
     firsts: int = 0  # first-attempt upserts received since the consumer started (only grows; a bundle counts each)
-    session: int = 0  # broker connection number: changes whenever the broker may have requeued what it held
+    # Broker connection number, also bumped by a re-subscription (the prefetch rule): changes whenever the broker may
+    # have requeued what it had sent this writer.
+    session: int = 0
     deliveries: int = 0  # every upsert received, of the work queue and of its retry tiers (only grows)
 
 
@@ -290,7 +292,10 @@ class BatchConsumer:
         target = self._target_prefetch()
         if target * 2 <= self._prefetch or target * 4 > self._prefetch * 5:
             log.info("prefetch %d -> %d (%.1f upserts per message)", self._prefetch, target, self._mean_parts)
-            channel.basic_cancel(self._consumer_tag)
+            channel.basic_cancel(self._consumer_tag)  # pika requeues what it had received and not handed over
+            # A requeue the numbering recovery must see (LoopState.session: "the broker may have requeued"): a round
+            # spanning it does not count this writer as live, and waits for the next one.
+            self._session += 1
             self._subscribe(channel, target)
 
     def _on_message(self, _channel, method, properties, body: bytes) -> None:
