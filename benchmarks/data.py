@@ -15,7 +15,9 @@ from sqlalchemy import Engine, text
 
 from benchmarks.ceilings import pymysql_connection
 from chat_common.clients.broker import BrokerNodes
+from chat_common.wire import bundles
 from chat_common.wire.contracts import MessageUpsert
+from chat_common.wire.stamps import PUBLISHED_AT_HEADER, stamp_header
 from chat_devtools.sql import fetch_all
 
 # fmt: off
@@ -92,19 +94,31 @@ def message_payloads(app_id: int, chat_numbers: Iterable[int], per_chat: int) ->
             yield MessageUpsert(app_id, chat, n, body_for(n)).encode()
 
 
-def prefill_queue(amqp_url: str, queue: str, payloads: Iterable[bytes]) -> int:
-    """Publish persistent messages without confirms, then wait until the queue holds all of them."""
-    properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
+def prefill_queue(amqp_url: str, queue: str, payloads: Iterable[bytes], bundle_size: int = 1) -> int:
+    """Publish persistent messages without confirms, then wait until the queue holds all of them; returns how many
+    upserts were queued. ``bundle_size`` > 1: consecutive payloads travel as bundles of that many upserts, as the
+    coalescing API sends them (chat_common.wire.bundles; a last, smaller bundle of one is a single message)."""
     connection = BrokerNodes(amqp_url).connect_blocking()
     try:
         channel = connection.channel()
         start = channel.queue_declare(queue, passive=True).method.message_count
-        count = 0
-        for body in payloads:
+        messages = upserts = 0
+        iterator = iter(payloads)
+        while group := list(islice(iterator, max(bundle_size, 1))):
+            stamp = time.time()
+            if len(group) == 1:
+                body, headers, content_type = group[0], {PUBLISHED_AT_HEADER: stamp_header(stamp)}, "application/json"
+            else:
+                body, headers = bundles.pack(group, [stamp] * len(group))
+                content_type = bundles.BUNDLE_CONTENT_TYPE
+            properties = pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent, content_type=content_type, headers=headers
+            )
             channel.basic_publish("", queue, body, properties)
-            count += 1
-        wait_for(lambda: channel.queue_declare(queue, passive=True).method.message_count >= start + count, 60)
-        return count
+            messages += 1
+            upserts += len(group)
+        wait_for(lambda: channel.queue_declare(queue, passive=True).method.message_count >= start + messages, 60)
+        return upserts
     finally:
         connection.close()
 

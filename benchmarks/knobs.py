@@ -13,6 +13,9 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64,256").split(",")]
 HEADLINE_CONCURRENCY = 64
 DRAIN_MESSAGES = int(os.environ.get("BENCH_DRAIN_MESSAGES", "100000"))
+# Upserts per bundle in the drain scenario's queue, as the coalescing API sends them (chat_common.wire.bundles); the
+# scenario also drains the same upserts as single messages, the format without coalescing.
+DRAIN_BUNDLE = int(os.environ.get("BENCH_DRAIN_BUNDLE", "32"))
 GROWTH_ROWS = int(os.environ.get("BENCH_GROWTH_ROWS", "1000000"))
 E2E_SECONDS = float(os.environ.get("BENCH_E2E_SECONDS", "15"))
 METRICS_ITERATIONS = int(os.environ.get("BENCH_METRICS_ITERATIONS", "200000"))

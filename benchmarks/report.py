@@ -208,6 +208,12 @@ def summarize(results: dict) -> dict:
         "ratio_writer_vs_raw": drain.get("ratio_writer_vs_raw"),
         "raw_consume_messages_per_s": _get(drain.get("raw_consume"), "per_second"),
         "ratio_writer_vs_consume_then_insert": drain.get("ratio_writer_vs_consume_then_insert"),
+        # The same upserts as single messages (the format without the API's coalescing); the keys above: bundles.
+        "writer_drain_bundle_size": drain.get("bundle_size"),
+        "writer_drain_rows_per_s_singles": _get(drain.get("writers_1_singles"), "rows_per_s"),
+        "writer_drain_2_writers_rows_per_s_singles": _get(drain.get("writers_2_singles"), "rows_per_s"),
+        "ratio_writer_vs_raw_singles": drain.get("ratio_writer_vs_raw_singles"),
+        "ratio_writer_vs_consume_then_insert_singles": drain.get("ratio_writer_vs_consume_then_insert_singles"),
         "e2e_persist_p50_ms": _get(e2e.get(0.5), "persist_p50_ms"),
         "e2e_persist_p99_ms": _get(e2e.get(0.5), "persist_p99_ms"),
         "e2e_persist_p99_ms_at_90pct": _get(e2e.get(0.9), "persist_p99_ms"),
@@ -614,17 +620,22 @@ def markdown(results: dict, plots: list[Path]) -> str:
             "",
             "### Scenario 4: writer drain of a pre-filled queue (and scenario 7: with the table filled)",
             "",
-            "| table | rows before | messages | raw upsert rows/s | raw consume msg/s | 1 writer rows/s"
+            "| table | queued as | rows before | upserts | raw upsert rows/s | raw consume msg/s | 1 writer rows/s"
             " | 2 writers rows/s | writer / raw upsert | writer / (consume then upsert) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, d in drains:
-            lines.append(
-                f"| {name} | {d['table_rows_before']:,} | {d['messages']:,} | {d['raw_insert']['per_second']:,.0f}"
-                f" | {d['raw_consume']['per_second']:,.0f}"
-                f" | {d['writers_1']['rows_per_s']:,.0f} | {d['writers_2']['rows_per_s']:,.0f}"
-                f" | {d['ratio_writer_vs_raw']:.2f} | {d['ratio_writer_vs_consume_then_insert']:.2f} |"
-            )
+            formats = [(f"bundles of {d['bundle_size']}" if d.get("bundle_size") else "single messages", "")]
+            if "writers_1_singles" in d:
+                formats.append(("single messages", "_singles"))
+            for queued_as, suffix in formats:
+                one, two = d[f"writers_1{suffix}"], d[f"writers_2{suffix}"]
+                lines.append(
+                    f"| {name} | {queued_as} | {d['table_rows_before']:,} | {d['messages']:,}"
+                    f" | {d['raw_insert']['per_second']:,.0f} | {d['raw_consume']['per_second']:,.0f}"
+                    f" | {one['rows_per_s']:,.0f} | {two['rows_per_s']:,.0f} | {d[f'ratio_writer_vs_raw{suffix}']:.2f}"
+                    f" | {d[f'ratio_writer_vs_consume_then_insert{suffix}']:.2f} |"
+                )
     workers = (sc.get("growth") or {}).get("workers")
     if workers:
         lines += [

@@ -6,7 +6,8 @@ production defaults of the writers, against gunicorn and the writers started as 
 
 - ``BENCH_SECONDS`` (5): length of each wrk run; ``BENCH_CONCURRENCY`` ("1,16,64,256").
 - ``BENCH_REPEATS`` (3): runs per point of scenario 1, its ceiling and the naive baseline (the median is kept).
-- ``BENCH_DRAIN_MESSAGES`` (100000): messages pre-filled for each writer drain.
+- ``BENCH_DRAIN_MESSAGES`` (100000): upserts pre-filled for each writer drain; ``BENCH_DRAIN_BUNDLE`` (32): upserts
+  per bundle in the drain with bundles (each drain is run with bundles and with single messages).
 - ``BENCH_GROWTH_ROWS`` (1000000): message rows in the table before the growth scenarios.
 - ``BENCH_E2E_SECONDS`` (15): length of each paced end-to-end run.
 - ``BENCH_METRICS_ITERATIONS`` (200000): creates' metric calls timed by the ``metrics_cost`` scenario.

@@ -16,8 +16,15 @@ import pika.exceptions
 import pytest
 
 from chat_common.clients.broker import WRITER, BrokerNodes
+from chat_common.wire import bundles
 from chat_common.wire.topology import Topology
-from chat_common.writing.batches import ATTEMPT_HEADER, DUE_AT_HEADER, decode_batch, stamp_header
+from chat_common.writing.batches import (
+    ATTEMPT_HEADER,
+    DUE_AT_HEADER,
+    PUBLISHED_AT_HEADER,
+    decode_batch,
+    stamp_header,
+)
 from chat_common.writing.consumer import BatchConsumer, ConsumerHook
 
 
@@ -58,10 +65,16 @@ class FakeChannel:
 
     def basic_consume(self, queue, callback):
         self.broker.consumers[queue] = (self, callback)
+        self.broker.subscriptions.append((queue, self.prefetch))
+        return f"ctag-{queue}-{len(self.broker.subscriptions)}"
+
+    def basic_cancel(self, consumer_tag):
+        self.broker.cancelled.append(consumer_tag)
 
     def basic_publish(self, exchange, routing_key, body, properties, mandatory=False):
         assert self in self.broker.confirming and mandatory and properties.delivery_mode == 2
         self.broker.published.append((routing_key, body, properties.headers[ATTEMPT_HEADER]))
+        self.broker.published_headers.append(properties.headers)
         self.broker.events.append(f"publish {routing_key}")
 
     def basic_nack(self, tag, requeue):
@@ -83,7 +96,10 @@ class FakeBroker:
         self.pending = list(messages)
         self.tier_pending = dict(tiers or {})
         self.declared, self.confirming, self.published, self.nacked, self.acked, self.slept = [], [], [], [], [], []
+        self.published_headers: list[dict] = []
         self.events: list[str] = []
+        self.subscriptions: list[tuple[str, int]] = []  # (queue, prefetch) of every basic_consume
+        self.cancelled: list[str] = []  # consumer tags the loop cancelled itself
         self.existing: set[str] = set()
         self.consumers: dict[str, tuple[FakeChannel, object]] = {}
         self.consumer: BatchConsumer | None = None
@@ -112,7 +128,8 @@ class FakeBroker:
             return
         callback = self.consuming[1]
         for tag, (body, attempt) in enumerate(self.pending, start=1):
-            headers = {ATTEMPT_HEADER: attempt} if attempt else None
+            # ``attempt``: the attempt header's value, or the message's whole headers (a bundle)
+            headers = attempt if isinstance(attempt, dict) else {ATTEMPT_HEADER: attempt} if attempt else None
             callback(None, SimpleNamespace(delivery_tag=tag, redelivered=False), SimpleNamespace(headers=headers), body)
         self.pending = []
         tag = 1000
@@ -197,9 +214,9 @@ def test_a_clean_batch_is_written_and_acknowledged_once_up_to_its_last_tag():
     assert broker.acked == [(3, True)] and not broker.nacked and not broker.published
 
 
-def test_prefetch_is_twice_the_batch_size_and_the_topology_is_declared():
-    broker = run([row(1)], FakeDatabase(), batch_size=7)
-    assert broker.prefetch == 14
+def test_prefetch_starts_at_its_floor_and_the_topology_is_declared():
+    broker = run([row(1)], FakeDatabase(), batch_size=500)
+    assert broker.prefetch == 8  # 2 * batch_size / MAX_BUNDLE_UPSERTS until the messages show their size
     assert QUEUE.name in broker.declared and QUEUE.dead_letter in broker.declared
 
 
@@ -393,3 +410,165 @@ def test_a_tier_message_not_yet_due_is_held_reported_and_left_to_the_broker_when
 def test_every_tier_is_consumed_and_an_old_ttl_tier_only_while_it_exists():
     broker = run([row(1)], FakeDatabase(), existing=[QUEUE.name + ".retry.5s"])  # left by an earlier version
     assert set(broker.consumers) == {QUEUE.name, *QUEUE.retry_queues, QUEUE.name + ".retry.5s"}
+
+
+# -- bundles (several upserts in one message, chat_common.wire.bundles) ----------------------------------------------
+def bundle(*bodies: bytes, first_stamp: float = 100.0, attempt: int = 0) -> tuple[bytes, dict]:
+    """A bundle as the API's publisher sends it: each upsert stamped one second after the one before."""
+    body, headers = bundles.pack(list(bodies), [first_stamp + i for i in range(len(bodies))])
+    return body, ({**headers, ATTEMPT_HEADER: attempt} if attempt else headers)
+
+
+class Seen(ConsumerHook):
+    """Every delivery handed to the hooks, and the loop's last state."""
+
+    def __init__(self) -> None:
+        self.deliveries = []
+        self.state = None
+
+    def on_message(self, queue, delivery):
+        self.deliveries.append(delivery)
+
+    def on_stop(self, state):
+        self.state = state
+
+
+def test_a_bundle_is_one_delivery_per_upsert_each_with_its_stamp_and_the_messages_tag():
+    db, seen = FakeDatabase(), Seen()
+    broker = run([row(1), bundle(row(2), row(3), row(4)), row(5)], db, hooks=[seen])
+    assert db.rows == [1, 2, 3, 4, 5]
+    assert [(d.body, d.delivery_tag, d.parts, d.published_at) for d in seen.deliveries] == [
+        (row(1), 1, 1, 0.0),
+        (row(2), 2, 3, 100.0),
+        (row(3), 2, 3, 101.0),
+        (row(4), 2, 3, 102.0),
+        (row(5), 3, 1, 0.0),
+    ]
+    assert broker.acked == [(3, True)] and not broker.nacked and not broker.published
+    # Numbering recovery counts upserts, with their own stamps.
+    assert (seen.state.firsts, seen.state.deliveries, seen.state.last) == (5, 5, 0.0)
+
+
+def test_the_numbering_counts_take_the_last_upserts_own_stamp():
+    seen = Seen()
+    run([bundle(row(1), row(2), first_stamp=50.0)], FakeDatabase(), hooks=[seen])
+    assert (seen.state.firsts, seen.state.deliveries, seen.state.last) == (2, 2, 51.0)
+
+
+def test_a_poison_upsert_of_a_bundle_is_parked_alone_and_the_rest_committed():
+    db = FakeDatabase()
+    broker = run([row(1), bundle(row(2), POISON, row(4), first_stamp=70.0)], db)
+    assert sorted(db.rows) == [1, 2, 4]
+    assert broker.nacked == []  # the bundle's tag is never rejected: two of its upserts are committed
+    assert [(q, body) for q, body, _ in broker.published] == [("t.messages.dead", POISON)]
+    headers = broker.published_headers[0]
+    assert headers[ATTEMPT_HEADER] == 0 and headers[PUBLISHED_AT_HEADER] == 71_000
+    assert headers["x-dead-reason"] == "unappliable: RuntimeError: constraint violated"
+    assert broker.events == ["publish t.messages.dead", "ack 2"]  # parked (confirmed) first, then acknowledged
+
+
+def test_a_bundle_of_only_poison_is_parked_part_by_part_and_acknowledged():
+    broker = run([bundle(b"x", b"y")], FakeDatabase())
+    assert [(q, body) for q, body, _ in broker.published] == [("t.messages.dead", b"x"), ("t.messages.dead", b"y")]
+    assert broker.acked == [(1, True)] and not broker.nacked
+
+
+def test_a_bundle_part_whose_chat_is_not_written_goes_to_its_tier_alone_with_its_own_stamp():
+    db = FakeDatabase(not_yet={3})
+    broker = run([bundle(row(2), row(3), first_stamp=10.0, attempt=1)], db)
+    assert db.rows == [2]
+    assert broker.published == [("t.messages.delay.5s", row(3), 2)]  # a single message: no bundle headers
+    assert broker.published_headers[0][PUBLISHED_AT_HEADER] == 11_000
+    assert bundles.BUNDLE_HEADER not in broker.published_headers[0]
+    assert broker.acked == [(1, True)] and not broker.nacked
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {bundles.BUNDLE_HEADER: 3, bundles.STAMPS_HEADER: [1, 2, 3]},  # says 3, holds 2
+        {bundles.BUNDLE_HEADER: 2, bundles.STAMPS_HEADER: [1]},  # a stamp missing
+        {bundles.BUNDLE_HEADER: "2", bundles.STAMPS_HEADER: [1, 2]},  # not a count
+    ],
+)
+def test_a_malformed_bundle_never_reaches_the_handler_and_is_rejected_whole(headers):
+    db, hook = FakeDatabase(), Recorder()
+    broker = run([row(1), (row(2) + b"\n" + row(3), headers), row(4)], db, hooks=[hook])
+    assert db.rows == [1, 4] and db.calls == [2]
+    assert broker.nacked == [(2, False)]  # into <queue>.dead by the broker, whole
+    assert broker.acked == [(3, True)] and not broker.published
+    assert "done 2/0/1" in hook.events
+
+
+def test_a_malformed_bundle_that_reads_as_one_upsert_is_not_applied():
+    """A truncated bundle whose body is one valid upsert must not be written as if it were all of it."""
+    db = FakeDatabase()
+    broker = run([(row(1), {bundles.BUNDLE_HEADER: 2, bundles.STAMPS_HEADER: [1, 2]})], db)
+    assert db.rows == [] and broker.nacked == [(1, False)] and broker.acked == []
+
+
+def test_prefetch_follows_the_upserts_per_message_within_its_bounds():
+    big = [bundle(*(row(n) for n in range(i * 128, i * 128 + 128))) for i in range(12)]
+    broker = run(big, FakeDatabase(), batch_size=500)
+    # Bundles of the largest size: the floor, 2 * batch_size / MAX_BUNDLE_UPSERTS messages, never re-subscribed.
+    assert [s for s in broker.subscriptions if s[0] == QUEUE.name] == [(QUEUE.name, 8)] and broker.cancelled == []
+    assert broker.acked == [(12, True)]
+
+
+class Drip(FakeBroker):
+    """Hands over at most the consumer's prefetch of the pending messages (unacknowledged ones count) per poll."""
+
+    def process_data_events(self, time_limit):
+        channel, callback = self.consuming
+        delivered = max(self.delivered, default=0)
+        acked = max((tag for tag, _ in self.acked), default=0)
+        room = channel.prefetch - (delivered - acked)
+        if not self.pending and delivered == acked:
+            self.consumer.should_stop = True
+            return
+        for body, headers in self.pending[:room]:
+            tag = len(self.delivered) + 1
+            self.delivered.append(tag)
+            callback(None, SimpleNamespace(delivery_tag=tag, redelivered=False), SimpleNamespace(headers=headers), body)
+        self.pending = self.pending[max(room, 0) :]
+
+
+def drip(messages, batch_size):
+    broker = Drip([(m, None) if isinstance(m, bytes) else m for m in messages])
+    broker.delivered = []
+    db = FakeDatabase()
+    consumer = make_consumer(db, lambda _parameters: broker, batch_size=batch_size)
+    consumer.max_wait = 60.0  # a batch is flushed when full or when it holds the whole window, never by time here
+    broker.consumer = consumer
+    consumer.run()
+    return broker, db
+
+
+def test_prefetch_grows_to_twice_the_batch_size_for_single_upserts_within_a_few_batches():
+    broker, db = drip([row(n) for n in range(1, 301)], batch_size=50)
+    work = [prefetch for queue, prefetch in broker.subscriptions if queue == QUEUE.name]
+    assert work[0] == 1 and 90 <= work[-1] <= 100  # from 2 * 50 / 128 (rounded up) to about 2 * 50 messages
+    assert len(work) <= 7 and len(broker.cancelled) == len(work) - 1
+    assert sorted(db.rows) == list(range(1, 301))
+
+
+def test_prefetch_shrinks_when_bundles_follow_single_upserts_and_holds_about_twice_a_batch():
+    singles = [row(n) for n in range(1, 201)]
+    bundled = [bundle(*(row(n) for n in range(i, i + 25))) for i in range(1000, 3000, 25)]
+    broker, db = drip(singles + bundled, batch_size=50)
+    work = [prefetch for queue, prefetch in broker.subscriptions if queue == QUEUE.name]
+    assert max(work) >= 90 and work[-1] <= 8  # about 2 * batch_size upserts: 100 / 25 = 4 messages (hysteresis: 8)
+    assert len(db.rows) == 200 + 2000
+
+
+def test_a_re_subscription_starts_a_new_session_for_numbering_recovery():
+    """Cancelling the consumer requeues what pika received and had not handed over: recovery must see a new session."""
+    seen = Seen()
+    big = [bundle(*(row(n) for n in range(i * 128, i * 128 + 128))) for i in range(3)]
+    broker = Drip([(row(n), None) for n in range(1, 201)] + big)
+    broker.delivered = []
+    consumer = make_consumer(FakeDatabase(), lambda _parameters: broker, batch_size=50, hooks=[seen])
+    consumer.max_wait = 60.0
+    broker.consumer = consumer
+    consumer.run()
+    assert broker.cancelled and seen.state.session == 1 + len(broker.cancelled)

@@ -171,3 +171,61 @@ def test_send_stamps_each_retry_due_its_delay_from_now_and_keeps_its_publish_sta
     send(routing, Channel(), Channel(), clock=lambda: 1000.0)
     headers = {ATTEMPT_HEADER: 2, PUBLISHED_AT_HEADER: 50_000, DUE_AT_HEADER: 1_005_000}  # due 5 s after now
     assert published == [("t.chats.delay.5s", headers, 2, True)] and acked == [2]  # confirmed first, then the ack
+
+
+def part(tag: int, body: bytes, parts: int = 3, stamp: float = 0.0) -> Delivery:
+    return Delivery(body, tag, False, 0, stamp, parts)
+
+
+def test_route_parks_a_dead_part_of_a_bundle_and_acknowledges_its_tag():
+    batch = [delivery(1), part(2, b"a"), part(2, b"b"), part(2, b"c")]
+    routing = route(batch, BatchResult(dead=[(batch[2], "invalid: x")]), QUEUE, max_attempts=40)
+    assert routing.parked == [(batch[2], "invalid: x")] and routing.rejected == []
+    assert routing.ack_up_to == 2  # the bundle's other parts are committed: its tag is acknowledged, never nacked
+    assert routing.applied == 3 and routing.dead_letter == "t.chats.dead"
+
+
+def test_route_still_rejects_a_dead_single_message_beside_a_bundle():
+    batch = [part(1, b"a", parts=2), part(1, b"b", parts=2), delivery(2)]
+    routing = route(batch, BatchResult(dead=[(batch[2], "invalid: x")]), QUEUE, max_attempts=40)
+    assert routing.rejected == [(batch[2], "invalid: x")] and routing.parked == []
+    assert routing.ack_up_to == 1
+
+
+def test_route_gives_up_on_a_bundle_part_past_max_attempts_by_parking_it():
+    batch = [Delivery(b"a", 1, False, 40, 0.0, 2), Delivery(b"b", 1, False, 40, 0.0, 2)]
+    routing = route(batch, BatchResult(retry=[(batch[0], "chat not written yet")]), QUEUE, max_attempts=40)
+    assert [d.body for d, _ in routing.parked] == [b"a"] and routing.retries == []
+    assert routing.ack_up_to == 1
+
+
+class Recording:
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def basic_publish(self, exchange, routing_key, body, properties, mandatory=False):
+        self.log.append(("publish", routing_key, body, properties.headers, properties.delivery_mode, mandatory))
+
+    def basic_nack(self, tag, requeue):
+        self.log.append(("nack", tag, requeue))
+
+    def basic_ack(self, tag, multiple=False):
+        self.log.append(("ack", tag, multiple))
+
+
+def test_send_publishes_a_dead_part_alone_to_the_dead_letter_queue_confirmed_before_the_ack():
+    on_channel, on_retry_channel = [], []
+    batch = [part(7, b"a", stamp=12.5), part(7, b"b"), Delivery(b"c", 8, False, 3, 1.0, 2), part(8, b"d", parts=2)]
+    result = BatchResult(dead=[(batch[0], "unappliable: ValueError: bad row")], retry=[(batch[2], "chat not written")])
+    send(route(batch, result, QUEUE, max_attempts=40), Recording(on_channel), Recording(on_retry_channel), lambda: 0.0)
+    parked_headers = {
+        ATTEMPT_HEADER: 0,
+        PUBLISHED_AT_HEADER: 12_500,
+        "x-dead-reason": "unappliable: ValueError: bad row",
+    }
+    retry_headers = {ATTEMPT_HEADER: 4, PUBLISHED_AT_HEADER: 1_000, DUE_AT_HEADER: 30_000}
+    assert on_retry_channel == [  # the confirm-mode channel: both are confirmed before anything is acknowledged
+        ("publish", "t.chats.delay.30s", b"c", retry_headers, 2, True),
+        ("publish", "t.chats.dead", b"a", parked_headers, 2, True),
+    ]
+    assert on_channel == [("ack", 8, True)]  # no nack: both bundles had parts committed

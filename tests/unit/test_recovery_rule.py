@@ -82,7 +82,8 @@ def test_the_stamp_is_read_reported_and_kept_on_the_retry_tier_and_the_ledger_ru
     assert ledger == [("defer", {deferral_id(d2): 60.0}, 0), ("settle", [deferral_id(d3)], 0)]
     assert broker.acked == [(3, True)]
     last = states[-1]
-    assert (last.held, last.oldest, last.last, last.firsts, last.session) == (0, None, 60.0, 2, 1)  # 3 was a retry
+    # 3 was a retry; session 2: one connection, and one re-subscription as the prefetch grew from its floor
+    assert (last.held, last.oldest, last.last, last.firsts, last.session) == (0, None, 60.0, 2, 2)
 
 
 def test_the_loop_reports_the_oldest_stamp_it_holds():

@@ -29,13 +29,22 @@ DUE_AT_HEADER = "x-due-at-ms"
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One message as the broker handed it over."""
+    """One upsert as the broker handed it over: a whole message, or one part of a bundle (chat_common.wire.bundles).
+
+    The parts of a bundle share its delivery tag, redelivered flag and attempt; each has its own body and stamp.
+    """
 
     body: bytes
     delivery_tag: int
     redelivered: bool
     attempt: int  # 0 for the first try, n after n delayed retries
     published_at: float = 0.0  # PUBLISHED_AT_HEADER; 0.0 when absent (older than every loss: recovery waits for it)
+    # How many deliveries share this delivery tag: 1 for a single upsert (or a malformed bundle, handled whole), the
+    # bundle's upserts otherwise. A dead delivery with parts > 1 is parked alone (chat_common.writing.routing).
+    parts: int = 1
+    # Why the message cannot be read as upserts (a malformed bundle): set, it never reaches the handler and is
+    # dead-lettered whole.
+    unreadable: str = ""
 
 
 @dataclass

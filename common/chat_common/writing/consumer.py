@@ -15,6 +15,17 @@ come from :class:`chat_common.clients.broker.BrokerNodes`, which starts with the
 Deliveries held when the connection died are dropped unacknowledged (the broker delivers them again, perhaps
 through another node); the handler's upserts are idempotent, so a redelivered batch stores nothing twice.
 
+Bundles (``chat_common.wire.bundles``): a message with ``x-bundle`` holds several upserts, which the loop unpacks
+into one :class:`Delivery` each (its own body and publish stamp; the message's delivery tag, redelivered flag and
+attempt, and ``parts`` saying how many share the tag). Everything after works per upsert: the handler, bisection,
+the retry tiers (a retried part goes to its tier alone, as a single message), the deferral ledger, announcements,
+metrics and the numbering-recovery counts. A dead part is *parked* alone in ``<queue>.dead`` (published, confirmed)
+instead of rejecting the message, whose other parts are committed (``chat_common.writing.routing``); a malformed
+bundle is one delivery, rejected whole into ``<queue>.dead``. All the parts of a message are in the same batch (a
+flush takes the whole buffer), so its tag is acknowledged once, after all of them. Messages without ``x-bundle`` are
+single upserts, as before bundles: both are consumed side by side, so upgrade the writers first, then turn coalescing
+on in the API (``PUBLISH_COALESCE``).
+
 The loop only consumes, flushes and acknowledges. What else a writer does while it runs — metrics, its
 heartbeat, queue-depth sampling, a periodic chore — are :class:`ConsumerHook` s
 (``chat_common.writing.consumer_hooks``), called at named points like kombu's ``ConsumerMixin`` callbacks or dramatiq's
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 import uuid
@@ -37,6 +49,7 @@ import pika
 import pika.exceptions
 
 from chat_common.clients.broker import BrokerNodes
+from chat_common.wire.bundles import MAX_BUNDLE_UPSERTS, BundleError, is_bundle, unpack
 from chat_common.wire.topology import WorkQueue
 from chat_common.writing.batches import (
     ATTEMPT_HEADER,
@@ -64,6 +77,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Weight of the newest message in the running mean of upserts per message (the prefetch rule, BatchConsumer).
+PARTS_MEAN_WEIGHT = 0.2
+
 
 @dataclass(frozen=True, slots=True)
 class LoopState:
@@ -71,16 +87,18 @@ class LoopState:
 
     consumer_id: str
     queue: WorkQueue
-    held: int  # deliveries received and not yet acknowledged (of the work queue and of its retry tiers)
+    held: int  # upserts received and not yet acknowledged (of the work queue and of its retry tiers)
     connection: object  # the broker connection (the depth sampler opens a short-lived channel on it)
     # seconds the most overdue held retry-tier message was late (chat_common.writing.retry_tiers)
     retry_overdue: float = 0.0
     # For numbering recovery (see chat_api.numbering.reopening), reported in the writer heartbeat:
     oldest: float | None = None  # lowest publish stamp among the held deliveries (None: holds nothing)
     last: float = 0.0  # publish stamp of the latest first-attempt delivery received
-    firsts: int = 0  # first-attempt deliveries received since the consumer started (only grows)
-    session: int = 0  # broker connection number: changes whenever the broker may have requeued what it held
-    deliveries: int = 0  # every delivery received, of the work queue and of its retry tiers (only grows)
+    firsts: int = 0  # first-attempt upserts received since the consumer started (only grows; a bundle counts each)
+    # Broker connection number, also bumped by a re-subscription (the prefetch rule): changes whenever the broker may
+    # have requeued what it had sent this writer.
+    session: int = 0
+    deliveries: int = 0  # every upsert received, of the work queue and of its retry tiers (only grows)
 
 
 class ConsumerHook:
@@ -146,6 +164,11 @@ class BatchConsumer:
         self._deliveries = 0
         self._last = 0.0
         self._session = 0
+        # Running mean of upserts per message, kept across connections; the largest bundle until shown otherwise.
+        self._mean_parts = float(MAX_BUNDLE_UPSERTS)
+        self._buffered_messages = 0  # messages (not upserts) in the buffer
+        self._prefetch = 0  # the work queue consumer's prefetch on the current connection
+        self._consumer_tag = ""
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -167,6 +190,7 @@ class BatchConsumer:
             except (pika.exceptions.AMQPError, OSError) as exc:
                 # Tags from a dead channel mean nothing on the next one; the broker redelivers those messages.
                 self._buffer.clear()
+                self._buffered_messages = 0
                 self.drainer.held.clear()
                 log.warning("broker connection lost (%s); reconnecting in %.1fs", exc.__class__.__name__, backoff)
                 self._sleep(backoff)
@@ -202,14 +226,13 @@ class BatchConsumer:
         try:
             channel = connection.channel()
             self.declare(channel)
-            channel.basic_qos(prefetch_count=self.batch_size * 2)
             retry_channel = connection.channel()
             retry_channel.confirm_delivery()
             cancelled: list[object] = []
             # The broker cancels a consumer whose queue went away or moved (e.g. a queue's node left the cluster);
             # the channel stays open, so without this the loop would wait for deliveries that never come.
             channel.add_on_cancel_callback(cancelled.append)
-            channel.basic_consume(self.queue.name, self._on_message)
+            self._subscribe(channel, self._target_prefetch())
             self.drainer.attach(connection)  # after the work queue: a writer of the queue drains its tiers
             log.info("consuming %s and its retry tiers as %s", self.queue.name, self.consumer_id)
             while not self.should_stop:
@@ -222,9 +245,12 @@ class BatchConsumer:
                 wait = self.max_wait - (time.monotonic() - self._first_at) if self._buffer else 0.25
                 connection.process_data_events(time_limit=max(wait, 0.0))
                 if self._buffer and (
-                    len(self._buffer) >= self.batch_size or time.monotonic() - self._first_at >= self.max_wait
+                    len(self._buffer) >= self.batch_size
+                    or self._buffered_messages >= self._prefetch  # the broker sends no more before an ack
+                    or time.monotonic() - self._first_at >= self.max_wait
                 ):
                     self._flush(connection, channel, retry_channel)
+                    self._adjust_prefetch(channel)
                 self.drainer.release()
                 state = self._state(connection)
                 for hook in self.hooks:
@@ -239,24 +265,71 @@ class BatchConsumer:
                 with contextlib.suppress(pika.exceptions.AMQPError):
                     connection.close()
 
+    # -- prefetch: a bounded number of upserts held ------------------------------------------------------------
+    # The broker counts prefetch in messages, and a message holds 1 upsert or a bundle of up to MAX_BUNDLE_UPSERTS
+    # (~400 bytes held each, more while a batch is written). The rule: hold about ``2 * batch_size`` upserts, as before
+    # bundles — prefetch = 2 * batch_size / (running mean of upserts per message), between
+    # 2 * batch_size / MAX_BUNDLE_UPSERTS and 2 * batch_size messages. The mean starts at MAX_BUNDLE_UPSERTS (a writer
+    # started in front of a backlog of the largest bundles takes 8 of them at batch 500, not 1,000: 128,000 upserts
+    # in one batch), so singles start with a small window that grows within a few batches (a batch is flushed as
+    # soon as it holds the whole window: no more comes before an ack). RabbitMQ applies a new prefetch only to a new
+    # consumer, so the consumer is re-subscribed, after a flush, when the right prefetch is half the current one or
+    # more than 5/4 of it (rare once settled: when the API's load changes its bundles' size; pika requeues what it
+    # received and had not handed over). Held at once: about 2-4 * batch_size upserts in a steady stream; at the very
+    # worst, the window singles opened (2 * batch_size messages) filled by the largest bundles before the next flush
+    # (~50 MB at batch 500; the drain benchmark reports the writers' peak RSS).
+    def _target_prefetch(self) -> int:
+        window = self.batch_size * 2
+        floor = math.ceil(window / MAX_BUNDLE_UPSERTS)
+        return max(floor, min(window, math.ceil(window / max(self._mean_parts, 1.0))))
+
+    def _subscribe(self, channel, prefetch: int) -> None:
+        channel.basic_qos(prefetch_count=prefetch)
+        self._prefetch = prefetch
+        self._consumer_tag = channel.basic_consume(self.queue.name, self._on_message)
+
+    def _adjust_prefetch(self, channel) -> None:
+        target = self._target_prefetch()
+        if target * 2 <= self._prefetch or target * 4 > self._prefetch * 5:
+            log.info("prefetch %d -> %d (%.1f upserts per message)", self._prefetch, target, self._mean_parts)
+            channel.basic_cancel(self._consumer_tag)  # pika requeues what it had received and not handed over
+            # A requeue the numbering recovery must see (LoopState.session: "the broker may have requeued"): a round
+            # spanning it does not count this writer as live, and waits for the next one.
+            self._session += 1
+            self._subscribe(channel, target)
+
     def _on_message(self, _channel, method, properties, body: bytes) -> None:
         headers = properties.headers or {}
         attempt = headers.get(ATTEMPT_HEADER, 0)
         attempt = attempt if isinstance(attempt, int) else 0
         stamp = read_stamp(headers.get(PUBLISHED_AT_HEADER))
+        tag, redelivered = method.delivery_tag, method.redelivered
+        if is_bundle(headers):
+            try:
+                parts = unpack(body, headers)
+            except BundleError as exc:
+                log.error("malformed bundle (tag %s): %s", tag, exc)
+                deliveries = [Delivery(body, tag, redelivered, attempt, stamp, unreadable=f"malformed bundle: {exc}")]
+            else:
+                deliveries = [Delivery(b, tag, redelivered, attempt, at, len(parts)) for b, at in parts]
+        else:
+            deliveries = [Delivery(body, tag, redelivered, attempt, stamp)]
+        self._mean_parts += (len(deliveries) - self._mean_parts) * PARTS_MEAN_WEIGHT
+        self._buffered_messages += 1
         if not self._buffer:
             self._first_at = time.monotonic()
-        delivery = Delivery(body, method.delivery_tag, method.redelivered, attempt, stamp)
-        self._deliveries += 1
-        if attempt == 0:
-            self._firsts += 1
-            self._last = stamp
-        self._buffer.append(delivery)
-        for hook in self.hooks:
-            hook.on_message(self.queue, delivery)
+        for delivery in deliveries:  # numbering recovery counts upserts, each with its own stamp
+            self._deliveries += 1
+            if attempt == 0:
+                self._firsts += 1
+                self._last = delivery.published_at
+            self._buffer.append(delivery)
+            for hook in self.hooks:
+                hook.on_message(self.queue, delivery)
 
     def _flush(self, connection, channel, retry_channel) -> None:
         batch, self._buffer = self._buffer, []
+        self._buffered_messages = 0
         result = self._apply_with_retries(connection, batch)
         if result is None:  # stop requested while the database was down: leave the batch to the broker
             raise pika.exceptions.ConnectionClosedByClient(200, "stopping with an unwritten batch")
@@ -282,12 +355,19 @@ class BatchConsumer:
                     raise pika.exceptions.ConnectionClosedByClient(200, "stopping with an unrouted batch") from None
                 backoff = min(backoff * 2, 5.0)
 
+    def _apply(self, batch: list[Delivery]) -> BatchResult:
+        """The handler's result on the readable deliveries; the unreadable ones (malformed bundles) are dead."""
+        readable = [d for d in batch if not d.unreadable]
+        result = apply_isolating_poison(self.handler, readable, self.transient_errors) if readable else BatchResult()
+        result.dead.extend((d, d.unreadable) for d in batch if d.unreadable)
+        return result
+
     def _apply_with_retries(self, connection, batch: list[Delivery]) -> BatchResult | None:
         backoff = 0.2
         while True:
             started = time.monotonic()
             try:
-                result = apply_isolating_poison(self.handler, batch, self.transient_errors)
+                result = self._apply(batch)
             except self.transient_errors as exc:
                 for hook in self.hooks:
                     hook.on_batch_failed(self.queue, batch, exc)

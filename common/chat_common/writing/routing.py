@@ -1,6 +1,18 @@
 """Where each message of a finished batch goes: acknowledged, to a delayed-retry tier, or to the dead-letter queue.
 
 :func:`route` decides (pure, no broker); :func:`send` carries the decision out on the consumer's channels.
+
+Per upsert, also inside a bundle (``chat_common.wire.bundles``; its parts share one delivery tag):
+
+- a retried upsert is published alone to its tier (its own body and publish stamp), confirmed;
+- a dead upsert that is a whole message is rejected without requeue: the work queue dead-letters it into
+  ``<queue>.dead`` (at-least-once on quorum queues, with RabbitMQ's ``x-death`` header);
+- a dead upsert that is one part of a bundle cannot be rejected alone (a reject takes the whole message, the parts
+  already committed with it): it is *parked* — published alone, persistent, mandatory and confirmed, to
+  ``<queue>.dead`` with its attempt, its publish stamp and ``x-dead-reason`` — and the bundle's tag is acknowledged
+  with the rest;
+- then one ``basic_ack(multiple=True)`` up to the highest tag not rejected: every retry and parked part confirmed
+  before, so nothing is acknowledged that is not committed or safely elsewhere.
 """
 
 from __future__ import annotations
@@ -24,6 +36,10 @@ from chat_common.writing.batches import (
 
 log = logging.getLogger(__name__)
 
+# On an upsert parked in the dead-letter queue by a writer (a dead part of a bundle): why no writer can apply it.
+# Rejected whole messages carry RabbitMQ's ``x-death`` instead (their reason is in the writer's log).
+DEAD_REASON_HEADER = "x-dead-reason"
+
 
 @dataclass(frozen=True, slots=True)
 class Retry:
@@ -43,11 +59,22 @@ class Routing:
     retries: list[Retry] = field(default_factory=list)
     dead: list[tuple[Delivery, str]] = field(default_factory=list)
     ack_up_to: int | None = None  # acknowledge every tag up to this one (``multiple=True``); None: nothing to ack
+    dead_letter: str = ""  # the work queue's dead-letter queue (where dead parts of bundles are parked)
 
     @property
     def applied(self) -> int:
-        """Messages the handler applied (neither retried nor dead-lettered)."""
+        """Upserts the handler applied (neither retried nor dead-lettered)."""
         return self.batch_size - len(self.retries) - len(self.dead)
+
+    @property
+    def rejected(self) -> list[tuple[Delivery, str]]:
+        """The dead that are whole messages: rejected, the broker dead-letters them."""
+        return [(d, reason) for d, reason in self.dead if d.parts == 1]
+
+    @property
+    def parked(self) -> list[tuple[Delivery, str]]:
+        """The dead that are parts of a bundle: published alone to the dead-letter queue, their tag acknowledged."""
+        return [(d, reason) for d, reason in self.dead if d.parts > 1]
 
 
 def route(batch: Sequence[Delivery], result: BatchResult, queue: WorkQueue, max_attempts: int) -> Routing:
@@ -59,17 +86,22 @@ def route(batch: Sequence[Delivery], result: BatchResult, queue: WorkQueue, max_
             gave_up.append((delivery, f"gave up after {max_attempts} attempts: {reason}"))
         else:
             retries.append(Retry(delivery, queue.retry(attempt), attempt, queue.retry_delay(attempt)))
-    routing = Routing(batch_size=len(batch), retries=retries, dead=[*result.dead, *gave_up])
+    routing = Routing(
+        batch_size=len(batch), retries=retries, dead=[*result.dead, *gave_up], dead_letter=queue.dead_letter
+    )
     # The channel holds no other unacked tags, so acknowledging the highest tag still outstanding covers the
-    # batch. Never a nacked tag: acknowledging it again makes the broker close the channel (406).
-    dead_tags = {d.delivery_tag for d, _ in routing.dead}
+    # batch. Never a nacked tag: acknowledging it again makes the broker close the channel (406). A bundle's tag is
+    # never nacked (its dead parts are parked): every part of a message is in the same batch (the loop flushes its
+    # whole buffer), so the ack comes once all of them are committed, retried or parked.
+    dead_tags = {d.delivery_tag for d, _ in routing.rejected}
     remaining = [d.delivery_tag for d in batch if d.delivery_tag not in dead_tags]
     routing.ack_up_to = max(remaining) if remaining else None
     return routing
 
 
 def send(routing: Routing, channel, retry_channel, clock: Callable[[], float] = time.time) -> None:
-    """Publish the retries (confirmed, persistent, due ``delay`` from now), reject the dead (into ``<queue>.dead``),
+    """Publish the retries (confirmed, persistent, due ``delay`` from now) and park the dead parts of bundles
+    (confirmed, into ``<queue>.dead``), reject the dead whole messages (the broker moves them to ``<queue>.dead``),
     then ack the rest."""
     for retry in routing.retries:
         headers = {
@@ -81,7 +113,16 @@ def send(routing: Routing, channel, retry_channel, clock: Callable[[], float] = 
         retry_channel.basic_publish(
             "", retry.queue, retry.delivery.body, pika.BasicProperties(delivery_mode=2, headers=headers), mandatory=True
         )
-    for delivery, reason in routing.dead:
+    for delivery, reason in routing.parked:
+        log.error("dead-lettering one upsert of a bundle (tag %s): %s", delivery.delivery_tag, reason)
+        headers = {
+            ATTEMPT_HEADER: delivery.attempt,
+            PUBLISHED_AT_HEADER: stamp_header(delivery.published_at),
+            DEAD_REASON_HEADER: reason[:500],
+        }
+        properties = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers)
+        retry_channel.basic_publish("", routing.dead_letter, delivery.body, properties, mandatory=True)
+    for delivery, reason in routing.rejected:
         log.error("dead-lettering message (tag %s): %s", delivery.delivery_tag, reason)
         channel.basic_nack(delivery.delivery_tag, requeue=False)
     if routing.ack_up_to is not None:
