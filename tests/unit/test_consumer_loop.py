@@ -547,7 +547,8 @@ def drip(messages, batch_size):
 def test_prefetch_grows_to_twice_the_batch_size_for_single_upserts_within_a_few_batches():
     broker, db = drip([row(n) for n in range(1, 301)], batch_size=50)
     work = [prefetch for queue, prefetch in broker.subscriptions if queue == QUEUE.name]
-    assert work[0] == 1 and 90 <= work[-1] <= 100  # from 2 * 50 / 128 (rounded up) to about 2 * 50 messages
+    # from 2 * 50 / 128 (rounded up) to 2 * 50 messages, within the factor-of-2 band that stops re-subscribing
+    assert work[0] == 1 and 50 < work[-1] <= 100
     assert len(work) <= 7 and len(broker.cancelled) == len(work) - 1
     assert sorted(db.rows) == list(range(1, 301))
 
@@ -557,7 +558,7 @@ def test_prefetch_shrinks_when_bundles_follow_single_upserts_and_holds_about_twi
     bundled = [bundle(*(row(n) for n in range(i, i + 25))) for i in range(1000, 3000, 25)]
     broker, db = drip(singles + bundled, batch_size=50)
     work = [prefetch for queue, prefetch in broker.subscriptions if queue == QUEUE.name]
-    assert max(work) >= 90 and work[-1] <= 8  # about 2 * batch_size upserts: 100 / 25 = 4 messages (hysteresis: 8)
+    assert max(work) > 50 and work[-1] < 8  # about 2 * batch_size upserts: 100 / 25 = 4 messages (hysteresis: 2x)
     assert len(db.rows) == 200 + 2000
 
 

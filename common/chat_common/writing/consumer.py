@@ -274,7 +274,8 @@ class BatchConsumer:
     # in one batch), so singles start with a small window that grows within a few batches (a batch is flushed as
     # soon as it holds the whole window: no more comes before an ack). RabbitMQ applies a new prefetch only to a new
     # consumer, so the consumer is re-subscribed, after a flush, when the right prefetch is half the current one or
-    # more than 5/4 of it (rare once settled: when the API's load changes its bundles' size; pika requeues what it
+    # less, or twice or more (a factor of 2 either way: the running mean moves with every message, and a narrower
+    # band would re-subscribe on every swing of a varying load; rare once settled: when the API's load changes its bundles' size; pika requeues what it
     # received and had not handed over). Held at once: about 2-4 * batch_size upserts in a steady stream; at the very
     # worst, the window singles opened (2 * batch_size messages) filled by the largest bundles before the next flush
     # (~50 MB at batch 500; the drain benchmark reports the writers' peak RSS).
@@ -290,7 +291,7 @@ class BatchConsumer:
 
     def _adjust_prefetch(self, channel) -> None:
         target = self._target_prefetch()
-        if target * 2 <= self._prefetch or target * 4 > self._prefetch * 5:
+        if target * 2 <= self._prefetch or target >= self._prefetch * 2:
             log.info("prefetch %d -> %d (%.1f upserts per message)", self._prefetch, target, self._mean_parts)
             channel.basic_cancel(self._consumer_tag)  # pika requeues what it had received and not handed over
             # A requeue the numbering recovery must see (LoopState.session: "the broker may have requeued"): a round

@@ -23,9 +23,11 @@ retry tier hands one back every second — could be in neither snapshot.
   keep the stamp on every retry-tier hop; dead-lettering keeps the headers. No stamp (an older API) reads as 0.
 - *Heartbeats.* Every writer reports every 0.2 s (:func:`chat_common.wire.heartbeats.format_heartbeat`) the lowest stamp
   among the deliveries it holds unacknowledged (``oldest``), the stamp of the latest first-attempt delivery it
-  received (``last``) and how many of those it received (``firsts``), its broker connection number
-  (``session``), the heartbeat's own sequence number (``beat``) and how many deliveries of ``q`` and of its retry
-  tiers it received in all (``deliveries``).
+  received (``last``) and how many of those it received (``firsts``), its session (``session``: the broker
+  connection number, also bumped when the writer re-subscribes to change its prefetch — either may let the broker
+  requeue what it had sent), the heartbeat's own sequence number (``beat``) and how many deliveries of ``q`` and of
+  its retry tiers it received in all (``deliveries``). A delivery is one upsert: a bundle
+  (:mod:`chat_common.wire.bundles`) counts each upsert it holds, with the upsert's own stamp.
 - *Deferral ledger.* Before a writer sends a message to a retry tier (so before it acknowledges the original) it
   adds ``digest -> stamp`` to ``RedisKeys.deferred``; once a retried or redelivered message is committed or
   dead-lettered, and before it is acknowledged, it removes it
