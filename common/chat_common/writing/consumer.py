@@ -274,11 +274,12 @@ class BatchConsumer:
     # in one batch), so singles start with a small window that grows within a few batches (a batch is flushed as
     # soon as it holds the whole window: no more comes before an ack). RabbitMQ applies a new prefetch only to a new
     # consumer, so the consumer is re-subscribed, after a flush, when the right prefetch is half the current one or
-    # less, or twice or more (a factor of 2 either way: the running mean moves with every message, and a narrower
-    # band would re-subscribe on every swing of a varying load; rare once settled: when the API's load changes its
-    # bundles' size; pika requeues what it received and had not handed over). Held at once: about 2-4 * batch_size upserts in a steady stream; at the very
-    # worst, the window singles opened (2 * batch_size messages) filled by the largest bundles before the next flush
-    # (~50 MB at batch 500; the drain benchmark reports the writers' peak RSS).
+    # less, or twice or more. A factor of 2 either way: the running mean moves with every message, and a narrower
+    # band would re-subscribe on every swing of a varying load; once settled it is rare (when the API's load changes
+    # its bundles' size), and pika requeues what it received and had not handed over. Held at once: about
+    # 1-4 * batch_size upserts in a steady stream; at the very worst, the window singles opened (2 * batch_size
+    # messages) filled by the largest bundles before the next flush (~50 MB at batch 500; the drain benchmark reports
+    # the writers' peak RSS).
     def _target_prefetch(self) -> int:
         window = self.batch_size * 2
         floor = math.ceil(window / MAX_BUNDLE_UPSERTS)
