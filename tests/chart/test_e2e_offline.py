@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 
+from chat_devtools.ports import closed_port
 from tests.chart.rendering import ROOT
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_e2e(tmp_path, *args: str) -> subprocess.CompletedProcess:

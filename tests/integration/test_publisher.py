@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +20,7 @@ from chat_api.adapters.publisher import NACKS_BEFORE_RECONNECT, ConfirmingPublis
 from chat_common.clients.broker import API, BrokerNodes
 from chat_common.wire.bundles import BUNDLE_HEADER, MAX_BUNDLE_UPSERTS, is_bundle, unpack
 from chat_common.wire.topology import Topology
+from chat_devtools.ports import closed_port
 
 BROKER = ("127.0.0.1", 5672)
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -28,12 +28,6 @@ AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 def amqp_url(port: int) -> str:
     return f"amqp://guest:guest@127.0.0.1:{port}/%2F"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- direct broker access (blocking pika, run in a thread so that the loop under test keeps running) -----------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,14 +33,9 @@ from chat_common.clients.db import make_engine
 from chat_common.redaction import token_ref
 from chat_devtools.http import Api, wait_for
 from chat_devtools.namespace import BASE_DATABASE_URL, Namespace
+from chat_devtools.ports import closed_port as _closed_port
 from chat_devtools.processes import ROOT, System
 from tests.conftest import LOG_ROOT
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens once the socket is closed
 
 
 @dataclass
