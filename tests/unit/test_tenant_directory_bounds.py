@@ -3,7 +3,8 @@
 - Unknown tokens: remembered in a negative cache of their own (a flood of random tokens never evicts a real tenant),
   honoured by fresh lookups too, cleared by an invalidation (a tenant created or rotated on this process), and
   looked up in MySQL at a bounded rate per process (past the budget, a token with no entry answers 503 before any
-  query; lookups that find a tenant spend nothing).
+  query of its own; lookups that find a tenant spend nothing), while a real tenant the process has not met yet is
+  still served (every digest, read at most once per interval while the budget refuses, tells it from a stranger).
 - Outages: a cached entry is served while MySQL is unreachable only up to ``stale_seconds`` after MySQL last
   confirmed it; then 503 (:class:`DatabaseUnavailable`), so a suspension or a rotation made just before the outage
   takes effect within that bound.
@@ -11,6 +12,8 @@
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -86,6 +89,76 @@ async def test_unknown_lookups_past_the_budget_answer_503_before_mysql():
     assert db.queries == 7
     clock.now += 1.0  # the budget refills (5 per second)
     assert await tenants.lookup("random-later") is None
+
+
+async def _budget_spent(clock_step: float = 0.0, **options):
+    """A directory (budget 5 a second) whose budget strangers have just spent; its refusals have read the digests."""
+    tenants, db, clock = make(unknown_lookups_per_second=5.0, max_entries=100, **options)
+    db.add("met", 1)
+    await tenants.lookup("met")
+    for i in range(5):
+        await tenants.lookup(f"random{i}")
+    with pytest.raises(Unavailable):
+        await tenants.lookup("random-over")
+    return tenants, db, clock
+
+
+async def test_a_real_tenant_new_to_this_process_is_served_while_strangers_have_spent_the_budget():
+    # Issue #23: the quiet tenant's connection landed on the API process that had not met it yet, while a flood of
+    # random tokens kept that process's budget empty; its creates answered 503 with the strangers' for ~1 s.
+    tenants, db, _ = make(unknown_lookups_per_second=5.0, max_entries=100)
+    db.add("quiet", 2)  # a tenant of long standing, which this process has not met
+    for i in range(5):
+        await tenants.lookup(f"random{i}")
+    assert (await tenants.lookup("quiet")).id == 2
+    with pytest.raises(Unavailable):  # strangers are still refused before a query of their own
+        await tenants.lookup("random-over")
+    assert db.queries == 6  # five strangers and the tenant
+
+
+async def test_strangers_past_the_budget_cost_one_read_of_the_digests_per_interval():
+    tenants, db, clock = await _budget_spent(known_digests_seconds=5.0)
+    queries = db.queries
+    for i in range(100):
+        with pytest.raises(Unavailable):
+            await tenants.lookup(f"flood{i}")
+    assert db.digest_reads == 1  # at the first refusal; none before strangers spent the budget
+    assert db.queries == queries
+    clock.now += 5.0
+    for i in range(100):
+        await _lookup_or_refused(tenants, f"later{i}")
+    assert db.queries == queries + 5  # the budget's refill (5 at most) went to strangers' lookups
+    assert db.digest_reads == 2  # then one more read of the digests, at the first refusal
+
+
+async def test_a_tenant_created_during_a_flood_is_served_within_the_digests_interval():
+    tenants, db, clock = await _budget_spent(known_digests_seconds=5.0)
+    db.add("newcomer", 3)  # created on another process after the digests were read
+    with pytest.raises(Unavailable):
+        await tenants.lookup("newcomer")
+    clock.now += 5.0
+    for i in range(25):  # the flood goes on: the budget's refill is spent again
+        await _lookup_or_refused(tenants, f"more{i}")
+    assert (await tenants.lookup("newcomer")).id == 3
+
+
+async def _lookup_or_refused(tenants: TenantDirectory, token: str) -> None:
+    with contextlib.suppress(Unavailable):
+        await tenants.lookup(token)
+
+
+async def test_digests_unreadable_leave_the_budget_rule_as_it_was():
+    tenants, db, _ = make(unknown_lookups_per_second=5.0, max_entries=100)
+    db.add("quiet", 2)
+    for i in range(5):
+        await tenants.lookup(f"random{i}")
+    db.down = True
+    with pytest.raises(Unavailable):
+        await tenants.lookup("quiet")
+    reads = db.digest_reads
+    with pytest.raises(Unavailable):
+        await tenants.lookup("quiet")
+    assert db.digest_reads == reads  # not read again before the interval
 
 
 async def test_lookups_that_find_tenants_spend_no_budget():

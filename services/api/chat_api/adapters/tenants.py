@@ -18,10 +18,16 @@ LRU instead:
   rotates one invalidates it anyway;
 - **a budget for strangers**: lookups that find nothing spend from a per-process token bucket of
   ``unknown_lookups_per_second`` (``TENANT_UNKNOWN_LOOKUPS_PER_SECOND``, default 100; as many at once); while it is
-  empty, a token this process has no entry for answers 503 with Retry-After *before* any query, so strangers cost
-  MySQL at most that many queries a second per process. Lookups that find a tenant spend nothing — a process that
-  just started and meets thousands of real tenants is not throttled — and revalidating a known entry is never
-  refused; during a flood, a real tenant this process has not seen yet waits (Retry-After) with the strangers;
+  empty, a token this process has no entry for answers 503 with Retry-After *before* any query of its own, so
+  strangers cost MySQL at most that many queries a second per process. Lookups that find a tenant spend nothing — a
+  process that just started and meets thousands of real tenants is not throttled — and revalidating a known entry is
+  never refused;
+- **real tenants apart from strangers, during a flood**: while the budget is empty, a token this process has no
+  entry for is looked up anyway when its digest is among every application's token digests (:data:`TOKEN_DIGESTS`,
+  one query read at most every ``known_digests_seconds``, default 5, and only while the budget refuses someone). A
+  tenant this process has not met yet — the quiet tenant whose connection lands on another API process than before
+  (issue #23: 19 of its creates in a row answered 503 while a random-token flood kept that process's budget empty)
+  — is served, not refused with the strangers; a tenant created after the last read waits at most that long;
 - **one query per miss**: concurrent requests for the same token while it is being fetched share that one query;
 - **bounded stale if error**: when MySQL cannot be reached, the last known entry keeps being used (creates need
   only Redis and RabbitMQ, and must not fail because MySQL blinked) — but only up to ``stale_seconds``
@@ -48,7 +54,7 @@ from redis.exceptions import RedisError
 
 from chat_api.adapters.database import Database
 from chat_api.model import Application, DatabaseUnavailable, Unavailable
-from chat_common.tenancy.applications import TENANT_BY_TOKEN, application_from_row
+from chat_common.tenancy.applications import TENANT_BY_TOKEN, TOKEN_DIGESTS, application_from_row
 from chat_common.tenancy.tokens import token_digest
 from chat_common.wire.keys import RedisKeys
 
@@ -103,6 +109,7 @@ class TenantDirectory:
         negative_max_entries: int = 100_000,
         unknown_lookups_per_second: float = 100.0,
         stale_seconds: float = 30.0,
+        known_digests_seconds: float = 5.0,
     ) -> None:
         self.db = db
         self.ttl = ttl
@@ -120,6 +127,12 @@ class TenantDirectory:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._unknown: OrderedDict[str, float] = OrderedDict()  # token -> when MySQL said it names nothing
         self._fetching: dict[str, asyncio.Future] = {}
+        # Every application's token digests, read while the budget refuses (None: not read yet); see _is_real.
+        self.known_digests_seconds = known_digests_seconds
+        self._known_digests: frozenset[str] | None = None
+        self._known_digests_at = float("-inf")
+        self._reading_digests: asyncio.Future[frozenset[str] | None] | None = None
+        self.digest_reads = 0  # how many times every digest was read (tests read it)
         self.queries = 0  # how many times MySQL was asked (tests and benchmarks read it)
         self.throttled = 0  # cold lookups refused by the budget
 
@@ -153,10 +166,42 @@ class TenantDirectory:
         pending = self._fetching.get(token)
         if pending is not None and not fresh:
             return await asyncio.shield(pending)
-        if entry is None and self._budget is not None and not self._budget.available():
+        refusable = entry is None and self._budget is not None and not self._budget.available()
+        if refusable and not await self._is_real(digest):
             self.throttled += 1
             raise Unavailable("too many lookups of unknown tokens; try again", retry_after=1)
         return await self._fetch(token, digest, entry)
+
+    async def _is_real(self, digest: str) -> bool:
+        """Whether ``digest`` is one of an application's tokens, as of the last read of every digest (read again
+        when older than ``known_digests_seconds``; one read at a time, shared by every request waiting for it).
+
+        Only asked while the budget refuses lookups, so the read costs nothing until strangers flood the process,
+        then one query per ``known_digests_seconds``. A failed read counts as one (no retry before the interval):
+        until then the budget's rule stands alone, as before."""
+        known = self._known_digests
+        if known is not None and digest in known:
+            return True
+        if self.clock() - self._known_digests_at >= self.known_digests_seconds:
+            known = await self._read_digests()
+        return known is not None and digest in known
+
+    async def _read_digests(self) -> frozenset[str] | None:
+        if self._reading_digests is not None:
+            return await asyncio.shield(self._reading_digests)
+        self._reading_digests = future = asyncio.get_running_loop().create_future()
+        self._known_digests_at = self.clock()
+        try:
+            self.digest_reads += 1
+            rows = await self.db.rows(TOKEN_DIGESTS)
+        except Unavailable as exc:  # unreachable, or stopped by the statement time limit
+            log.warning("tenant directory: could not read the token digests: %s", exc.__class__.__name__)
+        else:
+            self._known_digests = frozenset(digest for row in rows for digest in row if digest)
+        finally:
+            self._reading_digests = None
+            future.set_result(self._known_digests)
+        return self._known_digests
 
     async def _fetch(self, token: str, digest: str, entry: _Entry | None) -> Application | None:
         future = asyncio.get_running_loop().create_future()
