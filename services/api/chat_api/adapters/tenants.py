@@ -8,6 +8,11 @@ LRU instead:
 - **bounded staleness**: an entry is used for at most ``ttl`` seconds (``TENANT_CACHE_SECONDS``, default 2) after
   the query that produced it *started*, so a suspension, a resume, a rotation or a limit change made anywhere (the
   admin API on another process, the operator) is in force on every API process within that bound;
+- **refreshed ahead**: a request that finds its entry in the last quarter of that time (``refresh_ahead``, 0.75)
+  is served from it and starts the entry's next query in the background, so a tenant in steady use (a request every
+  half second or more often) never waits for a revalidation: before, one create in 40 of a tenant at 20 creates a
+  second waited for a MySQL query — above the 1 % a p99 sees, and the query that queues behind a neighbour's load
+  (issue #23). An entry is still never used past ``ttl`` after its query started;
 - **bounded size**: at most ``max_entries`` known tokens (least recently used go first);
 - **negative caching, apart**: an unknown token is remembered as unknown for ``negative_ttl`` seconds
   (``TENANT_NEGATIVE_CACHE_SECONDS``, default 30) in a bounded cache of its own (``negative_max_entries``), so a
@@ -110,9 +115,12 @@ class TenantDirectory:
         unknown_lookups_per_second: float = 100.0,
         stale_seconds: float = 30.0,
         known_digests_seconds: float = 5.0,
+        refresh_ahead: float = 0.75,
     ) -> None:
         self.db = db
         self.ttl = ttl
+        self.refresh_after = ttl * refresh_ahead  # an entry this old is served and refreshed in the background
+        self._refreshing: set[asyncio.Task] = set()  # the background refreshes (referenced until done)
         self.max_entries = max_entries
         self.clock = clock
         self.negative_ttl = negative_ttl
@@ -158,6 +166,9 @@ class TenantDirectory:
         entry = self._entries.get(token)
         if entry is not None and not fresh and now - entry.at < self.ttl:
             self._entries.move_to_end(token)
+            # Not an entry kept on after MySQL failed (at > confirmed): that one is retried once it expires, as before.
+            if now - entry.at >= self.refresh_after and entry.at == entry.confirmed and token not in self._fetching:
+                self._refresh(token, digest, entry)
             return entry.application
         if entry is None:
             unknown_at = self._unknown.get(token)
@@ -171,6 +182,20 @@ class TenantDirectory:
             self.throttled += 1
             raise Unavailable("too many lookups of unknown tokens; try again", retry_after=1)
         return await self._fetch(token, digest, entry)
+
+    def _refresh(self, token: str, digest: str, entry: _Entry) -> None:
+        """The entry's next query, started now in the background (requests meanwhile are served from the entry, or
+        share that query once the entry is past ``ttl``)."""
+
+        async def refresh() -> None:
+            try:
+                await self._fetch(token, digest, entry)
+            except Exception as exc:  # the entry's own expiry decides; the next request past it asks again
+                log.debug("tenant directory: background refresh failed: %s", exc.__class__.__name__)
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
 
     async def _is_real(self, digest: str) -> bool:
         """Whether ``digest`` is one of an application's tokens, as of the last read of every digest (read again
