@@ -278,6 +278,57 @@ async def test_the_rate_limit_holds_per_process_while_redis_is_down():
     assert client.attempts == 2
 
 
+class CountingRedis:
+    """A redis client answering the limiter's pipeline (INCR, EXPIRE) from a dict; counts the round trips."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.round_trips = 0
+
+    def pipeline(self, transaction: bool = False):
+        return _CountingPipeline(self)
+
+
+class _CountingPipeline:
+    def __init__(self, redis: CountingRedis) -> None:
+        self.redis = redis
+        self.key = ""
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *_exc) -> None:
+        return None
+
+    def incr(self, key: str):
+        self.key = key
+        return self
+
+    def expire(self, key: str, seconds: int):
+        return self
+
+    async def execute(self) -> list:
+        self.redis.round_trips += 1
+        self.redis.counts[self.key] = self.redis.counts.get(self.key, 0) + 1
+        return [self.redis.counts[self.key], True]
+
+
+async def test_a_tenant_over_its_limit_is_refused_without_a_round_trip_for_the_rest_of_the_second():
+    # Issue #23: a hostile tenant's requests past its limit (~1,000 a second in the noisy-neighbour test) each cost
+    # a Redis round trip on the API's event loop, beside every other tenant's requests. Once over in a second it
+    # stays over (the shared count only grows): the rest of that second is answered here.
+    wall, client = Clock(), CountingRedis()
+    limiter = RedisRateLimiter(client, RedisKeys("t:"), clock=wall)
+    admitted = [await limiter.admit(1, 3) for _ in range(10)]
+    assert admitted == [True, True, True, False, False, False, False, False, False, False]
+    assert client.round_trips == 4  # three admitted, the first refusal; the other six answered here
+    assert await limiter.admit(2, 3)  # another tenant is counted as ever
+    assert client.round_trips == 5
+    wall.now += 1.0
+    assert await limiter.admit(1, 3)  # a new second: counted again
+    assert client.round_trips == 6
+
+
 async def test_the_local_fallback_takes_a_share_of_the_limit():
     limiter = RedisRateLimiter(DownRedis(), RedisKeys("t:"), clock=Clock(), fallback_processes=4)
     admitted = [await limiter.admit(1, 10) for _ in range(5)]

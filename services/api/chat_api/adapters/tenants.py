@@ -283,6 +283,12 @@ class TenantDirectory:
 class RedisRateLimiter:
     """At most ``limit`` requests per application in each wall-clock second, counted in Redis (one INCR each).
 
+    Once Redis has said an application is over its limit in a second, the rest of its requests in that second are
+    refused here without a round trip: the shared count only grows within a second, so Redis would say the same. A
+    tenant flooding past its limit (~1,000 refusals a second in the noisy-neighbour test, issue #23) then costs
+    each process one round trip per second and tenant instead of one per request, on the event loop every other
+    tenant's requests share.
+
     When Redis cannot be reached the limit is counted in this process instead — its share of the limit,
     ``ceil(limit / fallback_processes)`` (``RATE_LIMIT_FALLBACK_PROCESSES``: the number of API processes, so the
     shares add up to about the limit) — and Redis is tried again after a second rather than on every request. The
@@ -306,12 +312,17 @@ class RedisRateLimiter:
         self._redis_retry_at = 0.0
         self._local_second = -1
         self._local: dict[int, int] = {}  # application id -> requests in _local_second (this process)
+        self._over_second = -1
+        self._over: set[int] = set()  # applications Redis found over their limit in _over_second
 
     async def admit(self, application_id: int, limit: int) -> bool:
         """Count this request; False when it is over ``limit`` in the current second."""
         now = self.clock()
+        second = int(now)
+        if second == self._over_second and application_id in self._over:
+            return False  # over in this second already: Redis would say so again
         if now >= self._redis_retry_at:
-            key = self.keys.rate_window(application_id, int(now))
+            key = self.keys.rate_window(application_id, second)
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
                     count = (await pipe.incr(key).expire(key, 2).execute())[0]
@@ -319,8 +330,14 @@ class RedisRateLimiter:
                 log.debug("rate limit counted in this process: %s", exc.__class__.__name__)
                 self._redis_retry_at = now + self.RETRY_SECONDS
             else:
-                return count <= limit
-        return self._admit_locally(application_id, limit, int(now))
+                if count <= limit:
+                    return True
+                if second != self._over_second:  # a new second: the set holds one second's tenants at most
+                    self._over_second = second
+                    self._over.clear()
+                self._over.add(application_id)
+                return False
+        return self._admit_locally(application_id, limit, second)
 
     def _admit_locally(self, application_id: int, limit: int, second: int) -> bool:
         if second != self._local_second:  # a new window: the dict holds one second's tenants at most
