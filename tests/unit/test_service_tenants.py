@@ -286,6 +286,8 @@ class FakeDatabase:
     async def rows(self, statement, params: dict | None = None) -> list[tuple]:
         if statement is TOKEN_DIGESTS:  # every application's digests (current ones: no grace periods here)
             self.digest_reads += 1
+            if self.gate is not None:
+                await self.gate.wait()
             if self.down:
                 raise DatabaseUnavailable("gone")
             return [(row["token_digest"], None) for row in self.table.values()]

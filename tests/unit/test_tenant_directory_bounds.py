@@ -117,6 +117,24 @@ async def test_a_real_tenant_new_to_this_process_is_served_while_strangers_have_
     assert db.queries == 6  # five strangers and the tenant
 
 
+async def test_a_real_tenant_arriving_during_the_read_of_the_digests_waits_for_it():
+    tenants, db, _ = make(unknown_lookups_per_second=5.0, max_entries=100)
+    db.add("quiet", 2)
+    for i in range(5):
+        await tenants.lookup(f"random{i}")
+    db.gate = asyncio.Event()
+    stranger = asyncio.ensure_future(tenants.lookup("random-over"))  # starts the read, which waits for MySQL
+    await asyncio.sleep(0)
+    quiet = asyncio.ensure_future(tenants.lookup("quiet"))
+    await asyncio.sleep(0)
+    assert not quiet.done()  # not refused on the strength of no digests read yet
+    db.gate.set()
+    assert (await quiet).id == 2
+    with pytest.raises(Unavailable):
+        await stranger
+    assert db.digest_reads == 1
+
+
 async def test_strangers_past_the_budget_cost_one_read_of_the_digests_per_interval():
     tenants, db, clock = await _budget_spent(known_digests_seconds=5.0)
     queries = db.queries

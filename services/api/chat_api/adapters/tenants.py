@@ -207,8 +207,8 @@ class TenantDirectory:
         known = self._known_digests
         if known is not None and digest in known:
             return True
-        if self.clock() - self._known_digests_at >= self.known_digests_seconds:
-            known = await self._read_digests()
+        if self._reading_digests is not None or self.clock() - self._known_digests_at >= self.known_digests_seconds:
+            known = await self._read_digests()  # a read under way is waited for: it may hold this digest
         return known is not None and digest in known
 
     async def _read_digests(self) -> frozenset[str] | None:
