@@ -11,7 +11,7 @@ import pytest
 from chat_api.adapters.tenants import TenantDirectory
 from chat_api.model import Conflict, DatabaseUnavailable, Invalid, NotFound, RateLimited, Suspended
 from chat_api.services import Limits
-from chat_common.tenancy.applications import TENANT_BY_TOKEN, TenantLimits
+from chat_common.tenancy.applications import TENANT_BY_TOKEN, TOKEN_DIGESTS, TenantLimits
 from chat_common.tenancy.tokens import token_digest
 from tests.unit.fakes import build
 
@@ -255,13 +255,14 @@ async def test_usage_reports_counts_activity_and_state(service, world):
 
 # -- the tenant directory (cache) ----------------------------------------------------------------------------------
 class FakeDatabase:
-    """Answers TENANT_BY_TOKEN from a dict of rows; counts queries; can be told to fail or to wait."""
+    """Answers TENANT_BY_TOKEN and TOKEN_DIGESTS from a dict of rows; counts queries; can be told to fail or to wait."""
 
     COLUMNS = [c.name for c in TENANT_BY_TOKEN.selected_columns]
 
     def __init__(self) -> None:
         self.table: dict[str, dict] = {}
-        self.queries = 0
+        self.queries = 0  # lookups of one token (TENANT_BY_TOKEN)
+        self.digest_reads = 0  # reads of every digest (TOKEN_DIGESTS)
         self.down = False
         self.gate: asyncio.Event | None = None
 
@@ -282,7 +283,14 @@ class FakeDatabase:
         row = self.table.get(token)
         return [tuple(row[c] for c in self.COLUMNS)] if row else []
 
-    async def rows(self, statement, params: dict) -> list[tuple]:
+    async def rows(self, statement, params: dict | None = None) -> list[tuple]:
+        if statement is TOKEN_DIGESTS:  # every application's digests (current ones: no grace periods here)
+            self.digest_reads += 1
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.down:
+                raise DatabaseUnavailable("gone")
+            return [(row["token_digest"], None) for row in self.table.values()]
         assert statement is TENANT_BY_TOKEN
         assert set(params) == {"digest"}  # the token itself never reaches MySQL
         named = [t for t in self.table if token_digest(t) == params["digest"]]

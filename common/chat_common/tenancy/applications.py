@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import redis
-from sqlalchemy import Engine, Select, and_, bindparam, func, literal_column, or_, select, text, update
+from sqlalchemy import Engine, Select, and_, bindparam, case, func, literal_column, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from chat_common.schema.tables import applications, chats, messages
@@ -265,6 +265,13 @@ def _by_digest(digest):
 # What the API's tenant directory runs on a cache miss, with ``digest`` = token_digest(token): one indexed lookup on
 # either unique digest index. The token itself is never sent to MySQL.
 TENANT_BY_TOKEN = select(*_COLUMNS).where(_by_digest(bindparam("digest"))).limit(1)
+
+# Every digest a token can be looked up by now (each application's current token, and its former one during the grace
+# period; NULL otherwise): what the API's tenant directory reads, at most every few seconds and only while strangers
+# have spent its budget of lookups, to tell a real tenant it has not met yet from a stranger without a query each.
+TOKEN_DIGESTS = select(
+    applications.c.token_digest, case((_PREVIOUS_VALID, applications.c.previous_token_digest), else_=None)
+)
 
 
 def _float(value) -> float | None:
