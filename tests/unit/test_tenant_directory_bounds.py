@@ -19,6 +19,7 @@ import contextlib
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from chat_api.adapters import tenants as tenants_adapter
 from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
 from chat_api.model import DatabaseUnavailable, Unavailable
 from chat_common.tenancy.tokens import token_digest
@@ -115,6 +116,24 @@ async def test_a_real_tenant_new_to_this_process_is_served_while_strangers_have_
     with pytest.raises(Unavailable):  # strangers are still refused before a query of their own
         await tenants.lookup("random-over")
     assert db.queries == 6  # five strangers and the tenant
+
+
+async def test_with_more_applications_than_the_digests_bound_the_budget_rule_stands_alone(monkeypatch):
+    """Every process holding millions of digests would cost more than it saves: past MAX_KNOWN_DIGESTS the directory
+    reads them once, finds too many, and never again; a real tenant new to the process waits with the strangers."""
+    monkeypatch.setattr(tenants_adapter, "MAX_KNOWN_DIGESTS", 2)
+    tenants, db, clock = make(unknown_lookups_per_second=5.0, max_entries=100)
+    for name, number in (("quiet", 2), ("other", 3), ("third", 4)):
+        db.add(name, number)
+    for i in range(5):
+        await tenants.lookup(f"random{i}")
+    with pytest.raises(Unavailable):
+        await tenants.lookup("quiet")
+    clock.now += 10.0
+    for i in range(5):
+        await _lookup_or_refused(tenants, f"again{i}")
+    await _lookup_or_refused(tenants, "quiet")
+    assert db.digest_reads == 1
 
 
 async def test_a_real_tenant_arriving_during_the_read_of_the_digests_waits_for_it():

@@ -269,9 +269,12 @@ TENANT_BY_TOKEN = select(*_COLUMNS).where(_by_digest(bindparam("digest"))).limit
 # Every digest a token can be looked up by now (each application's current token, and its former one during the grace
 # period; NULL otherwise): what the API's tenant directory reads, at most every few seconds and only while strangers
 # have spent its budget of lookups, to tell a real tenant it has not met yet from a stranger without a query each.
+# Bounded: a deployment with more applications than MAX_KNOWN_DIGESTS reads one row more, and the directory then
+# keeps the budget's rule alone (every process holding millions of digests would cost more than it saves).
+MAX_KNOWN_DIGESTS = 200_000
 TOKEN_DIGESTS = select(
     applications.c.token_digest, case((_PREVIOUS_VALID, applications.c.previous_token_digest), else_=None)
-)
+).limit(MAX_KNOWN_DIGESTS + 1)
 
 
 def _float(value) -> float | None:

@@ -59,7 +59,12 @@ from redis.exceptions import RedisError
 
 from chat_api.adapters.database import Database
 from chat_api.model import Application, DatabaseUnavailable, Unavailable
-from chat_common.tenancy.applications import TENANT_BY_TOKEN, TOKEN_DIGESTS, application_from_row
+from chat_common.tenancy.applications import (
+    MAX_KNOWN_DIGESTS,
+    TENANT_BY_TOKEN,
+    TOKEN_DIGESTS,
+    application_from_row,
+)
 from chat_common.tenancy.tokens import token_digest
 from chat_common.wire.keys import RedisKeys
 
@@ -100,6 +105,11 @@ class TokenBucket:
         self._tokens = max(-self.burst, self._tokens - 1)
 
 
+def _digest_key(digest: str) -> int:
+    """The first 64 bits of a hex token digest."""
+    return int(digest[:16], 16)
+
+
 class TenantDirectory:
     """token -> :class:`Application` (or None: unknown), cached per process with bounded staleness and size."""
 
@@ -137,9 +147,11 @@ class TenantDirectory:
         self._fetching: dict[str, asyncio.Future] = {}
         # Every application's token digests, read while the budget refuses (None: not read yet); see _is_real.
         self.known_digests_seconds = known_digests_seconds
-        self._known_digests: frozenset[str] | None = None
+        # Each digest's first 64 bits (a false match costs one lookup; ~50 bytes an application instead of ~120).
+        self._known_digests: frozenset[int] | None = None
+        self._too_many_digests = False  # more applications than MAX_KNOWN_DIGESTS: the budget's rule alone
         self._known_digests_at = float("-inf")
-        self._reading_digests: asyncio.Future[frozenset[str] | None] | None = None
+        self._reading_digests: asyncio.Future[frozenset[int] | None] | None = None
         self.digest_reads = 0  # how many times every digest was read (tests read it)
         self.queries = 0  # how many times MySQL was asked (tests and benchmarks read it)
         self.throttled = 0  # cold lookups refused by the budget
@@ -204,14 +216,17 @@ class TenantDirectory:
         Only asked while the budget refuses lookups, so the read costs nothing until strangers flood the process,
         then one query per ``known_digests_seconds``. A failed read counts as one (no retry before the interval):
         until then the budget's rule stands alone, as before."""
+        if self._too_many_digests:
+            return False
+        key = _digest_key(digest)
         known = self._known_digests
-        if known is not None and digest in known:
+        if known is not None and key in known:
             return True
         if self._reading_digests is not None or self.clock() - self._known_digests_at >= self.known_digests_seconds:
             known = await self._read_digests()  # a read under way is waited for: it may hold this digest
-        return known is not None and digest in known
+        return known is not None and key in known
 
-    async def _read_digests(self) -> frozenset[str] | None:
+    async def _read_digests(self) -> frozenset[int] | None:
         if self._reading_digests is not None:
             return await asyncio.shield(self._reading_digests)
         self._reading_digests = future = asyncio.get_running_loop().create_future()
@@ -222,7 +237,13 @@ class TenantDirectory:
         except Unavailable as exc:  # unreachable, or stopped by the statement time limit
             log.warning("tenant directory: could not read the token digests: %s", exc.__class__.__name__)
         else:
-            self._known_digests = frozenset(digest for row in rows for digest in row if digest)
+            if len(rows) > MAX_KNOWN_DIGESTS:
+                log.warning(
+                    "tenant directory: over %d applications; strangers' budget alone applies", MAX_KNOWN_DIGESTS
+                )
+                self._too_many_digests = True
+            else:
+                self._known_digests = frozenset(_digest_key(digest) for row in rows for digest in row if digest)
         finally:
             self._reading_digests = None
             future.set_result(self._known_digests)
