@@ -89,12 +89,17 @@ class System:
         self.log_dir = log_dir
 
     def start(self, wait_ready: bool = True) -> System:
-        """Start API and writers; wait until the API is ready and numbering is open."""
+        """Start API and writers; wait until the API is ready and numbering is open. A system that never gets ready is
+        stopped before the error propagates (a fixture whose setup failed has no teardown to stop it)."""
         self.api.start()
         self.chat_writer.start()
         self.message_writer.start()
         if wait_ready:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
