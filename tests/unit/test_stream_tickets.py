@@ -198,15 +198,9 @@ def test_cors_answers_the_asking_origin_when_listed_never_a_list_and_never_crede
 
 
 def test_an_origin_list_holds_origins_only():
-    bad_ones = ("https://app.example/", "https://app.example/path", "ftp://app.example", "app.example", "null")
-    for bad in (*bad_ones, "http://[::1", "http://[::1]x", "http://[zz::1]:80", "http://::1:8080"):
+    for bad in ("https://app.example/", "https://app.example/path", "ftp://app.example", "app.example", "null"):
         with pytest.raises(Invalid):
             clean_origins([bad])
-    # IPv6 literals, bracketed as a browser's Origin header carries them
-    assert clean_origins(["http://[::1]:8080", "https://[2001:DB8::1]"]) == (
-        "http://[::1]:8080",
-        "https://[2001:db8::1]",
-    )
     with pytest.raises(Invalid, match="at most 50"):
         clean_origins([f"https://h{i}.example" for i in range(51)])
     assert clean_origins(["https://A.example", "https://a.example"]) == ("https://a.example",)
