@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -99,21 +100,33 @@ class HeartbeatHook(ConsumerHook):
 
 class QueueDepthSampler(ConsumerHook):
     """Every ``every`` seconds, the ready and consumer counts of the work, retry and dead-letter queues (autoscaling
-    views; a retry tier holding messages with no consumer is an alert: nothing would take them back)."""
+    views; a retry tier holding messages with no consumer is an alert: nothing would take them back).
+
+    A retry tier of an earlier version (``WorkQueue.legacy_retry_queues``) is sampled while it exists. Once the broker
+    says it is gone it is left alone for the rest of the process: nothing declares those tiers any more, and each
+    passive declare of a missing queue costs a channel and a broker warning in the log (three per writer every
+    five seconds, forever, in a deployment that never had them)."""
 
     def __init__(self, every: float = 5.0) -> None:
         self.throttle = Throttle(every)
+        self.gone: set[str] = set()  # legacy tiers found missing
 
     def on_iteration(self, state: LoopState) -> None:  # noqa: D102
         if not self.throttle.due():
             return
         queue = state.queue
+        legacy = {name for name in queue.legacy_retry_queues if name not in self.gone}
         kinds = {queue.name: "work", queue.dead_letter: "dead"}
-        kinds |= {name: "retry" for name in (*queue.retry_queues, *queue.legacy_retry_queues)}
+        kinds |= {name: "retry" for name in (*queue.retry_queues, *sorted(legacy))}
         for name, counts in queue_counts(state.connection, kinds).items():
-            if counts is not None:  # a tier of an earlier version is sampled while it exists
+            if counts is not None:
                 metrics.QUEUE_DEPTH.labels(name, kinds[name]).set(counts[0])
                 metrics.QUEUE_CONSUMERS.labels(name, kinds[name]).set(counts[1])
+            elif name in legacy:
+                self.gone.add(name)
+                for gauge in (metrics.QUEUE_DEPTH, metrics.QUEUE_CONSUMERS):  # not a stale last value either
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(name, kinds[name])
 
 
 class PeriodicChore(ConsumerHook):
