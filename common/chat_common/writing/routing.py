@@ -99,27 +99,24 @@ def route(batch: Sequence[Delivery], result: BatchResult, queue: WorkQueue, max_
     return routing
 
 
+def _sent_alone(delivery: Delivery, attempt: int, extra: dict[str, object]) -> dict[str, object]:
+    """Headers of an upsert sent on by itself (to a retry tier, or parked): its attempt and its own publish stamp,
+    which travels with it wherever it goes (numbering recovery reads it), and ``extra``."""
+    return {ATTEMPT_HEADER: attempt, PUBLISHED_AT_HEADER: stamp_header(delivery.published_at), **extra}
+
+
 def send(routing: Routing, channel, retry_channel, clock: Callable[[], float] = time.time) -> None:
     """Publish the retries (confirmed, persistent, due ``delay`` from now) and park the dead parts of bundles
     (confirmed, into ``<queue>.dead``), reject the dead whole messages (the broker moves them to ``<queue>.dead``),
     then ack the rest."""
     for retry in routing.retries:
-        headers = {
-            ATTEMPT_HEADER: retry.attempt,
-            # The publish stamp travels with the message through every tier (numbering recovery reads it).
-            PUBLISHED_AT_HEADER: stamp_header(retry.delivery.published_at),
-            DUE_AT_HEADER: stamp_header(clock() + retry.delay),
-        }
+        headers = _sent_alone(retry.delivery, retry.attempt, {DUE_AT_HEADER: stamp_header(clock() + retry.delay)})
         retry_channel.basic_publish(
             "", retry.queue, retry.delivery.body, pika.BasicProperties(delivery_mode=2, headers=headers), mandatory=True
         )
     for delivery, reason in routing.parked:
         log.error("dead-lettering one upsert of a bundle (tag %s): %s", delivery.delivery_tag, reason)
-        headers = {
-            ATTEMPT_HEADER: delivery.attempt,
-            PUBLISHED_AT_HEADER: stamp_header(delivery.published_at),
-            DEAD_REASON_HEADER: reason[:500],
-        }
+        headers = _sent_alone(delivery, delivery.attempt, {DEAD_REASON_HEADER: reason[:500]})
         properties = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers)
         retry_channel.basic_publish("", routing.dead_letter, delivery.body, properties, mandatory=True)
     for delivery, reason in routing.rejected:

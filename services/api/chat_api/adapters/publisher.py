@@ -98,6 +98,12 @@ def _fail(waiting: list[_Waiting], reason: str) -> None:
             one.future.set_exception(PublishError(reason))
 
 
+def _succeed(waiting: list[_Waiting]) -> None:
+    for one in waiting:
+        if not one.future.done():
+            one.future.set_result(None)
+
+
 class _Gathering:
     """The publishes for one queue waiting for the end of the loop turn (or the coalescing wait)."""
 
@@ -368,9 +374,7 @@ class ConfirmingPublisher(OneChannelClient):
             elif returned:
                 _fail(waiting, "message broker has no such queue")
             else:
-                for one in waiting:
-                    if not one.future.done():
-                        one.future.set_result(None)
+                _succeed(waiting)
         refused = max(self._refused_in_a_row.values(), default=0)
         if refused >= NACKS_BEFORE_RECONNECT and self._connection is not None and self._connection.is_open:
             log.warning("%d messages to one queue refused in a row; reconnecting", refused)
