@@ -170,3 +170,23 @@ system_markers = Table(
     Column("created_at", Timestamp, nullable=False, server_default=func.now(6)),
     **TABLE_OPTIONS,
 )
+
+# The tenant's event log (migration 0008, chat_common.wire.events): one row per create or edit a writer applied,
+# written in the upsert's own transaction. No body: the log points at the row, whose current state the API joins in.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("application_id", Id, ForeignKey("applications.id", ondelete="CASCADE"), nullable=False),
+    Column("chat_number", Number, nullable=False),
+    Column("message_number", Number, nullable=False),  # 0 for a chat's events
+    Column("version", BigInteger, nullable=False),  # 0: created; else the edit's version
+    # The insert's NOW(6), from the server's clock (the writers never send it: see chat_common.wire.events).
+    Column("committed_at", Timestamp, nullable=False, server_default=func.now(6)),
+    # A redelivered batch's INSERT IGNORE finds its events here and adds nothing; it also serves the tenant's reads
+    # (application_id first), which page by id within it.
+    UniqueConstraint("application_id", "chat_number", "message_number", "version", name="uq_events_change"),
+    **TABLE_OPTIONS,
+)
+# The tenant's page walks (application_id, id) in id order from the cursor.
+Index("ix_events_application_id", events.c.application_id, events.c.id)
