@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection
-from sqlalchemy.dialects.mysql import insert
+from sqlalchemy import Connection, select, tuple_
 
 from chat_common.schema.tables import events
 
@@ -37,9 +36,10 @@ EVENT_TYPES = (CHAT_CREATED, CHAT_UPDATED, MESSAGE_CREATED, MESSAGE_UPDATED)
 
 Change = tuple[int, int, int, int]  # (application id, chat number, message number or 0, version)
 
-# committed_at is the column's default, NOW(6) of the statement: an SQL expression among the VALUES would stop pymysql
-# from sending the batch as one multi-row INSERT (it batches only rows of plain placeholders).
-_RECORD = insert(events).prefix_with("IGNORE")
+# One statement of integer literals, formatted here: the rows are four integers each (checked by ``int``), and
+# pymysql's escaping of 2,000 parameters per batch of 500 cost the writer about as much as the insert itself
+# (measured: ~15 ms of a 36 ms record under load). committed_at is the column's default, NOW(6) of the statement.
+_RECORD = "INSERT IGNORE INTO events (application_id, chat_number, message_number, version) VALUES "
 
 
 def event_type(message_number: int, version: int) -> str:
@@ -49,16 +49,30 @@ def event_type(message_number: int, version: int) -> str:
     return MESSAGE_CREATED if version == 0 else MESSAGE_UPDATED
 
 
-def record_events(conn: Connection, changes: Iterable[Change]) -> int:
+def recorded(conn: Connection, changes: list[Change]) -> set[Change]:
+    """Which of these changes the log holds already (a plain read of ``uq_events_change``)."""
+    found: set[Change] = set()
+    key = tuple_(events.c.application_id, events.c.chat_number, events.c.message_number, events.c.version)
+    for start in range(0, len(changes), 500):
+        query = select(*key.clauses).where(key.in_(changes[start : start + 500]))
+        found.update((a, c, m, v) for a, c, m, v in conn.execute(query))
+    return found
+
+
+def record_events(conn: Connection, changes: Iterable[Change], seen_before: bool = False) -> int:
     """Record the applied changes of a batch in ``conn``'s transaction: one ``INSERT IGNORE`` (none when empty).
 
     Call it last before the commit: the ids it takes stay unsettled (readers wait at them) until the commit.
-    Returns the rows the statement was given.
+    ``seen_before``: the batch may repeat changes already recorded (redelivered or retried deliveries); those are
+    left out first, because every ignored row burns an id, and a burned id holds the log's readers for the settle
+    time. (The ``IGNORE`` still covers a race with a concurrent copy, and a duplicate publish on first delivery.)
+    Returns the rows inserted.
     """
-    rows = [
-        {"application_id": app, "chat_number": chat, "message_number": message, "version": version}
-        for app, chat, message, version in dict.fromkeys(changes)  # a duplicate publish in one batch: one row
-    ]
-    if rows:
-        conn.execute(_RECORD, rows)
-    return len(rows)
+    unique = list(dict.fromkeys(changes))  # a duplicate publish in one batch: one row
+    if seen_before and unique:
+        known = recorded(conn, unique)
+        unique = [change for change in unique if change not in known]
+    if unique:
+        values = ",".join(f"({int(a)},{int(c)},{int(m)},{int(v)})" for a, c, m, v in unique)
+        conn.exec_driver_sql(_RECORD + values)
+    return len(unique)

@@ -103,10 +103,12 @@ class ChatBatchWriter:
             if rows:
                 conn.execute(UPSERT_CHATS, rows)
                 stored = None
-                if any(d.redelivered or d.attempt or c.version for d, c in changes):  # as may_be_stored
+                seen_before = any(d.redelivered or d.attempt for d, _ in changes)
+                if seen_before or any(c.version for c in applied):  # as the message-writer's may_be_stored
                     stored = stored_versions(conn, [(c.application_id, c.chat_number) for c in applied])
                 store_keys(conn, keys)
-                record_events(conn, applied_events(applied, stored))  # last: its ids are unsettled until the commit
+                # Last: its ids are unsettled (readers wait at them) until the commit.
+                record_events(conn, applied_events(applied, stored), seen_before)
         if existing:
             self.context.redis.sadd(self.context.keys.dirty_applications, *existing)
         return result

@@ -221,6 +221,7 @@ class MessageBatchWriter:
                         ],
                     )
                     stored = None  # nearly every batch: first deliveries of creates, applied as delivered
+                    seen_before = any(d.redelivered or d.attempt for d, _ in changes)
                     if may_be_stored(changes):
                         stored = self._stored(conn, [(c.application_id, cid, c.message_number) for cid, c in applied])
                     committed = to_announce(applied, stored)
@@ -238,7 +239,7 @@ class MessageBatchWriter:
                             if c.idempotency_key is not None
                         ),
                     )
-                    record_events(conn, as_events(committed))  # last: its ids are unsettled until the commit
+                    record_events(conn, as_events(committed), seen_before)  # last: unsettled ids until the commit
         except IntegrityError:
             # A cached chat id whose application was deleted meanwhile: forget the cache, let the loop retry.
             self.chat_ids.clear()
