@@ -9,6 +9,9 @@ and pruning is the count sync's ``prune_events``. The HTTP routes themselves are
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -247,3 +250,15 @@ def test_pruning_keeps_the_newest_event(writers):
     writers.sql("UPDATE events SET committed_at = NOW(6) - INTERVAL 8 DAY")
     report = prune_events(writers.engine, 7 * 24 * 3600, chunk=1000)
     assert report.deleted == 2 and writers.events(app) == [(1, 2, 0)]
+
+
+def test_the_count_sync_run_prunes_and_says_so(writers, fresh_namespace):
+    """``python -m counter_cron`` (the CronJob) prunes the log after the counts, with its progress in the log."""
+    app = writers.new_application()
+    _created(writers, app, chats=1, messages=3)
+    writers.sql("UPDATE events SET committed_at = NOW(6) - INTERVAL 2 HOUR WHERE message_number < 3")
+    env = {**os.environ, **fresh_namespace.environ(), "EVENT_RETENTION_SECONDS": "3600", "EVENT_PRUNE_CHUNK": "2"}
+    run = subprocess.run([sys.executable, "-m", "counter_cron"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert writers.events(app) == [(1, 3, 0)]
+    assert "3 events older than 3600 s deleted in 2 chunks" in run.stderr + run.stdout
