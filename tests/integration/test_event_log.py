@@ -88,11 +88,10 @@ def writers(fresh_namespace) -> Iterator[Writers]:
 class Reader:
     """The API's event-log use case over its real adapter (primary only), without the tenant gate's directory."""
 
-    def __init__(self, namespace, settle_seconds: float = 60.0) -> None:
+    def __init__(self, namespace, settle_seconds: float = 60.0, scan_ids: int = 50_000) -> None:
         self.db = Database(namespace.settings.database_url, read_timeout=5)
-        self.use_case = EventLogUseCase(
-            _Gate(), SqlEventLog(ReadRouter(self.db)), _NoReplica(), None, settle_seconds, 60
-        )
+        log = SqlEventLog(ReadRouter(self.db), scan_ids)
+        self.use_case = EventLogUseCase(_Gate(), log, _NoReplica(), None, settle_seconds, 60)
 
     def page(self, app_id: int, after: int | None = None, limit: int = 20):
         return asyncio.run(self._page(app_id, after, limit))
@@ -226,6 +225,30 @@ def test_a_gap_left_by_another_tenant_holds_every_reader(writers, fresh_namespac
         assert [e.message_number for e in page.events] == [0]
         conn.commit()
     assert [e.message_number for e in Reader(fresh_namespace).page(app, page.next).events] == [1]
+
+
+def test_the_bounded_scan_never_moves_the_cursor_into_a_gap(writers, fresh_namespace):
+    """With the check bounded to a few ids, a bound inside an open batch's ids must not become the cursor."""
+    app = writers.new_application()
+    _created(writers, app, chats=1, messages=1)  # ids n, n+1
+    insert = (
+        "INSERT INTO events (application_id, chat_number, message_number, version) VALUES (:a, 1, 5, 0), (:a, 1, 6, 0)"
+    )
+    with writers.engine.connect() as conn:  # an open batch holding the next two ids
+        conn.execute(text(insert), {"a": app})
+        writers.messages(writers.deliveries(MessageUpsert(app, 1, 2, "after the open batch")))
+        cursor, seen = None, []
+        for _ in range(4):
+            page = Reader(fresh_namespace, scan_ids=2).page(app, cursor)
+            seen += [e.message_number for e in page.events]
+            cursor = page.next
+        assert seen == [0, 1]
+        conn.commit()
+    for _ in range(4):
+        page = Reader(fresh_namespace, scan_ids=2).page(app, cursor)
+        seen += [e.message_number for e in page.events]
+        cursor = page.next
+    assert seen == [0, 1, 5, 6, 2]
 
 
 def test_a_cursor_older_than_the_window_is_gone_after_pruning(writers, fresh_namespace):

@@ -8,8 +8,9 @@ about ids that may still commit below them (the settling rule is :mod:`chat_api.
   old was allocated before it and has had its chance to commit — and never below the oldest id left (below it is
   pruned history, not gaps);
 - ``top``: the page's last id when the page is full, else the newest id of the whole log; ``hi``: ``top``, but at
-  most ``SCAN_IDS`` above ``lo`` (a bound on the rows the check reads, so a tenant whose events are sparse among
-  others' catches up in steps instead of one read of the whole log);
+  most the last present id within ``SCAN_IDS`` above ``lo`` (a bound on the rows the check reads, so a tenant whose
+  events are sparse among others' catches up in steps instead of one read of the whole log). ``hi`` is always an
+  id that exists (or ``lo``): a missing id at or below it then has its follower inside the checked range;
 - ``barrier``: the first id in ``(lo, hi]`` whose predecessor is missing and that is younger than the settle time
   (a transaction holding the missing id may still commit), found on the primary key with no row transferred.
 
@@ -45,7 +46,11 @@ WITH page AS (
         CASE WHEN (SELECT COUNT(*) FROM page) >= :limit THEN (SELECT MAX(id) FROM page)
              ELSE COALESCE((SELECT MAX(id) FROM events), 0) END AS top
 ), bounds AS (
-    SELECT lo, oldest, GREATEST(lo, LEAST(top, lo + :scan)) AS hi, GREATEST(lo, top) AS top FROM span
+    SELECT lo, oldest, GREATEST(lo, top) AS top, GREATEST(lo, LEAST(top, COALESCE(
+        (SELECT MAX(e.id) FROM events e WHERE e.id > span.lo AND e.id <= span.lo + :scan),
+        (SELECT MIN(e.id) FROM events e WHERE e.id > span.lo),
+        span.lo))) AS hi
+    FROM span
 )
 SELECT b.hi, b.top, b.oldest,
     (SELECT MIN(f.id) FROM events f
