@@ -178,7 +178,8 @@ events = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     # No foreign key: its check costs every inserted row a lookup (and a shared lock) in applications, measured at a
-    # sixth of the insert; an application's deletion removes its events in batches (tenancy.applications).
+    # sixth of the insert; an application's deletion removes its events in batches (tenancy.applications). A writer's
+    # batch committed during a deletion may leave a few behind: the retention window prunes them.
     Column("application_id", Id, nullable=False),
     Column("chat_number", Number, nullable=False),
     Column("message_number", Number, nullable=False),  # 0 for a chat's events
