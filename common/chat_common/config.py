@@ -147,11 +147,6 @@ class Settings:
     # event_prune_chunk rows per transaction); a cursor from before the window answers 410.
     event_retention_seconds: int = 7 * 24 * 3600
     event_prune_chunk: int = 5000
-    # How long a reader of the log waits at a missing event id before taking it as burned for good (a rolled-back
-    # batch, an ignored row of a redelivered one). The id's transaction commits within its insert's lock waits
-    # (InnoDB's innodb_lock_wait_timeout, 50 s by default; the insert is the transaction's last statement), or
-    # never: this is a little above that. Lower it with the server's timeout.
-    event_gap_settle_seconds: float = 60.0
     pushgateway_url: str | None = None
 
     @classmethod

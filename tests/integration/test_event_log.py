@@ -1,4 +1,5 @@
-"""The event log against the real MariaDB: what the writers record, how a reader pages and settles, and pruning.
+"""The event log against the real MariaDB: what the writers record, that ids are gap-free and committed in id order
+(concurrent writers, rollbacks, a concurrent reader), how a reader pages, and pruning.
 
 The writers' real batch handlers run in-process on deliveries made here (as ``test_announce_redelivery`` does), the
 reader is the API's real adapter and use case (``SqlEventLog`` + ``EventLogUseCase``) on the namespace's database,
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +29,7 @@ from chat_api.model import Application, CursorExpired
 from chat_api.use_cases.events import EventLogUseCase
 from chat_common.clients.db import make_engine
 from chat_common.wire.contracts import ChatUpsert, MessageUpsert
+from chat_common.wire.events import Change, record_events
 from chat_common.wire.keys import RedisKeys
 from chat_common.writing.batches import Delivery
 from chat_common.writing.writer import WriterContext
@@ -88,10 +93,9 @@ def writers(fresh_namespace) -> Iterator[Writers]:
 class Reader:
     """The API's event-log use case over its real adapter (primary only), without the tenant gate's directory."""
 
-    def __init__(self, namespace, settle_seconds: float = 60.0, scan_ids: int = 50_000) -> None:
+    def __init__(self, namespace) -> None:
         self.db = Database(namespace.settings.database_url, read_timeout=5)
-        log = SqlEventLog(ReadRouter(self.db), scan_ids)
-        self.use_case = EventLogUseCase(_Gate(), log, _NoReplica(), None, settle_seconds, 60)
+        self.use_case = EventLogUseCase(_Gate(), SqlEventLog(ReadRouter(self.db)), _NoReplica(), None, 60)
 
     def page(self, app_id: int, after: int | None = None, limit: int = 20):
         return asyncio.run(self._page(app_id, after, limit))
@@ -189,66 +193,127 @@ def test_pages_follow_the_log_in_order_with_the_cursor(writers, fresh_namespace)
     assert all(e.position not in {s.position for s in seen} for e in Reader(fresh_namespace).page(other).events)
 
 
-def test_a_young_gap_stops_the_page_and_an_old_one_is_skipped(writers, fresh_namespace):
-    app = writers.new_application()
-    _created(writers, app, chats=1, messages=1)
-    # A burned id (as a rolled-back batch or an ignored row leaves): reserve one and roll the insert back.
-    with writers.engine.connect() as conn:
-        conn.execute(
-            text("INSERT INTO events (application_id, chat_number, message_number, version) VALUES (:a, 9, 9, 9)"),
-            {"a": app},
+# -- ids: gap-free, in commit order ----------------------------------------------------------------------------------
+def _batch(engine, changes: list[Change], hold: float = 0.0, rollback: bool = False) -> list[int]:
+    """One writer transaction recording ``changes`` (after a little work, as a writer's upsert), its ids."""
+    with engine.connect() as conn, conn.begin() as transaction:
+        conn.execute(text("SELECT SLEEP(:s)"), {"s": random.uniform(0, 0.004)})  # the upsert's time
+        record_events(conn, changes)
+        ids = (
+            conn.execute(
+                text("SELECT id FROM events WHERE id > (SELECT last_id FROM event_sequence) - :k ORDER BY id"),
+                {"k": len(changes)},
+            )
+            .scalars()
+            .all()
         )
-        conn.rollback()
-    writers.messages(writers.deliveries(MessageUpsert(app, 1, 2, "after the gap")))
-    page = Reader(fresh_namespace).page(app)
-    assert [e.message_number for e in page.events] == [0, 1] and not page.has_more  # waits at the gap
-    assert Reader(fresh_namespace).page(app, page.next).events == []
-    # The event after the gap ages past the settle time: the gap is permanent, the page goes on.
-    writers.sql("UPDATE events SET committed_at = committed_at - INTERVAL 2 MINUTE WHERE application_id = :a", a=app)
-    resumed = Reader(fresh_namespace).page(app, page.next)
-    assert [e.message_number for e in resumed.events] == [2]
-    # A short settle time says the same at once.
-    assert [e.message_number for e in Reader(fresh_namespace, settle_seconds=0.0).page(app).events] == [0, 1, 2]
+        time.sleep(hold)  # a commit that takes long: the next batch's allocation waits for it
+        if rollback:
+            transaction.rollback()
+    return list(ids)
 
 
-def test_a_gap_left_by_another_tenant_holds_every_reader(writers, fresh_namespace):
-    """Ids are the whole log's: an uncommitted id of any tenant may sit below this tenant's next event."""
-    app, other = writers.new_application(), writers.new_application("other")
-    _created(writers, app, chats=1)
-    with writers.engine.connect() as conn:  # another tenant's batch, still open
-        conn.execute(
-            text("INSERT INTO events (application_id, chat_number, message_number, version) VALUES (:a, 1, 0, 0)"),
-            {"a": other},
-        )
-        writers.messages(writers.deliveries(MessageUpsert(app, 1, 1, "behind an open batch")))
-        page = Reader(fresh_namespace).page(app)
-        assert [e.message_number for e in page.events] == [0]
-        conn.commit()
-    assert [e.message_number for e in Reader(fresh_namespace).page(app, page.next).events] == [1]
+def _visible(engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(text("SELECT id FROM events ORDER BY id")).scalars())
 
 
-def test_the_bounded_scan_never_moves_the_cursor_into_a_gap(writers, fresh_namespace):
-    """With the check bounded to a few ids, a bound inside an open batch's ids must not become the cursor."""
+def _contiguous(ids: list[int]) -> bool:
+    return ids == list(range(ids[0], ids[0] + len(ids))) if ids else True
+
+
+def _writing(engine, app: int, first_chat: int, batches: int, size: int, errors: list) -> threading.Thread:
+    def run() -> None:
+        try:
+            for b in range(batches):
+                chat = first_chat + b
+                _batch(engine, [(app, chat, m, 0) for m in range(1, size + 1)], hold=random.uniform(0, 0.01))
+        except Exception as exc:
+            errors.append(exc)
+
+    return threading.Thread(target=run)
+
+
+def test_concurrent_writers_commit_gap_free_ids_in_id_order(writers):
+    """Two writers' batches on their own connections: every snapshot a third connection takes shows the ids 1..n with
+    no hole (a higher id is never visible before a lower one), and the end result is gap-free."""
     app = writers.new_application()
-    _created(writers, app, chats=1, messages=1)  # ids n, n+1
-    insert = (
-        "INSERT INTO events (application_id, chat_number, message_number, version) VALUES (:a, 1, 5, 0), (:a, 1, 6, 0)"
-    )
-    with writers.engine.connect() as conn:  # an open batch holding the next two ids
-        conn.execute(text(insert), {"a": app})
-        writers.messages(writers.deliveries(MessageUpsert(app, 1, 2, "after the open batch")))
-        cursor, seen = None, []
-        for _ in range(4):
-            page = Reader(fresh_namespace, scan_ids=2).page(app, cursor)
-            seen += [e.message_number for e in page.events]
-            cursor = page.next
-        assert seen == [0, 1]
-        conn.commit()
-    for _ in range(4):
-        page = Reader(fresh_namespace, scan_ids=2).page(app, cursor)
-        seen += [e.message_number for e in page.events]
+    errors: list = []
+    threads = [_writing(writers.engine, app, 1, 40, 7, errors), _writing(writers.engine, app, 1001, 40, 5, errors)]
+    for thread in threads:
+        thread.start()
+    snapshots = 0
+    while any(thread.is_alive() for thread in threads):
+        seen = _visible(writers.engine)
+        assert _contiguous(seen) and (not seen or seen[0] == 1), f"a hole in a snapshot: {seen}"
+        snapshots += 1
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    final = _visible(writers.engine)
+    assert final == list(range(1, 40 * 7 + 40 * 5 + 1)) and snapshots > 5
+    assert writers.sql("SELECT last_id FROM event_sequence WHERE id = 1").scalar() == final[-1]
+
+
+def test_a_batch_rolled_back_after_allocating_leaves_no_hole(writers):
+    app = writers.new_application()
+    assert _batch(writers.engine, [(app, 1, 0, 0)]) == [1]
+    assert _batch(writers.engine, [(app, 2, 0, 0), (app, 3, 0, 0)], rollback=True) == [2, 3]  # allocated, undone
+    assert _batch(writers.engine, [(app, 4, 0, 0)]) == [2]  # the sequence goes on from the last committed id
+    # Concurrently: a batch waiting on an open one's allocation gets the ids the open one gives back by rolling back.
+    with writers.engine.connect() as open_batch:
+        open_batch.begin()
+        record_events(open_batch, [(app, 5, 0, 0), (app, 6, 0, 0)])  # ids 3, 4, held
+        errors: list = []
+        waiting = _writing(writers.engine, app, 7, 1, 1, errors)  # (app, 7, 1, 0)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()  # waits on the sequence's lock
+        open_batch.rollback()
+        waiting.join(10)
+    assert not errors and _visible(writers.engine) == [1, 2, 3]
+    assert [tuple(r) for r in writers.sql("SELECT chat_number, message_number FROM events WHERE id = 3")] == [(7, 1)]
+
+
+def test_a_change_logged_by_another_batch_meanwhile_costs_no_id(writers):
+    """A duplicate publish on first delivery (not filtered before): the INSERT fails on the committed copy, the
+    batch gives the ids back and records the others, with no hole and the sequence at the last id."""
+    app = writers.new_application()
+    _batch(writers.engine, [(app, 1, 0, 0), (app, 2, 0, 0)])
+    with writers.engine.begin() as conn:
+        assert record_events(conn, [(app, 3, 0, 0), (app, 1, 0, 0), (app, 4, 0, 0)]) == 2
+    _batch(writers.engine, [(app, 5, 0, 0)])
+    assert _visible(writers.engine) == [1, 2, 3, 4, 5]
+    assert [r[0] for r in writers.events(app)] == [1, 2, 3, 4, 5]
+    assert writers.sql("SELECT last_id FROM event_sequence WHERE id = 1").scalar() == 5
+
+
+def test_a_reader_paging_while_two_writers_write_never_skips_an_event(writers, fresh_namespace):
+    """The API's reader follows ``next`` page by page while two writers commit: the union of its pages is the
+    table, in order, each event once."""
+    app = writers.new_application()
+    errors: list = []
+    threads = [_writing(writers.engine, app, 1, 40, 6, errors), _writing(writers.engine, app, 1001, 40, 4, errors)]
+    for thread in threads:
+        thread.start()
+    read: list[int] = []
+    cursor = None
+    reader = Reader(fresh_namespace)
+    pages = 0
+    while any(thread.is_alive() for thread in threads):
+        page = reader.page(app, cursor, limit=7)
+        read += [e.position for e in page.events]
+        cursor, pages = page.next, pages + 1
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    while True:  # the rest, after the writers are done
+        page = reader.page(app, cursor, limit=7)
+        read += [e.position for e in page.events]
         cursor = page.next
-    assert seen == [0, 1, 5, 6, 2]
+        if not page.has_more:
+            break
+    assert read == _visible(writers.engine) == list(range(1, 401)) and pages > 5
 
 
 def test_a_cursor_older_than_the_window_is_gone_after_pruning(writers, fresh_namespace):

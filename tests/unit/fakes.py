@@ -910,13 +910,11 @@ class FakeEventLog:
 
     def __init__(self) -> None:
         self.answer: EventScan | None = None
-        self.calls: list[tuple[int, int, int, float, bool]] = []
+        self.calls: list[tuple[int, int, int, bool]] = []
 
-    async def scan(
-        self, application_id: int, after: int, limit: int, settle_seconds: float, from_replica: bool = False
-    ) -> EventScan:
-        self.calls.append((application_id, after, limit, settle_seconds, from_replica))
-        return self.answer or EventScan([], settled_to=after, barrier=None, full=False, oldest=None, top=after)
+    async def scan(self, application_id: int, after: int, limit: int, from_replica: bool = False) -> EventScan:
+        self.calls.append((application_id, after, limit, from_replica))
+        return self.answer or EventScan([], full=False, oldest=None, head=after)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The event log's rules on fakes: the settling rule of a page, the cursor, 410, and the route's answers."""
+"""The event log's rules on fakes: a page's cursor, 410, and the route's answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from falcon import testing
 
 from chat_api.app import create_app
 from chat_api.model import Chat, Event, EventScan, Message
-from chat_api.use_cases.events import expired, settle
+from chat_api.use_cases.events import expired, page_of
 from chat_common.config import Settings
 from tests.unit.fakes import build
 
@@ -21,29 +21,25 @@ def event(position: int, message_number: int = 1, version: int = 0, current: int
     return Event(position, kind, 1, message_number, version, AT, Message(message_number, "hi"), current)
 
 
-def scan(positions, settled_to, barrier=None, full=False, oldest=1, top=None) -> EventScan:
-    return EventScan(
-        [event(p) for p in positions], settled_to, barrier, full, oldest, settled_to if top is None else top
-    )
+def scan(positions, head, full=False, oldest=1) -> EventScan:
+    return EventScan([event(p) for p in positions], full, oldest, head)
 
 
-# -- the settling rule ------------------------------------------------------------------------------------------------
-def test_without_a_barrier_the_cursor_moves_to_where_the_log_is_settled():
-    page = settle(scan([3, 5], settled_to=9), after=2)
+# -- the cursor -------------------------------------------------------------------------------------------------------
+def test_a_partial_page_moves_the_cursor_to_the_head_the_read_saw():
+    page = page_of(scan([3, 5], head=9), after=2)
     assert [e.position for e in page.events] == [3, 5] and page.next == 9 and not page.has_more
+    quiet = page_of(scan([], head=40), after=2)  # a quiet application keeps up with the log
+    assert quiet.events == [] and quiet.next == 40 and not quiet.has_more
 
 
-def test_a_barrier_stops_the_page_before_it_and_keeps_the_cursor_at_the_last_event():
-    page = settle(scan([3, 5, 8], settled_to=9, barrier=6), after=2)
-    assert [e.position for e in page.events] == [3, 5] and page.next == 5 and not page.has_more
-    empty = settle(scan([8], settled_to=9, barrier=4), after=2)
-    assert empty.events == [] and empty.next == 2  # never past a gap that may still fill
+def test_a_full_page_continues_after_its_last_event():
+    page = page_of(scan([3, 4], head=90, full=True), after=2)
+    assert page.next == 4 and page.has_more
 
 
-def test_a_page_beyond_the_checked_range_is_cut_there_and_says_more_follows():
-    page = settle(scan([3, 70_000], settled_to=50_002, top=80_000), after=2)
-    assert [e.position for e in page.events] == [3] and page.next == 50_002 and page.has_more
-    assert settle(scan([3, 4], settled_to=4, full=True), after=2).has_more
+def test_the_cursor_never_moves_backwards():
+    assert page_of(scan([], head=5), after=7).next == 7  # a head behind the cursor (a lagging replica)
 
 
 def test_a_cursor_is_expired_only_when_events_after_it_were_pruned():
@@ -78,7 +74,7 @@ def http():
 def test_the_route_answers_a_page_with_its_cursor_in_both_token_forms(http):
     client, world = http
     token = world.application().token
-    world.events.answer = scan([3, 5], settled_to=9)
+    world.events.answer = scan([3, 5], head=9)
     for path, headers in (
         (f"/applications/{token}/events", {}),
         ("/application/events", {"Authorization": f"Bearer {token}"}),
@@ -112,7 +108,7 @@ def test_a_bad_cursor_or_limit_is_400_json(http, query, param):
 def test_a_pruned_cursor_is_410_json(http):
     client, world = http
     token = world.application().token
-    world.events.answer = scan([40], settled_to=41, oldest=30)
+    world.events.answer = scan([40], head=41, oldest=30)
     gone = client.simulate_get(f"/applications/{token}/events", params={"after": "7"})
     assert gone.status_code == 410 and "retention" in gone.json["error"]
     assert client.simulate_get(f"/applications/{token}/events").status_code == 200  # no cursor: the oldest kept

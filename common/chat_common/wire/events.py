@@ -6,18 +6,28 @@ version 0 is a create, any other version an edit. The writers decide which chang
 already use for the live streams (``message_writer.handler.to_announce``): every create, and an edit only when its
 version is the one stored after the upsert — never an older edit that arrived late.
 
-Recording is one multi-row ``INSERT IGNORE`` per batch, the transaction's last statement (see below), and nothing
-else: no lock of its own, no sequence row. The unique key ``(application, chat, message, version)`` makes a
-redelivered batch add nothing (its rows are ignored).
+**Ids: gap-free, in commit order.** ``events.id`` is the log's order and the readers' cursor, so it must say the order
+in which events became visible. It comes from the one-row table ``event_sequence`` (``last_id``: the last id handed
+out), not from an ``AUTO_INCREMENT`` (which hands ids out when the insert runs, not when it commits, and burns them on
+rollbacks and ignored rows). A batch's last two statements, right before its commit, are:
 
-**Ids and gaps.** ``events.id`` is an ``AUTO_INCREMENT``, the order the log is read in. InnoDB hands ids out when
-the insert runs, not when it commits, so concurrent writers can commit a higher id before a lower one, and an id can
-be burned for good: a rolled-back batch, and every ignored row of an ``INSERT IGNORE`` (MariaDB here runs
-``innodb_autoinc_lock_mode = 1``: a multi-row ``INSERT IGNORE`` is a "simple insert", whose ids are reserved up
-front, one per row, consecutive, ignored or not). A reader therefore stops at a missing id until it is settled (the
-API's ``EVENT_GAP_SETTLE_SECONDS``): an id is allocated in the insert that stamps ``committed_at`` with ``NOW(6)``,
-the insert is the transaction's last statement, so a transaction holding an id commits within the insert's own lock
-waits (``innodb_lock_wait_timeout``) of that stamp, or never.
+1. ``UPDATE event_sequence SET last_id = LAST_INSERT_ID(last_id + k) WHERE id = 1`` — k ids, the new ``last_id``
+   read from the statement's own answer (the OK packet's insert id: ``LAST_INSERT_ID(expr)`` sets it), no round trip;
+2. one multi-row ``INSERT`` of the k events with explicit ids ``last_id - k + 1 .. last_id``.
+
+The ``UPDATE`` takes the row's exclusive lock, which InnoDB holds until the ``COMMIT``: the windows from allocation to
+commit are serialized, so ids become visible in id order (a reader that sees id N sees every id below it that will
+ever exist), and a batch rolled back after its ``UPDATE`` rolls its allocation back too: no id is ever burned. The
+price is that every writer's allocation-to-commit window is one at a time, so **nothing may run between the UPDATE
+and the COMMIT except the events' INSERT** (announcing, Redis marks, search: all after the commit, as before); a
+batch takes the lock only when it has events to record.
+
+k must be exact. Changes already logged are left out before (a redelivered or retried batch, ``seen_before``: a
+plain read of ``uq_events_change``). A copy that still hits the unique key — a duplicate publish on first delivery,
+or a concurrent copy in another writer — is found when the ``INSERT`` fails on it: that copy is committed (its writer
+held the sequence lock, which this batch now holds), the failed statement alone is undone (InnoDB keeps the
+transaction), so the batch reads which changes are logged (a locking read: the snapshot may predate that commit),
+gives the unused ids back while still holding the lock (``last_id - k + k'``) and inserts the k' others. No hole.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import Connection, select, tuple_
+from sqlalchemy.exc import IntegrityError
 
 from chat_common.schema.tables import events
 
@@ -36,10 +47,12 @@ EVENT_TYPES = (CHAT_CREATED, CHAT_UPDATED, MESSAGE_CREATED, MESSAGE_UPDATED)
 
 Change = tuple[int, int, int, int]  # (application id, chat number, message number or 0, version)
 
-# One statement of integer literals, formatted here: the rows are four integers each (checked by ``int``), and
-# pymysql's escaping of 2,000 parameters per batch of 500 cost the writer about as much as the insert itself
-# (measured: ~15 ms of a 36 ms record under load). committed_at is the column's default, NOW(6) of the statement.
-_RECORD = "INSERT IGNORE INTO events (application_id, chat_number, message_number, version) VALUES "
+# Integer literals, formatted here: every value is an int (checked by ``int``), and pymysql's escaping of 2,000
+# parameters per batch of 500 cost the writer about as much as the insert itself (measured: ~15 ms of a 36 ms record
+# under load). committed_at is the column's default, NOW(6) of the statement.
+_ALLOCATE = "UPDATE event_sequence SET last_id = LAST_INSERT_ID(last_id + {delta}) WHERE id = 1"
+_DUPLICATE_KEY = 1062  # ER_DUP_ENTRY
+_RECORD = "INSERT INTO events (id, application_id, chat_number, message_number, version) VALUES "
 
 
 def event_type(message_number: int, version: int) -> str:
@@ -49,30 +62,57 @@ def event_type(message_number: int, version: int) -> str:
     return MESSAGE_CREATED if version == 0 else MESSAGE_UPDATED
 
 
-def recorded(conn: Connection, changes: list[Change]) -> set[Change]:
-    """Which of these changes the log holds already (a plain read of ``uq_events_change``)."""
+def recorded(conn: Connection, changes: list[Change], locking: bool = False) -> set[Change]:
+    """Which of these changes the log holds already (a read of ``uq_events_change``; ``locking``: of the latest
+    committed rows, not of the transaction's snapshot)."""
     found: set[Change] = set()
     key = tuple_(events.c.application_id, events.c.chat_number, events.c.message_number, events.c.version)
     for start in range(0, len(changes), 500):
         query = select(*key.clauses).where(key.in_(changes[start : start + 500]))
+        if locking:
+            query = query.with_for_update(read=True)
         found.update((a, c, m, v) for a, c, m, v in conn.execute(query))
     return found
 
 
-def record_events(conn: Connection, changes: Iterable[Change], seen_before: bool = False) -> int:
-    """Record the applied changes of a batch in ``conn``'s transaction: one ``INSERT IGNORE`` (none when empty).
+def _allocate(conn: Connection, delta: int) -> int:
+    """Move the sequence by ``delta`` ids (negative: give back ids this transaction took); the new last id."""
+    last = conn.exec_driver_sql(_ALLOCATE.format(delta=int(delta))).lastrowid
+    if last is None:  # pragma: no cover - a driver that does not return the insert id
+        raise RuntimeError("the event sequence's update returned no LAST_INSERT_ID")
+    return int(last)
 
-    Call it last before the commit: the ids it takes stay unsettled (readers wait at them) until the commit.
-    ``seen_before``: the batch may repeat changes already recorded (redelivered or retried deliveries); those are
-    left out first, because every ignored row burns an id, and a burned id holds the log's readers for the settle
-    time. (The ``IGNORE`` still covers a race with a concurrent copy, and a duplicate publish on first delivery.)
-    Returns the rows inserted.
+
+def _insert(conn: Connection, last: int, changes: list[Change]) -> None:
+    first = last - len(changes) + 1
+    values = ",".join(f"({first + i},{int(a)},{int(c)},{int(m)},{int(v)})" for i, (a, c, m, v) in enumerate(changes))
+    conn.exec_driver_sql(_RECORD + values)
+
+
+def record_events(conn: Connection, changes: Iterable[Change], seen_before: bool = False) -> int:
+    """Record the applied changes of a batch in ``conn``'s transaction; the caller commits right after.
+
+    Must be the transaction's last work: it takes the event sequence's lock, held until the commit (see the module's
+    docstring). ``seen_before``: the batch may repeat changes already recorded (redelivered or retried deliveries),
+    which are left out first. Returns the rows inserted (0: no statement, no lock).
     """
     unique = list(dict.fromkeys(changes))  # a duplicate publish in one batch: one row
     if seen_before and unique:
         known = recorded(conn, unique)
         unique = [change for change in unique if change not in known]
-    if unique:
-        values = ",".join(f"({int(a)},{int(c)},{int(m)},{int(v)})" for a, c, m, v in unique)
-        conn.exec_driver_sql(_RECORD + values)
+    if not unique:
+        return 0
+    last = _allocate(conn, len(unique))
+    try:
+        _insert(conn, last, unique)
+    except IntegrityError as exc:
+        if getattr(exc.orig, "args", (None,))[0] != _DUPLICATE_KEY:
+            raise
+        # Only the failed INSERT was undone; this transaction still holds the sequence's lock and its k ids.
+        known = recorded(conn, unique, locking=True)
+        kept = [change for change in unique if change not in known]
+        last = _allocate(conn, len(kept) - len(unique))
+        if kept:
+            _insert(conn, last, kept)
+        return len(kept)
     return len(unique)

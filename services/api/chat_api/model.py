@@ -105,29 +105,26 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class EventScan:
-    """What one read of the event log found (:class:`chat_api.ports.EventLogPort`), before the settling rule.
+    """What one read of the event log found (:class:`chat_api.ports.EventLogPort`), from one snapshot.
 
-    ``events``: the application's next events after the cursor (at most the page size, in id order). ``settled_to``:
-    the highest id up to which the scan checked the whole log (every tenant's ids) for ids that may still commit;
-    ``barrier``: the first id in that range that follows such an unsettled gap (None: none). ``full``: the page
-    size was reached. ``oldest``: the oldest id left in the log (None: empty), which tells a pruned cursor. ``top``:
-    how far the scan meant to check (the page's last id when full, else the newest id of the log).
+    ``events``: the application's next events after the cursor (at most the page size, in id order). ``full``: the
+    page size was reached. ``oldest``: the oldest id left in the log (None: empty), which tells a pruned cursor.
+    ``head``: the last id of the whole log (every tenant's) committed as the read saw it: no event can commit at or
+    below it later (the writers commit ids in order, without gaps).
     """
 
     events: list[Event]
-    settled_to: int
-    barrier: int | None
     full: bool
     oldest: int | None
-    top: int
+    head: int
 
 
 @dataclass(frozen=True, slots=True)
 class EventPage:
     """A page of the event log: its events and the position to continue after (``next``, a cursor).
 
-    ``has_more``: more events may be read at once (the page was full, or the scan stopped at its bound); False when
-    the log is read to its settled end — poll again later with ``next``.
+    ``has_more``: more events may be read at once (the page was full); False when the log is read to its end — poll
+    again later with ``next``.
     """
 
     events: list[Event]

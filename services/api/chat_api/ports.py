@@ -122,11 +122,9 @@ class Repository(Protocol):
 class EventLogPort(Protocol):
     """Reads of an application's event log (adapter: ``SqlEventLog``; the writers fill it)."""
 
-    async def scan(
-        self, application_id: int, after: int, limit: int, settle_seconds: float, from_replica: bool = False
-    ) -> EventScan:
-        """The application's events after id ``after`` (at most ``limit``), with what the scan found about unsettled
-        ids up to them: a missing id followed by an event younger than ``settle_seconds`` may still commit."""
+    async def scan(self, application_id: int, after: int, limit: int, from_replica: bool = False) -> EventScan:
+        """The application's events after id ``after`` (at most ``limit``), with the log's head and oldest id, all
+        from one snapshot."""
         ...
 
 

@@ -99,9 +99,7 @@ class ChatService:
 
         self.event_log: EventLogUseCase | None = None  # without a log (unit tests' fakes) the route answers 503
         if events is not None:
-            self.event_log = EventLogUseCase(
-                gate, events, repository, numbers, limits.event_gap_settle_seconds, limits.event_retention_seconds
-            )
+            self.event_log = EventLogUseCase(gate, events, repository, numbers, limits.event_retention_seconds)
 
         self.search_messages = SearchUseCase(gate, repository, numbers, search, limits, search_budget).messages
         self.stream_position = StreamStart(gate, repository).position

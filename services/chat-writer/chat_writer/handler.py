@@ -107,7 +107,7 @@ class ChatBatchWriter:
                 if seen_before or any(c.version for c in applied):  # as the message-writer's may_be_stored
                     stored = stored_versions(conn, [(c.application_id, c.chat_number) for c in applied])
                 store_keys(conn, keys)
-                # Last: its ids are unsettled (readers wait at them) until the commit.
+                # Last before the commit: it holds the event sequence's lock until then (chat_common.wire.events).
                 record_events(conn, applied_events(applied, stored), seen_before)
         if existing:
             self.context.redis.sadd(self.context.keys.dirty_applications, *existing)

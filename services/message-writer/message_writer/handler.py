@@ -239,7 +239,8 @@ class MessageBatchWriter:
                             if c.idempotency_key is not None
                         ),
                     )
-                    record_events(conn, as_events(committed), seen_before)  # last: unsettled ids until the commit
+                    # Last before the commit: it holds the event sequence's lock until then (chat_common.wire.events).
+                    record_events(conn, as_events(committed), seen_before)
         except IntegrityError:
             # A cached chat id whose application was deleted meanwhile: forget the cache, let the loop retry.
             self.chat_ids.clear()

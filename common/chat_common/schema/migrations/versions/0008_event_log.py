@@ -1,12 +1,14 @@
 """The tenants' event log: one small row per create or edit a writer applied (``GET /applications/{token}/events``).
 
 - ``events``: written by the chat- and message-writers in the transaction of their upsert, with a multi-row
-  ``INSERT IGNORE`` per batch (``chat_common.wire.events``); the unique key ``uq_events_change`` (application, chat,
-  message — 0 for a chat — and version) makes a redelivered batch add nothing. No body is copied: the API joins the
-  row as it is now. ``ix_events_application_id`` (application, id) is the tenant's page in id order; the count sync
+  ``INSERT`` per batch (``chat_common.wire.events``); the unique key ``uq_events_change`` (application, chat,
+  message — 0 for a chat — and version) keeps one event per change. Its ids are not an ``AUTO_INCREMENT``: they come
+  from ``event_sequence``, gap-free and in commit order. No body is copied: the API joins
+  the row as it is now. ``ix_events_application_id`` (application, id) is the tenant's page in id order; the count sync
   prunes rows older than ``EVENT_RETENTION_SECONDS``.
+- ``event_sequence``: one row (id 1), ``last_id`` the last event id handed out, seeded with 0.
 
-A new table: nothing existing is rewritten. Existing rows get no events (the log starts with this revision).
+New tables: nothing existing is rewritten. Existing rows get no events (the log starts with this revision).
 
 Revision ID: 0008
 Revises: 0007
@@ -30,7 +32,7 @@ NUMBER = mysql.INTEGER(unsigned=True)
 def upgrade() -> None:
     op.create_table(
         "events",
-        sa.Column("id", ID, primary_key=True, autoincrement=True),
+        sa.Column("id", ID, primary_key=True, autoincrement=False),
         # No foreign key (a lookup per inserted row): deleting an application deletes its events in batches.
         sa.Column("application_id", ID, nullable=False),
         sa.Column("chat_number", NUMBER, nullable=False),
@@ -43,7 +45,15 @@ def upgrade() -> None:
         **OPTIONS,
     )
     op.create_index("ix_events_application_id", "events", ["application_id", "id"])
+    sequence = op.create_table(
+        "event_sequence",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("last_id", ID, nullable=False),
+        **OPTIONS,
+    )
+    op.bulk_insert(sequence, [{"id": 1, "last_id": 0}])
 
 
 def downgrade() -> None:
+    op.drop_table("event_sequence")
     op.drop_table("events")
