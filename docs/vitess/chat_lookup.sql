@@ -4,11 +4,9 @@
 CREATE TABLE applications_seq (id INT, next_id BIGINT, cache BIGINT, PRIMARY KEY (id)) COMMENT 'vitess_sequence';
 CREATE TABLE chats_seq (id INT, next_id BIGINT, cache BIGINT, PRIMARY KEY (id)) COMMENT 'vitess_sequence';
 CREATE TABLE messages_seq (id INT, next_id BIGINT, cache BIGINT, PRIMARY KEY (id)) COMMENT 'vitess_sequence';
-CREATE TABLE events_seq (id INT, next_id BIGINT, cache BIGINT, PRIMARY KEY (id)) COMMENT 'vitess_sequence';
 INSERT INTO applications_seq (id, next_id, cache) VALUES (0, 1, 100);
 INSERT INTO chats_seq (id, next_id, cache) VALUES (0, 1, 1000);
 INSERT INTO messages_seq (id, next_id, cache) VALUES (0, 1, 10000);
-INSERT INTO events_seq (id, next_id, cache) VALUES (0, 1, 10000);
 
 -- Lookup vindexes: token, previous token and idempotency key -> the shard of their application (unique across
 -- shards, as the unique keys of `applications` are on one server).

@@ -77,10 +77,10 @@ def recorded(conn: Connection, changes: list[Change], locking: bool = False) -> 
 
 def _allocate(conn: Connection, delta: int) -> int:
     """Move the sequence by ``delta`` ids (negative: give back ids this transaction took); the new last id."""
-    last = conn.exec_driver_sql(_ALLOCATE.format(delta=int(delta))).lastrowid
-    if last is None:  # pragma: no cover - a driver that does not return the insert id
-        raise RuntimeError("the event sequence's update returned no LAST_INSERT_ID")
-    return int(last)
+    result = conn.exec_driver_sql(_ALLOCATE.format(delta=int(delta)))
+    if result.rowcount != 1 or result.lastrowid is None:  # no row 1: ids from nowhere would collide later
+        raise RuntimeError("event_sequence has no row 1 (migration 0008 seeds it)")
+    return int(result.lastrowid)
 
 
 def _insert(conn: Connection, last: int, changes: list[Change]) -> None:
@@ -111,6 +111,8 @@ def record_events(conn: Connection, changes: Iterable[Change], seen_before: bool
         # Only the failed INSERT was undone; this transaction still holds the sequence's lock and its k ids.
         known = recorded(conn, unique, locking=True)
         kept = [change for change in unique if change not in known]
+        if len(kept) == len(unique):  # not a logged change but a taken id: the sequence is behind the table
+            raise
         last = _allocate(conn, len(kept) - len(unique))
         if kept:
             _insert(conn, last, kept)

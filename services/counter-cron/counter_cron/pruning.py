@@ -1,9 +1,9 @@
 """Pruning of the tenants' event log (``chat_common.wire.events``): rows older than the retention window go, in chunks.
 
 The ids after the window's start are found once per run: the first event committed inside the window (``boundary``).
-Every row below it was committed before the window (ids are allocated in insert order, give or take the few
-concurrent inserts of the moment, and this boundary is a row's own id) and is deleted, ``chunk`` rows per short
-transaction in id order, so the writers' inserts at the other end of the table never wait long on it.
+Every row below it was committed before it (ids are committed in id order: ``chat_common.wire.events``), so before
+the window, give or take the moment between an insert's ``NOW(6)`` and its commit, and is deleted, ``chunk`` rows per
+short transaction in id order, so the writers' inserts at the other end of the table never wait long on it.
 
 The newest event is always kept, even when older than the window: the API tells a cursor whose events were pruned
 (410) by comparing it with the oldest id left, which an empty table could not say.
