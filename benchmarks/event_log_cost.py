@@ -135,6 +135,9 @@ def main() -> None:
                 # Paired within each round (the same moment of a shared machine), then the median of the rounds.
                 paired = [w / b for w, b in zip(results[(way, n)], results[("none", n)], strict=True)]
                 report[f"paired_ratio_{way}_{n}w"] = round(statistics.median(paired), 2)
+        for n in (1, 2):  # the two designs head to head, paired within each round
+            paired = [s / a for s, a in zip(results[("sequence", n)], results[("autoinc", n)], strict=True)]
+            report[f"paired_ratio_sequence_vs_autoinc_{n}w"] = round(statistics.median(paired), 2)
         report["rounds"] = rounds
         print(json.dumps(report))
         bench.engine.dispose()
