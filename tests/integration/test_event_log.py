@@ -255,6 +255,36 @@ def test_concurrent_writers_commit_gap_free_ids_in_id_order(writers):
     assert writers.sql("SELECT last_id FROM event_sequence WHERE id = 1").scalar() == final[-1]
 
 
+def test_two_real_message_writers_on_one_tenant_log_every_create_gap_free(writers, fresh_namespace):
+    """The writers' own handlers (upsert, then the record last), two at once on their own connections: no deadlock
+    between their row locks and the sequence's, every create logged once, ids 1..n."""
+    app = writers.new_application()
+    _created(writers, app, chats=2)
+    other = Writers(fresh_namespace)
+    errors: list = []
+
+    def run(w: Writers, chat: int) -> None:
+        try:
+            for b in range(10):
+                w.messages(w.deliveries(*(MessageUpsert(app, chat, m, "x") for m in range(b * 50 + 1, b * 50 + 51))))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w, chat)) for w, chat in ((writers, 1), (other, 2))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        other.close()
+    assert not errors, errors
+    assert _visible(writers.engine) == list(range(1, 2 + 2 * 500 + 1))  # the two chats' events, then the messages'
+    assert sorted(writers.events(app)) == sorted(
+        [(1, 0, 0), (2, 0, 0)] + [(chat, m, 0) for chat in (1, 2) for m in range(1, 501)]
+    )
+
+
 def test_a_batch_rolled_back_after_allocating_leaves_no_hole(writers):
     app = writers.new_application()
     assert _batch(writers.engine, [(app, 1, 0, 0)]) == [1]
