@@ -143,6 +143,10 @@ class Settings:
     metrics_port: int = 0  # writers and the operator serve /metrics here when non-zero
     # Count sync.
     counts_batch_size: int = 1000
+    # The tenants' event log (chat_common.wire.events): events are kept this long (the count sync prunes older ones,
+    # event_prune_chunk rows per transaction); a cursor from before the window answers 410.
+    event_retention_seconds: int = 7 * 24 * 3600
+    event_prune_chunk: int = 5000
     pushgateway_url: str | None = None
 
     @classmethod

@@ -27,9 +27,9 @@ from message_writer.handler import stored_rows
 from message_writer.indexing import backlog_query
 
 # Tables whose rows belong to one application (``applications`` is keyed by its own id).
-TENANT_TABLES = ("chats", "messages", "idempotency_keys")
+TENANT_TABLES = ("chats", "messages", "idempotency_keys", "events")
 # Tables of the deployment, not of a tenant.
-DEPLOYMENT_TABLES = ("applications", "system_markers", "alembic_version")
+DEPLOYMENT_TABLES = ("applications", "system_markers", "alembic_version", "event_sequence")
 APPLICATIONS, CHATS_EACH, MESSAGES_EACH = 12, 10, 30
 
 

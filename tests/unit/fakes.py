@@ -34,7 +34,7 @@ from chat_api.adapters.idempotency import PENDING, Claim, KeyInUse, Recorded
 from chat_api.adapters.numbering import Allocation
 from chat_api.adapters.publisher import PublishError
 from chat_api.adapters.recovery import NUMBERING_OPENED, SLOTS_MARKER, slot_marker
-from chat_api.model import Application, Chat, Message, NotFound, WriterHeartbeat
+from chat_api.model import Application, Chat, EventScan, Message, NotFound, WriterHeartbeat
 from chat_api.numbering import Numberer
 from chat_api.numbering.epochs import FRESH, RECOVERED, new_epoch
 from chat_api.numbering.opening import LEGACY, NEW, OPENED
@@ -905,6 +905,18 @@ class FakeClock:
 TICKET_KEY = b"unit-test-stream-ticket-key-0123456789"
 
 
+class FakeEventLog:
+    """The event log port: answers the scan a test set (``answer``), else an empty log; records each call."""
+
+    def __init__(self) -> None:
+        self.answer: EventScan | None = None
+        self.calls: list[tuple[int, int, int, bool]] = []
+
+    async def scan(self, application_id: int, after: int, limit: int, from_replica: bool = False) -> EventScan:
+        self.calls.append((application_id, after, limit, from_replica))
+        return self.answer or EventScan([], full=False, oldest=None, head=after)
+
+
 @dataclass
 class World:
     """Every fake of one service, to arrange and inspect from a test."""
@@ -922,6 +934,7 @@ class World:
     rate_limiter: FakeRateLimiter
     search_budget: FakeSearchBudget
     clock: FakeClock = field(default_factory=lambda: FakeClock())
+    events: FakeEventLog = field(default_factory=FakeEventLog)
 
     def application(self, name: str = "acme") -> Application:
         """A new application (as an admin creates it)."""
@@ -977,6 +990,7 @@ def build(limits: Limits | None = None, recovery_opens_after: int | None = 1) ->
         rate_limiter=world.rate_limiter,
         search_budget=world.search_budget,
         tickets=TicketSigner((TICKET_KEY,), clock=world.clock),
+        events=world.events,
     )
     return service, world
 

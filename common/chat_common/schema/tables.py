@@ -170,3 +170,38 @@ system_markers = Table(
     Column("created_at", Timestamp, nullable=False, server_default=func.now(6)),
     **TABLE_OPTIONS,
 )
+
+# The tenant's event log (migration 0008, chat_common.wire.events): one row per create or edit a writer applied,
+# written in the upsert's own transaction. No body: the log points at the row, whose current state the API joins in.
+events = Table(
+    "events",
+    metadata,
+    # Not an AUTO_INCREMENT: handed out by event_sequence in commit order, gap-free (chat_common.wire.events); an
+    # insert without an id fails.
+    Column("id", Id, primary_key=True, autoincrement=False),
+    # No foreign key: its check costs every inserted row a lookup (and a shared lock) in applications, measured at a
+    # sixth of the insert; an application's deletion removes its events in batches (tenancy.applications). A writer's
+    # batch committed during a deletion may leave a few behind: the retention window prunes them.
+    Column("application_id", Id, nullable=False),
+    Column("chat_number", Number, nullable=False),
+    Column("message_number", Number, nullable=False),  # 0 for a chat's events
+    Column("version", BigInteger, nullable=False),  # 0: created; else the edit's version
+    # The insert's NOW(6), from the server's clock (the writers never send it: see chat_common.wire.events).
+    Column("committed_at", Timestamp, nullable=False, server_default=func.now(6)),
+    # One event per change: a redelivered batch finds its events here and adds none; it also serves the tenant's reads
+    # (application_id first), which page by id within it.
+    UniqueConstraint("application_id", "chat_number", "message_number", "version", name="uq_events_change"),
+    **TABLE_OPTIONS,
+)
+# The tenant's page walks (application_id, id) in id order from the cursor; an application's deletion uses it too.
+Index("ix_events_application_id", events.c.application_id, events.c.id)
+
+# The event log's id sequence: one row (id 1, seeded by migration 0008), ``last_id`` the last event id handed out. A
+# writer's batch moves it as its transaction's last update, so its lock serializes the allocation-to-commit windows.
+event_sequence = Table(
+    "event_sequence",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_id", Id, nullable=False),
+    **TABLE_OPTIONS,
+)

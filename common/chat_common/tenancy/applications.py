@@ -32,7 +32,7 @@ import redis
 from sqlalchemy import Engine, Select, and_, bindparam, case, func, literal_column, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from chat_common.schema.tables import applications, chats, messages
+from chat_common.schema.tables import applications, chats, events, messages
 from chat_common.tenancy.tokens import TokenSealer, token_digest
 from chat_common.validation import NAME_MAX_CHARS, Invalid, clean_name
 from chat_common.wire.idempotency import KeyReused, check_idempotency_key
@@ -597,6 +597,12 @@ class Applications:
                     )
                 deleted += len(ids)
                 log.info("deleting application: %d messages so far", deleted)
+            # Its event log too, in batches (no foreign key cascades them: chat_common.schema.tables).
+            prune = events.delete().where(events.c.application_id == application.id)
+            while True:
+                with conn.begin():
+                    if conn.execute(prune.with_dialect_options(mysql_limit=batch_size)).rowcount < batch_size:
+                        break
             with conn.begin():
                 conn.execute(chats.delete().where(chats.c.application_id == application.id))
                 conn.execute(applications.delete().where(applications.c.id == application.id))

@@ -20,6 +20,7 @@ import redis.asyncio as redis
 
 from chat_api import errors
 from chat_api.adapters.database import Database
+from chat_api.adapters.events import SqlEventLog
 from chat_api.adapters.idempotency import IdempotencyStore, StoredKeys
 from chat_api.adapters.numbering import Numbering
 from chat_api.adapters.publisher import ConfirmingPublisher
@@ -46,6 +47,7 @@ from chat_api.numbering import Numberer
 from chat_api.ports import Publisher
 from chat_api.resources.applications import ApplicationsResource, TenantAdminResource
 from chat_api.resources.chats import ChatsResource
+from chat_api.resources.events import EventsResource
 from chat_api.resources.health import HealthResource, MetricsResource, ProcessState, ReadinessResource, StatusResource
 from chat_api.resources.messages import MessageSearchResource, MessagesResource
 from chat_api.resources.openapi import DocsResource, OpenApiResource
@@ -149,6 +151,7 @@ def create_app(
     for action in ("suspend", "resume", "rotate", "limits", "cors", "usage"):
         path = {"rotate": "rotate-token", "cors": "cors-origins"}.get(action, action)
         app.add_route(f"/applications/{{token}}/{path}", tenant_admin, suffix=action)
+    events = EventsResource(service)
     search = MessageSearchResource(service)
     cors_origins = parse_origins(settings.cors_allowed_origins)
     stream_resource = MessageStreamResource(service, streams, cors_origins)
@@ -160,6 +163,7 @@ def create_app(
     for application in ("/applications/{token}", HEADER_FORM):
         chat = f"{application}/chats/{{chat_number:{NUMBER}}}"
         app.add_route(f"{application}/chats", chats)
+        app.add_route(f"{application}/events", events)
         app.add_route(chat, chats, suffix="item")
         app.add_route(f"{chat}/messages", messages)
         app.add_route(f"{chat}/messages/search", search)
@@ -259,6 +263,7 @@ def build_service(
         ),
         tickets=TicketSigner(parse_keys(settings.stream_ticket_keys), settings.stream_ticket_seconds),
         limits=Limits.from_settings(settings),
+        events=SqlEventLog(router),
     )
 
     async def database() -> str:

@@ -10,7 +10,16 @@ import orjson
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from chat_api.model import Conflict, Invalid, NotFound, RateLimited, Suspended, Unavailable, UnknownApplication
+from chat_api.model import (
+    Conflict,
+    CursorExpired,
+    Invalid,
+    NotFound,
+    RateLimited,
+    Suspended,
+    Unavailable,
+    UnknownApplication,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,10 @@ async def _invalid(req, resp, exc, params) -> None:
 async def _conflict(req, resp, exc, params) -> None:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     raise falcon.HTTPConflict(description=str(exc), headers=headers)
+
+
+async def _cursor_expired(req, resp, exc, params) -> None:
+    raise falcon.HTTPGone(description=str(exc))
 
 
 async def _suspended(req, resp, exc, params) -> None:
@@ -88,5 +101,6 @@ def register(app: falcon.asgi.App) -> None:
     app.add_error_handler(Conflict, _conflict)
     app.add_error_handler(Unavailable, _unavailable)
     app.add_error_handler(Suspended, _suspended)
+    app.add_error_handler(CursorExpired, _cursor_expired)
     app.add_error_handler(RateLimited, _rate_limited)
     app.set_error_serializer(serialize_error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -18,7 +19,11 @@ __all__ = [
     "Chat",
     "Claim",
     "Conflict",
+    "CursorExpired",
     "DatabaseUnavailable",
+    "Event",
+    "EventPage",
+    "EventScan",
     "Invalid",
     "KeyInUse",
     "Keyed",
@@ -65,6 +70,69 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of an application's event log, with its resource as it is now (``None``: the row is gone).
+
+    ``position`` is the entry's place in the log (its cursor); ``current_version`` the row's version now: above the
+    event's ``version`` when a later edit superseded it (the resource then shows that later state).
+    """
+
+    position: int
+    type: str
+    chat_number: int
+    message_number: int  # 0 for a chat's events
+    version: int
+    committed_at: datetime.datetime  # UTC, as the database stamped it
+    resource: Chat | Message | None
+    current_version: int | None
+
+    @property
+    def superseded(self) -> bool:
+        """Whether the row was edited again after this event (its resource is that newer state)."""
+        return self.current_version is not None and self.current_version > self.version
+
+    def public(self) -> dict:
+        """The JSON shape of an event (``id`` is its cursor: opaque to clients)."""
+        shape: dict = {"id": str(self.position), "type": self.type, "chat_number": self.chat_number}
+        if self.message_number:
+            shape["message_number"] = self.message_number
+        shape["version"] = self.version
+        shape["committed_at"] = self.committed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        shape["superseded"] = self.superseded
+        shape["resource"] = None if self.resource is None else self.resource.public()
+        return shape
+
+
+@dataclass(frozen=True, slots=True)
+class EventScan:
+    """What one read of the event log found (:class:`chat_api.ports.EventLogPort`), from one snapshot.
+
+    ``events``: the application's next events after the cursor (at most the page size, in id order). ``full``: the
+    page size was reached. ``oldest``: the oldest id left in the log (None: empty), which tells a pruned cursor.
+    ``head``: the last id of the whole log (every tenant's) committed as the read saw it: no event can commit at or
+    below it later (the writers commit ids in order, without gaps).
+    """
+
+    events: list[Event]
+    full: bool
+    oldest: int | None
+    head: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """A page of the event log: its events and the position to continue after (``next``, a cursor).
+
+    ``has_more``: more events may be read at once (the page was full); False when the log is read to its end — poll
+    again later with ``next``.
+    """
+
+    events: list[Event]
+    next: int
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One page of a list: ``has_next`` tells whether a further page exists."""
 
@@ -76,6 +144,10 @@ class Page:
 
 class NotFound(Exception):
     """The token, chat or message does not exist (or is not visible to this token)."""
+
+
+class CursorExpired(Exception):
+    """An event-log cursor from before the retention window: events after it were pruned (410 Gone)."""
 
 
 class UnknownApplication(NotFound):

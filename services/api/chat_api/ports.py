@@ -26,6 +26,7 @@ from chat_api.model import (
     Application,
     Chat,
     Claim,
+    EventScan,
     Message,
     Numbered,
     Recorded,
@@ -38,6 +39,7 @@ from chat_api.model import (
 __all__ = [
     "Applications",
     "CounterSource",
+    "EventLogPort",
     "IdempotencyPort",
     "NumberingPort",
     "NumbersPort",
@@ -113,6 +115,16 @@ class Repository(Protocol):
 
     async def ping(self) -> bool:
         """True when the database answers."""
+        ...
+
+
+@runtime_checkable
+class EventLogPort(Protocol):
+    """Reads of an application's event log (adapter: ``SqlEventLog``; the writers fill it)."""
+
+    async def scan(self, application_id: int, after: int, limit: int, from_replica: bool = False) -> EventScan:
+        """The application's events after id ``after`` (at most ``limit``), with the log's head and oldest id, all
+        from one snapshot."""
         ...
 
 

@@ -11,8 +11,10 @@ with the operator, synchronous) runs in a worker thread, never on the loop.
 
 from __future__ import annotations
 
+from chat_api.model import EventPage, Unavailable
 from chat_api.ports import (
     Applications,
+    EventLogPort,
     NumbersPort,
     Publisher,
     RateLimiterPort,
@@ -24,6 +26,7 @@ from chat_api.ports import (
 from chat_api.use_cases.admin import TenantAdmin
 from chat_api.use_cases.applications import ApplicationUseCases
 from chat_api.use_cases.chats import ChatUseCases
+from chat_api.use_cases.events import EventLogUseCase
 from chat_api.use_cases.limits import MAX_OFFSET, Limits
 from chat_api.use_cases.messages import MessageUseCases
 from chat_api.use_cases.paging import page_bounds
@@ -57,6 +60,7 @@ class ChatService:
         rate_limiter: RateLimiterPort,
         search_budget: SearchBudgetPort | None = None,
         tickets: TicketSigner | None = None,
+        events: EventLogPort | None = None,
     ) -> None:
         self.applications = applications  # closed by the process lifecycle
         self.publisher = publisher  # started and closed by the process lifecycle
@@ -93,6 +97,10 @@ class ChatService:
         self.list_messages = messages.list
         self.edit_message = messages.edit
 
+        self.event_log: EventLogUseCase | None = None  # without a log (unit tests' fakes) the route answers 503
+        if events is not None:
+            self.event_log = EventLogUseCase(gate, events, repository, numbers, limits.event_retention_seconds)
+
         self.search_messages = SearchUseCase(gate, repository, numbers, search, limits, search_budget).messages
         self.stream_position = StreamStart(gate, repository).position
 
@@ -105,6 +113,12 @@ class ChatService:
         if isinstance(credential, TicketHolder):
             return await self.tickets.standing(credential)
         return await self.token_standing(credential)
+
+    async def events(self, token: str, after: int | None, limit: int) -> EventPage:
+        """A page of the application's event log after cursor ``after`` (:mod:`chat_api.use_cases.events`)."""
+        if self.event_log is None:
+            raise Unavailable("the event log is not configured", retry_after=30)
+        return await self.event_log.page(token, after, limit)
 
     def page_bounds(self, page: int, per_page: int | None) -> tuple[int, int]:
         """``(page, per_page)`` with the default page size filled in (:func:`chat_api.use_cases.paging.page_bounds`)."""

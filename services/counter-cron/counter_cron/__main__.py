@@ -1,4 +1,7 @@
-"""`python -m counter_cron [--every SECONDS]`: one count sync (the CronJob), or one every N seconds (`make run`)."""
+"""`python -m counter_cron [--every SECONDS]`: one count sync (the CronJob), or one every N seconds (`make run`).
+
+Each run also prunes the event log past its retention window (``counter_cron.pruning``), after the counts.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from chat_common.clients.redis_client import sync_client
 from chat_common.config import Settings
 from chat_common.metrics import push_metrics
 from chat_common.wire.keys import RedisKeys
+from counter_cron.pruning import prune_events
 from counter_cron.sync import CountSync
 
 log = logging.getLogger("counter_cron")
@@ -55,6 +59,15 @@ def sync_once(settings: Settings, engine, client) -> None:
         report.rows_contended,
         report.lock_retries,
         " (full recount)" if report.full else "",
+    )
+    pruned = prune_events(engine, settings.event_retention_seconds, settings.event_prune_chunk)
+    log.info(
+        "event log pruned in %.2fs: %d events older than %d s deleted in %d chunks (oldest id left: %s)",
+        pruned.seconds,
+        pruned.deleted,
+        settings.event_retention_seconds,
+        pruned.chunks,
+        pruned.kept_from,
     )
 
 

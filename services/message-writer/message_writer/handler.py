@@ -14,6 +14,10 @@ stored row already outdoes (an older edit arriving late), which a stream would s
 them apart costs one locking read of the batch's rows right after the upsert (the rows are locked by it already),
 made only for batches that may hold such rows: edits, and deliveries seen before (redelivered, retried). A create
 is then announced with the row's stored body (an edit that got there first wins).
+
+The same rule decides what goes into the tenants' event log (``chat_common.wire.events``), in the upsert's own
+transaction, as its last statement: so the stored rows are read for such batches whether or not this writer
+announces.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from chat_common.schema.tables import applications, chats, messages
 from chat_common.search import SearchUnavailable, build_search
 from chat_common.wire.announcements import Committed
 from chat_common.wire.contracts import ContractError, MessageUpsert
+from chat_common.wire.events import Change, record_events
 from chat_common.wire.idempotency import store_keys
 from chat_common.wire.keys import dirty_chat_mark
 from chat_common.writing.consumer import BatchResult, Delivery, decode_batch
@@ -79,7 +84,8 @@ def may_be_stored(changes: Sequence[tuple[Delivery, MessageUpsert]]) -> bool:
 def to_announce(
     applied: Sequence[tuple[int, MessageUpsert]], stored: dict[RowKey, tuple[int, str]] | None
 ) -> list[Committed]:
-    """What to announce of the applied upserts, given the rows as stored after the upsert (None: not read).
+    """What to announce (and record in the event log) of the applied upserts, given the rows as stored after the
+    upsert (None: not read).
 
     Creates: always, with the stored body. Edits: when their version is the stored one (newly applied, or already
     stored by a run of this batch that died before announcing). Edits older than the stored row: never.
@@ -94,6 +100,11 @@ def to_announce(
         elif c.version == row[0]:
             announced.append(Committed(c.application_id, c.chat_number, c.message_number, c.body, c.version))
     return announced
+
+
+def as_events(committed: Sequence[Committed]) -> list[Change]:
+    """The event-log rows of what :func:`to_announce` found applied."""
+    return [(c.application_id, c.chat_number, c.message_number, c.version) for c in committed]
 
 
 class ChatIdCache:
@@ -177,7 +188,7 @@ class MessageBatchWriter:
         if not changes:
             return result
         applied: list[tuple[int, MessageUpsert]] = []
-        stored: dict[RowKey, tuple[int, str]] | None = None
+        committed: list[Committed] = []
         try:
             with self.context.engine.begin() as conn:
                 chat_ids = self._resolve(conn, {(c.application_id, c.chat_number) for _, c in changes})
@@ -209,8 +220,11 @@ class MessageBatchWriter:
                             for cid, c in applied
                         ],
                     )
-                    if self.context.announcer is not None and may_be_stored(changes):
+                    stored = None  # nearly every batch: first deliveries of creates, applied as delivered
+                    seen_before = any(d.redelivered or d.attempt for d, _ in changes)
+                    if may_be_stored(changes):
                         stored = self._stored(conn, [(c.application_id, cid, c.message_number) for cid, c in applied])
+                    committed = to_announce(applied, stored)
                     store_keys(
                         conn,
                         (
@@ -225,13 +239,15 @@ class MessageBatchWriter:
                             if c.idempotency_key is not None
                         ),
                     )
+                    # Last before the commit: it holds the event sequence's lock until then (chat_common.wire.events).
+                    record_events(conn, as_events(committed), seen_before)
         except IntegrityError:
             # A cached chat id whose application was deleted meanwhile: forget the cache, let the loop retry.
             self.chat_ids.clear()
             raise
         if applied:
             if self.context.announcer is not None:  # committed: live streams may show these rows now
-                self.context.announcer.committed(to_announce(applied, stored))
+                self.context.announcer.committed(committed)
                 self.context.announcer.flush()  # at once, before the dirty marks and search (never raises)
             marks = {dirty_chat_mark(c.application_id, cid) for cid, c in applied}  # keyed by application (count sync)
             self.context.redis.sadd(self.context.keys.dirty_chats, *marks)

@@ -43,12 +43,16 @@ def limit_statement(sql: str, seconds: float, mariadb: bool) -> str:
 
     MariaDB reads ``SET STATEMENT max_statement_time=<s> FOR <statement>`` (seconds, a fraction allowed); MySQL has no
     such prefix but reads the optimizer hint ``SELECT /*+ MAX_EXECUTION_TIME(<ms>) */`` (which MariaDB ignores).
-    Per statement rather than per session, so writes and the server status statements keep no limit.
+    Per statement rather than per session, so writes and the server status statements keep no limit. A read that
+    starts with ``WITH`` (the event log's page) is limited on MariaDB only: MySQL's hint belongs after a ``SELECT``.
     """
-    if seconds <= 0 or sql.lstrip()[:6].upper() != "SELECT":
+    head = sql.lstrip()[:7].split(None, 1)[0].upper() if sql.strip() else ""
+    if seconds <= 0 or head not in ("SELECT", "WITH"):
         return sql
     if mariadb:
         return f"SET STATEMENT max_statement_time={seconds:g} FOR {sql}"
+    if head != "SELECT":
+        return sql
     head, _, rest = sql.lstrip().partition(" ")
     return f"{head} /*+ MAX_EXECUTION_TIME({max(1, round(seconds * 1000))}) */ {rest}"
 

@@ -23,6 +23,8 @@ class Limits:
     max_page_size: int = Settings.max_page_size
     max_query_chars: int = Settings.max_query_chars
     rate_limit_per_second: int = Settings.rate_limit_per_second  # default per tenant; a tenant's own overrides
+    # The event log (chat_api.use_cases.events): how long events are kept (a cursor from before: 410).
+    event_retention_seconds: int = Settings.event_retention_seconds
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
