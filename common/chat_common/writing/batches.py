@@ -46,6 +46,11 @@ class Delivery:
     # dead-lettered whole.
     unreadable: str = ""
 
+    @property
+    def seen_before(self) -> bool:
+        """Redelivered or retried: a writer may have applied (and committed) this upsert already."""
+        return self.redelivered or self.attempt > 0
+
 
 @dataclass
 class BatchResult:

@@ -191,7 +191,7 @@ class DeferralLedger(ConsumerHook):
             self.defer(deferred)
         retried = {deferral_id(r.delivery) for r in routing.retries}
         settled = {
-            deferral_id(d) for d in batch if d.attempt > 0 or d.redelivered
+            deferral_id(d) for d in batch if d.seen_before
         } - retried  # committed or dead-lettered now: no longer anywhere in the pipeline
         if settled:
             self.settle(sorted(settled))

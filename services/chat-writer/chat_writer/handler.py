@@ -103,8 +103,8 @@ class ChatBatchWriter:
             if rows:
                 conn.execute(UPSERT_CHATS, rows)
                 stored = None
-                seen_before = any(d.redelivered or d.attempt for d, _ in changes)
-                if seen_before or any(c.version for c in applied):  # as the message-writer's may_be_stored
+                seen_before = any(d.seen_before for d, _ in changes)
+                if seen_before or any(c.version for c in applied):  # renames, or deliveries seen before
                     stored = stored_versions(conn, [(c.application_id, c.chat_number) for c in applied])
                 store_keys(conn, keys)
                 # Last before the commit: it holds the event sequence's lock until then (chat_common.wire.events).

@@ -78,7 +78,7 @@ def may_be_stored(changes: Sequence[tuple[Delivery, MessageUpsert]]) -> bool:
     A first delivery of a create (version 0) is new unless it is a duplicate publish (announcing that again is
     harmless), so such batches — nearly all of them — skip the read of the stored rows.
     """
-    return any(d.redelivered or d.attempt or c.version for d, c in changes)
+    return any(d.seen_before or c.version for d, c in changes)
 
 
 def to_announce(
@@ -221,7 +221,7 @@ class MessageBatchWriter:
                         ],
                     )
                     stored = None  # nearly every batch: first deliveries of creates, applied as delivered
-                    seen_before = any(d.redelivered or d.attempt for d, _ in changes)
+                    seen_before = any(d.seen_before for d, _ in changes)
                     if may_be_stored(changes):
                         stored = self._stored(conn, [(c.application_id, cid, c.message_number) for cid, c in applied])
                     committed = to_announce(applied, stored)
