@@ -188,8 +188,8 @@ events = Table(
     Column("version", BigInteger, nullable=False),  # 0: created; else the edit's version
     # The insert's NOW(6), from the server's clock (the writers never send it: see chat_common.wire.events).
     Column("committed_at", Timestamp, nullable=False, server_default=func.now(6)),
-    # One event per change: a redelivered batch finds its events here and adds none; it also serves the tenant's reads
-    # (application_id first), which page by id within it.
+    # One event per change: a redelivered batch finds its events here and adds none (the tenant's pages use
+    # ix_events_application_id below).
     UniqueConstraint("application_id", "chat_number", "message_number", "version", name="uq_events_change"),
     **TABLE_OPTIONS,
 )
