@@ -1,4 +1,4 @@
-"""The three tables of the product, as SQLAlchemy Core metadata (the migrations create the same shape).
+"""The tables of the product, as SQLAlchemy Core metadata (the migrations create the same shape).
 
 Why each index exists is written down in docs/schema.md.
 """
@@ -205,3 +205,61 @@ event_sequence = Table(
     Column("last_id", Id, nullable=False),
     **TABLE_OPTIONS,
 )
+
+
+# Tenants' webhook endpoints (migration 0009, chat_common.tenancy.webhooks; delivered by services/webhook-dispatcher).
+def _ascii(length: int):
+    """A case-sensitive ASCII string column type (URLs, names, sealed values)."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
+    )
+
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("application_id", Id, ForeignKey("applications.id", ondelete="CASCADE"), nullable=False),
+    Column("name", _ascii(63), nullable=False),  # unique per application; the operator's is the spec entry's name
+    Column("url", _ascii(2048), nullable=False),  # https://… (or http:// where the deployment allows it), IDNA-encoded
+    Column("event_types", _ascii(255), nullable=False),  # comma-separated subset of chat_common.wire.events.EVENT_TYPES
+    # The signing secret (``whsec_<base64>``), sealed (AES-GCM, TOKEN_SEALING_KEY); the one it replaced keeps signing
+    # beside it until previous_secret_expires_at, so receivers can switch without dropping deliveries.
+    Column("secret_sealed", _ascii(255), nullable=False),
+    Column("previous_secret_sealed", _ascii(255), nullable=True),
+    Column("previous_secret_expires_at", Timestamp, nullable=True),
+    Column("managed_by", _ascii(8), nullable=False, server_default="api"),  # "api" (admin REST) or "k8s" (operator)
+    Column("enabled", Boolean, nullable=False, server_default="1"),  # what its manager wants
+    # What the dispatcher found: healthy, failing (since failing_since) or disabled (410, or failing too long).
+    Column("state", _ascii(16), nullable=False, server_default="healthy"),
+    Column("failing_since", Timestamp, nullable=True),
+    Column("disabled_at", Timestamp, nullable=True),
+    Column("disabled_reason", String(255), nullable=True),
+    Column("last_success_at", Timestamp, nullable=True),
+    Column("last_failure_at", Timestamp, nullable=True),
+    Column("last_error", String(255), nullable=True),
+    # Its place in the event log: every event of the application up to here is delivered, given up, or held.
+    Column("position", Id, nullable=False, server_default="0"),
+    # The dispatcher process delivering it, until lease_until (renewed while it lives; another takes over after).
+    Column("lease_owner", _ascii(64), nullable=True),
+    Column("lease_until", Timestamp, nullable=True),
+    *_timestamps(),
+    UniqueConstraint("application_id", "name", name="uq_webhook_endpoints_application_name"),
+    **TABLE_OPTIONS,
+)
+
+# Deliveries held back: a chat's event whose delivery failed (retried at next_attempt_at) and the same chat's later
+# events behind it (attempts 0), so a chat's events reach the endpoint in order while its other chats go on.
+webhook_held = Table(
+    "webhook_held",
+    metadata,
+    Column("endpoint_id", Id, ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), primary_key=True),
+    Column("event_id", Id, primary_key=True, autoincrement=False),
+    Column("chat_number", Number, nullable=False),
+    Column("attempts", Number, nullable=False, server_default="0"),
+    Column("next_attempt_at", Timestamp, nullable=False, server_default=func.now(6)),
+    Column("first_failed_at", Timestamp, nullable=True),
+    **TABLE_OPTIONS,
+)
+# A chat's held events in order: the head is the one to retry, the rest wait behind it.
+Index("ix_webhook_held_chat", webhook_held.c.endpoint_id, webhook_held.c.chat_number, webhook_held.c.event_id)

@@ -1,0 +1,1 @@
+"""What the webhook parts of the system share: where deliveries may go (:mod:`.egress`)."""
