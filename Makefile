@@ -10,9 +10,12 @@ export COUNT_SYNC_EVERY_SECONDS ?= 30
 # in git), read by the shell so no command line shows it; TOKEN_SEALING_KEY in the environment wins.
 SEALING_KEY_FILE := .run/token-sealing-key
 LOCAL_SEALING_KEY = $${TOKEN_SEALING_KEY:-$$(cat $(SEALING_KEY_FILE))}
-# The same for the key that signs stream tickets (STREAM_TICKET_KEYS in the environment wins).
+# The same for the key that signs stream tickets (STREAM_TICKET_KEYS in the environment wins), and the one that seals
+# the webhook endpoints' signing secrets (WEBHOOK_SEALING_KEY).
 TICKET_KEY_FILE := .run/stream-ticket-key
 LOCAL_TICKET_KEYS = $${STREAM_TICKET_KEYS:-$$(cat $(TICKET_KEY_FILE))}
+WEBHOOK_KEY_FILE := .run/webhook-sealing-key
+LOCAL_WEBHOOK_KEY = $${WEBHOOK_SEALING_KEY:-$$(cat $(WEBHOOK_KEY_FILE))}
 
 .PHONY: help services control-plane venv migrate run sync-counts reindex test test-unit test-fast lint format bench clean
 
@@ -35,16 +38,17 @@ control-plane: ## build etcd, kube-apiserver, controller manager, scheduler, kub
 
 venv: $(BIN)/.installed ## create the virtualenv: pinned dependencies, every package of the repository editable
 
-$(SEALING_KEY_FILE) $(TICKET_KEY_FILE):
+$(SEALING_KEY_FILE) $(TICKET_KEY_FILE) $(WEBHOOK_KEY_FILE):
 	@mkdir -p $(@D) && umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 
 migrate: venv $(SEALING_KEY_FILE) ## create the database if missing and apply migrations; bring existing queues to QUEUE_TYPE
 	TOKEN_SEALING_KEY=$(LOCAL_SEALING_KEY) $(BIN)/python -m chat_common.ops.migrate
 	$(BIN)/python -m chat_common.ops.queue_migration
 
-run: migrate $(TICKET_KEY_FILE) ## start API (127.0.0.1:$$PORT), both writers and the periodic count sync; Ctrl-C stops all
+run: migrate $(TICKET_KEY_FILE) $(WEBHOOK_KEY_FILE) ## start API (127.0.0.1:$$PORT), both writers, the webhook dispatcher and the periodic count sync; Ctrl-C stops all
 	@# honcho hands each process PORT=<base + 100 × its index>: the API is first, so it gets $${PORT:-8080}.
-	TOKEN_SEALING_KEY=$(LOCAL_SEALING_KEY) STREAM_TICKET_KEYS=$(LOCAL_TICKET_KEYS) PATH=$(CURDIR)/$(BIN):$$PATH \
+	TOKEN_SEALING_KEY=$(LOCAL_SEALING_KEY) STREAM_TICKET_KEYS=$(LOCAL_TICKET_KEYS) WEBHOOK_SEALING_KEY=$(LOCAL_WEBHOOK_KEY) \
+		PATH=$(CURDIR)/$(BIN):$$PATH \
 		$(BIN)/honcho start -f Procfile --port $${PORT:-8080}
 
 sync-counts: venv ## run one count sync and exit

@@ -99,6 +99,9 @@ TARGETS = {
         "stream delivery p99 - accept→row p99 of the same run ≤ 100 ms",
     ),
     "ratio_create_with_streams": (">=", 0.9, "creates at c=64 with 1,000 open streams ≥ 0.9 x with none"),
+    # Webhooks (scenario `webhooks`, issue #25): delivered soon after the commit, at little cost to creates.
+    "webhook_delivery_p99_ms": ("<=", 1000, "event commit → receiver 2xx, p99 at 50% of the create rate ≤ 1 s"),
+    "ratio_create_with_webhooks": (">=", 0.9, "creates at c=64 on a tenant with an endpoint ≥ 0.9 x one without"),
     # RabbitMQ cluster (scenario `rabbit_cluster`): replication must not halve the create rate; with coalesced
     # publishing (issue #27) it must cost little more than one node.
     "ratio_cluster_vs_single": (">=", 0.85, "creates at c=64 on a 3-node cluster ≥ 0.85 x on one node (quorum)"),
@@ -239,6 +242,16 @@ def summarize(results: dict) -> dict:
         "ratio_create_with_streams",
     ):
         summary[key] = streams.get(key)
+    webhooks = sc.get("webhooks") or {}
+    for key in (
+        "webhook_delivery_p99_ms",
+        "webhook_delivery_missing",
+        "webhook_deliveries_per_s",
+        "create_rps_without_webhooks",
+        "create_rps_with_webhooks",
+        "ratio_create_with_webhooks",
+    ):
+        summary[key] = webhooks.get(key)
     rabbit = sc.get("rabbit_cluster") or {}
     for key in (
         "create_message_rps_rabbit_cluster3",
@@ -694,16 +707,10 @@ def markdown(results: dict, plots: list[Path]) -> str:
             "",
             f"### Scenario 6: count sync: {cs['chats_recounted']:,} dirty chats recounted in {cs['seconds']:.2f} s",
         ]
-    if sc.get("streams"):
-        st = sc["streams"]
-        lines += [
-            "",
-            "### Live streams (SSE, issue 15)",
-            "",
-            "| figure | value |",
-            "|---|---|",
-        ]
-        lines += [f"| `{k}` | {_n(v, '{:,.1f}') if isinstance(v, float) else v} |" for k, v in st.items()]
+    for key, title in (("streams", "Live streams (SSE, issue 15)"), ("webhooks", "Webhooks (issue 25)")):
+        if sc.get(key):
+            lines += ["", f"### {title}", "", "| figure | value |", "|---|---|"]
+            lines += [f"| `{k}` | {_n(v, '{:,.1f}') if isinstance(v, float) else v} |" for k, v in sc[key].items()]
     if (sc.get("rabbit_cluster") or {}).get("cluster3_quorum"):
         rc = sc["rabbit_cluster"]
         lines += [

@@ -47,6 +47,9 @@ class Settings:
     # AES-256-GCM key (base64url, 32 bytes) of the sealed token copies (chat_common.tenancy.tokens): never in the
     # database.
     token_sealing_key: str | None = field(default=None, repr=False)
+    # The same for the webhook endpoints' signing secrets (chat_common.tenancy.webhooks): a key of its own, so the
+    # webhook dispatcher, which must open those, holds no key to the tenants' tokens.
+    webhook_sealing_key: str | None = field(default=None, repr=False)
     # Namespaces, so that tests, benchmarks and `make run` can share one Redis and one broker.
     redis_key_prefix: str = "chat:"
     queue_prefix: str = "chat_system"

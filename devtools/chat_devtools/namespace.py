@@ -46,6 +46,7 @@ class Namespace:
             writer_max_wait_seconds=0.1,
             writer_retry_delays_seconds=(1, 2),
             token_sealing_key=new_sealing_key(),  # as the chart generates one: sealed token copies (docs/security.md)
+            webhook_sealing_key=new_sealing_key(),  # webhook endpoints' signing secrets (chat_common.tenancy.webhooks)
             stream_ticket_keys=new_sealing_key(),  # stream tickets are signed with it (chat_api.use_cases.tickets)
             cors_allowed_origins=TEST_ORIGIN,  # the origin the HTTP tests send for the routes that opt into CORS
         )
@@ -76,6 +77,8 @@ class Namespace:
             env["ADMIN_API_KEY"] = s.admin_api_key
         if s.token_sealing_key:
             env["TOKEN_SEALING_KEY"] = s.token_sealing_key
+        if s.webhook_sealing_key:
+            env["WEBHOOK_SEALING_KEY"] = s.webhook_sealing_key
         if s.stream_ticket_keys:
             env["STREAM_TICKET_KEYS"] = s.stream_ticket_keys
         if s.cors_allowed_origins:
