@@ -543,7 +543,9 @@ def test_extra_env_from_volumes_mounts_sidecars_and_init_containers():
         "initContainers": [{"name": "wait", "image": "busybox:1.36"}],
         "sidecars": [{"name": "proxy", "image": "envoyproxy/envoy:v1.31.0"}],
     }
-    manifests = render({key: dict(extra) for key in ("api", "chatWriter", "messageWriter", "webhookDispatcher", "operator")})
+    manifests = render(
+        {key: dict(extra) for key in ("api", "chatWriter", "messageWriter", "webhookDispatcher", "operator")}
+    )
     for comp in ("api", "chat-writer", "message-writer", "webhook-dispatcher", "operator"):
         pod = only(manifests, "Deployment", comp).obj["spec"]["template"]["spec"]
         main = pod["containers"][0]

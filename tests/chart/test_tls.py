@@ -1,9 +1,9 @@
 """TLS values of the chart: CA Secrets of the dependencies mounted where the URLs name them, and the ingress.
 
-Every chat-system container (API, writers, webhook dispatcher, count sync, migrations, operator) gets each CA of ``tls.caSecrets`` at
-/etc/chat-system/tls/<dependency>/ca.crt, read-only and only the ``ca.crt`` key; RabbitMQ and Elasticsearch are told
-through RABBITMQ_CA_FILE / ELASTICSEARCH_CA_FILE, MySQL and Redis through their URLs. The production example
-(helm/values-external.yaml) turns all of it on, and the ingress terminates TLS.
+Every chat-system container (API, writers, webhook dispatcher, count sync, migrations, operator) gets each CA of
+``tls.caSecrets`` at /etc/chat-system/tls/<dependency>/ca.crt, read-only and only the ``ca.crt`` key; RabbitMQ and
+Elasticsearch are told through RABBITMQ_CA_FILE / ELASTICSEARCH_CA_FILE, MySQL and Redis through their URLs. The
+production example (helm/values-external.yaml) turns all of it on, and the ingress terminates TLS.
 """
 
 from __future__ import annotations

@@ -154,7 +154,9 @@ def test_the_dispatcher_has_exactly_one_scaler(variant):
 def test_fixed_replicas_without_autoscaling():
     manifests = render({"webhookDispatcher": {"autoscaling": {"enabled": False}, "replicaCount": 3}})
     assert only(manifests, "Deployment").obj["spec"]["replicas"] == 3
-    assert not [m for m in manifests if m.kind in ("ScaledObject", "HorizontalPodAutoscaler") and component(m) == DISPATCHER]
+    assert not [
+        m for m in manifests if m.kind in ("ScaledObject", "HorizontalPodAutoscaler") and component(m) == DISPATCHER
+    ]
 
 
 def kind_prometheus() -> str:
@@ -181,7 +183,8 @@ def test_keda_scales_the_dispatcher_on_its_backlog_read_from_the_kind_prometheus
     spec = scaled.obj["spec"]
     assert spec["scaleTargetRef"]["name"] == NAME and spec["minReplicaCount"] >= 1
     assert spec["fallback"] == {"failureThreshold": 3, "replicas": 2}
-    # Installing KEDA later and upgrading: the ScaledObject takes the chart's HPA over (templates/writers/autoscaling.yaml).
+    # Installing KEDA later and upgrading: the ScaledObject takes the chart's HPA over
+    # (templates/writers/autoscaling.yaml says how).
     assert scaled.obj["metadata"]["annotations"]["scaledobject.keda.sh/transfer-hpa-ownership"] == "true"
     hpa = only(rendered("kind-keda-off"), "HorizontalPodAutoscaler")
     assert spec["advanced"]["horizontalPodAutoscalerConfig"]["name"] == hpa.name
@@ -206,9 +209,11 @@ def test_the_scaler_takes_its_knobs_from_values():
     assert metadata["threshold"] == "50" and metadata["activationThreshold"] == "5"
     assert 'namespace="team-a"' in metadata["query"]
     assert (spec["minReplicaCount"], spec["maxReplicaCount"], spec["pollingInterval"]) == (2, 7, 15)
-    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 60
+    assert (
+        spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 60
+    )
     assert "fallback" not in spec
-    with pytest.raises(helm.HelmError, match="webhookDispatcher.autoscaling.minReplicas"):
+    with pytest.raises(helm.HelmError, match=r"webhookDispatcher\.autoscaling\.minReplicas"):
         render({"webhookDispatcher": {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}})
 
 
@@ -238,7 +243,9 @@ def test_the_dispatcher_gets_the_database_and_nothing_of_the_broker_redis_or_tok
         assert absent not in env, absent
     assert "TOKEN_SEALING_KEY" not in env and "ADMIN_API_KEY" not in env
     # The DML user of the writers, never the migrations' schema user.
-    writer = env_of(only(rendered("default"), "Deployment", "message-writer").obj["spec"]["template"]["spec"]["containers"][0])
+    writer = env_of(
+        only(rendered("default"), "Deployment", "message-writer").obj["spec"]["template"]["spec"]["containers"][0]
+    )
     assert env["DATABASE_URL"] == writer["DATABASE_URL"]
 
 
@@ -405,9 +412,10 @@ def test_only_the_dispatcher_has_its_egress_restricted(variant):
         return
     (policy,) = restricted
     assert policy.obj["spec"]["policyTypes"] == ["Egress"]
-    assert policy.obj["spec"]["podSelector"]["matchLabels"] == only(manifests, "Deployment").obj["spec"]["selector"][
-        "matchLabels"
-    ]
+    assert (
+        policy.obj["spec"]["podSelector"]["matchLabels"]
+        == only(manifests, "Deployment").obj["spec"]["selector"]["matchLabels"]
+    )
     for m in of_kind(manifests, "Deployment") + of_kind(manifests, "StatefulSet"):
         if component(m) != DISPATCHER:
             assert not matches(policy.obj["spec"]["podSelector"], pod_labels(m)), m
