@@ -402,6 +402,15 @@ def test_an_external_database_is_reached_through_extra_egress_only():
     assert "WARNING: the database is external" not in notes(values)
 
 
+def test_the_production_example_lets_the_dispatcher_reach_its_database():
+    """helm/values-external.yaml: the database is mysql.db.svc (a pod of namespace db), a private address."""
+    manifests = rendered("external-secret")
+    policies, me = of_kind(manifests, "NetworkPolicy"), source(manifests)
+    assert egress_admits(policies, me, 3306, pod={"app": "mysql"}, namespace="db")
+    assert not egress_admits(policies, me, 6380, pod={"app": "redis"}, namespace="db")
+    assert not egress_admits(policies, me, 3306, pod={"app": "mysql"}, namespace="other")
+
+
 def test_only_the_dispatcher_has_its_egress_restricted(variant):
     """The other components' egress stays open (external databases have addresses the chart cannot know)."""
     values, _ = VARIANTS[variant]
