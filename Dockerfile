@@ -2,6 +2,7 @@
 #   docker build --target api            -t chat-system/api .             (also runs `python -m chat_common.ops.migrate`)
 #   docker build --target chat-writer    -t chat-system/chat-writer .
 #   docker build --target message-writer -t chat-system/message-writer .
+#   docker build --target webhook-dispatcher -t chat-system/webhook-dispatcher .
 #   docker build --target counter-cron   -t chat-system/counter-cron .
 #   docker build --target operator       -t chat-system/operator .
 # `make images` builds them all. Each image holds the pinned dependencies (requirements.txt), chat-common and its own
@@ -17,7 +18,8 @@ COPY common/ /src/common/
 COPY services/ /src/services/
 COPY operator/ /src/operator/
 RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /src/common /src/services/api \
-        /src/services/chat-writer /src/services/message-writer /src/services/counter-cron /src/operator
+        /src/services/chat-writer /src/services/message-writer /src/services/webhook-dispatcher \
+        /src/services/counter-cron /src/operator
 
 # -- one virtualenv per image: the dependencies plus chat-common and that service's package -------------------------
 # The packages' bytecode is compiled here because the root filesystem is read-only at run time.
@@ -33,6 +35,10 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/chat_common-*.whl
 FROM build AS message-writer-venv
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/chat_common-*.whl /wheels/message_writer-*.whl \
     && /opt/venv/bin/python -m compileall -q "$SITE_PACKAGES/chat_common" "$SITE_PACKAGES/message_writer"
+
+FROM build AS webhook-dispatcher-venv
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/chat_common-*.whl /wheels/webhook_dispatcher-*.whl \
+    && /opt/venv/bin/python -m compileall -q "$SITE_PACKAGES/chat_common" "$SITE_PACKAGES/webhook_dispatcher"
 
 FROM build AS counter-cron-venv
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/chat_common-*.whl /wheels/counter_cron-*.whl \
@@ -73,6 +79,16 @@ ENTRYPOINT ["python", "-m", "chat_writer"]
 FROM writer AS message-writer
 COPY --from=message-writer-venv /opt/venv /opt/venv
 ENTRYPOINT ["python", "-m", "message_writer"]
+
+# -- the webhook dispatcher: delivers tenants' webhooks from the event log until SIGTERM; /metrics, /healthz and
+# /readyz on WEBHOOK_DISPATCHER_PORT ------------------------------------------------------------------------------
+FROM runtime AS webhook-dispatcher
+COPY --from=webhook-dispatcher-venv /opt/venv /opt/venv
+ENV WEBHOOK_DISPATCHER_PORT=9090
+EXPOSE 9090
+HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['WEBHOOK_DISPATCHER_PORT'], timeout=2)"]
+ENTRYPOINT ["python", "-m", "webhook_dispatcher"]
 
 # -- the operator (kopf): reconciles chat-system.io/v1 Application objects; /healthz on 8080, /metrics on 9090 -----
 FROM runtime AS operator

@@ -11,7 +11,7 @@ INGRESS_NGINX_CHART_VERSION ?= ~4.13.0
 KEDA_CHART_VERSION ?= ~2.18.0
 KUBE_PROMETHEUS_STACK_CHART_VERSION ?= ~75.0.0
 # The images: each is a target of the root Dockerfile (the build context is the repository root).
-IMAGES := api chat-writer message-writer counter-cron operator
+IMAGES := api chat-writer message-writer webhook-dispatcher counter-cron operator
 IMAGE_REFS = $(foreach name,$(IMAGES),$(IMAGE_PREFIX)/$(name):$(IMAGE_TAG))
 CHECKOV_VENV := $(VENV)/checkov
 
@@ -52,7 +52,7 @@ deploy: ## install or upgrade the chart on the kind cluster (helm/values-kind.ya
 	  -f helm/values-kind.yaml --set image.tag=$(IMAGE_TAG) --wait --timeout 10m
 	@# The same tag may now name a newly loaded image: roll the chat-system pods onto it.
 	kubectl -n $(K8S_NAMESPACE) rollout restart deployment \
-	  -l 'app.kubernetes.io/instance=$(HELM_RELEASE),app.kubernetes.io/component in (api,chat-writer,message-writer,operator)'
+	  -l 'app.kubernetes.io/instance=$(HELM_RELEASE),app.kubernetes.io/component in (api,chat-writer,message-writer,webhook-dispatcher,operator)'
 	kubectl -n $(K8S_NAMESPACE) rollout status deployment -l 'app.kubernetes.io/instance=$(HELM_RELEASE)' --timeout 5m
 	helm test $(HELM_RELEASE) --namespace $(K8S_NAMESPACE)
 

@@ -31,6 +31,8 @@ from tests.chart.rendering import (
 )
 
 WRITERS = ("chat-writer", "message-writer")
+# Every autoscaled Deployment that KEDA may scale (the writers on their queues, the webhook dispatcher on its backlog).
+KEDA_SCALED = (*WRITERS, "webhook-dispatcher")
 CREDENTIAL_KEYS = {
     "DATABASE_URL",
     "DATABASE_READ_URL",
@@ -44,6 +46,7 @@ CREDENTIAL_KEYS = {
     "RABBITMQ_PASSWORD",
     "RABBITMQ_ERLANG_COOKIE",
     "ELASTICSEARCH_PASSWORD",
+    "WEBHOOK_SEALING_KEY",
 }
 CUSTOM_SCHEMAS = {**crd_schemas.HAND_WRITTEN, **crd_schemas.from_crds(CHART_DIR / "crds")}
 
@@ -178,14 +181,14 @@ def test_each_writer_has_exactly_one_scaler(variant):
         assert "replicas" not in deployment.obj["spec"]
 
 
-def test_installing_keda_and_upgrading_hands_each_writers_hpa_over_to_its_scaled_object():
+def test_installing_keda_and_upgrading_hands_each_hpa_over_to_its_scaled_object():
     """The upgrade creates the ScaledObject while the chart's HPA still exists; KEDA's webhook refuses it unless
     it takes that very HPA over (KEDA's transfer-hpa-ownership, with the HPA named in the ScaledObject)."""
     before = {
         m.obj["spec"]["scaleTargetRef"]["name"]: m.name for m in of_kind(rendered("default"), "HorizontalPodAutoscaler")
     }
     scaled_objects = of_kind(render(None, api_versions=KEDA_APIS), "ScaledObject")
-    assert len(scaled_objects) == len(WRITERS)
+    assert len(scaled_objects) == len(KEDA_SCALED)
     for scaled in scaled_objects:
         assert scaled.obj["metadata"]["annotations"]["scaledobject.keda.sh/transfer-hpa-ownership"] == "true"
         hpa = scaled.obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"]
@@ -217,7 +220,12 @@ def test_writers_scale_on_the_depth_of_their_own_queue():
 
 def test_queue_prefix_reaches_the_scalers():
     manifests = render({"config": {"queuePrefix": "tenant7"}}, api_versions=KEDA_APIS)
-    queues = {m.obj["spec"]["triggers"][0]["metadata"]["queueName"] for m in of_kind(manifests, "ScaledObject")}
+    queues = {
+        trigger["metadata"]["queueName"]
+        for m in of_kind(manifests, "ScaledObject")
+        for trigger in m.obj["spec"]["triggers"]
+        if trigger["type"] == "rabbitmq"
+    }
     assert queues == {"tenant7.chats", "tenant7.messages"}
 
 
@@ -303,7 +311,7 @@ def test_writers_expose_metrics_for_prometheus(variant):
 def test_long_running_components_have_disruption_budgets():
     manifests = rendered("kind")
     covered = {component(m) for m in of_kind(manifests, "PodDisruptionBudget")}
-    assert {"api", "chat-writer", "message-writer", "operator"} <= covered
+    assert {"api", "chat-writer", "message-writer", "webhook-dispatcher", "operator"} <= covered
 
 
 # -- Migrations ----------------------------------------------------------------------------------------------------
@@ -540,6 +548,7 @@ def test_network_policies_admit_only_the_components_that_need_each_dependency():
         "api",
         "chat-writer",
         "message-writer",
+        "webhook-dispatcher",
         "counter-cron",
         "migrations",
         "operator",
@@ -618,7 +627,15 @@ def test_monitoring_objects_need_the_prometheus_operator_crds():
     assert of_kind(rendered("default"), "PrometheusRule") == []
     manifests = rendered("default-keda")
     monitored = {component(m) for m in of_kind(manifests, "ServiceMonitor")}
-    assert monitored == {"api", "chat-writer", "message-writer", "operator", "pushgateway", "rabbitmq"}
+    assert monitored == {
+        "api",
+        "chat-writer",
+        "message-writer",
+        "webhook-dispatcher",
+        "operator",
+        "pushgateway",
+        "rabbitmq",
+    }
     for monitor in of_kind(manifests, "ServiceMonitor"):
         service = named(manifests, "Service", component(monitor))
         ports = {p["name"] for p in service.obj["spec"]["ports"]}

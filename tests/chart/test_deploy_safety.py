@@ -243,6 +243,7 @@ def test_explicit_passwords_win_and_are_stable():
             "adminApiKey": "admin-key-" + "k" * 32,
             "tokenSealingKey": "sealing-key-" + "s" * 32,
             "streamTicketKeys": "ticket-key-" + "t" * 32,
+            "webhookSealingKey": "webhook-key-" + "w" * 32,
         },
     }
     first, second = render(values), render(values)
@@ -250,6 +251,7 @@ def test_explicit_passwords_win_and_are_stable():
     assert secret_data(first)["chat-chat-system"]["MARIADB_PASSWORD"] == "db-pass"
     assert secret_data(first)["chat-chat-system"]["TOKEN_SEALING_KEY"] == "sealing-key-" + "s" * 32
     assert secret_data(first)["chat-chat-system"]["STREAM_TICKET_KEYS"] == "ticket-key-" + "t" * 32
+    assert secret_data(first)["chat-chat-system"]["WEBHOOK_SEALING_KEY"] == "webhook-key-" + "w" * 32
     assert secret_data(first)["chat-chat-system"]["MARIADB_APP_PASSWORD"] == "app-pass"
 
 
@@ -258,6 +260,7 @@ def test_explicit_passwords_win_and_are_stable():
     [
         ({"auth": {"adminApiKey": "k" * 31}}, "adminApiKey"),
         ({"auth": {"passwordSeed": "s" * 31}}, "passwordSeed"),
+        ({"auth": {"webhookSealingKey": "w" * 31}}, "webhookSealingKey"),
     ],
 )
 def test_the_admin_key_and_the_password_seed_have_a_minimum_length(values, message):
@@ -495,7 +498,7 @@ def test_api_probes_are_configurable_with_a_startup_probe():
     assert "readinessProbe" not in container
     (default,) = only(rendered("default"), "Deployment", "api").obj["spec"]["template"]["spec"]["containers"]
     assert default["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    for comp in ("chat-writer", "message-writer", "operator"):
+    for comp in ("chat-writer", "message-writer", "webhook-dispatcher", "operator"):
         (c,) = only(rendered("default"), "Deployment", comp).obj["spec"]["template"]["spec"]["containers"]
         assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(c), comp
 
@@ -515,6 +518,7 @@ def test_every_pod_takes_scheduling_and_a_priority_class():
             "api",
             "chatWriter",
             "messageWriter",
+            "webhookDispatcher",
             "counterCron",
             "migrations",
             "operator",
@@ -539,8 +543,10 @@ def test_extra_env_from_volumes_mounts_sidecars_and_init_containers():
         "initContainers": [{"name": "wait", "image": "busybox:1.36"}],
         "sidecars": [{"name": "proxy", "image": "envoyproxy/envoy:v1.31.0"}],
     }
-    manifests = render({key: dict(extra) for key in ("api", "chatWriter", "messageWriter", "operator")})
-    for comp in ("api", "chat-writer", "message-writer", "operator"):
+    manifests = render(
+        {key: dict(extra) for key in ("api", "chatWriter", "messageWriter", "webhookDispatcher", "operator")}
+    )
+    for comp in ("api", "chat-writer", "message-writer", "webhook-dispatcher", "operator"):
         pod = only(manifests, "Deployment", comp).obj["spec"]["template"]["spec"]
         main = pod["containers"][0]
         assert {"secretRef": {"name": "more-settings"}} in main["envFrom"], comp
@@ -635,6 +641,22 @@ def test_the_token_sealing_key_reaches_only_the_api_the_operator_and_the_migrati
     main = "chat-chat-system"
     assert len(secret_data(manifests)[main]["TOKEN_SEALING_KEY"]) >= 32
     assert secret_data(manifests)[f"{main}-migrations"]["TOKEN_SEALING_KEY"]
+
+
+def test_the_webhook_sealing_key_reaches_only_the_api_the_operator_and_the_webhook_dispatcher():
+    """WEBHOOK_SEALING_KEY opens every webhook endpoint's signing secret: the API and the operator seal the secrets
+    of the endpoints they register, the dispatcher signs with them; nothing else gets it, the migrations included."""
+    manifests = render()
+    holders = {m.name for m, spec in pod_specs(manifests) if "WEBHOOK_SEALING_KEY" in _env_names(spec)}
+    assert holders == {"chat-chat-system-api", "chat-chat-system-operator", "chat-chat-system-webhook-dispatcher"}
+    for m, spec in pod_specs(manifests):
+        if m.name in holders:
+            ref = _env_names(spec)["WEBHOOK_SEALING_KEY"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "chat-chat-system", "key": "WEBHOOK_SEALING_KEY", "optional": True}, m
+    main = "chat-chat-system"
+    key = secret_data(manifests)[main]["WEBHOOK_SEALING_KEY"]
+    assert len(key) >= 32 and key != secret_data(manifests)[main]["TOKEN_SEALING_KEY"]
+    assert "WEBHOOK_SEALING_KEY" not in secret_data(manifests)[f"{main}-migrations"]
 
 
 def test_the_rate_limit_fallback_shares_the_limit_among_the_api_processes():

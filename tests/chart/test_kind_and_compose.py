@@ -11,7 +11,7 @@ from tests.chart.rendering import CHART_DIR, KUBE_VERSION, ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 CHART_VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
-APP_SERVICES = ("api", "chat-writer", "message-writer", "count-sync")
+APP_SERVICES = ("api", "chat-writer", "message-writer", "webhook-dispatcher", "count-sync")
 
 
 def test_kind_node_is_ingress_ready_with_host_ports_80_and_443():
@@ -113,5 +113,5 @@ def test_images_reach_the_kind_node_as_an_archive_of_its_platform():
     assert "kind load docker-image" not in dry_run
     assert "kind load image-archive" in dry_run
     assert 'docker image save --platform "$platform"' in dry_run
-    for name in ("api", "chat-writer", "message-writer", "counter-cron", "operator"):
+    for name in ("api", "chat-writer", "message-writer", "webhook-dispatcher", "counter-cron", "operator"):
         assert f"chat-system/{name}:dev" in dry_run

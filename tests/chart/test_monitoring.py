@@ -37,6 +37,9 @@ ALERTS_THE_ISSUE_ASKS_FOR = {
     "ChatApiHighLatencyP99",  # p99 latency
     "ChatRetryTierOverdue",  # a retried message held past its due time
     "ChatRetryTierUndrained",  # a retry tier with messages and no writer draining it
+    # Issue #25: webhooks.
+    "ChatWebhookEndpointFailing",  # endpoint failing
+    "ChatWebhookBacklogOld",  # backlog age
 }
 
 
@@ -166,6 +169,69 @@ def test_dashboard_shows_the_live_streams():
     assert "Live streams (SSE)" in rows
 
 
+# The webhook dispatcher's metrics (services/webhook-dispatcher), by the names its metrics module exports.
+WEBHOOK_METRICS = {
+    "chat_webhook_deliveries_total",  # counter {outcome=delivered|retried|given_up|refused|gone}
+    "chat_webhook_delivery_latency_seconds_bucket",  # histogram: commit -> receiver 2xx
+    "chat_webhook_backlog_events",  # gauge {endpoint}
+    "chat_webhook_backlog_age_seconds",  # gauge {endpoint}: age of the oldest undelivered event
+    "chat_webhook_endpoints",  # gauge {state=healthy|failing|disabled}: the deployment's count, on every replica
+    "chat_webhook_leased_endpoints",  # gauge per process
+}
+
+
+def row_panels(title: str) -> dict[str, list[str]]:
+    """Title -> expressions of the panels under one row of the dashboard (up to the next row)."""
+    panels = dashboard()["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == title)
+    found = {}
+    for panel in panels[start + 1 :]:
+        if panel["type"] == "row":
+            break
+        found[panel["title"]] = [t["expr"] for t in panel["targets"]]
+    return found
+
+
+def test_dashboard_shows_the_webhooks():
+    """Issue #25: deliveries by outcome, commit -> 2xx latency, backlog and its age per endpoint, endpoints by state
+    (max: every replica reports the whole deployment's count), leased endpoints per pod."""
+    panels = row_panels("Webhooks")
+    used = {n for exprs in panels.values() for e in exprs for n in metric_names(e)}
+    assert used >= WEBHOOK_METRICS
+    by_metric = {n: e for exprs in panels.values() for e in exprs for n in metric_names(e)}
+    assert by_metric["chat_webhook_deliveries_total"].startswith("sum by (outcome) (rate(")
+    latency = [e for exprs in panels.values() for e in exprs if "chat_webhook_delivery_latency" in e]
+    assert sorted(re.match(r"histogram_quantile\((0\.\d+),", e).group(1) for e in latency) == ["0.5", "0.99"]
+    assert by_metric["chat_webhook_backlog_events"].startswith("max by (endpoint)")
+    assert by_metric["chat_webhook_backlog_age_seconds"].startswith("max by (endpoint)")
+    assert by_metric["chat_webhook_endpoints"].startswith("max by (state)")
+    assert by_metric["chat_webhook_leased_endpoints"].startswith("sum by (pod)")
+
+
+def test_webhook_alerts_read_the_deployment_wide_gauges_with_max():
+    """chat_webhook_endpoints is the same on every dispatcher replica: a sum would count each endpoint once per
+    replica and fire on replica count alone."""
+    exprs = alert_exprs()
+    for name in ("ChatWebhookEndpointFailing", "ChatWebhookEndpointDisabled", "ChatWebhookBacklogOld"):
+        assert exprs[name].startswith("max by (namespace)"), name
+    assert 'state="failing"' in exprs["ChatWebhookEndpointFailing"]
+    assert 'state="disabled"' in exprs["ChatWebhookEndpointDisabled"]
+    rules = {r["alert"]: r for g in rule_groups()["groups"] for r in g["rules"]}
+    assert rules["ChatWebhookEndpointFailing"]["for"] == "30m"
+    assert exprs["ChatWebhookBacklogOld"].endswith("> 300") and rules["ChatWebhookBacklogOld"]["for"] == "10m"
+    assert (
+        'absent(up{namespace="chat-system", job="chat-chat-system-webhook-dispatcher"})'
+        in exprs["ChatWebhookDispatcherDown"]
+    )
+    groups = {g["name"]: {r["alert"] for r in g["rules"]} for g in rule_groups()["groups"]}
+    assert {n for n in groups["chat-system.webhooks"]} == {
+        "ChatWebhookEndpointFailing",
+        "ChatWebhookEndpointDisabled",
+        "ChatWebhookBacklogOld",
+        "ChatWebhookDispatcherDown",
+    }
+
+
 def test_dashboard_is_a_well_formed_grafana_dashboard():
     board = dashboard()
     assert board["uid"] == "chat-system" and board["schemaVersion"] >= 36
@@ -207,6 +273,7 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
     writer = f'{ns}, job="chat-chat-system-message-writer"'
     api = f'{ns}, job="chat-chat-system-api"'
     sync = f'{ns}, job="chat-counter-cron"'
+    hook = f'{ns}, job="chat-chat-system-webhook-dispatcher"'
     broken = {
         "interval": "1m",
         "input_series": [
@@ -250,6 +317,18 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
                 "values": "0 0 -1x40",
             },
             {"series": f'chat_api_db_replica_lag_seconds{{{api}, instance="b", replica="r2:3306"}}', "values": "0x40"},
+            # Two dispatcher replicas report the deployment's endpoint counts (the same numbers: max, not sum).
+            *(
+                {"series": f'chat_webhook_endpoints{{{hook}, instance="{i}", state="failing"}}', "values": "0 0 2x40"}
+                for i in ("a", "b")
+            ),
+            *(
+                {"series": f'chat_webhook_endpoints{{{hook}, instance="{i}", state="disabled"}}', "values": "0x10 1x30"}
+                for i in ("a", "b")
+            ),
+            {"series": f'chat_webhook_backlog_age_seconds{{{hook}, instance="a", endpoint="7"}}', "values": "0+60x40"},
+            {"series": f'chat_webhook_backlog_age_seconds{{{hook}, instance="b", endpoint="8"}}', "values": "1x40"},
+            {"series": f'up{{{ns}, job="chat-chat-system-webhook-dispatcher", instance="a"}}', "values": "0x40"},
         ],
         "alert_rule_test": [
             {
@@ -334,6 +413,37 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
                     for name in ("chat-writer", "message-writer")
                 ],
             },
+            {"eval_time": "20m", "alertname": "ChatWebhookEndpointFailing", "exp_alerts": []},  # not for 30m yet
+            {
+                "eval_time": "35m",
+                "alertname": "ChatWebhookEndpointFailing",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "namespace": NAMESPACE}}],
+            },
+            {"eval_time": "8m", "alertname": "ChatWebhookEndpointDisabled", "exp_alerts": []},
+            {
+                "eval_time": "15m",
+                "alertname": "ChatWebhookEndpointDisabled",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "namespace": NAMESPACE}}],
+            },
+            {"eval_time": "10m", "alertname": "ChatWebhookBacklogOld", "exp_alerts": []},  # old, not for 10m yet
+            {
+                "eval_time": "20m",
+                "alertname": "ChatWebhookBacklogOld",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "namespace": NAMESPACE}}],
+            },
+            {
+                "eval_time": "10m",
+                "alertname": "ChatWebhookDispatcherDown",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {
+                            "severity": "critical",
+                            "namespace": NAMESPACE,
+                            "job": "chat-chat-system-webhook-dispatcher",
+                        }
+                    }
+                ],
+            },
         ],
     }
     healthy = {
@@ -369,6 +479,16 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(promtool, tmp_pat
                 "series": f'chat_api_db_replica_lag_seconds{{{api}, instance="a", replica="r1:3306"}}',
                 "values": "0 3 1 0x40",
             },
+            # Webhooks flowing: an endpoint failed for two minutes and recovered, two long disabled (no change),
+            # the oldest undelivered event a second old.
+            {"series": f'chat_webhook_endpoints{{{hook}, instance="a", state="healthy"}}', "values": "5x40"},
+            {"series": f'chat_webhook_endpoints{{{hook}, instance="a", state="failing"}}', "values": "0 1 1 0x40"},
+            {"series": f'chat_webhook_endpoints{{{hook}, instance="a", state="disabled"}}', "values": "2x40"},
+            {
+                "series": f'chat_webhook_backlog_age_seconds{{{hook}, instance="a", endpoint="7"}}',
+                "values": "0 2 1 0x40",
+            },
+            {"series": f'up{{{ns}, job="chat-chat-system-webhook-dispatcher", instance="a"}}', "values": "1x40"},
         ],
         "alert_rule_test": [
             {"eval_time": "40m", "alertname": name, "exp_alerts": []} for name in sorted(alert_exprs())

@@ -19,6 +19,7 @@ DOCKERFILES = {  # one Dockerfile at the root, one target per image (`docker bui
     "api": ROOT / "Dockerfile",
     "chat-writer": ROOT / "Dockerfile",
     "message-writer": ROOT / "Dockerfile",
+    "webhook-dispatcher": ROOT / "Dockerfile",
     "counter-cron": ROOT / "Dockerfile",
     "operator": ROOT / "Dockerfile",
 }

@@ -1,9 +1,9 @@
 """TLS values of the chart: CA Secrets of the dependencies mounted where the URLs name them, and the ingress.
 
-Every chat-system container (API, writers, count sync, migrations, operator) gets each CA of ``tls.caSecrets`` at
-/etc/chat-system/tls/<dependency>/ca.crt, read-only and only the ``ca.crt`` key; RabbitMQ and Elasticsearch are told
-through RABBITMQ_CA_FILE / ELASTICSEARCH_CA_FILE, MySQL and Redis through their URLs. The production example
-(helm/values-external.yaml) turns all of it on, and the ingress terminates TLS.
+Every chat-system container (API, writers, webhook dispatcher, count sync, migrations, operator) gets each CA of
+``tls.caSecrets`` at /etc/chat-system/tls/<dependency>/ca.crt, read-only and only the ``ca.crt`` key; RabbitMQ and
+Elasticsearch are told through RABBITMQ_CA_FILE / ELASTICSEARCH_CA_FILE, MySQL and Redis through their URLs. The
+production example (helm/values-external.yaml) turns all of it on, and the ingress terminates TLS.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tests.chart.conftest import EXTERNAL_URLS, EXTERNAL_VALUES
 from tests.chart.rendering import containers, load_values_file, of_kind, pod_specs, render
 
 CA_SECRETS = {"mysql": "db-ca", "redis": "db-ca", "rabbitmq": "mq-ca", "elasticsearch": "search-ca"}
-COMPONENTS = {"api", "chat-writer", "message-writer", "counter-cron", "migrations", "operator"}
+COMPONENTS = {"api", "chat-writer", "message-writer", "webhook-dispatcher", "counter-cron", "migrations", "operator"}
 
 
 def _chat_pods(manifests):
@@ -48,8 +48,8 @@ def test_each_ca_secret_is_mounted_in_every_component():
 def test_rabbitmq_and_elasticsearch_are_told_their_ca_files():
     manifests = render({**EXTERNAL_URLS, "tls": {"caSecrets": CA_SECRETS}})
     for component, spec in _chat_pods(manifests):
-        if component == "migrations":
-            continue  # the migrations talk to MySQL only (its CA is named in the URL)
+        if component in ("migrations", "webhook-dispatcher"):
+            continue  # they talk to MySQL only (its CA is named in the URL)
         env = {e["name"]: e.get("value") for c in spec["containers"] for e in c.get("env", [])}
         if component in {"api", "chat-writer", "message-writer"}:  # the count sync and the operator use no broker
             assert env["RABBITMQ_CA_FILE"] == "/etc/chat-system/tls/rabbitmq/ca.crt", component
