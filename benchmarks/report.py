@@ -332,6 +332,23 @@ def write_json(results: dict, path: Path) -> None:
     path.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n")
 
 
+def merged(committed: dict, new: dict) -> dict:
+    """The committed results with the scenarios of a partial run (``--only … --merge``) in place of theirs.
+
+    ``meta.scenario_runs`` says which run each scenario comes from (its start time and commit), so a reader never takes
+    figures of two runs for one: ratios are only ever computed within a scenario, from one run.
+    """
+    runs = dict(committed["meta"].get("scenario_runs") or {})
+    older = {key: committed["meta"].get(key) for key in ("date", "commit")}
+    for scenario in committed["scenarios"]:
+        runs.setdefault(scenario, older)
+    newer = {key: new["meta"].get(key) for key in ("date", "commit")}
+    for scenario in new["scenarios"]:
+        runs[scenario] = newer
+    meta = {**committed["meta"], "scenario_runs": runs}
+    return {**committed, "meta": meta, "scenarios": {**committed["scenarios"], **new["scenarios"]}}
+
+
 def write_all(results: dict, json_path: Path) -> None:
     """JSON, plots next to it, and the generated section of docs/performance.md."""
     write_json(results, json_path)
@@ -513,6 +530,15 @@ def markdown(results: dict, plots: list[Path]) -> str:
         f" writer batch {meta['writer_batch_size']}. Load average {meta['loadavg_start'][0]:.1f} at the start,"
         f" {meta.get('loadavg_end', [0])[0]:.1f} at the end; other processes used {other}"
         f" cores on average during the HTTP points. Run took {meta.get('seconds', 0):.0f} s; knobs {meta['knobs']}.",
+    ]
+    later = {name: run for name, run in (meta.get("scenario_runs") or {}).items() if run.get("date") != meta["date"]}
+    if later:
+        lines.append(
+            "Scenarios run later and merged in (`python -m benchmarks --only … --merge`): "
+            + "; ".join(f"`{name}` on {run['date']}, commit `{run['commit']}`" for name, run in sorted(later.items()))
+            + "."
+        )
+    lines += [
         "",
         "| figure | value | target | met |",
         "|---|---|---|---|",

@@ -18,6 +18,7 @@ production defaults of the writers, against gunicorn and the writers started as 
 from __future__ import annotations
 
 import argparse
+import json
 
 from benchmarks import report
 from benchmarks.knobs import RESULTS
@@ -31,12 +32,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(SCENARIOS)}")
     parser.add_argument("--no-report", action="store_true", help="do not touch latest.json or docs/performance.md")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: keep the other scenarios of the committed latest.json (each scenario says its run)",
+    )
     args = parser.parse_args()
     only = {s for s in args.only.split(",") if s}
+    if args.merge and not only:
+        parser.error("--merge adds the scenarios of --only to the committed results")
     unknown = only - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     results = Bench(only).run()
+    if args.merge:
+        results = report.merged(json.loads(RESULTS.read_text()), results)
     results["summary"] = report.summarize(results)
     if args.no_report:
         out = RESULTS.with_name("partial.json.tmp")
