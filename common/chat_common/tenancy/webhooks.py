@@ -124,7 +124,9 @@ def check_secret(value: object) -> str:
 
 def check_event_types(value: object) -> tuple[str, ...]:
     """A non-empty list of event types, each one of :data:`~chat_common.wire.events.EVENT_TYPES`, without repeats
-    (kept in that tuple's order); :class:`Invalid` otherwise."""
+    (kept in that tuple's order), or the same comma-separated (form bodies); :class:`Invalid` otherwise."""
+    if isinstance(value, str):
+        value = value.split(",")
     if not isinstance(value, list | tuple) or not value:
         raise Invalid(f"event_types must be a non-empty list of {', '.join(EVENT_TYPES)}")
     for item in value:
@@ -134,7 +136,8 @@ def check_event_types(value: object) -> tuple[str, ...]:
 
 
 def check_enabled(value: object) -> bool:
-    """``enabled``: a JSON boolean."""
+    """``enabled``: a JSON boolean (``true``/``false`` in form bodies)."""
+    value = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
     if not isinstance(value, bool):
         raise Invalid("enabled must be true or false")
     return value
@@ -147,6 +150,12 @@ def check_cursor(value: object) -> int:
     if not isinstance(value, str) or not re.fullmatch(r"0|[1-9][0-9]{0,18}", value) or int(value) > MAX_CURSOR:
         raise Invalid("from must be a cursor of the event log: an event's id or a page's next")
     return int(value)
+
+
+def _given(value: Mapping, name: str) -> object:
+    """A field's value, None when it is missing, null, or empty (form bodies send an empty string for "default")."""
+    given = value.get(name)
+    return None if given == "" else given
 
 
 def _unknown(value: Mapping, allowed: Sequence[str], what: str) -> None:
@@ -172,17 +181,18 @@ class EndpointSpec:
         if not isinstance(value, Mapping):
             raise Invalid("a webhook endpoint must be an object")
         _unknown(value, ENDPOINT_FIELDS, "a webhook endpoint")
-        name = value.get("name")
+        name = _given(value, "name")
         if name is None and generate_name:
             name = new_name()
-        if value.get("url") is None:
+        if _given(value, "url") is None:
             raise Invalid("url is required")
+        event_types, secret, enabled = (_given(value, f) for f in ("event_types", "secret", "enabled"))
         return cls(
             name=check_name(name),
             url=policy.check_url(value["url"]),
-            event_types=EVENT_TYPES if value.get("event_types") is None else check_event_types(value["event_types"]),
-            secret=None if value.get("secret") is None else check_secret(value["secret"]),
-            enabled=True if value.get("enabled") is None else check_enabled(value["enabled"]),
+            event_types=EVENT_TYPES if event_types is None else check_event_types(event_types),
+            secret=None if secret is None else check_secret(secret),
+            enabled=True if enabled is None else check_enabled(enabled),
         )
 
 
@@ -200,10 +210,11 @@ class EndpointChanges:
         if not isinstance(value, Mapping) or not value:
             raise Invalid(f"send an object with any of {', '.join(CHANGE_FIELDS)}")
         _unknown(value, CHANGE_FIELDS, "a change of a webhook endpoint (the secret changes with rotate-secret)")
+        url, event_types, enabled = (_given(value, f) for f in CHANGE_FIELDS)
         return cls(
-            url=None if value.get("url") is None else policy.check_url(value["url"]),
-            event_types=None if value.get("event_types") is None else check_event_types(value["event_types"]),
-            enabled=None if value.get("enabled") is None else check_enabled(value["enabled"]),
+            url=None if url is None else policy.check_url(url),
+            event_types=None if event_types is None else check_event_types(event_types),
+            enabled=None if enabled is None else check_enabled(enabled),
         )
 
 
