@@ -274,6 +274,11 @@ class SyncResult:
     updated: tuple[str, ...]
     deleted: tuple[str, ...]
     endpoints: tuple[WebhookEndpoint, ...]
+    waiting: tuple[str, ...] = ()  # new endpoints not created: their spec has no secret yet
+
+    def managed(self) -> tuple[WebhookEndpoint, ...]:
+        """The endpoints the operator manages (``k8s``)."""
+        return tuple(e for e in self.endpoints if e.managed_by == K8S)
 
 
 def secret_context(application_id: int, name: str) -> str:
@@ -550,13 +555,15 @@ class WebhookEndpoints:
 
         One transaction. A spec naming an ``api`` endpoint, or more endpoints than :attr:`max_endpoints`, is
         :class:`EndpointConflict` and changes nothing. A changed secret rotates with the default grace period (the
-        former one keeps signing for 24 h); one that no longer opens (another sealing key) is simply replaced.
+        former one keeps signing for 24 h); one that no longer opens (another sealing key) is simply replaced. A spec
+        without a secret (its Kubernetes Secret is missing) keeps an existing endpoint's secret, and is not created
+        (``SyncResult.waiting``) until it has one: a secret nobody knows would sign for no receiver. Only storing a
+        secret needs the sealing key (:class:`SealingUnavailable`); deleting does not.
         """
-        sealer = self._sealer()
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
             raise Invalid("spec.webhooks names its endpoints more than once")
-        created, updated, deleted = [], [], []
+        created, updated, deleted, waiting = [], [], [], []
         with self.engine.begin() as conn:
             self._lock_application(conn, application_id)
             rows = conn.execute(select(*_COLUMNS).where(_T.application_id == application_id).with_for_update()).all()
@@ -579,8 +586,11 @@ class WebhookEndpoints:
                     deleted.append(name)
             for spec in specs:
                 if spec.name not in current:
-                    self._create(conn, sealer, application_id, spec, spec.secret or new_secret(), K8S)
-                    created.append(spec.name)
+                    if spec.secret is None:
+                        waiting.append(spec.name)
+                    else:
+                        self._create(conn, self._sealer(), application_id, spec, spec.secret, K8S)
+                        created.append(spec.name)
                     continue
                 endpoint, sealed = current[spec.name]
                 changes = EndpointChanges(spec.url, spec.event_types, spec.enabled)
@@ -588,6 +598,7 @@ class WebhookEndpoints:
                 if values:
                     conn.execute(update(webhook_endpoints).where(_T.id == endpoint.id).values(**values))
                 if spec.secret is not None:
+                    sealer = self._sealer()
                     context = secret_context(application_id, spec.name)
                     held = sealer.unseal_for(sealed, context)
                     if held != spec.secret:
@@ -597,9 +608,8 @@ class WebhookEndpoints:
                 if values:
                     updated.append(spec.name)
             after = conn.execute(select(*_COLUMNS).where(_T.application_id == application_id).order_by(_T.id)).all()
-        return SyncResult(
-            tuple(created), tuple(updated), tuple(deleted), tuple(endpoint_from_row(row) for row in after)
-        )
+        endpoints = tuple(endpoint_from_row(row) for row in after)
+        return SyncResult(tuple(created), tuple(updated), tuple(deleted), endpoints, tuple(waiting))
 
     def signing_secrets(self, application_id: int, name: str) -> list[str]:
         """The secrets an endpoint signs with now (the current one first, then the former one while it signs); for
