@@ -195,6 +195,12 @@ def test_the_operator_syncs_its_own_endpoints_and_leaves_the_apis_alone(applicat
         store.sync_managed(application, [spec(f"k{i}", secret=secret) for i in range(3)])
     with pytest.raises(Invalid, match="more than once"):
         store.sync_managed(application, [spec("k1", secret=secret), spec("k1", secret=secret)])
+    dispatcher_disables(store.engine, store.get(application, "k1").id)
+    store.sync_managed(application, [spec("k1", secret=rotated, enabled=True)])  # turned on: healthy again
+    assert store.get(application, "k1").state == HEALTHY
+    dispatcher_disables(store.engine, store.get(application, "k1").id)
+    store.sync_managed(application, [spec("k1", secret=rotated, enabled=True)])  # enabled all along: stays disabled
+    assert store.get(application, "k1").state == DISABLED
     waiting = store.sync_managed(application, [spec("k1"), spec("k9")])  # their Secrets are missing
     assert waiting.waiting == ("k9",) and not waiting.created and store.get(application, "k9") is None
     assert store.signing_secrets(application, "k1") == [rotated, secret]  # kept

@@ -137,7 +137,7 @@ GOOD_SPECS = {
             },
             {"name": "b", "url": "http://10.0.0.1:8080/x", "secretRef": {"name": "s"}},  # the operator decides
         ],
-    },  # fmt: skip
+    },
 }
 HOOK = {"name": "a", "url": "https://h.example.com/", "secretRef": {"name": "s"}}
 BAD_SPECS = {

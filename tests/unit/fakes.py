@@ -927,9 +927,10 @@ class FakeWebhookEndpoints(Faults):
     no sealing key (``sealing`` False) refuses what would store a secret. ``secrets`` holds what the real store
     seals (name -> the secrets it signs with)."""
 
-    def __init__(self, max_endpoints: int = webhook_rules.MAX_ENDPOINTS) -> None:
+    def __init__(self, max_endpoints: int = webhook_rules.MAX_ENDPOINTS, policy: EgressPolicy | None = None) -> None:
         super().__init__()
         self.max_endpoints = max_endpoints
+        self.policy = policy or EgressPolicy()
         self.rows: dict[tuple[int, str], WebhookEndpoint] = {}
         self.secrets: dict[tuple[int, str], list[str]] = {}
         self.held: dict[tuple[int, str], int] = {}  # deliveries held back (the dispatcher's), for replay to drop
@@ -975,11 +976,15 @@ class FakeWebhookEndpoints(Faults):
         self, application_id: int, name: str, changes: EndpointChanges, managed_by: str | None = "api"
     ) -> WebhookEndpoint:
         self._enter("update", application_id, name, changes, managed_by)
+        return self._update(application_id, name, changes, managed_by, revive=True)
+
+    def _update(
+        self, application_id: int, name: str, changes: EndpointChanges, managed_by: str | None, revive: bool
+    ) -> WebhookEndpoint:
         endpoint = self._owned(application_id, name, managed_by)
-        values: dict = {
-            k: getattr(changes, k) for k in ("url", "event_types", "enabled") if getattr(changes, k) is not None
-        }
-        if changes.enabled and (not endpoint.enabled or endpoint.state == "disabled"):
+        given = {k: getattr(changes, k) for k in webhook_rules.CHANGE_FIELDS}
+        values: dict = {k: v for k, v in given.items() if v is not None}
+        if changes.enabled and (not endpoint.enabled or (revive and endpoint.state == "disabled")):
             values.update(state="healthy", failing_since=None, disabled_at=None, disabled_reason=None)
         self.rows[(application_id, name)] = endpoint = dataclasses.replace(endpoint, **values)
         return endpoint
@@ -1008,6 +1013,51 @@ class FakeWebhookEndpoints(Faults):
         expires = time.time() + grace if grace else None
         self.rows[(application_id, name)] = endpoint = dataclasses.replace(endpoint, previous_secret_expires_at=expires)
         return dataclasses.replace(endpoint, secret=secret)
+
+    def sync_managed(self, application_id: int, specs: list[EndpointSpec]) -> webhook_rules.SyncResult:
+        """The operator's sync, by the real store's rules (its docstring), minus the transaction."""
+        self._enter("sync_managed", application_id, specs)
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise Invalid("spec.webhooks names its endpoints more than once")
+        current = {e.name: e for e in self.list(application_id)}
+        if taken := sorted(n for n in names if n in current and current[n].managed_by != "k8s"):
+            raise webhook_rules.EndpointConflict(f"webhook endpoint {taken[0]!r} is managed through the admin API")
+        unmanaged = sum(1 for e in current.values() if e.managed_by != "k8s")
+        if unmanaged + len(specs) > self.max_endpoints:
+            raise webhook_rules.EndpointConflict(f"an application has at most {self.max_endpoints} webhook endpoints")
+        created, updated, deleted, waiting = [], [], [], []
+        for name, endpoint in current.items():
+            if endpoint.managed_by == "k8s" and name not in names:
+                del self.rows[(application_id, name)]
+                deleted.append(name)
+        for spec in specs:
+            if spec.name not in current:
+                if spec.secret is None:
+                    waiting.append(spec.name)
+                else:
+                    self.create(application_id, spec, managed_by="k8s")
+                    created.append(spec.name)
+                continue
+            endpoint = current[spec.name]
+            before = (endpoint.url, endpoint.event_types, endpoint.enabled, endpoint.state)
+            changes = EndpointChanges(spec.url, spec.event_types, spec.enabled)
+            after = self._update(application_id, spec.name, changes, None, revive=False)
+            changed = before != (after.url, after.event_types, after.enabled, after.state)
+            if spec.secret is not None and self.secrets[(application_id, spec.name)][0] != spec.secret:
+                if not self.sealing:
+                    raise webhook_rules.SealingUnavailable()
+                self.secrets[(application_id, spec.name)] = [spec.secret, self.secrets[(application_id, spec.name)][0]]
+                changed = True
+            if changed:
+                updated.append(spec.name)
+        endpoints = tuple(self.list(application_id))
+        return webhook_rules.SyncResult(tuple(created), tuple(updated), tuple(deleted), endpoints, tuple(waiting))
+
+    def dispatcher_sets(self, application_id: int, name: str, **state: object) -> None:
+        """What the delivery service writes (state, failing_since, disabled_*, last_*): a test plays it."""
+        key = (application_id, name)
+        self.rows[key] = dataclasses.replace(self.rows[key], **state)
 
     def replay(self, application_id: int, name: str, from_cursor: object) -> WebhookEndpoint:
         self._enter("replay", application_id, name, from_cursor)

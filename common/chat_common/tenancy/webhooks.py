@@ -460,7 +460,10 @@ class WebhookEndpoints:
         return after
 
     @staticmethod
-    def _change_values(endpoint: WebhookEndpoint, changes: EndpointChanges) -> dict:
+    def _change_values(endpoint: WebhookEndpoint, changes: EndpointChanges, revive: bool = True) -> dict:
+        """The columns a change sets. Turning an endpoint on makes it healthy; so does asking for ``enabled: true``
+        when the delivery service disabled it (``revive``: the REST API's re-enable; the operator's spec says
+        ``enabled: true`` on every sync, which must not undo a disabling — there, false then true re-enables)."""
         values: dict = {}
         if changes.url is not None and changes.url != endpoint.url:
             values["url"] = changes.url
@@ -469,7 +472,7 @@ class WebhookEndpoints:
         if changes.enabled is not None:
             if changes.enabled != endpoint.enabled:
                 values["enabled"] = changes.enabled
-            if changes.enabled and (not endpoint.enabled or endpoint.state == DISABLED):
+            if changes.enabled and (not endpoint.enabled or (revive and endpoint.state == DISABLED)):
                 values.update(_RESET_STATE)
         if values:
             values["updated_at"] = func.now(6)
@@ -594,7 +597,7 @@ class WebhookEndpoints:
                     continue
                 endpoint, sealed = current[spec.name]
                 changes = EndpointChanges(spec.url, spec.event_types, spec.enabled)
-                values = self._change_values(endpoint, changes)
+                values = self._change_values(endpoint, changes, revive=False)
                 if values:
                     conn.execute(update(webhook_endpoints).where(_T.id == endpoint.id).values(**values))
                 if spec.secret is not None:
