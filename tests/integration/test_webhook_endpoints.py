@@ -78,7 +78,7 @@ def dispatcher_disables(engine: Engine, endpoint_id: int) -> None:
             {"id": endpoint_id},
         )
         conn.execute(
-            text("INSERT INTO webhook_held (endpoint_id, event_id, chat_number) VALUES (:id, 1, 1)"),
+            text("INSERT IGNORE INTO webhook_held (endpoint_id, event_id, chat_number) VALUES (:id, 1, 1)"),
             {"id": endpoint_id},
         )
 
