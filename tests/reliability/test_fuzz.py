@@ -89,6 +89,15 @@ include-path-regex = '(/applications|/chats|/messages|/search)$'
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 
+# Webhook endpoints: a schema-valid URL may still name an address the egress rule refuses (a literal loopback or
+# private address: 422, which JSON Schema cannot state), a schema-valid secret may not be the base64 of 24 to 64 bytes
+# (422), a name may be taken or the application hold its 10 endpoints already (409), and a replay cursor may be older
+# than the log's retention (410) or beyond its head (422). tests/unit/test_webhook_endpoints.py holds those rules.
+[[operations]]
+include-path-regex = '/webhooks'
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "400", "401", "404", "409", "410", "422"]
+
 # Tenant management would suspend the seeded application, rotate its token away, cap its chats or change its CORS
 # origins, and later requests of the run would be refused: these operations draw from the throwaway applications,
 # never from values seen in responses (the seeded token is one of them), and stay out of the stateful sequences (a

@@ -124,20 +124,19 @@ def check_secret(value: object) -> str:
 
 def check_event_types(value: object) -> tuple[str, ...]:
     """A non-empty list of event types, each one of :data:`~chat_common.wire.events.EVENT_TYPES`, without repeats
-    (kept in that tuple's order), or the same comma-separated (form bodies); :class:`Invalid` otherwise."""
-    if isinstance(value, str):
-        value = value.split(",")
+    (kept in that tuple's order); :class:`Invalid` otherwise."""
     if not isinstance(value, list | tuple) or not value:
         raise Invalid(f"event_types must be a non-empty list of {', '.join(EVENT_TYPES)}")
     for item in value:
         if item not in EVENT_TYPES:
             raise Invalid(f"unknown event type {item!r}; the event types are {', '.join(EVENT_TYPES)}")
+    if len(set(value)) != len(value):
+        raise Invalid("event_types must not repeat an event type")
     return tuple(t for t in EVENT_TYPES if t in value)
 
 
 def check_enabled(value: object) -> bool:
-    """``enabled``: a JSON boolean (``true``/``false`` in form bodies)."""
-    value = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+    """``enabled``: a JSON boolean."""
     if not isinstance(value, bool):
         raise Invalid("enabled must be true or false")
     return value
@@ -153,9 +152,16 @@ def check_cursor(value: object) -> int:
 
 
 def _given(value: Mapping, name: str) -> object:
-    """A field's value, None when it is missing, null, or empty (form bodies send an empty string for "default")."""
-    given = value.get(name)
-    return None if given == "" else given
+    """A field's value, None when it is missing or null (the default)."""
+    return value.get(name)
+
+
+def check_url(value: object, policy: EgressPolicy) -> str:
+    """A receiver's URL: the deployment's egress rule (:meth:`EgressPolicy.check_url`), and no whitespace or control
+    character anywhere (``urlsplit`` lets some through; a URL is sent as is on the request line)."""
+    if isinstance(value, str) and any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise Invalid("url must not contain whitespace or control characters")
+    return policy.check_url(value)
 
 
 def _unknown(value: Mapping, allowed: Sequence[str], what: str) -> None:
@@ -189,7 +195,7 @@ class EndpointSpec:
         event_types, secret, enabled = (_given(value, f) for f in ("event_types", "secret", "enabled"))
         return cls(
             name=check_name(name),
-            url=policy.check_url(value["url"]),
+            url=check_url(value["url"], policy),
             event_types=EVENT_TYPES if event_types is None else check_event_types(event_types),
             secret=None if secret is None else check_secret(secret),
             enabled=True if enabled is None else check_enabled(enabled),
@@ -212,7 +218,7 @@ class EndpointChanges:
         _unknown(value, CHANGE_FIELDS, "a change of a webhook endpoint (the secret changes with rotate-secret)")
         url, event_types, enabled = (_given(value, f) for f in CHANGE_FIELDS)
         return cls(
-            url=None if url is None else policy.check_url(url),
+            url=None if url is None else check_url(url, policy),
             event_types=None if event_types is None else check_event_types(event_types),
             enabled=None if enabled is None else check_enabled(enabled),
         )

@@ -9,6 +9,23 @@ from chat_api.resources.params import body_object, require_admin
 from chat_api.services import ChatService
 
 
+def json_shaped(req: falcon.Request, body: dict | None) -> dict | None:
+    """A form body in the JSON body's terms (the rules take JSON types): an empty field is the default (left out),
+    ``event_types`` comma-separated, ``enabled`` ``true``/``false``, ``grace_seconds`` digits (checked as given)."""
+    if body is None or req.content_type is None or not req.content_type.startswith(falcon.MEDIA_URLENCODED):
+        return body
+    shaped: dict = {}
+    for field, value in body.items():
+        if value == "":
+            continue
+        if field == "event_types" and isinstance(value, str):
+            value = value.split(",")
+        elif field == "enabled" and value in ("true", "false"):
+            value = value == "true"
+        shaped[field] = value
+    return shaped
+
+
 class WebhooksResource:
     """List and register endpoints; show, change and delete one; rotate its secret; replay it from a cursor."""
 
@@ -24,7 +41,7 @@ class WebhooksResource:
     @falcon.before(require_admin)
     async def on_post(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """Register an endpoint; the answer shows its signing secret, this once."""
-        endpoint = await self.service.create_webhook(token, await body_object(req))
+        endpoint = await self.service.create_webhook(token, json_shaped(req, await body_object(req)))
         resp.status = falcon.HTTP_201
         resp.location = f"{req.prefix}{req.path}/{endpoint.name}"
         resp.media = endpoint.public()
@@ -37,7 +54,8 @@ class WebhooksResource:
     @falcon.before(require_admin)
     async def on_patch_item(self, req: falcon.Request, resp: falcon.Response, token: str, webhook_id: str) -> None:
         """Change URL, event types or ``enabled`` (``true`` re-enables a disabled endpoint)."""
-        resp.media = (await self.service.update_webhook(token, webhook_id, await body_object(req))).public()
+        body = json_shaped(req, await body_object(req))
+        resp.media = (await self.service.update_webhook(token, webhook_id, body)).public()
 
     @falcon.before(require_admin)
     async def on_delete_item(self, req: falcon.Request, resp: falcon.Response, token: str, webhook_id: str) -> None:
@@ -48,7 +66,8 @@ class WebhooksResource:
     @falcon.before(require_admin)
     async def on_post_rotate(self, req: falcon.Request, resp: falcon.Response, token: str, webhook_id: str) -> None:
         """A new signing secret; the current one keeps signing for ``grace_seconds`` (default 86400)."""
-        endpoint = await self.service.rotate_webhook_secret(token, webhook_id, await body_object(req))
+        body = json_shaped(req, await body_object(req))
+        endpoint = await self.service.rotate_webhook_secret(token, webhook_id, body)
         resp.media = endpoint.public()
 
     @falcon.before(require_admin)

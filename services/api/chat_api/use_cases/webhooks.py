@@ -112,9 +112,9 @@ class WebhookAdmin:
         unknown = sorted(set(body) - set(ROTATION_FIELDS))
         if unknown:
             raise Invalid(f"unknown field {unknown[0]!r}; send only {' and '.join(ROTATION_FIELDS)}")
-        secret = body.get("secret") or None  # a form's empty string: generate one
+        secret = body.get("secret")
         given = body.get("grace_seconds")
-        grace = check_grace_seconds(DEFAULT_GRACE_SECONDS if given in (None, "") else given)
+        grace = check_grace_seconds(DEFAULT_GRACE_SECONDS if given is None else given)
         secret = None if secret is None else rules.check_secret(secret)
         application = await self._application(token)
         return await self._run(self.endpoints.rotate_secret, application.id, name, secret, grace)
