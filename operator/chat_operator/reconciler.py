@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from chat_common import metrics as shared_metrics
 from chat_common.tenancy.applications import Application, Usage, rfc3339
+from chat_common.tenancy.webhooks import WebhookEndpoint
 from chat_operator import kube
 from chat_operator.provisioning import (
     LIMIT_FIELDS,
@@ -482,7 +483,7 @@ class Reconciler:
         )
 
 
-def _webhook_entry(endpoint, name: str) -> dict:
+def _webhook_entry(endpoint: WebhookEndpoint | None, name: str) -> dict:
     """An endpoint as ``status.webhooks`` shows it (``pending``: not created, its Secret is missing)."""
     if endpoint is None:
         return {"name": name, "state": "pending"}
@@ -498,7 +499,7 @@ def _webhook_entry(endpoint, name: str) -> dict:
     return {k: v for k, v in entry.items() if v is not None}
 
 
-def _transitions(before: list, after: list[dict], endpoints: Mapping) -> list[Event]:
+def _transitions(before: list, after: list[dict], endpoints: Mapping[str, WebhookEndpoint]) -> list[Event]:
     """An event for each endpoint whose delivery state changed since the last status."""
     was = {e.get("name"): e.get("state") for e in before}
     events = []
