@@ -19,6 +19,8 @@ from chat_common.clients.db import connect_args, make_engine
 from chat_common.clients.redis_client import sync_client
 from chat_common.metrics import serve_metrics
 from chat_common.tenancy.applications import build_applications
+from chat_common.tenancy.webhooks import WebhookEndpoints
+from chat_common.webhooks.egress import EgressPolicy
 from chat_operator import handlers
 from chat_operator.config import ConfigError, OperatorConfig
 from chat_operator.kube import KubeSecrets
@@ -59,8 +61,10 @@ def main() -> None:
         sys.exit(f"chat-operator: {exc}")
     engine = applications.engine
     redis_client = applications.client
+    # spec.webhooks: the tenancy layer's store, with the deployment's egress rule (WEBHOOK_ALLOW_CIDRS, ...).
+    webhooks = WebhookEndpoints(engine, applications.sealer, EgressPolicy.from_env())
     reconciler = Reconciler(
-        Provisioner(applications, allow_adoption=config.allow_adoption),
+        Provisioner(applications, allow_adoption=config.allow_adoption, webhooks=webhooks),
         KubeSecrets(client.CoreV1Api),
         config.api_internal_url,
     )

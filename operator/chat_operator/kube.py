@@ -44,10 +44,35 @@ TOKEN_ROTATING = "TokenRotating"  # a rotated-away token still works (grace peri
 PREVIOUS_KEYS = ("previousToken", "previousTokenExpiresAt")
 
 SecretChange = Literal["created", "updated", "adopted", "unchanged"]
+WEBHOOKS_HEALTHY = "WebhooksHealthy"  # every endpoint of spec.webhooks delivers
+# The label a tenant puts on the Secret holding a webhook signing secret: the one kind of Secret the operator did
+# not make that it may read (templates/operator/secret-policy.yaml admits its empty patch, which changes nothing).
+SIGNING_LABEL = f"{GROUP}/webhook-secret"
 
 
 class SecretConflict(Exception):
     """A Secret of the name the operator needs exists and is not this resource's to overwrite."""
+
+
+class SigningSecretMissing(Exception):
+    """A webhook's signing secret cannot be read: its Secret is missing, lacks the key, or is not labelled for the
+    operator (:data:`SIGNING_LABEL`)."""
+
+
+def signing_secret(secret: Mapping, key: str) -> str:
+    """The signing secret in a Secret read from the API server; :class:`SigningSecretMissing` when it is not labelled
+    :data:`SIGNING_LABEL` ``=true`` (the same rule with or without the admission policy) or has no such key."""
+    meta = secret.get("metadata") or {}
+    name = meta.get("name")
+    if (meta.get("labels") or {}).get(SIGNING_LABEL) != "true":
+        raise SigningSecretMissing(f"Secret {name} is not labelled {SIGNING_LABEL}=true")
+    raw = (secret.get("data") or {}).get(key)
+    if not raw:
+        raise SigningSecretMissing(f"Secret {name} has no key {key!r}")
+    try:
+        return base64.b64decode(raw).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        raise SigningSecretMissing(f"Secret {name} key {key!r} is not an ASCII secret") from None
 
 
 def secret_name(resource_name: str) -> str:
@@ -208,6 +233,18 @@ class KubeSecrets:
                 raise ForeignSecret(f"Secret {name} already exists and does not belong to this Application") from None
             raise
         return self.api.api_client.sanitize_for_serialization(secret)
+
+    def read_signing_secret(self, namespace: str, name: str, key: str) -> str:
+        """A webhook's signing secret from a tenant's Secret labelled :data:`SIGNING_LABEL` ``=true``, read like the
+        token Secrets (an empty patch: no ``get`` on Secrets); :class:`SigningSecretMissing` when it is missing, not
+        labelled (then the admission policy refuses the read: 403) or lacks the key."""
+        try:
+            secret = self.read(namespace, name)
+        except ForeignSecret:
+            raise SigningSecretMissing(f"Secret {name} is not labelled {SIGNING_LABEL}=true") from None
+        if secret is None:
+            raise SigningSecretMissing(f"Secret {name} not found")
+        return signing_secret(secret, key)
 
     def apply(self, desired: dict, also_ours: frozenset[str] = frozenset()) -> SecretChange:
         """Create the Secret or bring it in line; optimistic concurrency makes a racing writer retry the handler.

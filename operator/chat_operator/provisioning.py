@@ -20,6 +20,14 @@ from chat_common.tenancy.applications import (
     Usage,
     check_grace_seconds,
 )
+from chat_common.tenancy.webhooks import (
+    EndpointConflict,
+    EndpointSpec,
+    SealingUnavailable,
+    SyncResult,
+    WebhookEndpoints,
+    check_secret,
+)
 from chat_common.validation import Invalid, clean_origins
 
 # Idempotency keys share one column with the REST API's Idempotency-Key header; the prefix keeps a client's
@@ -58,6 +66,57 @@ class Rejected(Exception):
 
 
 @dataclass(frozen=True)
+class WebhookRef:
+    """One entry of ``spec.webhooks``: an endpoint, and where its signing secret is (a Secret's key)."""
+
+    name: str
+    url: str
+    event_types: tuple[str, ...] | None  # None: all
+    secret_name: str
+    secret_key: str = "secret"
+    enabled: bool = True
+
+    @classmethod
+    def parse(cls, entry: object, index: int) -> WebhookRef:
+        """An entry as the CRD's schema shapes it (this checks the shape again; the rules are the tenancy layer's)."""
+        where = f"spec.webhooks[{index}]"
+        if not isinstance(entry, Mapping):
+            raise Rejected("InvalidSpec", f"{where} must be an object")
+        ref = entry.get("secretRef")
+        types = entry.get("eventTypes")
+        enabled = entry.get("enabled", True)
+        fields_ok = (
+            isinstance(entry.get("name"), str)
+            and isinstance(entry.get("url"), str)
+            and (types is None or isinstance(types, list))
+            and isinstance(ref, Mapping)
+            and isinstance(ref.get("name"), str)
+            and isinstance(ref.get("key", "secret"), str)
+            and isinstance(enabled, bool)
+        )
+        if not fields_ok:
+            raise Rejected("InvalidSpec", f"{where} needs name, url and secretRef.name (strings), enabled a boolean")
+        return cls(
+            name=entry["name"],
+            url=entry["url"],
+            event_types=None if types is None else tuple(types),
+            secret_name=ref["name"],
+            secret_key=ref.get("key") or "secret",
+            enabled=enabled,
+        )
+
+
+class WebhooksNotSynced(Exception):
+    """``spec.webhooks`` could not be applied as it stands (``reason``: WebhookConflict, InvalidWebhook,
+    SealingKeyMissing); the tenant itself is fine, and the next refresh tries again."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
 class Spec:
     """The parts of an ``Application``'s spec the operator acts on."""
 
@@ -69,6 +128,7 @@ class Spec:
     previous_token_grace_seconds: int = DEFAULT_GRACE_SECONDS
     limits: TenantLimits = field(default_factory=TenantLimits)
     cors_origins: tuple[str, ...] | None = None  # spec.corsOrigins; None (omitted): the deployment's
+    webhooks: tuple[WebhookRef, ...] = ()  # spec.webhooks
 
     @classmethod
     def parse(cls, spec: Mapping) -> Spec:
@@ -95,6 +155,13 @@ class Spec:
             cors_origins = None if raw_origins is None else clean_origins(raw_origins)
         except Invalid as exc:
             raise Rejected("InvalidSpec", f"spec.corsOrigins: {exc}") from None
+        raw_webhooks = spec.get("webhooks") or []
+        if not isinstance(raw_webhooks, list):
+            raise Rejected("InvalidSpec", "spec.webhooks must be a list of endpoints")
+        webhooks = tuple(WebhookRef.parse(entry, i) for i, entry in enumerate(raw_webhooks))
+        names = [w.name for w in webhooks]
+        if len(set(names)) != len(names):
+            raise Rejected("InvalidSpec", "spec.webhooks names an endpoint more than once")
         try:
             grace = check_grace_seconds(spec.get("previousTokenGraceSeconds", DEFAULT_GRACE_SECONDS))
             if not isinstance(raw_limits, Mapping) or set(raw_limits) - set(LIMIT_FIELDS):
@@ -115,6 +182,7 @@ class Spec:
             previous_token_grace_seconds=grace,
             limits=limits,
             cors_origins=cors_origins,
+            webhooks=webhooks,
         )
 
 
@@ -162,9 +230,12 @@ class Provisioner:
     is :class:`Rejected` with reason ``AdoptionRefused``: no ownership is recorded and no Secret is written.
     """
 
-    def __init__(self, applications: Applications, *, allow_adoption: bool = False) -> None:
+    def __init__(
+        self, applications: Applications, *, allow_adoption: bool = False, webhooks: WebhookEndpoints | None = None
+    ) -> None:
         self.applications = applications
         self.allow_adoption = allow_adoption
+        self.webhooks = webhooks  # None: spec.webhooks is not acted on (a deployment or test without the store)
 
     def provision(self, uid: str, spec: Spec, *, provisioned_before: bool = False) -> Provisioned:
         """Make the application exist with the spec's name; safe to repeat any number of times.
@@ -256,6 +327,41 @@ class Provisioner:
         if current is None:  # deleted by someone else meanwhile
             raise Rejected("ApplicationMissing", MISSING)
         return Managed(current, suspended_changed, rotated, limits_changed, cors_changed)
+
+    def sync_webhooks(
+        self, application: Application, refs: tuple[WebhookRef, ...], secrets: Mapping[str, str]
+    ) -> SyncResult:
+        """Make the tenant's operator-managed endpoints exactly ``refs`` (:meth:`WebhookEndpoints.sync_managed`),
+        each with its signing secret from ``secrets`` (by endpoint name; missing: the endpoint keeps its secret, or
+        waits to be created). :class:`WebhooksNotSynced` when the spec cannot be applied as it stands."""
+        assert self.webhooks is not None
+        specs = []
+        for index, ref in enumerate(refs):
+            entry = {"name": ref.name, "url": ref.url, "event_types": ref.event_types, "enabled": ref.enabled}
+            try:
+                spec = EndpointSpec.parse(entry, self.webhooks.policy)
+            except Invalid as exc:
+                raise WebhooksNotSynced("InvalidWebhook", f"spec.webhooks[{index}] ({ref.name}): {exc}") from None
+            specs.append(EndpointSpec(spec.name, spec.url, spec.event_types, secrets.get(ref.name), spec.enabled))
+        try:
+            return self.webhooks.sync_managed(application.id, specs)
+        except EndpointConflict as exc:
+            raise WebhooksNotSynced("WebhookConflict", str(exc)) from None
+        except SealingUnavailable as exc:
+            raise WebhooksNotSynced("SealingKeyMissing", str(exc)) from None
+        except Invalid as exc:
+            raise WebhooksNotSynced("InvalidWebhook", str(exc)) from None
+        except LookupError:
+            raise Rejected("ApplicationMissing", MISSING) from None
+
+    @staticmethod
+    def check_signing_secret(value: str) -> str | None:
+        """Why a Secret's value cannot sign (None: it can): the tenancy layer's shape of a secret."""
+        try:
+            check_secret(value)
+        except Invalid as exc:
+            return str(exc)
+        return None
 
     def usage(self, application: Application) -> Usage:
         """Chats, messages (as of the last count sync), last activity and state."""

@@ -19,8 +19,18 @@ from sqlalchemy.exc import DBAPIError
 
 from chat_common import metrics as shared_metrics
 from chat_common.tenancy.applications import Application, Usage, rfc3339
+from chat_common.tenancy.webhooks import WebhookEndpoint
 from chat_operator import kube
-from chat_operator.provisioning import LIMIT_FIELDS, MISSING, Managed, Policy, Provisioner, Rejected, Spec
+from chat_operator.provisioning import (
+    LIMIT_FIELDS,
+    MISSING,
+    Managed,
+    Policy,
+    Provisioner,
+    Rejected,
+    Spec,
+    WebhooksNotSynced,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +216,67 @@ class Reconciler:
             "conditions": conditions,
         }
 
+    # -- webhooks ------------------------------------------------------------------------------------------------
+    def _signing_secrets(self, resource: Resource, spec: Spec) -> tuple[dict[str, str], dict[str, str]]:
+        """``(secrets, missing)``: each endpoint's signing secret read from its Secret, or why it cannot be."""
+        found, missing = {}, {}
+        for ref in spec.webhooks:
+            try:
+                value = self.secrets.read_signing_secret(resource.namespace, ref.secret_name, ref.secret_key)
+            except kube.SigningSecretMissing as exc:
+                missing[ref.name] = str(exc)
+                continue
+            why = self.provisioner.check_signing_secret(value)
+            if why is None:
+                found[ref.name] = value
+            else:
+                missing[ref.name] = f"Secret {ref.secret_name} key {ref.secret_key!r}: {why}"
+        return found, missing
+
+    def _webhooks(self, resource: Resource, application: Application, spec: Spec, desired: dict) -> list[Event]:
+        """Bring the tenant's endpoints in line with ``spec.webhooks`` and report them: ``status.webhooks``, the
+        ``WebhooksHealthy`` condition and an event on each change of state. Never fails the tenant: a problem is the
+        condition's reason (WebhookConflict, InvalidWebhook, SealingKeyMissing, SecretMissing, EndpointDisabled,
+        EndpointFailing), and the next refresh tries again. Nothing happens for a resource that never had any."""
+        status = resource.status
+        if self.provisioner.webhooks is None:
+            return []
+        if not spec.webhooks and not status.get("webhooks") and not kube.find_condition(status, kube.WEBHOOKS_HEALTHY):
+            return []
+        events: list[Event] = []
+        secrets, missing = self._signing_secrets(resource, spec)
+        try:
+            synced = self.provisioner.sync_webhooks(application, spec.webhooks, secrets)
+        except WebhooksNotSynced as exc:
+            healthy, reason, message = False, exc.reason, exc.message
+            entries = status.get("webhooks") or []
+        else:
+            changes = [
+                f"{what} {', '.join(names)}"
+                for what, names in (
+                    ("created", synced.created),
+                    ("updated", synced.updated),
+                    ("deleted", synced.deleted),
+                )
+                if names
+            ]
+            if changes:
+                events.append(Event("Normal", "WebhooksSynced", "webhook endpoints " + "; ".join(changes)))
+            by_name = {e.name: e for e in synced.managed()}
+            entries = [_webhook_entry(by_name.get(ref.name), ref.name) for ref in spec.webhooks]
+            events += _transitions(status.get("webhooks") or [], entries, by_name)
+            healthy, reason, message = _webhooks_health(entries, missing)
+        previous = kube.find_condition(status, kube.WEBHOOKS_HEALTHY) or {}
+        reported = (previous.get("reason"), previous.get("message")) == (reason, message)
+        # One event per distinct problem; a failing or disabled endpoint has its own (_transitions).
+        if not healthy and not reported and reason not in ("EndpointFailing", "EndpointDisabled"):
+            events.append(Event("Warning", reason, message))
+        desired["webhooks"] = entries
+        desired["conditions"] = kube.set_condition(
+            desired["conditions"], kube.WEBHOOKS_HEALTHY, healthy, reason, message, resource.generation, self.clock()
+        )
+        return events
+
     # -- create, resume, spec update --------------------------------------------------------------------------
     def apply(self, resource: Resource, retry: int = 0) -> Outcome:
         """Provision the tenant for the current spec (name, suspension, limits, token rotation) and write its token
@@ -243,6 +314,12 @@ class Reconciler:
             events.append(Event("Normal", "SecretWritten", f"Secret {secret['metadata']['name']} {change}"))
 
         desired = self._tenant_status(resource, application, usage)
+        try:
+            events += self._webhooks(resource, application, spec, desired)
+        except Rejected as exc:
+            return self._failed(resource, exc.reason, exc.message, permanent=True)
+        except TRANSIENT as exc:
+            return self._failed(resource, "Unavailable", _describe(exc), retry_after=backoff(retry))
         desired["conditions"] = kube.set_condition(
             desired["conditions"], kube.SYNCED, True, "Applied", "", resource.generation, self.clock()
         )
@@ -290,6 +367,14 @@ class Reconciler:
             return Outcome(failure="Unavailable")
         events += self._management_events(managed, spec)
         desired = self._tenant_status(resource, application, usage)
+        try:
+            events += self._webhooks(resource, application, spec, desired)
+        except Rejected as exc:
+            log.warning("refresh of %s/%s skipped: %s", resource.namespace, resource.name, exc)
+            return Outcome(failure=exc.reason)
+        except TRANSIENT as exc:
+            log.warning("refresh of %s/%s failed: %s", resource.namespace, resource.name, _describe(exc))
+            return Outcome(failure="Unavailable")
         if resource.status.get("previousTokenExpiresAt") and not desired["previousTokenExpiresAt"]:
             events.append(Event("Normal", "PreviousTokenExpired", "the previous token's grace period ended"))
         if change != "unchanged":
@@ -396,6 +481,62 @@ class Reconciler:
             failure=reason,
             permanent=permanent,
         )
+
+
+def _webhook_entry(endpoint: WebhookEndpoint | None, name: str) -> dict:
+    """An endpoint as ``status.webhooks`` shows it (``pending``: not created, its Secret is missing)."""
+    if endpoint is None:
+        return {"name": name, "state": "pending"}
+    entry = {
+        "name": name,
+        "state": endpoint.state,
+        "enabled": endpoint.enabled,
+        "failingSince": rfc3339(endpoint.failing_since),
+        "disabledReason": endpoint.disabled_reason,
+        "lastSuccessAt": rfc3339(endpoint.last_success_at),
+        "position": str(endpoint.position),
+    }
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def _transitions(before: list, after: list[dict], endpoints: Mapping[str, WebhookEndpoint]) -> list[Event]:
+    """An event for each endpoint whose delivery state changed since the last status."""
+    was = {e.get("name"): e.get("state") for e in before}
+    events = []
+    for entry in after:
+        name, state = entry["name"], entry["state"]
+        previous = was.get(name)
+        if state == previous or state == "pending":
+            continue
+        endpoint = endpoints.get(name)
+        error = f": {endpoint.last_error}" if endpoint is not None and endpoint.last_error else ""
+        if state == "failing":
+            events.append(Event("Warning", "WebhookFailing", f"webhook endpoint {name} is failing{error}"))
+        elif state == "disabled":
+            why = entry.get("disabledReason") or "failing too long"
+            events.append(Event("Warning", "WebhookDisabled", f"webhook endpoint {name} was disabled: {why}"))
+        elif state == "healthy" and previous in ("failing", "disabled"):
+            events.append(Event("Normal", "WebhookRecovered", f"webhook endpoint {name} delivers again"))
+    return events
+
+
+def _webhooks_health(entries: list[dict], missing: Mapping[str, str]) -> tuple[bool, str, str]:
+    """The ``WebhooksHealthy`` condition: (status, reason, message)."""
+    if missing:
+        return False, "SecretMissing", "; ".join(f"{name}: {why}" for name, why in sorted(missing.items()))
+    disabled = [e["name"] for e in entries if e["state"] == "disabled"]
+    if disabled:
+        return (
+            False,
+            "EndpointDisabled",
+            "disabled (enable it again with enabled false, then true): " + ", ".join(disabled),
+        )
+    failing = [e["name"] for e in entries if e["state"] == "failing"]
+    if failing:
+        return False, "EndpointFailing", "failing (retried): " + ", ".join(failing)
+    if not entries:
+        return True, "NoEndpoints", ""
+    return True, "Delivering", ""
 
 
 def _is_true(status: Mapping, type_: str) -> bool:

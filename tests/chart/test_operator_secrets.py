@@ -4,7 +4,7 @@ real API server in tests/kube/test_operator_in_cluster.py."""
 
 from __future__ import annotations
 
-from chat_operator.kube import LABEL_MANAGED_BY, MANAGED_BY
+from chat_operator.kube import LABEL_MANAGED_BY, MANAGED_BY, SIGNING_LABEL
 from tests.chart.rendering import of_kind, render
 
 
@@ -44,3 +44,21 @@ def test_the_policy_can_be_left_out():
 def test_clusters_without_validating_admission_policy_get_none():
     assert not of_kind(render(None, kube_version="v1.29.4"), "ValidatingAdmissionPolicy")
     assert of_kind(render(None, kube_version="v1.30.0"), "ValidatingAdmissionPolicy")
+
+
+def test_the_policy_lets_the_operator_read_only_the_signing_secrets_labelled_for_it():
+    """Webhook signing Secrets (spec.webhooks[].secretRef): an update that changes nothing of a Secret labelled
+    chat-system.io/webhook-secret=true is the operator reading it; every validation lets that through, nothing else.
+    Checked on a real API server in tests/kube/test_webhook_secret_policy.py."""
+    (policy,) = of_kind(render(None), "ValidatingAdmissionPolicy")
+    (variable,) = policy.obj["spec"]["variables"]
+    assert variable["name"] == "readsSigningSecret"
+    expression = variable["expression"]
+    assert f"oldObject.metadata.labels['{SIGNING_LABEL}'] == 'true'" in expression
+    assert "request.operation == 'UPDATE'" in expression
+    for part in ("labels", "annotations", "finalizers", "ownerReferences"):
+        assert f"object.metadata.{part} == oldObject.metadata.{part}" in expression, part
+    for part in ("data", "type", "immutable"):
+        assert f"object.{part} == oldObject.{part}" in expression, part
+    for validation in policy.obj["spec"]["validations"]:
+        assert validation["expression"].startswith("variables.readsSigningSecret || ")

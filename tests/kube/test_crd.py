@@ -194,3 +194,23 @@ def test_printer_columns_show_what_the_operator_reports(control_plane: ControlPl
     assert row.split()[:6] == ["shown", "Shown", "tenant", "Suspended", "7", "42"]
     wide = control_plane.kubectl("-n", ns, "get", "capp", "-o", "wide").stdout
     assert "TOKEN SECRET" in wide and "shown-chat-token" in wide
+
+
+def test_the_server_takes_webhooks_with_their_defaults_and_refuses_a_repeated_name(
+    control_plane: ControlPlane, crd: str, kube_namespace: str
+):
+    hook = {"name": "orders", "url": "https://hooks.example.com/chat", "secretRef": {"name": "signing"}}
+    obj = application("hooked", kube_namespace, webhooks=[hook])
+    control_plane.kubectl("create", "-f", "-", stdin=json.dumps(obj))
+    stored = control_plane.get_json("-n", kube_namespace, "application", "hooked")["spec"]["webhooks"]
+    assert stored == [{**hook, "secretRef": {"name": "signing", "key": "secret"}, "enabled": True}]
+    twice = application("twice", kube_namespace, webhooks=[hook, {**hook, "url": "https://other.example.com/"}])
+    refused = control_plane.kubectl("create", "-f", "-", stdin=json.dumps(twice), check=False)
+    assert refused.returncode != 0 and "Duplicate value" in refused.stderr
+    status = {"status": {"webhooks": [{"name": "orders", "state": "failing", "failingSince": "2026-01-01T00:00:00Z"}]}}
+    control_plane.kubectl(
+        "-n", kube_namespace, "patch", "application", "hooked", "--subresource=status", "--type=merge",
+        "-p", json.dumps(status),
+    )  # fmt: skip
+    read = control_plane.get_json("-n", kube_namespace, "application", "hooked")["status"]["webhooks"]
+    assert read == status["status"]["webhooks"]

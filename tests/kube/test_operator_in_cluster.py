@@ -234,6 +234,40 @@ def test_an_application_becomes_a_tenant_with_secret_status_conditions_and_event
     assert release.get("secret", f"{name}-chat-token")["metadata"]["ownerReferences"][0]["name"] == name
 
 
+def _condition(status: dict, type_: str) -> dict:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def test_webhooks_from_the_spec_read_their_labelled_secret_under_the_charts_policy(release: Release):
+    """spec.webhooks end to end: the operator, with the chart's RBAC and admission policy, reads the signing Secret
+    its tenant labelled (no get: an empty patch the policy admits on that label), registers the endpoint and reports
+    it; a Secret without the label is refused by the policy and reported as SecretMissing."""
+    name = unique("hooked")
+    signing = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    release.kubectl("create", "secret", "generic", f"{name}-signing", f"--from-literal=secret={signing}")
+    release.kubectl("label", "secret", f"{name}-signing", "chat-system.io/webhook-secret=true")
+    hook = {"name": "orders", "url": "https://receiver.invalid/chat", "secretRef": {"name": f"{name}-signing"}}
+    release.apply_application(name, name="Hooked", deletionPolicy="Delete", webhooks=[hook])
+    obj = release.status(
+        name, lambda s: _condition(s, "WebhooksHealthy").get("status") == "True", "WebhooksHealthy True"
+    )
+    assert [(w["name"], w["state"]) for w in obj["status"]["webhooks"]] == [("orders", "healthy")]
+    token = release.secret(name)["token"]
+    listed = release.api.get(f"/applications/{token}/webhooks").json()["webhooks"]
+    assert [(w["id"], w["managed_by"]) for w in listed] == [("orders", "k8s")]
+    assert "WebhooksSynced" in release.events(name)
+    assert release.get("secret", f"{name}-signing")["metadata"].get("ownerReferences") is None  # untouched
+
+    release.kubectl("create", "secret", "generic", f"{name}-plain", f"--from-literal=secret={signing}")
+    plain = {"name": "plain", "url": "https://receiver.invalid/other", "secretRef": {"name": f"{name}-plain"}}
+    release.patch_spec(name, {"webhooks": [hook, plain]})
+    obj = release.status(
+        name, lambda s: _condition(s, "WebhooksHealthy").get("reason") == "SecretMissing", "SecretMissing"
+    )
+    assert "not labelled" in _condition(obj["status"], "WebhooksHealthy")["message"]
+    assert {w["name"]: w["state"] for w in obj["status"]["webhooks"]} == {"orders": "healthy", "plain": "pending"}
+
+
 def test_suspend_rotate_and_limits_round_trip_with_the_rest_api(release: Release):
     name = unique("managed")
     release.apply_application(name, name="Managed", deletionPolicy="Delete", previousTokenGraceSeconds=20)

@@ -121,7 +121,25 @@ GOOD_SPECS = {
     "all limits": {"name": "a", "limits": {"requestsPerSecond": 50, "maxChats": 1000, "maxMessageBytes": 4096}},
     "one limit": {"name": "a", "limits": {"maxChats": 1}},
     "largest limit": {"name": "a", "limits": {"maxChats": 4_294_967_295}},
+    "webhook": {
+        "name": "a",
+        "webhooks": [{"name": "orders", "url": "https://h.example.com/", "secretRef": {"name": "s"}}],
+    },
+    "full webhook": {
+        "name": "a",
+        "webhooks": [
+            {
+                "name": "a-1",
+                "url": "https://h.example.com/x",
+                "eventTypes": ["chat.created", "message.updated"],
+                "secretRef": {"name": "s", "key": "signing"},
+                "enabled": False,
+            },
+            {"name": "b", "url": "http://10.0.0.1:8080/x", "secretRef": {"name": "s"}},  # the operator decides
+        ],
+    },
 }
+HOOK = {"name": "a", "url": "https://h.example.com/", "secretRef": {"name": "s"}}
 BAD_SPECS = {
     "no name": {"deletionPolicy": "Retain"},
     "empty name": {"name": ""},
@@ -145,6 +163,14 @@ BAD_SPECS = {
     "limit over 32 bits": {"name": "a", "limits": {"maxMessageBytes": 4_294_967_296}},
     "limit not a number": {"name": "a", "limits": {"maxChats": "many"}},
     "limits not an object": {"name": "a", "limits": 5},
+    "webhook without url": {"name": "a", "webhooks": [{"name": "a", "secretRef": {"name": "s"}}]},
+    "webhook without secret": {"name": "a", "webhooks": [{"name": "a", "url": "https://h.example.com/"}]},
+    "webhook name not a label": {"name": "a", "webhooks": [{**HOOK, "name": "Orders"}]},
+    "webhook ftp": {"name": "a", "webhooks": [{**HOOK, "url": "ftp://h.example.com/"}]},
+    "webhook unknown event": {"name": "a", "webhooks": [{**HOOK, "eventTypes": ["chat.deleted"]}]},
+    "webhook no events": {"name": "a", "webhooks": [{**HOOK, "eventTypes": []}]},
+    "webhook enabled not a boolean": {"name": "a", "webhooks": [{**HOOK, "enabled": "yes"}]},
+    "eleven webhooks": {"name": "a", "webhooks": [{**HOOK, "name": f"h{i}"} for i in range(11)]},
 }
 
 

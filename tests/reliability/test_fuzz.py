@@ -89,6 +89,15 @@ include-path-regex = '(/applications|/chats|/messages|/search)$'
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 
+# Webhook endpoints: a schema-valid URL may still name an address the egress rule refuses (a literal loopback or
+# private address: 422, which JSON Schema cannot state), a schema-valid secret may not be the base64 of 24 to 64 bytes
+# (422), a name may be taken or the application hold its 10 endpoints already (409), and a replay cursor may be older
+# than the log's retention (410) or beyond its head (422). tests/unit/test_webhook_endpoints.py holds those rules.
+[[operations]]
+include-path-regex = '/webhooks'
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "400", "401", "404", "409", "410", "422"]
+
 # Tenant management would suspend the seeded application, rotate its token away, cap its chats or change its CORS
 # origins, and later requests of the run would be refused: these operations draw from the throwaway applications,
 # never from values seen in responses (the seeded token is one of them), and stay out of the stateful sequences (a
@@ -97,6 +106,12 @@ expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5x
 include-path-regex = '/(suspend|resume|rotate-token|limits|cors-origins)$'
 parameters = {{ "path.token" = {{ dictionary = "disposable", probability = 0.8 }} }}
 [operations.phases.examples]
+extra-data-sources = {{ responses = false }}
+# The coverage phase takes one token for all of an operation's cases, from the values seen in responses unless told
+# not to: the webhook routes' answers (Location: /applications/<seeded token>/webhooks/…) made it the seeded token,
+# whose maxMessageBytes then ended at 1 and every later message create a 422
+# (FUZZ_SEED=46121102321661791140776259301556284445 before this setting).
+[operations.phases.coverage]
 extra-data-sources = {{ responses = false }}
 [operations.phases.fuzzing]
 extra-data-sources = {{ responses = false }}

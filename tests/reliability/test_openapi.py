@@ -142,6 +142,13 @@ def test_admin_operations_declare_the_admin_key(document):
         "GET /applications/{token}/cors-origins",
         "PUT /applications/{token}/cors-origins",
         "GET /applications/{token}/usage",
+        "GET /applications/{token}/webhooks",
+        "POST /applications/{token}/webhooks",
+        "GET /applications/{token}/webhooks/{webhook_id}",
+        "PATCH /applications/{token}/webhooks/{webhook_id}",
+        "DELETE /applications/{token}/webhooks/{webhook_id}",
+        "POST /applications/{token}/webhooks/{webhook_id}/rotate-secret",
+        "POST /applications/{token}/webhooks/{webhook_id}/replay",
     }
     assert secured == {"GET /applications", "POST /applications", "DELETE /applications/{token}", *tenants}
 
@@ -151,7 +158,7 @@ def test_every_tenant_route_has_a_header_form(document):
     token in the path (``/application...``), with the applicationToken scheme and its 401; DELETE is admin only."""
     admin = ("/suspend", "/resume", "/rotate-token", "/limits", "/cors-origins", "/usage")
     for path, item in document["paths"].items():
-        if not path.startswith("/applications/{token}") or path.endswith(admin):
+        if not path.startswith("/applications/{token}") or path.endswith(admin) or "/webhooks" in path:
             continue
         header = document["paths"]["/application" + path.removeprefix("/applications/{token}")]
         assert {"$ref": "#/components/parameters/token"} not in header.get("parameters", [])
@@ -174,6 +181,22 @@ def test_response_objects_never_carry_undocumented_fields(document):
         schema = document["components"]["schemas"][name]
         assert schema["additionalProperties"] is False, name
         assert "id" not in schema["properties"], name
+
+
+def test_the_webhook_payload_is_the_event_logs_event(document):
+    """A delivery's body carries an event exactly as ``GET …/events`` returns one, and the Standard Webhooks
+    headers."""
+    schemas = document["components"]["schemas"]
+    payload = schemas["WebhookPayload"]
+    assert payload["properties"]["data"]["$ref"] == "#/components/schemas/LogEvent"
+    assert set(payload["required"]) == {"type", "timestamp", "data"}
+    page = schemas["EventPage"]["properties"]["events"]["items"]
+    assert page == {"$ref": "#/components/schemas/LogEvent"}
+    delivery = document["webhooks"]["event"]["post"]
+    assert [p["name"] for p in delivery["parameters"]] == ["webhook-id", "webhook-timestamp", "webhook-signature"]
+    assert delivery["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/WebhookPayload")
+    endpoint = schemas["WebhookEndpoint"]
+    assert "secret" not in endpoint["properties"] and "secret" in schemas["WebhookEndpointWithSecret"]["required"]
 
 
 def test_served_document_is_the_file(reliability_system):

@@ -41,8 +41,11 @@ from chat_api.numbering.opening import LEGACY, NEW, OPENED
 from chat_api.services import ChatService, Limits
 from chat_api.use_cases.tickets import TicketSigner
 from chat_common.search import SearchHit, SearchUnavailable
-from chat_common.tenancy.applications import TenantLimits, Usage, new_token
-from chat_common.validation import clean_name
+from chat_common.tenancy import webhooks as webhook_rules
+from chat_common.tenancy.applications import TenantLimits, Usage, check_grace_seconds, new_token
+from chat_common.tenancy.webhooks import EndpointChanges, EndpointSpec, WebhookEndpoint
+from chat_common.validation import Invalid, clean_name
+from chat_common.webhooks.egress import EgressPolicy
 from chat_common.wire.idempotency import KeyReused, check_idempotency_key
 from chat_common.wire.topology import Topology
 
@@ -917,6 +920,161 @@ class FakeEventLog:
         return self.answer or EventScan([], full=False, oldest=None, head=after)
 
 
+class FakeWebhookEndpoints(Faults):
+    """``chat_common.tenancy.webhooks.WebhookEndpoints`` over a dict, with its rules: names unique per application,
+    at most ``max_endpoints``, each manager changes only its own, enabling a disabled endpoint makes it healthy,
+    new endpoints start at the log's ``head``, replay refuses cursors before ``oldest`` - 1 or beyond ``head``, and
+    no sealing key (``sealing`` False) refuses what would store a secret. ``secrets`` holds what the real store
+    seals (name -> the secrets it signs with)."""
+
+    def __init__(self, max_endpoints: int = webhook_rules.MAX_ENDPOINTS, policy: EgressPolicy | None = None) -> None:
+        super().__init__()
+        self.max_endpoints = max_endpoints
+        self.policy = policy or EgressPolicy()
+        self.rows: dict[tuple[int, str], WebhookEndpoint] = {}
+        self.secrets: dict[tuple[int, str], list[str]] = {}
+        self.held: dict[tuple[int, str], int] = {}  # deliveries held back (the dispatcher's), for replay to drop
+        self.sealing = True
+        self.head = 0
+        self.oldest: int | None = None
+        self._ids = itertools.count(1)
+
+    def _owned(self, application_id: int, name: str, managed_by: str | None) -> WebhookEndpoint:
+        endpoint = self.rows.get((application_id, name))
+        if endpoint is None:
+            raise webhook_rules.EndpointNotFound(name)
+        if managed_by is not None and endpoint.managed_by != managed_by:
+            raise webhook_rules.EndpointConflict(f"webhook endpoint {name!r} is managed by another manager")
+        return endpoint
+
+    def list(self, application_id: int) -> list[WebhookEndpoint]:
+        self._enter("list", application_id)
+        return sorted((e for (a, _), e in self.rows.items() if a == application_id), key=lambda e: e.id)
+
+    def get(self, application_id: int, name: str) -> WebhookEndpoint | None:
+        self._enter("get", application_id, name)
+        return self.rows.get((application_id, name))
+
+    def create(self, application_id: int, spec: EndpointSpec, managed_by: str = "api") -> WebhookEndpoint:
+        self._enter("create", application_id, spec, managed_by)
+        if not self.sealing:
+            raise webhook_rules.SealingUnavailable()
+        if (application_id, spec.name) in self.rows:
+            raise webhook_rules.EndpointConflict(f"a webhook endpoint named {spec.name!r} exists already")
+        if len(self.list(application_id)) >= self.max_endpoints:
+            raise webhook_rules.EndpointConflict(f"an application has at most {self.max_endpoints} webhook endpoints")
+        secret = spec.secret or webhook_rules.new_secret()
+        endpoint = WebhookEndpoint(
+            spec.name, spec.url, spec.event_types, spec.enabled, "healthy", self.head, managed_by,
+            id=next(self._ids), application_id=application_id, created_at=time.time(),
+        )  # fmt: skip
+        self.rows[(application_id, spec.name)] = endpoint
+        self.secrets[(application_id, spec.name)] = [secret]
+        return dataclasses.replace(endpoint, secret=secret)
+
+    def update(
+        self, application_id: int, name: str, changes: EndpointChanges, managed_by: str | None = "api"
+    ) -> WebhookEndpoint:
+        self._enter("update", application_id, name, changes, managed_by)
+        return self._update(application_id, name, changes, managed_by, revive=True)
+
+    def _update(
+        self, application_id: int, name: str, changes: EndpointChanges, managed_by: str | None, revive: bool
+    ) -> WebhookEndpoint:
+        endpoint = self._owned(application_id, name, managed_by)
+        given = {k: getattr(changes, k) for k in webhook_rules.CHANGE_FIELDS}
+        values: dict = {k: v for k, v in given.items() if v is not None}
+        if changes.enabled and (not endpoint.enabled or (revive and endpoint.state == "disabled")):
+            values.update(state="healthy", failing_since=None, disabled_at=None, disabled_reason=None)
+        self.rows[(application_id, name)] = endpoint = dataclasses.replace(endpoint, **values)
+        return endpoint
+
+    def delete(self, application_id: int, name: str, managed_by: str | None = "api") -> None:
+        self._enter("delete", application_id, name, managed_by)
+        self._owned(application_id, name, managed_by)
+        del self.rows[(application_id, name)]
+
+    def rotate_secret(
+        self,
+        application_id: int,
+        name: str,
+        secret: str | None = None,
+        grace_seconds: int = 86_400,
+        managed_by: str | None = "api",
+    ) -> WebhookEndpoint:
+        self._enter("rotate_secret", application_id, name, secret, grace_seconds, managed_by)
+        if not self.sealing:
+            raise webhook_rules.SealingUnavailable()
+        secret = webhook_rules.check_secret(secret) if secret is not None else webhook_rules.new_secret()
+        grace = check_grace_seconds(grace_seconds)
+        endpoint = self._owned(application_id, name, managed_by)
+        signing = self.secrets[(application_id, name)]
+        self.secrets[(application_id, name)] = [secret, signing[0]] if grace else [secret]
+        expires = time.time() + grace if grace else None
+        self.rows[(application_id, name)] = endpoint = dataclasses.replace(endpoint, previous_secret_expires_at=expires)
+        return dataclasses.replace(endpoint, secret=secret)
+
+    def sync_managed(self, application_id: int, specs: list[EndpointSpec]) -> webhook_rules.SyncResult:
+        """The operator's sync, by the real store's rules (its docstring), minus the transaction."""
+        self._enter("sync_managed", application_id, specs)
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise Invalid("spec.webhooks names its endpoints more than once")
+        current = {e.name: e for e in self.list(application_id)}
+        if taken := sorted(n for n in names if n in current and current[n].managed_by != "k8s"):
+            raise webhook_rules.EndpointConflict(f"webhook endpoint {taken[0]!r} is managed through the admin API")
+        unmanaged = sum(1 for e in current.values() if e.managed_by != "k8s")
+        if unmanaged + len(specs) > self.max_endpoints:
+            raise webhook_rules.EndpointConflict(f"an application has at most {self.max_endpoints} webhook endpoints")
+        created, updated, deleted, waiting = [], [], [], []
+        for name, endpoint in current.items():
+            if endpoint.managed_by == "k8s" and name not in names:
+                del self.rows[(application_id, name)]
+                deleted.append(name)
+        for spec in specs:
+            if spec.name not in current:
+                if spec.secret is None:
+                    waiting.append(spec.name)
+                else:
+                    self.create(application_id, spec, managed_by="k8s")
+                    created.append(spec.name)
+                continue
+            endpoint = current[spec.name]
+            before = (endpoint.url, endpoint.event_types, endpoint.enabled, endpoint.state)
+            changes = EndpointChanges(spec.url, spec.event_types, spec.enabled)
+            after = self._update(application_id, spec.name, changes, None, revive=False)
+            changed = before != (after.url, after.event_types, after.enabled, after.state)
+            if spec.secret is not None and self.secrets[(application_id, spec.name)][0] != spec.secret:
+                if not self.sealing:
+                    raise webhook_rules.SealingUnavailable()
+                self.secrets[(application_id, spec.name)] = [spec.secret, self.secrets[(application_id, spec.name)][0]]
+                changed = True
+            if changed:
+                updated.append(spec.name)
+        endpoints = tuple(self.list(application_id))
+        return webhook_rules.SyncResult(tuple(created), tuple(updated), tuple(deleted), endpoints, tuple(waiting))
+
+    def dispatcher_sets(self, application_id: int, name: str, **state: object) -> None:
+        """What the delivery service writes (state, failing_since, disabled_*, last_*): a test plays it."""
+        key = (application_id, name)
+        self.rows[key] = dataclasses.replace(self.rows[key], **state)
+
+    def replay(self, application_id: int, name: str, from_cursor: object) -> WebhookEndpoint:
+        self._enter("replay", application_id, name, from_cursor)
+        cursor = webhook_rules.check_cursor(from_cursor)
+        endpoint = self._owned(application_id, name, None)
+        if cursor > self.head:
+            raise Invalid(f"from is beyond the event log's head ({self.head})")
+        if self.oldest is not None and cursor + 1 < self.oldest:
+            raise webhook_rules.CursorExpired("this cursor is older than the event log's retention")
+        self.held.pop((application_id, name), None)
+        endpoint = dataclasses.replace(
+            endpoint, position=cursor, state="healthy", failing_since=None, disabled_at=None, disabled_reason=None
+        )
+        self.rows[(application_id, name)] = endpoint
+        return endpoint
+
+
 @dataclass
 class World:
     """Every fake of one service, to arrange and inspect from a test."""
@@ -935,6 +1093,7 @@ class World:
     search_budget: FakeSearchBudget
     clock: FakeClock = field(default_factory=lambda: FakeClock())
     events: FakeEventLog = field(default_factory=FakeEventLog)
+    webhooks: FakeWebhookEndpoints = field(default_factory=FakeWebhookEndpoints)
 
     def application(self, name: str = "acme") -> Application:
         """A new application (as an admin creates it)."""
@@ -991,6 +1150,8 @@ def build(limits: Limits | None = None, recovery_opens_after: int | None = 1) ->
         search_budget=world.search_budget,
         tickets=TicketSigner((TICKET_KEY,), clock=world.clock),
         events=world.events,
+        webhooks=world.webhooks,
+        egress=EgressPolicy(allow_http=True),  # receivers of unit tests are http://example.com
     )
     return service, world
 

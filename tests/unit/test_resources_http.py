@@ -23,6 +23,9 @@ ADMIN_OPERATIONS = [
     *[("/applications/{token}/limits", method) for method in ("get", "put", "patch")],
     *[("/applications/{token}/cors-origins", method) for method in ("get", "put")],
     ("/applications/{token}/usage", "get"),
+    *[("/applications/{token}/webhooks", method) for method in ("get", "post")],
+    *[("/applications/{token}/webhooks/{webhook_id}", method) for method in ("get", "patch", "delete")],
+    *[(f"/applications/{{token}}/webhooks/{{webhook_id}}/{action}", "post") for action in ("rotate-secret", "replay")],
 ]
 
 

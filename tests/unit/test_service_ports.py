@@ -25,6 +25,7 @@ from chat_api.adapters.tenants import RedisRateLimiter, TenantDirectory
 from chat_api.numbering import Numberer
 from chat_api.services import ChatService
 from chat_common.tenancy.applications import Applications
+from chat_common.tenancy.webhooks import WebhookEndpoints
 from tests.unit import fakes
 
 PAIRS = [
@@ -45,6 +46,7 @@ PAIRS = [
     (ports.SearchReader, ElasticsearchSearchReader, fakes.FakeSearch),
     (ports.TenantDirectoryPort, TenantDirectory, fakes.FakeTenantDirectory),
     (ports.RateLimiterPort, RedisRateLimiter, fakes.FakeRateLimiter),
+    (ports.WebhookEndpointsPort, WebhookEndpoints, fakes.FakeWebhookEndpoints),
 ]
 
 

@@ -83,6 +83,25 @@ class TokenSealer:
             return None
         return token.decode("utf-8")
 
+    def seal_for(self, plaintext: str, context: str) -> str:
+        """Any secret sealed for one use: ``context`` (e.g. ``webhook:<application id>:<name>``) is the associated
+        data, so the sealed copy opens only for that same context."""
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, plaintext.encode("utf-8"), context.encode())
+        return SEALED_PREFIX + _b64(nonce + sealed)
+
+    def unseal_for(self, sealed: str, context: str) -> str | None:
+        """The secret :meth:`seal_for` sealed for ``context``; None when it does not open (another key or context,
+        tampered, or not a sealed value)."""
+        if not sealed or not sealed.startswith(SEALED_PREFIX):
+            return None
+        try:
+            raw = _unb64(sealed[len(SEALED_PREFIX) :])
+            plaintext = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode())
+        except (InvalidTag, binascii.Error, ValueError):
+            return None
+        return plaintext.decode("utf-8")
+
 
 def new_sealing_key() -> str:
     """A fresh ``TOKEN_SEALING_KEY`` (the chart generates its own; tests make one per namespace)."""

@@ -54,6 +54,7 @@ from chat_api.resources.openapi import DocsResource, OpenApiResource
 from chat_api.resources.params import NumberConverter
 from chat_api.resources.streams import MessageStreamResource
 from chat_api.resources.tickets import StreamTicketsResource, TicketStreamResource
+from chat_api.resources.webhooks import WebhooksResource
 from chat_api.services import ChatService, Limits
 from chat_api.streams import StreamHub, build_hub
 from chat_api.streams.asgi import StreamingApp, StreamsLifespan
@@ -65,7 +66,10 @@ from chat_common.clients.db import make_engine
 from chat_common.clients.redis_client import async_client, sync_client
 from chat_common.config import Settings
 from chat_common.tenancy.applications import build_applications
+from chat_common.tenancy.tokens import TokenSealer
+from chat_common.tenancy.webhooks import WebhookEndpoints
 from chat_common.validation import MAX_NUMBER
+from chat_common.webhooks.egress import EgressPolicy
 from chat_common.wire.keys import RedisKeys, slot_tag
 from chat_common.wire.topology import Topology
 
@@ -151,6 +155,11 @@ def create_app(
     for action in ("suspend", "resume", "rotate", "limits", "cors", "usage"):
         path = {"rotate": "rotate-token", "cors": "cors-origins"}.get(action, action)
         app.add_route(f"/applications/{{token}}/{path}", tenant_admin, suffix=action)
+    webhooks = WebhooksResource(service, settings.admin_api_key)
+    app.add_route("/applications/{token}/webhooks", webhooks)
+    app.add_route("/applications/{token}/webhooks/{webhook_id}", webhooks, suffix="item")
+    app.add_route("/applications/{token}/webhooks/{webhook_id}/rotate-secret", webhooks, suffix="rotate")
+    app.add_route("/applications/{token}/webhooks/{webhook_id}/replay", webhooks, suffix="replay")
     events = EventsResource(service)
     search = MessageSearchResource(service)
     cors_origins = parse_origins(settings.cors_allowed_origins)
@@ -232,6 +241,8 @@ def build_service(
         NumberingMarker(db),
     )
     admin_redis = sync_client(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    egress = EgressPolicy.from_env()  # WEBHOOK_ALLOW_CIDRS, WEBHOOK_DENY_CIDRS, WEBHOOK_ALLOW_HTTP
+    webhooks = WebhookEndpoints(admin_engine, TokenSealer.from_key(settings.token_sealing_key), egress)
     service = ChatService(
         applications=build_applications(settings, admin_engine, admin_redis),
         repository=repository,
@@ -264,6 +275,8 @@ def build_service(
         tickets=TicketSigner(parse_keys(settings.stream_ticket_keys), settings.stream_ticket_seconds),
         limits=Limits.from_settings(settings),
         events=SqlEventLog(router),
+        webhooks=webhooks,
+        egress=egress,
     )
 
     async def database() -> str:

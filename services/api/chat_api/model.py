@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from chat_common.search import SearchHit, SearchUnavailable
 from chat_common.tenancy.applications import Application, TenantLimits, Usage
+from chat_common.tenancy.webhooks import EndpointChanges, EndpointSpec, WebhookEndpoint
 from chat_common.validation import Invalid
 from chat_common.wire.heartbeats import WriterHeartbeat
 
@@ -21,6 +22,8 @@ __all__ = [
     "Conflict",
     "CursorExpired",
     "DatabaseUnavailable",
+    "EndpointChanges",
+    "EndpointSpec",
     "Event",
     "EventPage",
     "EventScan",
@@ -40,6 +43,7 @@ __all__ = [
     "TenantLimits",
     "Unavailable",
     "Usage",
+    "WebhookEndpoint",
     "WriterHeartbeat",
 ]
 

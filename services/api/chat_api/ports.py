@@ -26,6 +26,8 @@ from chat_api.model import (
     Application,
     Chat,
     Claim,
+    EndpointChanges,
+    EndpointSpec,
     EventScan,
     Message,
     Numbered,
@@ -33,6 +35,7 @@ from chat_api.model import (
     SearchHit,
     TenantLimits,
     Usage,
+    WebhookEndpoint,
     WriterHeartbeat,
 )
 
@@ -55,6 +58,7 @@ __all__ = [
     "SlotOpenings",
     "StoredKeysPort",
     "TenantDirectoryPort",
+    "WebhookEndpointsPort",
 ]
 
 
@@ -435,6 +439,54 @@ class Applications(Protocol):
 
     def usage(self, application_id: int) -> Usage | None:
         """Chats, messages, last activity and state; None when the application is gone."""
+        ...
+
+
+@runtime_checkable
+class WebhookEndpointsPort(Protocol):
+    """A tenant's webhook endpoints (adapter: :class:`chat_common.tenancy.webhooks.WebhookEndpoints`).
+
+    Synchronous, shared with the operator: called through :func:`asyncio.to_thread`. Raises the tenancy layer's
+    errors (``EndpointNotFound``, ``EndpointConflict``, ``SealingUnavailable``, ``CursorExpired``, ``Invalid``),
+    which :mod:`chat_api.use_cases.webhooks` turns into the API's. ``managed_by``: who asks (``api``); an endpoint
+    another manager owns is a conflict (None: any).
+    """
+
+    def list(self, application_id: int) -> list[WebhookEndpoint]:
+        """The application's endpoints, in creation order."""
+        ...
+
+    def get(self, application_id: int, name: str) -> WebhookEndpoint | None:
+        """One endpoint by name, or None."""
+        ...
+
+    def create(self, application_id: int, spec: EndpointSpec, managed_by: str = "api") -> WebhookEndpoint:
+        """Register one at the event log's head; the answer carries its secret."""
+        ...
+
+    def update(
+        self, application_id: int, name: str, changes: EndpointChanges, managed_by: str | None = "api"
+    ) -> WebhookEndpoint:
+        """Change URL, event types or ``enabled`` (enabling a disabled one makes it healthy)."""
+        ...
+
+    def delete(self, application_id: int, name: str, managed_by: str | None = "api") -> None:
+        """Delete one."""
+        ...
+
+    def rotate_secret(
+        self,
+        application_id: int,
+        name: str,
+        secret: str | None = None,
+        grace_seconds: int = 86_400,
+        managed_by: str | None = "api",
+    ) -> WebhookEndpoint:
+        """A new signing secret; the current one signs ``grace_seconds`` more. The answer carries the new one."""
+        ...
+
+    def replay(self, application_id: int, name: str, from_cursor: object) -> WebhookEndpoint:
+        """Deliver again from after ``from_cursor``: position, held deliveries dropped, healthy again."""
         ...
 
 

@@ -11,7 +11,7 @@ with the operator, synchronous) runs in a worker thread, never on the loop.
 
 from __future__ import annotations
 
-from chat_api.model import EventPage, Unavailable
+from chat_api.model import EventPage, Unavailable, WebhookEndpoint
 from chat_api.ports import (
     Applications,
     EventLogPort,
@@ -22,6 +22,7 @@ from chat_api.ports import (
     SearchBudgetPort,
     SearchReader,
     TenantDirectoryPort,
+    WebhookEndpointsPort,
 )
 from chat_api.use_cases.admin import TenantAdmin
 from chat_api.use_cases.applications import ApplicationUseCases
@@ -34,6 +35,8 @@ from chat_api.use_cases.search import SearchUseCase
 from chat_api.use_cases.streams import StreamStart
 from chat_api.use_cases.tenants import TenantGate
 from chat_api.use_cases.tickets import StreamTickets, TicketHolder, TicketSigner
+from chat_api.use_cases.webhooks import WebhookAdmin
+from chat_common.webhooks.egress import EgressPolicy
 from chat_common.wire.topology import Topology
 
 __all__ = ["MAX_OFFSET", "ChatService", "Limits"]
@@ -61,6 +64,8 @@ class ChatService:
         search_budget: SearchBudgetPort | None = None,
         tickets: TicketSigner | None = None,
         events: EventLogPort | None = None,
+        webhooks: WebhookEndpointsPort | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.applications = applications  # closed by the process lifecycle
         self.publisher = publisher  # started and closed by the process lifecycle
@@ -101,6 +106,11 @@ class ChatService:
         if events is not None:
             self.event_log = EventLogUseCase(gate, events, repository, numbers, limits.event_retention_seconds)
 
+        # Without a store (unit tests' fakes that leave it out) the webhook routes answer 503.
+        self._webhooks: WebhookAdmin | None = None
+        if webhooks is not None:
+            self._webhooks = WebhookAdmin(applications, webhooks, egress or EgressPolicy())
+
         self.search_messages = SearchUseCase(gate, repository, numbers, search, limits, search_budget).messages
         self.stream_position = StreamStart(gate, repository).position
 
@@ -119,6 +129,41 @@ class ChatService:
         if self.event_log is None:
             raise Unavailable("the event log is not configured", retry_after=30)
         return await self.event_log.page(token, after, limit)
+
+    @property
+    def webhooks(self) -> WebhookAdmin:
+        """A tenant's webhook endpoints (:mod:`chat_api.use_cases.webhooks`); 503 where none are configured."""
+        if self._webhooks is None:
+            raise Unavailable("webhook endpoints are not configured", retry_after=30)
+        return self._webhooks
+
+    async def list_webhooks(self, token: str) -> list[WebhookEndpoint]:
+        """The application's webhook endpoints (admin)."""
+        return await self.webhooks.list(token)
+
+    async def create_webhook(self, token: str, body: object) -> WebhookEndpoint:
+        """Register a webhook endpoint (admin); the answer carries its secret."""
+        return await self.webhooks.create(token, body)
+
+    async def get_webhook(self, token: str, name: str) -> WebhookEndpoint:
+        """One webhook endpoint (admin)."""
+        return await self.webhooks.get(token, name)
+
+    async def update_webhook(self, token: str, name: str, body: object) -> WebhookEndpoint:
+        """Change a webhook endpoint (admin)."""
+        return await self.webhooks.update(token, name, body)
+
+    async def delete_webhook(self, token: str, name: str) -> None:
+        """Delete a webhook endpoint (admin)."""
+        await self.webhooks.delete(token, name)
+
+    async def rotate_webhook_secret(self, token: str, name: str, body: object) -> WebhookEndpoint:
+        """Rotate a webhook endpoint's signing secret (admin); the answer carries the new one."""
+        return await self.webhooks.rotate_secret(token, name, body)
+
+    async def replay_webhook(self, token: str, name: str, from_cursor: object) -> WebhookEndpoint:
+        """Deliver the application's events to an endpoint again from after a cursor (admin)."""
+        return await self.webhooks.replay(token, name, from_cursor)
 
     def page_bounds(self, page: int, per_page: int | None) -> tuple[int, int]:
         """``(page, per_page)`` with the default page size filled in (:func:`chat_api.use_cases.paging.page_bounds`)."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 import falcon
 
 from chat_api.model import Invalid
-from chat_api.resources.params import add_page_links, admin_identity, body_field, page_params, require_admin
+from chat_api.resources.params import (
+    add_page_links,
+    admin_identity,
+    body_field,
+    body_object,
+    page_params,
+    require_admin,
+)
 from chat_api.services import ChatService
 
 
@@ -61,16 +68,6 @@ class ApplicationsResource:
         resp.status = falcon.HTTP_204
 
 
-async def _body_object(req: falcon.Request) -> dict | None:
-    """The body as an object, None without a body; 400 for anything else."""
-    if not req.content_length:
-        return None
-    media = await req.get_media()
-    if not isinstance(media, dict):
-        raise falcon.HTTPBadRequest(description="request body must be an object")
-    return media
-
-
 class TenantAdminResource:
     """Tenant management (admin key): suspend and resume, rotate the token, limits, CORS origins, usage.
 
@@ -95,7 +92,7 @@ class TenantAdminResource:
     @falcon.before(require_admin)
     async def on_post_rotate(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """Rotate the token; the current one keeps working for ``grace_seconds`` (default 86400), then 404s."""
-        body = await _body_object(req) or {}
+        body = await body_object(req) or {}
         if set(body) - {"grace_seconds"}:
             raise Invalid(f"unknown field {sorted(set(body) - {'grace_seconds'})[0]!r}; send only grace_seconds")
         application = await self.service.rotate_token(token, body.get("grace_seconds"))
@@ -110,12 +107,12 @@ class TenantAdminResource:
     @falcon.before(require_admin)
     async def on_put_limits(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """Replace the limits (a limit not given returns to the default)."""
-        resp.media = (await self.service.set_limits(token, await _body_object(req))).admin()
+        resp.media = (await self.service.set_limits(token, await body_object(req))).admin()
 
     @falcon.before(require_admin)
     async def on_patch_limits(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """Change the limits given (null: back to the default), keep the others."""
-        resp.media = (await self.service.set_limits(token, await _body_object(req), merge=True)).admin()
+        resp.media = (await self.service.set_limits(token, await body_object(req), merge=True)).admin()
 
     @falcon.before(require_admin)
     async def on_get_cors(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
@@ -125,7 +122,7 @@ class TenantAdminResource:
     @falcon.before(require_admin)
     async def on_put_cors(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """Replace them: ``{"origins": [...]}``, or ``{"origins": null}`` for the deployment's."""
-        resp.media = (await self.service.set_cors_origins(token, await _body_object(req))).admin()
+        resp.media = (await self.service.set_cors_origins(token, await body_object(req))).admin()
 
     @falcon.before(require_admin)
     async def on_get_usage(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:

@@ -119,6 +119,14 @@ def render_html(document: dict) -> str:
                 response = _resolve(document, response)
                 out.append(f"<tr><td><code>{esc(status)}</code></td><td>{esc(response['description'])}</td></tr>")
             out.append("</table></section>")
+    for name, item in (document.get("webhooks") or {}).items():  # what this server sends, not a route it has
+        for method, operation in item.items():
+            out.append(f"<section><h3>webhook <span class=path>{esc(name)}</span> ({esc(method)})</h3>")
+            out.append(f"<p>{esc(operation.get('summary', ''))}</p><p>{esc(operation.get('description', ''))}</p>")
+            out.append("<table><tr><th>header</th><th></th></tr>")
+            for p in operation.get("parameters", []):
+                out.append(f"<tr><td><code>{esc(p['name'])}</code></td><td>{esc(p.get('description', ''))}</td></tr>")
+            out.append("</table></section>")
     out.append("</body></html>")
     return "".join(out)
 

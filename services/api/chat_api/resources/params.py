@@ -37,6 +37,16 @@ class NumberConverter:
         return number if self.min <= number <= self.max else None
 
 
+async def body_object(req: falcon.Request) -> dict | None:
+    """The body as an object, None without a body; 400 for anything else."""
+    if not req.content_length:
+        return None
+    media = await req.get_media()
+    if not isinstance(media, dict):
+        raise falcon.HTTPBadRequest(description="request body must be an object")
+    return media
+
+
 async def body_field(req: falcon.Request, root: str, field: str) -> object:
     """One field of the body, sent in exactly one of its forms.
 
