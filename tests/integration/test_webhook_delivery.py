@@ -5,19 +5,25 @@ Standard Webhooks reference library (tests/integration/webhook_kit.py)."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import text
 
+from chat_common.webhooks.egress import EgressPolicy
 from chat_common.wire.contracts import ChatUpsert, MessageUpsert
 from tests.integration.test_event_log import Reader, Writers
 from tests.integration.webhook_kit import (
     InProcessDispatcher,
+    Received,
     Receiver,
     add_endpoint,
     assert_chat_order,
     endpoint_row,
     event_ids,
+    held_rows,
     test_config,
     wait_until,
 )
@@ -38,15 +44,35 @@ def dispatcher(fresh_namespace) -> Iterator[InProcessDispatcher]:
     running.stop()
 
 
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., Receiver]]:
+    """Makes receivers, and closes them all when the test ends."""
+    made: list[Receiver] = []
+
+    def make(**options) -> Receiver:
+        made.append(Receiver(**options))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.stop()
+
+
+def _outcomes(outcome: str) -> float:
+    return REGISTRY.get_sample_value("chat_webhook_deliveries_total", {"outcome": outcome}) or 0.0
+
+
 def _chats(writers: Writers, app: int, chats: int, messages: int) -> None:
     writers.chats(writers.deliveries(*(ChatUpsert(app, c, f"chat {c}") for c in range(1, chats + 1))))
     for m in range(1, messages + 1):
         writers.messages(writers.deliveries(*(MessageUpsert(app, c, m, f"c{c} m{m}") for c in range(1, chats + 1))))
 
 
-def test_every_event_arrives_signed_in_order_per_chat_as_the_api_shows_it(writers, fresh_namespace, dispatcher):
+def test_every_event_arrives_signed_in_order_per_chat_as_the_api_shows_it(
+    writers, fresh_namespace, dispatcher, receivers
+):
     app = writers.new_application()
-    receiver = Receiver()
+    receiver = receivers()
     endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
     receiver.secrets = [endpoint.secret]
     _chats(writers, app, chats=4, messages=8)
@@ -66,10 +92,10 @@ def test_every_event_arrives_signed_in_order_per_chat_as_the_api_shows_it(writer
     assert row["state"] == "healthy" and row["lease_owner"] == dispatcher.config.owner
 
 
-def test_during_a_rotation_both_secrets_sign_and_either_one_verifies(writers, fresh_namespace, dispatcher):
+def test_during_a_rotation_both_secrets_sign_and_either_one_verifies(writers, fresh_namespace, dispatcher, receivers):
     app = writers.new_application()
     old, new = new_secret(24), new_secret(64)
-    holding_old, holding_new = Receiver(secrets=[old]), Receiver(secrets=[new])
+    holding_old, holding_new = receivers(secrets=[old]), receivers(secrets=[new])
     key = fresh_namespace.settings.token_sealing_key
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
     for name, receiver in (("old", holding_old), ("new", holding_new)):
@@ -89,7 +115,7 @@ def test_during_a_rotation_both_secrets_sign_and_either_one_verifies(writers, fr
         assert receiver.unverified == []
         assert all(len(r.signature.split(" ")) == 2 for r in receiver.received)
     # Once the previous secret expired, only the new one signs.
-    gone = Receiver(secrets=[new])
+    gone = receivers(secrets=[new])
     add_endpoint(
         writers.engine,
         key,
@@ -102,3 +128,151 @@ def test_during_a_rotation_both_secrets_sign_and_either_one_verifies(writers, fr
     )
     wait_until(lambda: len(gone.received) >= 4, 20, "deliveries")
     assert gone.unverified == [] and all(" " not in r.signature for r in gone.received)
+
+
+# -- what answers mean ------------------------------------------------------------------------------------------------
+def test_410_disables_the_endpoint_and_nothing_more_is_sent(writers, fresh_namespace, dispatcher, receivers):
+    app = writers.new_application()
+    receiver = receivers(answer=lambda _: (410, {}, b"", 0.0))
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    _chats(writers, app, chats=1, messages=0)
+    wait_until(lambda: endpoint_row(writers.engine, endpoint.id)["state"] == "disabled", 10, "disabled")
+    row = endpoint_row(writers.engine, endpoint.id)
+    assert "410" in row["disabled_reason"] and row["disabled_at"] is not None and row["lease_owner"] is None
+    count = len(receiver.received)
+    _chats(writers, app, chats=3, messages=2)
+    time.sleep(1.5)  # several head moves and lease rounds: a disabled endpoint is not claimed again
+    assert len(receiver.received) == count == 1
+
+
+def test_a_client_error_gives_that_event_up_and_the_chat_goes_on(writers, fresh_namespace, dispatcher, receivers):
+    app = writers.new_application()
+    refused_body = "c1 m2"
+
+    def answer(got: Received) -> tuple:
+        resource = got.payload["data"]["resource"] or {}
+        return (422 if resource.get("body") == refused_body else 204), {}, b"", 0.0
+
+    receiver = receivers(answer=answer)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    given_up = _outcomes("given_up")
+    _chats(writers, app, chats=2, messages=4)
+    expected = event_ids(writers.engine, app)
+    wait_until(lambda: set(receiver.ids()) >= {i for i, _ in expected}, 10, "every event tried")
+    time.sleep(1.0)  # longer than the first retry step: a 422 is not retried
+    ids = receiver.ids()
+    assert sorted(ids) == sorted(i for i, _ in expected)  # each exactly once, the refused one included
+    assert_chat_order(receiver.first_arrivals())
+    assert _outcomes("given_up") == given_up + 1
+    assert held_rows(writers.engine, endpoint.id) == []
+
+
+def test_429_waits_as_long_as_retry_after_says(writers, fresh_namespace, dispatcher, receivers):
+    app = writers.new_application()
+    attempts: dict[str, int] = {}
+
+    def answer(got: Received) -> tuple:
+        attempts[got.message_id] = attempts.get(got.message_id, 0) + 1
+        if got.payload["data"]["type"] == "chat.created" and attempts[got.message_id] == 1:
+            return 429, {"Retry-After": "2"}, b"slow down", 0.0
+        return 204, {}, b"", 0.0
+
+    receiver = receivers(answer=answer)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    _chats(writers, app, chats=1, messages=3)
+    expected = [i for i, _ in event_ids(writers.engine, app)]
+    wait_until(lambda: set(receiver.ids()) >= set(expected), 10, "every event delivered")
+    first, second = [r for r in receiver.received if r.event_id == expected[0]][:2]
+    assert second.at - first.at >= 1.9  # Retry-After: 2, not the schedule's 0.3 s
+    # The chat's later events waited behind it: first arrivals in id order, none before the retried one.
+    assert [r.event_id for r in receiver.first_arrivals()] == expected
+    assert [r.event_id for r in receiver.received] == [expected[0], *expected]
+    wait_until(lambda: held_rows(writers.engine, endpoint.id) == [], 5, "nothing held")
+
+
+# -- egress -----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_loopback_is_refused_without_the_allow_list_and_never_connected(writers, fresh_namespace, receivers, host):
+    strict = InProcessDispatcher(test_config(fresh_namespace, egress=EgressPolicy(allow_http=True)))
+    try:
+        app = writers.new_application()
+        receiver = receivers()
+        url = receiver.url.replace("127.0.0.1", host)
+        endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, url)
+        refused = _outcomes("refused")
+        _chats(writers, app, chats=1, messages=2)
+        wait_until(lambda: _outcomes("refused") >= refused + 3, 10, "three refusals")
+        wait_until(lambda: endpoint_row(writers.engine, endpoint.id)["last_error"], 5, "the error recorded")
+        row = endpoint_row(writers.engine, endpoint.id)
+        assert row["state"] == "failing" and "refused" in row["last_error"] and "loopback" in row["last_error"]
+        assert "query-secret" not in row["last_error"]
+        assert receiver.received == []
+    finally:
+        strict.stop()
+
+
+def test_redirects_are_not_followed_and_not_retried(writers, fresh_namespace, dispatcher, receivers):
+    app = writers.new_application()
+    elsewhere = receivers()
+    receiver = receivers(answer=lambda _: (302, {"Location": elsewhere.url}, b"", 0.0))
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    _chats(writers, app, chats=1, messages=2)
+    expected = [i for i, _ in event_ids(writers.engine, app)]
+    wait_until(lambda: set(receiver.ids()) >= set(expected), 10, "every event tried")
+    time.sleep(1.0)
+    assert receiver.ids() == expected and elsewhere.received == []
+    wait_until(lambda: "302" in (endpoint_row(writers.engine, endpoint.id)["last_error"] or ""), 5, "the 302 noted")
+    assert held_rows(writers.engine, endpoint.id) == []
+
+
+def test_an_answer_larger_than_the_limit_breaks_nothing(writers, fresh_namespace, dispatcher, receivers):
+    app = writers.new_application()
+    receiver = receivers(answer=lambda _: (200, {}, b"x" * (2 << 20), 0.0))
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    _chats(writers, app, chats=2, messages=3)
+    expected = [i for i, _ in event_ids(writers.engine, app)]
+    wait_until(lambda: set(receiver.ids()) >= set(expected), 10, "every event delivered")
+    wait_until(lambda: endpoint_row(writers.engine, endpoint.id)["last_success_at"] is not None, 5, "success noted")
+    assert endpoint_row(writers.engine, endpoint.id)["state"] == "healthy"
+    assert sorted(set(receiver.ids())) == expected
+
+
+# -- replay and isolation ---------------------------------------------------------------------------------------------
+def test_a_replay_moves_the_position_back_and_the_events_come_again(writers, fresh_namespace, dispatcher, receivers):
+    app = writers.new_application()
+    receiver = receivers()
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    _chats(writers, app, chats=2, messages=2)
+    expected = [i for i, _ in event_ids(writers.engine, app)]
+    wait_until(lambda: set(receiver.ids()) >= set(expected), 10, "every event delivered")
+    wait_until(lambda: endpoint_row(writers.engine, endpoint.id)["position"] >= expected[-1], 5, "position moved")
+    with writers.engine.begin() as conn:  # what the admin side's replay does
+        conn.execute(
+            text("UPDATE webhook_endpoints SET position = :p WHERE id = :e"), {"p": expected[1], "e": endpoint.id}
+        )
+        conn.execute(text("DELETE FROM webhook_held WHERE endpoint_id = :e"), {"e": endpoint.id})
+    wait_until(lambda: len(receiver.ids()) >= len(expected) * 2 - 2, 10, "the replayed events")
+    again = receiver.received[len(expected) :]
+    assert sorted(r.event_id for r in again) == expected[2:]
+    assert_chat_order(again)
+
+
+def test_a_slow_endpoint_does_not_slow_another_tenants(writers, fresh_namespace, dispatcher, receivers):
+    slow_app, fast_app = writers.new_application("slow"), writers.new_application("fast")
+    key = fresh_namespace.settings.token_sealing_key
+    slow = receivers(answer=lambda _: (204, {}, b"", 5.0))
+    fast = receivers()
+    add_endpoint(writers.engine, key, slow_app, slow.url)
+    add_endpoint(writers.engine, key, fast_app, fast.url)
+    _chats(writers, slow_app, chats=20, messages=2)  # 60 events at 5 s each, 16 at a time: ~20 s of work
+    for chat in range(1, 31):
+        writers.chats(writers.deliveries(ChatUpsert(fast_app, chat, f"chat {chat}")))
+        time.sleep(0.1)
+    wait_until(lambda: len(fast.received) >= 30, 10, "the fast tenant's events")
+    lags = sorted(
+        r.at - datetime.datetime.fromisoformat(r.payload["timestamp"].replace("Z", "+00:00")).timestamp()
+        for r in fast.received
+    )
+    p99 = lags[int(len(lags) * 0.99) - 1 if len(lags) < 100 else int(len(lags) * 0.99)]
+    assert p99 < 0.5, f"fast tenant's commit-to-receive p99 {p99:.3f} s (all: {lags})"
+    assert len(slow.received) < 60  # the slow one was still busy meanwhile

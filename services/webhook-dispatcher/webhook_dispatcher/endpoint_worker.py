@@ -314,6 +314,10 @@ class EndpointWorker:
             self._check_position = True  # a replay moved it, or the lease is gone: the row says which
             return True
         self.position = new
+        if held:  # the chats just held, and when their heads are due (the sleep must end then)
+            self._held_chats |= {h.chat_number for h in held}
+            due = min(h.next_attempt_at for h in held)
+            self._next_due = due if self._next_due is None else min(self._next_due, due)
         return full
 
     async def _deliver_chat(self, events: list[LoggedEvent], secrets: list[str]) -> list[HeldEvent]:
