@@ -9,6 +9,7 @@ with ``TokenSealer.seal_for`` for ``webhook:{application_id}:{name}``, as the en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -93,7 +94,7 @@ class Receiver:
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
-    connections: int = 0
+    sockets: set = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -114,7 +115,20 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with receiver.lock:
+                    receiver.sockets.add(self.connection)
+
+            def finish(self) -> None:
+                with receiver.lock:
+                    receiver.sockets.discard(self.connection)
+                super().finish()
+
             def do_POST(self) -> None:
+                if receiver.server is None:  # stopped: a kept-alive connection gets no answer either
+                    self.close_connection = True
+                    return
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 got = Received(
                     self.headers.get("webhook-id", ""),
@@ -140,7 +154,11 @@ class Receiver:
                 except OSError:  # the dispatcher hung up (a body past its limit, its timeout)
                     pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address) -> None:
+                pass  # the dispatcher hung up or was killed: nothing to report
+
+        server = Server(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
         self.server = server
         threading.Thread(target=server.serve_forever, daemon=True, name=f"receiver-{self.port}").start()
@@ -148,9 +166,13 @@ class Receiver:
     def stop(self) -> None:
         """Close the port: connections are refused until :meth:`start`."""
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+            server, self.server = self.server, None
+            server.shutdown()
+            server.server_close()
+            with self.lock:
+                for connection in list(self.sockets):  # kept-alive connections too: the receiver is down
+                    with contextlib.suppress(OSError):
+                        connection.shutdown(socket.SHUT_RDWR)
 
     def _verify(self, got: Received, headers: dict[str, str]) -> None:
         for secret in self.secrets:
