@@ -262,9 +262,11 @@ def test_a_slow_endpoint_does_not_slow_another_tenants(writers, fresh_namespace,
     key = fresh_namespace.settings.token_sealing_key
     slow = receivers(answer=lambda _: (204, {}, b"", 5.0))
     fast = receivers()
-    add_endpoint(writers.engine, key, slow_app, slow.url)
-    add_endpoint(writers.engine, key, fast_app, fast.url)
+    endpoints = [add_endpoint(writers.engine, key, app, r.url).id for app, r in ((slow_app, slow), (fast_app, fast))]
+    owner = dispatcher.config.owner
+    wait_until(lambda: all(endpoint_row(writers.engine, e)["lease_owner"] == owner for e in endpoints), 5, "claimed")
     _chats(writers, slow_app, chats=20, messages=2)  # 60 events at 5 s each, 16 at a time: ~20 s of work
+    wait_until(lambda: len(slow.received) >= 16, 5, "the slow endpoint busy")
     for chat in range(1, 31):
         writers.chats(writers.deliveries(ChatUpsert(fast_app, chat, f"chat {chat}")))
         time.sleep(0.1)
@@ -276,3 +278,48 @@ def test_a_slow_endpoint_does_not_slow_another_tenants(writers, fresh_namespace,
     p99 = lags[int(len(lags) * 0.99) - 1 if len(lags) < 100 else int(len(lags) * 0.99)]
     assert p99 < 0.5, f"fast tenant's commit-to-receive p99 {p99:.3f} s (all: {lags})"
     assert len(slow.received) < 60  # the slow one was still busy meanwhile
+
+
+def test_an_endpoint_failing_too_long_is_disabled(writers, fresh_namespace, receivers):
+    impatient = InProcessDispatcher(test_config(fresh_namespace, disable_after_seconds=1.5))
+    try:
+        app = writers.new_application()
+        receiver = receivers(answer=lambda _: (500, {}, b"", 0.0))
+        endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+        _chats(writers, app, chats=1, messages=1)
+        wait_until(lambda: endpoint_row(writers.engine, endpoint.id)["state"] == "failing", 5, "failing")
+        wait_until(lambda: endpoint_row(writers.engine, endpoint.id)["state"] == "disabled", 10, "disabled")
+        row = endpoint_row(writers.engine, endpoint.id)
+        assert "failing for more than" in row["disabled_reason"] and row["last_error"] == "HTTP 500"
+        assert len(receiver.received) >= 2  # retried meanwhile
+    finally:
+        impatient.stop()
+
+
+def test_replicas_share_the_endpoints_and_one_stopping_hands_its_own_over(writers, fresh_namespace, receivers):
+    key = fresh_namespace.settings.token_sealing_key
+    one = InProcessDispatcher(test_config(fresh_namespace, owner="replica-one"))
+    two = None
+    try:
+        apps = [writers.new_application(f"app{n}") for n in range(4)]
+        sinks = [receivers() for _ in apps]
+        endpoints = [add_endpoint(writers.engine, key, app, sink.url).id for app, sink in zip(apps, sinks, strict=True)]
+        owners = lambda: {endpoint_row(writers.engine, e)["lease_owner"] for e in endpoints}  # noqa: E731
+        wait_until(lambda: owners() == {"replica-one"}, 5, "claims")
+        two = InProcessDispatcher(test_config(fresh_namespace, owner="replica-two"))
+        time.sleep(1.5)  # several lease rounds: a held lease is not taken from a live replica
+        assert owners() == {"replica-one"}
+        one.stop()  # as on SIGTERM: leases given back, the other replica claims them at its next round
+        wait_until(
+            lambda: all(endpoint_row(writers.engine, e)["lease_owner"] == "replica-two" for e in endpoints),
+            5,
+            "handed over",
+        )
+        for app in apps:
+            _chats(writers, app, chats=1, messages=2)
+        for app, sink in zip(apps, sinks, strict=True):
+            expected = {i for i, _ in event_ids(writers.engine, app)}
+            wait_until(lambda s=sink, x=expected: set(s.ids()) >= x, 10, "deliveries by the other replica")
+    finally:
+        if two is not None:
+            two.stop()

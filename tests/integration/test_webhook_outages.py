@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from chat_common.wire.contracts import ChatUpsert, MessageUpsert
 from tests.conftest import LOG_ROOT
@@ -26,6 +27,7 @@ from tests.integration.webhook_kit import (
     assert_chat_order,
     endpoint_row,
     event_ids,
+    free_port,
     held_rows,
     test_config,
     wait_until,
@@ -89,8 +91,15 @@ def test_a_sigkilled_dispatcher_loses_nothing_and_keeps_each_chats_order(writers
         first.kill()  # SIGKILL mid-delivery: its lease stays until it expires
         killed_at = len(receiver.received)
         time.sleep(0.5)
-        second = DispatcherProcess(fresh_namespace, log_path, **env).start()
+        port = free_port()
+        second = DispatcherProcess(fresh_namespace, log_path, WEBHOOK_DISPATCHER_PORT=str(port), **env).start()
         wait_until(lambda: len(receiver.received) >= killed_at + 40, 30, "deliveries after the restart")
+        probes = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{probes}/healthz", timeout=5).status_code == 200
+        assert requests.get(f"{probes}/readyz", timeout=5).status_code == 200
+        metrics = requests.get(f"{probes}/metrics", timeout=5).text
+        assert 'chat_webhook_deliveries_total{outcome="delivered"}' in metrics
+        assert "chat_webhook_endpoints_leased 1.0" in metrics
         typist.stop()
         expected = event_ids(writers.engine, app)
         wait_until(lambda: set(receiver.ids()) >= {i for i, _ in expected}, 30, "every event delivered")

@@ -155,6 +155,8 @@ class Receiver:
                     pass
 
         class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # socketserver's 5 drops concurrent connects: a 1 s SYN retry, not ours
+
             def handle_error(self, request, client_address) -> None:
                 pass  # the dispatcher hung up or was killed: nothing to report
 

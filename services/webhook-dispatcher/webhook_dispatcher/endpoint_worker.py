@@ -149,6 +149,7 @@ class EndpointWorker:
         self._gone: Attempt | None = None
         self._next_due: datetime.datetime | None = None
         self._held_chats: set[int] = set()
+        self._heads_known = False  # whether _held_chats is up to date (only this worker holds; a replay deletes)
 
     # -- what the dispatcher tells it ------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -181,6 +182,7 @@ class EndpointWorker:
         self._wake.clear()
         if self._check_position:
             self._check_position = False
+            self._heads_known = False  # a replay deletes the held rows
             await self._reread_position()
         secrets = self._secrets()
         if not secrets:
@@ -239,6 +241,8 @@ class EndpointWorker:
 
     # -- step 1: held deliveries -----------------------------------------------------------------------------------
     async def _retry_due(self, secrets: list[str]) -> None:
+        if self._heads_known and not self._held_chats:
+            return  # nothing held: no read (this runs at every move of the log's head)
         heads = await self.db(self.store.heads, self.endpoint.id)
         now = _now()
         due = [head for head in heads if head.next_attempt_at <= now]
@@ -246,6 +250,7 @@ class EndpointWorker:
             await asyncio.gather(*(self._retry_chat(head, secrets) for head in due))
             heads = [] if self.disabled else await self.db(self.store.heads, self.endpoint.id)
         self._held_chats = {head.chat_number for head in heads}
+        self._heads_known = True
         self._next_due = min((head.next_attempt_at for head in heads), default=None)
 
     async def _retry_chat(self, held: HeldEvent | None, secrets: list[str]) -> None:
