@@ -206,7 +206,7 @@ def test_loopback_is_refused_without_the_allow_list_and_never_connected(writers,
         row = endpoint_row(writers.engine, endpoint.id)
         assert row["state"] == "failing" and "refused" in row["last_error"] and "loopback" in row["last_error"]
         assert "query-secret" not in row["last_error"]
-        assert receiver.received == []
+        assert receiver.received == [] and receiver.connections == 0
     finally:
         strict.stop()
 
@@ -220,7 +220,7 @@ def test_redirects_are_not_followed_and_not_retried(writers, fresh_namespace, di
     expected = [i for i, _ in event_ids(writers.engine, app)]
     wait_until(lambda: set(receiver.ids()) >= set(expected), 10, "every event tried")
     time.sleep(1.0)
-    assert receiver.ids() == expected and elsewhere.received == []
+    assert receiver.ids() == expected and elsewhere.received == [] and elsewhere.connections == 0
     wait_until(lambda: "302" in (endpoint_row(writers.engine, endpoint.id)["last_error"] or ""), 5, "the 302 noted")
     assert held_rows(writers.engine, endpoint.id) == []
 

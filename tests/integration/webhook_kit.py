@@ -95,6 +95,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
     sockets: set = field(default_factory=set)
+    connections: int = 0  # accepted, with or without a request
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -119,6 +120,7 @@ class Receiver:
                 super().setup()
                 with receiver.lock:
                     receiver.sockets.add(self.connection)
+                    receiver.connections += 1
 
             def finish(self) -> None:
                 with receiver.lock:
