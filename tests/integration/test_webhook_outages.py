@@ -100,6 +100,7 @@ def test_a_sigkilled_dispatcher_loses_nothing_and_keeps_each_chats_order(writers
         metrics = requests.get(f"{probes}/metrics", timeout=5).text
         assert 'chat_webhook_deliveries_total{outcome="delivered"}' in metrics
         assert "chat_webhook_endpoints_leased 1.0" in metrics
+        assert f'chat_webhook_backlog_events{{endpoint="{endpoint.id}"}}' in metrics
         typist.stop()
         expected = event_ids(writers.engine, app)
         wait_until(lambda: set(receiver.ids()) >= {i for i, _ in expected}, 30, "every event delivered")

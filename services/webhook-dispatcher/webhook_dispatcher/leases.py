@@ -102,6 +102,7 @@ class Dispatcher:
         for endpoint_id in [i for i in self.workers if i not in held]:
             log.info("endpoint %d: no longer this process's (lease lost or disabled)", endpoint_id)
             await self._stop(endpoint_id)
+        started = False
         for endpoint in endpoints:
             running = self.workers.get(endpoint.id)
             if running is not None and not running[1].done():
@@ -110,9 +111,10 @@ class Dispatcher:
             worker = EndpointWorker(endpoint, self.store, self.sender, self.sealer, self.config, self.db)
             task = asyncio.create_task(worker.run(), name=f"webhook-endpoint-{endpoint.id}")
             self.workers[endpoint.id] = (worker, task)
+            started = True
             log.info("endpoint %d (%s): delivering from position %d", endpoint.id, endpoint.host, endpoint.position)
         ENDPOINTS_LEASED.set(len(self.workers))
-        if time.monotonic() - self._sampled_at >= BACKLOG_SAMPLE_SECONDS:
+        if started or time.monotonic() - self._sampled_at >= BACKLOG_SAMPLE_SECONDS:
             self._sampled_at = time.monotonic()
             await self._sample_backlog(endpoints)
 
