@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The installable packages (each has its own pyproject.toml); the virtualenv has them all in editable mode.
-PACKAGES := common services/api services/chat-writer services/message-writer services/counter-cron operator devtools
+PACKAGES := common services/api services/chat-writer services/message-writer services/counter-cron services/webhook-dispatcher operator devtools
 export COUNT_SYNC_EVERY_SECONDS ?= 30
 # Key of the sealed token copies for `make migrate` / `make run` (docs/security.md): made once, kept in .run/ (not
 # in git), read by the shell so no command line shows it; TOKEN_SEALING_KEY in the environment wins.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 import pytest
@@ -29,6 +30,21 @@ def test_a_sealed_copy_opens_only_with_its_key_and_for_its_own_digest():
     tampered = sealed[:-2] + ("AA" if sealed[-2:] != "AA" else "BB")
     assert sealer.unseal(tampered, token_digest("the-token")) is None
     assert sealer.unseal(None, token_digest("the-token")) is None
+
+
+def test_a_secret_sealed_for_a_context_opens_only_for_that_context():
+    sealer = TokenSealer.from_key(new_sealing_key())
+    secret = "whsec_" + base64.b64encode(bytes(range(64))).decode("ascii")  # the longest webhook secret
+    sealed = sealer.seal_for(secret, "webhook:7:orders")
+    assert secret not in sealed and sealed.startswith("v1.") and sealed.isascii() and len(sealed) <= 255
+    assert sealer.unseal_for(sealed, "webhook:7:orders") == secret
+    assert sealer.seal_for(secret, "webhook:7:orders") != sealed  # a fresh nonce each time
+    assert sealer.unseal_for(sealed, "webhook:7:billing") is None  # another endpoint's row
+    assert sealer.unseal_for(sealed, "webhook:8:orders") is None  # another application's
+    assert TokenSealer.from_key(new_sealing_key()).unseal_for(sealed, "webhook:7:orders") is None  # another key
+    tampered = sealed[:-2] + ("AA" if sealed[-2:] != "AA" else "BB")
+    assert sealer.unseal_for(tampered, "webhook:7:orders") is None
+    assert sealer.unseal_for(None, "webhook:7:orders") is None and sealer.unseal_for("", "webhook:7:orders") is None
 
 
 def test_a_short_key_is_refused_and_no_key_means_no_sealer():

@@ -84,20 +84,23 @@ class TokenSealer:
         return token.decode("utf-8")
 
     def seal_for(self, plaintext: str, context: str) -> str:
-        """Any secret sealed for one use: ``context`` (e.g. ``webhook:<application id>:<name>``) is the associated
-        data, so the sealed copy opens only for that same context."""
+        """``plaintext`` sealed with ``context`` as the associated data (same ``v1.`` format as :meth:`seal`).
+
+        For secrets that have no digest to bind to, e.g. a webhook endpoint's signing secret, sealed for
+        ``f"webhook:{application_id}:{name}"``: the copy opens only for the endpoint it was sealed for.
+        """
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, plaintext.encode("utf-8"), context.encode())
+        sealed = self._aead.encrypt(nonce, plaintext.encode("utf-8"), context.encode("utf-8"))
         return SEALED_PREFIX + _b64(nonce + sealed)
 
-    def unseal_for(self, sealed: str, context: str) -> str | None:
-        """The secret :meth:`seal_for` sealed for ``context``; None when it does not open (another key or context,
-        tampered, or not a sealed value)."""
+    def unseal_for(self, sealed: str | None, context: str) -> str | None:
+        """What :meth:`seal_for` sealed for ``context``; None if there is no copy or it does not open (another key,
+        another context, tampered)."""
         if not sealed or not sealed.startswith(SEALED_PREFIX):
             return None
         try:
             raw = _unb64(sealed[len(SEALED_PREFIX) :])
-            plaintext = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode())
+            plaintext = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode("utf-8"))
         except (InvalidTag, binascii.Error, ValueError):
             return None
         return plaintext.decode("utf-8")

@@ -11,6 +11,7 @@ from chat_common.search import SearchHit, SearchUnavailable
 from chat_common.tenancy.applications import Application, TenantLimits, Usage
 from chat_common.tenancy.webhooks import EndpointChanges, EndpointSpec, WebhookEndpoint
 from chat_common.validation import Invalid
+from chat_common.wire.event_pages import chat_shape, event_shape, message_shape
 from chat_common.wire.heartbeats import WriterHeartbeat
 
 __all__ = [
@@ -58,7 +59,7 @@ class Chat:
 
     def public(self) -> dict:
         """The JSON shape of a chat."""
-        return {"chat_number": self.chat_number, "name": self.name, "messages_count": self.messages_count}
+        return chat_shape(self.chat_number, self.name, self.messages_count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class Message:
 
     def public(self) -> dict:
         """The JSON shape of a message."""
-        return {"message_number": self.message_number, "body": self.body}
+        return message_shape(self.message_number, self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +98,17 @@ class Event:
 
     def public(self) -> dict:
         """The JSON shape of an event (``id`` is its cursor: opaque to clients)."""
-        shape: dict = {"id": str(self.position), "type": self.type, "chat_number": self.chat_number}
-        if self.message_number:
-            shape["message_number"] = self.message_number
-        shape["version"] = self.version
-        shape["committed_at"] = self.committed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        shape["superseded"] = self.superseded
-        shape["resource"] = None if self.resource is None else self.resource.public()
-        return shape
+        resource = None if self.resource is None else self.resource.public()
+        return event_shape(
+            self.position,
+            self.type,
+            self.chat_number,
+            self.message_number,
+            self.version,
+            self.committed_at,
+            self.superseded,
+            resource,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The webhook dispatcher: delivers each tenant's event log to its webhook endpoints, signed (docs/webhooks.md)."""
