@@ -73,7 +73,7 @@ def test_every_event_arrives_signed_in_order_per_chat_as_the_api_shows_it(
 ):
     app = writers.new_application()
     receiver = receivers()
-    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
     receiver.secrets = [endpoint.secret]
     _chats(writers, app, chats=4, messages=8)
     expected = event_ids(writers.engine, app)
@@ -96,7 +96,7 @@ def test_during_a_rotation_both_secrets_sign_and_either_one_verifies(writers, fr
     app = writers.new_application()
     old, new = new_secret(24), new_secret(64)
     holding_old, holding_new = receivers(secrets=[old]), receivers(secrets=[new])
-    key = fresh_namespace.settings.token_sealing_key
+    key = fresh_namespace.settings.webhook_sealing_key
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
     for name, receiver in (("old", holding_old), ("new", holding_new)):
         add_endpoint(
@@ -134,7 +134,7 @@ def test_during_a_rotation_both_secrets_sign_and_either_one_verifies(writers, fr
 def test_410_disables_the_endpoint_and_nothing_more_is_sent(writers, fresh_namespace, dispatcher, receivers):
     app = writers.new_application()
     receiver = receivers(answer=lambda _: (410, {}, b"", 0.0))
-    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
     _chats(writers, app, chats=1, messages=0)
     wait_until(lambda: endpoint_row(writers.engine, endpoint.id)["state"] == "disabled", 10, "disabled")
     row = endpoint_row(writers.engine, endpoint.id)
@@ -154,7 +154,7 @@ def test_a_client_error_gives_that_event_up_and_the_chat_goes_on(writers, fresh_
         return (422 if resource.get("body") == refused_body else 204), {}, b"", 0.0
 
     receiver = receivers(answer=answer)
-    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
     given_up = _outcomes("given_up")
     _chats(writers, app, chats=2, messages=4)
     expected = event_ids(writers.engine, app)
@@ -178,7 +178,7 @@ def test_429_waits_as_long_as_retry_after_says(writers, fresh_namespace, dispatc
         return 204, {}, b"", 0.0
 
     receiver = receivers(answer=answer)
-    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
     _chats(writers, app, chats=1, messages=3)
     expected = [i for i, _ in event_ids(writers.engine, app)]
     wait_until(lambda: set(receiver.ids()) >= set(expected), 10, "every event delivered")
@@ -198,7 +198,7 @@ def test_loopback_is_refused_without_the_allow_list_and_never_connected(writers,
         app = writers.new_application()
         receiver = receivers()
         url = receiver.url.replace("127.0.0.1", host)
-        endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, url)
+        endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, url)
         refused = _outcomes("refused")
         _chats(writers, app, chats=1, messages=2)
         wait_until(lambda: _outcomes("refused") >= refused + 3, 10, "three refusals")
@@ -215,7 +215,7 @@ def test_redirects_are_not_followed_and_not_retried(writers, fresh_namespace, di
     app = writers.new_application()
     elsewhere = receivers()
     receiver = receivers(answer=lambda _: (302, {"Location": elsewhere.url}, b"", 0.0))
-    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
     _chats(writers, app, chats=1, messages=2)
     expected = [i for i, _ in event_ids(writers.engine, app)]
     wait_until(lambda: set(receiver.ids()) >= set(expected), 10, "every event tried")
@@ -228,7 +228,7 @@ def test_redirects_are_not_followed_and_not_retried(writers, fresh_namespace, di
 def test_an_answer_larger_than_the_limit_breaks_nothing(writers, fresh_namespace, dispatcher, receivers):
     app = writers.new_application()
     receiver = receivers(answer=lambda _: (200, {}, b"x" * (2 << 20), 0.0))
-    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
     _chats(writers, app, chats=2, messages=3)
     expected = [i for i, _ in event_ids(writers.engine, app)]
     wait_until(lambda: set(receiver.ids()) >= set(expected), 10, "every event delivered")
@@ -241,7 +241,7 @@ def test_an_answer_larger_than_the_limit_breaks_nothing(writers, fresh_namespace
 def test_a_replay_moves_the_position_back_and_the_events_come_again(writers, fresh_namespace, dispatcher, receivers):
     app = writers.new_application()
     receiver = receivers()
-    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
     _chats(writers, app, chats=2, messages=2)
     expected = [i for i, _ in event_ids(writers.engine, app)]
     wait_until(lambda: set(receiver.ids()) >= set(expected), 10, "every event delivered")
@@ -259,7 +259,7 @@ def test_a_replay_moves_the_position_back_and_the_events_come_again(writers, fre
 
 def test_a_slow_endpoint_does_not_slow_another_tenants(writers, fresh_namespace, dispatcher, receivers):
     slow_app, fast_app = writers.new_application("slow"), writers.new_application("fast")
-    key = fresh_namespace.settings.token_sealing_key
+    key = fresh_namespace.settings.webhook_sealing_key
     slow = receivers(answer=lambda _: (204, {}, b"", 5.0))
     fast = receivers()
     endpoints = [add_endpoint(writers.engine, key, app, r.url).id for app, r in ((slow_app, slow), (fast_app, fast))]
@@ -285,7 +285,7 @@ def test_an_endpoint_failing_too_long_is_disabled(writers, fresh_namespace, rece
     try:
         app = writers.new_application()
         receiver = receivers(answer=lambda _: (500, {}, b"", 0.0))
-        endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+        endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
         _chats(writers, app, chats=1, messages=1)
         wait_until(lambda: endpoint_row(writers.engine, endpoint.id)["state"] == "failing", 5, "failing")
         wait_until(lambda: endpoint_row(writers.engine, endpoint.id)["state"] == "disabled", 10, "disabled")
@@ -297,7 +297,7 @@ def test_an_endpoint_failing_too_long_is_disabled(writers, fresh_namespace, rece
 
 
 def test_replicas_share_the_endpoints_and_one_stopping_hands_its_own_over(writers, fresh_namespace, receivers):
-    key = fresh_namespace.settings.token_sealing_key
+    key = fresh_namespace.settings.webhook_sealing_key
     one = InProcessDispatcher(test_config(fresh_namespace, owner="replica-one"))
     two = None
     try:

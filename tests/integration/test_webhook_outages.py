@@ -79,7 +79,7 @@ def _assert_complete_and_ordered(receiver: Receiver, expected: list[tuple[int, i
 def test_a_sigkilled_dispatcher_loses_nothing_and_keeps_each_chats_order(writers, fresh_namespace):
     app = writers.new_application()
     receiver = Receiver(answer=lambda _: (204, {}, b"", 0.01))  # a little time per answer: deliveries in flight
-    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
     receiver.secrets = [endpoint.secret]
     env = {"WEBHOOK_LEASE_SECONDS": "2", "WEBHOOK_RETRY_SCHEDULE": "0.3,0.5,1,1,2", "WEBHOOK_PAGE_SIZE": "50"}
     log_path = LOG_ROOT / fresh_namespace.name / "webhook-dispatcher.log"
@@ -99,7 +99,7 @@ def test_a_sigkilled_dispatcher_loses_nothing_and_keeps_each_chats_order(writers
         assert requests.get(f"{probes}/readyz", timeout=5).status_code == 200
         metrics = requests.get(f"{probes}/metrics", timeout=5).text
         assert 'chat_webhook_deliveries_total{outcome="delivered"}' in metrics
-        assert "chat_webhook_endpoints_leased 1.0" in metrics
+        assert "chat_webhook_leased_endpoints 1.0" in metrics
         assert f'chat_webhook_backlog_events{{endpoint="{endpoint.id}"}}' in metrics
         typist.stop()
         expected = event_ids(writers.engine, app)
@@ -128,7 +128,7 @@ def test_a_receiver_down_for_minutes_gets_everything_in_order_when_back(writers,
     dispatcher = InProcessDispatcher(test_config(fresh_namespace, retry_schedule=schedule, page_size=page))
     app = writers.new_application()
     receiver = Receiver()
-    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.token_sealing_key, app, receiver.url)
+    endpoint = add_endpoint(writers.engine, fresh_namespace.settings.webhook_sealing_key, app, receiver.url)
     receiver.secrets = [endpoint.secret]
     typist = None
     try:

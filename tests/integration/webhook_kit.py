@@ -288,7 +288,7 @@ def test_config(namespace, **overrides: object) -> DispatcherConfig:
     """A dispatcher configuration for the namespace: loopback allowed over http, short schedule, short lease."""
     values: dict = dict(
         database_url=namespace.settings.database_url,
-        sealing_key=namespace.settings.token_sealing_key,
+        sealing_key=namespace.settings.webhook_sealing_key,
         port=0,
         lease_seconds=3.0,
         poll_interval_seconds=0.05,

@@ -203,7 +203,7 @@ def test_the_configuration_reads_the_environment():
     config = DispatcherConfig.from_env(
         {
             "DATABASE_URL": "mysql+pymysql://u@db/x",
-            "TOKEN_SEALING_KEY": "k" * 32,
+            "WEBHOOK_SEALING_KEY": "k" * 32,
             "WEBHOOK_RETRY_SCHEDULE": "1,2",
             "WEBHOOK_LEASE_SECONDS": "6",
             "WEBHOOK_POLL_INTERVAL_MS": "250",

@@ -51,7 +51,7 @@ def run() -> None:
     )
     config = DispatcherConfig.from_env()
     if not config.sealing_key:
-        log.error("TOKEN_SEALING_KEY is required: the endpoints' signing secrets are sealed with it")
+        log.error("WEBHOOK_SEALING_KEY is required: the endpoints' signing secrets are sealed with it")
         sys.exit(2)
     asyncio.run(main(config))
 

@@ -2,7 +2,7 @@
 
 ==================================  =========================================================================
 ``DATABASE_URL``                    the primary (the dispatcher writes leases, positions and held deliveries)
-``TOKEN_SEALING_KEY``               opens the endpoints' sealed signing secrets (required)
+``WEBHOOK_SEALING_KEY``             opens the endpoints' sealed signing secrets (required)
 ``WEBHOOK_DISPATCHER_PORT``         /healthz, /readyz and /metrics (default 9102; 0: none)
 ``WEBHOOK_LEASE_SECONDS``           how long a claimed endpoint stays this process's without renewal (15)
 ``WEBHOOK_POLL_INTERVAL_MS``        how often the log's head is read to wake the endpoints (100)
@@ -64,7 +64,7 @@ class DispatcherConfig:
         number = lambda name, default: float(env.get(name) or default)  # noqa: E731
         return cls(
             database_url=env.get("DATABASE_URL") or Settings.database_url,
-            sealing_key=env.get("TOKEN_SEALING_KEY") or None,
+            sealing_key=env.get("WEBHOOK_SEALING_KEY") or None,
             port=int(number("WEBHOOK_DISPATCHER_PORT", 9102)),
             lease_seconds=number("WEBHOOK_LEASE_SECONDS", 15),
             poll_interval_seconds=number("WEBHOOK_POLL_INTERVAL_MS", 100) / 1000,

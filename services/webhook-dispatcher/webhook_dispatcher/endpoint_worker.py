@@ -47,7 +47,7 @@ from chat_common.tenancy.tokens import TokenSealer
 from chat_common.wire.event_pages import LoggedEvent
 from webhook_dispatcher.config import DispatcherConfig
 from webhook_dispatcher.delivery import Attempt, Outcome, Sender
-from webhook_dispatcher.metrics import DELIVERIES, DELIVERY_LAG_SECONDS
+from webhook_dispatcher.metrics import DELIVERIES, DELIVERY_LATENCY_SECONDS
 from webhook_dispatcher.schedule import retry_delay
 from webhook_dispatcher.signing import signed_headers
 from webhook_dispatcher.store import Endpoint, HeldEvent, Store
@@ -186,7 +186,7 @@ class EndpointWorker:
             await self._reread_position()
         secrets = self._secrets()
         if not secrets:
-            self.health.failure(_now(), "the signing secret does not open with this deployment's TOKEN_SEALING_KEY")
+            self.health.failure(_now(), "the signing secret does not open with this deployment's WEBHOOK_SEALING_KEY")
             await self._write_health(force=False)
             await self._sleep(IDLE_SECONDS)
             return
@@ -354,7 +354,7 @@ class EndpointWorker:
         now = _now()
         if attempt.outcome is Outcome.DELIVERED:
             DELIVERIES.labels("delivered").inc()
-            DELIVERY_LAG_SECONDS.observe(max(0.0, (now - event.committed_at).total_seconds()))
+            DELIVERY_LATENCY_SECONDS.observe(max(0.0, (now - event.committed_at).total_seconds()))
             self.health.success(now)
         else:
             self.health.failure(now, attempt.error)

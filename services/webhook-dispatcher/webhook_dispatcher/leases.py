@@ -34,7 +34,7 @@ from chat_common.tenancy.tokens import TokenSealer
 from webhook_dispatcher.config import DispatcherConfig
 from webhook_dispatcher.delivery import Sender
 from webhook_dispatcher.endpoint_worker import EndpointWorker
-from webhook_dispatcher.metrics import BACKLOG_AGE_SECONDS, BACKLOG_EVENTS, ENDPOINTS_DISABLED, ENDPOINTS_LEASED
+from webhook_dispatcher.metrics import BACKLOG_AGE_SECONDS, BACKLOG_EVENTS, ENDPOINTS, LEASED_ENDPOINTS
 from webhook_dispatcher.store import Endpoint, Store
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Dispatcher:
             self.workers[endpoint.id] = (worker, task)
             started = True
             log.info("endpoint %d (%s): delivering from position %d", endpoint.id, endpoint.host, endpoint.position)
-        ENDPOINTS_LEASED.set(len(self.workers))
+        LEASED_ENDPOINTS.set(len(self.workers))
         if started or time.monotonic() - self._sampled_at >= BACKLOG_SAMPLE_SECONDS:
             self._sampled_at = time.monotonic()
             await self._sample_backlog(endpoints)
@@ -128,7 +128,8 @@ class Dispatcher:
                 BACKLOG_EVENTS.labels(label).set(max(0, head - worker.position) + held)
                 age = 0.0 if oldest is None else (datetime.datetime.now(datetime.UTC) - oldest).total_seconds()
                 BACKLOG_AGE_SECONDS.labels(label).set(max(0.0, age))
-            ENDPOINTS_DISABLED.set(await self.db(self.store.disabled_count))
+            for state, count in (await self.db(self.store.count_by_state)).items():
+                ENDPOINTS.labels(state).set(count)
         except SQLAlchemyError as exc:
             log.warning("backlog sample failed: %s", type(exc).__name__)
 
@@ -159,4 +160,4 @@ class Dispatcher:
     async def _stop_all(self) -> None:
         for endpoint_id in list(self.workers):
             await self._stop(endpoint_id)
-        ENDPOINTS_LEASED.set(0)
+        LEASED_ENDPOINTS.set(0)

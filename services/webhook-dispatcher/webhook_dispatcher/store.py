@@ -86,7 +86,8 @@ _HELD_FACTS = text(
 _NEXT_COMMITTED = text(
     "SELECT committed_at FROM events WHERE application_id = :app AND id > :after ORDER BY id LIMIT 1"
 )
-_DISABLED = text("SELECT COUNT(*) FROM webhook_endpoints WHERE state = 'disabled'")
+_BY_STATE = text("SELECT state, COUNT(*) FROM webhook_endpoints GROUP BY state")
+ENDPOINT_STATES = ("healthy", "failing", "disabled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +302,8 @@ class Store:
         times = [t for t in (oldest_held, next_event) if t is not None]
         return int(held or 0), _utc(min(times)) if times else None
 
-    def disabled_count(self) -> int:
-        """Endpoints disabled (of every application)."""
+    def count_by_state(self) -> dict[str, int]:
+        """Endpoints of every application by state (healthy, failing, disabled; each present)."""
         with self.engine.connect() as conn:
-            return int(conn.execute(_DISABLED).scalar() or 0)
+            found = {state: int(count) for state, count in conn.execute(_BY_STATE)}
+        return {state: found.get(state, 0) for state in ENDPOINT_STATES}
