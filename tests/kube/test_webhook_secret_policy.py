@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client
 
 from chat_devtools.control_plane import ControlPlane
+from chat_devtools.http import wait_for
 from chat_operator.kube import SIGNING_LABEL, KubeSecrets, SigningSecretMissing
 from tests.chart.rendering import of_kind, render
 
@@ -43,6 +44,8 @@ def operator_account(control_plane: ControlPlane) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def as_operator(control_plane: ControlPlane, kube_namespace: str, operator_account) -> KubeSecrets:
+    """The operator's Secret client as its ServiceAccount, once the policy is in force (the API server loads a new
+    policy asynchronously: until then the canary's change below would pass)."""
     username, _ = operator_account
     role = f"operator-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("-n", kube_namespace, "create", "role", role, "--verb=create,patch", "--resource=secrets")
@@ -53,7 +56,22 @@ def as_operator(control_plane: ControlPlane, kube_namespace: str, operator_accou
         api_client.set_default_header("Impersonate-User", username)
         return client.CoreV1Api(api_client)
 
-    return KubeSecrets(api)
+    secrets = KubeSecrets(api)
+    _secret(control_plane, kube_namespace, "canary", labelled=True)
+
+    def refused() -> bool:
+        try:
+            secrets.api.patch_namespaced_secret(
+                "canary", kube_namespace, {"metadata": {"annotations": {"probe": "x"}}},
+                _content_type="application/merge-patch+json",
+            )  # fmt: skip
+        except client.exceptions.ApiException as exc:
+            return exc.status == 403
+        return False
+
+    # Usually well under a second; once it took over 30 s on a busy machine.
+    wait_for(refused, 180, 0.5, "the admission policy in force")
+    return secrets
 
 
 def _secret(control_plane: ControlPlane, namespace: str, name: str, labelled: bool) -> None:
