@@ -24,6 +24,7 @@ from benchmarks.scenarios import (
     rabbit_cluster,
     reads,
     streams,
+    webhooks,
 )
 
 if TYPE_CHECKING:
@@ -42,5 +43,6 @@ SCENARIOS: dict[str, Callable[[Bench], dict]] = {
     "reads": reads.run,
     "count_sync": count_sync.run,
     "streams": streams.run,
+    "webhooks": webhooks.run,
     "rabbit_cluster": rabbit_cluster.run,
 }

@@ -7,6 +7,8 @@ CREATE TABLE messages_seq (id INT, next_id BIGINT, cache BIGINT, PRIMARY KEY (id
 INSERT INTO applications_seq (id, next_id, cache) VALUES (0, 1, 100);
 INSERT INTO chats_seq (id, next_id, cache) VALUES (0, 1, 1000);
 INSERT INTO messages_seq (id, next_id, cache) VALUES (0, 1, 10000);
+CREATE TABLE webhook_endpoints_seq (id INT, next_id BIGINT, cache BIGINT, PRIMARY KEY (id)) COMMENT 'vitess_sequence';
+INSERT INTO webhook_endpoints_seq (id, next_id, cache) VALUES (0, 1, 100);
 
 -- Lookup vindexes: token, previous token and idempotency key -> the shard of their application (unique across
 -- shards, as the unique keys of `applications` are on one server).
@@ -35,4 +37,11 @@ CREATE TABLE applications_idempotency_key_lookup (
   idempotency_key VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
   keyspace_id VARBINARY(128) NOT NULL,
   PRIMARY KEY (idempotency_key)
+);
+-- Webhook endpoints (migration 0009): an endpoint's id -> the shard of its application, so that its held deliveries
+-- (webhook_held, keyed by endpoint) live on the same shard as the endpoint and the application's events.
+CREATE TABLE webhook_endpoints_id_lookup (
+  id BIGINT UNSIGNED NOT NULL,
+  keyspace_id VARBINARY(128) NOT NULL,
+  PRIMARY KEY (id)
 );

@@ -19,6 +19,7 @@ from chat_common.clients.db import connect_args, make_engine
 from chat_common.clients.redis_client import sync_client
 from chat_common.metrics import serve_metrics
 from chat_common.tenancy.applications import build_applications
+from chat_common.tenancy.tokens import TokenSealer
 from chat_common.tenancy.webhooks import WebhookEndpoints
 from chat_common.webhooks.egress import EgressPolicy
 from chat_operator import handlers
@@ -62,7 +63,12 @@ def main() -> None:
     engine = applications.engine
     redis_client = applications.client
     # spec.webhooks: the tenancy layer's store, with the deployment's egress rule (WEBHOOK_ALLOW_CIDRS, ...).
-    webhooks = WebhookEndpoints(engine, applications.sealer, EgressPolicy.from_env())
+    # Its own sealing key (WEBHOOK_SEALING_KEY): the dispatcher, which opens these secrets, holds no key to tokens.
+    try:
+        webhook_sealer = TokenSealer.from_key(settings.webhook_sealing_key)
+    except ValueError as exc:
+        sys.exit(f"chat-operator: WEBHOOK_SEALING_KEY: {exc}")
+    webhooks = WebhookEndpoints(engine, webhook_sealer, EgressPolicy.from_env())
     reconciler = Reconciler(
         Provisioner(applications, allow_adoption=config.allow_adoption, webhooks=webhooks),
         KubeSecrets(client.CoreV1Api),

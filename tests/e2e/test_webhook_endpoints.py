@@ -1,7 +1,7 @@
 """A tenant's webhook endpoints over HTTP (admin routes): register (the secret shown once), list, show, change,
 rotate the secret, replay from a cursor of the event log, delete; and what an application's deletion takes with it.
 
-Black box: runs against the local system or ``API_BASE_URL`` (a deployment with ``TOKEN_SEALING_KEY``, as the chart
+Black box: runs against the local system or ``API_BASE_URL`` (a deployment with ``WEBHOOK_SEALING_KEY``, as the chart
 makes one). Receivers are at ``.invalid`` names (RFC 6761: never resolve), so a delivery service running beside
 the API delivers nothing anywhere. The rules behind each answer are covered in ``tests/unit/test_webhook_endpoints.py``
 and, against MariaDB, ``tests/integration/test_webhook_endpoints.py``.

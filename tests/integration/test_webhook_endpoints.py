@@ -110,7 +110,7 @@ def test_names_clash_the_limit_holds_and_no_sealing_key_refuses(database, applic
     store.create(application, spec("c"))
     with pytest.raises(EndpointConflict, match="at most 3"):
         store.create(application, spec("d"))
-    with pytest.raises(SealingUnavailable, match="TOKEN_SEALING_KEY"):
+    with pytest.raises(SealingUnavailable, match="WEBHOOK_SEALING_KEY"):
         WebhookEndpoints(database, None, POLICY).create(application, spec("e"))
 
 

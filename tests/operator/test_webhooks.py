@@ -23,7 +23,7 @@ SECRET = "whsec_" + base64.b64encode(bytes(range(40))).decode()
 
 @pytest.fixture(scope="module")
 def store(op_engine, op_namespace) -> WebhookEndpoints:
-    return WebhookEndpoints(op_engine, TokenSealer(op_namespace.settings.token_sealing_key), EgressPolicy())
+    return WebhookEndpoints(op_engine, TokenSealer(op_namespace.settings.webhook_sealing_key), EgressPolicy())
 
 
 @pytest.fixture(scope="module")

@@ -229,7 +229,7 @@ def test_without_a_sealing_key_registration_is_503_with_retry_after(admin):
     http, world, token = admin
     world.webhooks.sealing = False
     refused = http.simulate_post(f"/applications/{token}/webhooks", json={"name": "a", "url": URL})
-    assert refused.status_code == 503 and "TOKEN_SEALING_KEY" in refused.json["error"]
+    assert refused.status_code == 503 and "WEBHOOK_SEALING_KEY" in refused.json["error"]
     assert int(refused.headers["Retry-After"]) > 0
     assert http.simulate_get(f"/applications/{token}/webhooks").json == {"webhooks": []}
 

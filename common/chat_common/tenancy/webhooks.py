@@ -12,7 +12,8 @@ delivery state (re-enabling, replaying) and the position (replaying). The delive
   both may replay either.
 - **Secrets** (``whsec_`` + standard base64 of 24 to 64 random bytes, the Standard Webhooks form) are stored sealed only
   (:meth:`chat_common.tenancy.tokens.TokenSealer.seal_for`, context ``webhook:<application id>:<name>``, so a sealed
-  secret copied to another row does not open there). Without ``TOKEN_SEALING_KEY`` nothing can be stored that the
+  secret copied to another row does not open there). Without ``WEBHOOK_SEALING_KEY`` (a key of their own: the dispatcher holds it, not
+  the tokens' ``TOKEN_SEALING_KEY``) nothing can be stored that the
   dispatcher could sign with: creating, rotating and syncing answer :class:`SealingUnavailable`. A secret leaves the
   server once, in the answer that created or rotated it (when it was generated or given).
 - **Rotation** keeps the former secret signing beside the new one until ``previous_secret_expires_at`` (default 24 h;
@@ -71,11 +72,11 @@ class EndpointConflict(Exception):
 
 
 class SealingUnavailable(Exception):
-    """This deployment has no ``TOKEN_SEALING_KEY``: signing secrets cannot be stored (503; the API says why)."""
+    """This deployment has no ``WEBHOOK_SEALING_KEY``: signing secrets cannot be stored (503; the API says why)."""
 
     def __init__(self) -> None:
         super().__init__(
-            "webhook signing secrets are stored sealed with TOKEN_SEALING_KEY, and this deployment has none;"
+            "webhook signing secrets are stored sealed with WEBHOOK_SEALING_KEY, and this deployment has none;"
             " configure it (the chart generates one) to register webhook endpoints"
         )
 

@@ -242,7 +242,7 @@ def build_service(
     )
     admin_redis = sync_client(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     egress = EgressPolicy.from_env()  # WEBHOOK_ALLOW_CIDRS, WEBHOOK_DENY_CIDRS, WEBHOOK_ALLOW_HTTP
-    webhooks = WebhookEndpoints(admin_engine, TokenSealer.from_key(settings.token_sealing_key), egress)
+    webhooks = WebhookEndpoints(admin_engine, TokenSealer.from_key(settings.webhook_sealing_key), egress)
     service = ChatService(
         applications=build_applications(settings, admin_engine, admin_redis),
         repository=repository,
