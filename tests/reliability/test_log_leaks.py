@@ -13,6 +13,7 @@ the wrong keys sent, every password, and canary strings sent as names and bodies
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
@@ -36,6 +37,7 @@ from chat_devtools.namespace import BASE_DATABASE_URL, Namespace
 from chat_devtools.ports import closed_port as _closed_port
 from chat_devtools.processes import ROOT, System
 from tests.conftest import LOG_ROOT
+from tests.integration.webhook_kit import Receiver
 
 
 @dataclass
@@ -235,8 +237,9 @@ def test_no_secret_reaches_a_log_line_a_traceback_or_a_503_body(run: Run):
 
 
 def test_make_run_logs_no_secret(tmp_path):
-    """`make run` itself (migrations, then honcho with the Procfile: API, both writers, the periodic count sync),
-    with gunicorn's access log on: its whole output, after creates, reads, a rotation and strangers' requests."""
+    """`make run` itself (migrations, then honcho with the Procfile: API, both writers, the webhook dispatcher, the
+    periodic count sync), with gunicorn's access log on: its whole output, after creates, reads, a rotation,
+    strangers' requests and a signed webhook delivered to a receiver (whose URL carries a query-string secret)."""
     if os.environ.get("API_BASE_URL"):
         pytest.skip("this run starts its own processes; API_BASE_URL is set")
     admin_key = f"adm-{secrets.token_urlsafe(30)}"
@@ -250,7 +253,13 @@ def test_make_run_logs_no_secret(tmp_path):
         "PORT": str(port),
         "GUNICORN_ACCESS_LOG": "-",
         "COUNT_SYNC_EVERY_SECONDS": "2",
+        # The receiver below listens on loopback: the deployment's allow-list admits it (as on a developer machine).
+        "WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8",
+        "WEBHOOK_ALLOW_HTTP": "true",
+        "WEBHOOK_LEASE_SECONDS": "3",
     }
+    signing_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    receiver = Receiver(secrets=[signing_secret])
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     output = tmp_path / "make-run.log"
     with output.open("wb") as out:
@@ -265,6 +274,8 @@ def test_make_run_logs_no_secret(tmp_path):
         admin = Api(base, admin_key=admin_key)
         token = admin.new_application("make run")
         tokens.append(token)
+        hook = admin.post(f"/applications/{token}/webhooks", json={"url": receiver.url, "secret": signing_secret})
+        assert hook.status_code == 201, hook.text
         chat = admin.new_chat(token, "canary-chat")
         admin.wait_message(token, chat, admin.new_message(token, chat, "canary body"))
         admin.get(f"/applications/{token}/chats/{chat}/messages")
@@ -276,7 +287,10 @@ def test_make_run_logs_no_secret(tmp_path):
         Api(base).get(f"/applications/{stranger}/chats")
         Api(base, admin_key="wrong-" + admin_key).get("/applications")
         time.sleep(3)  # one periodic count sync at least
+        wait_for(lambda: receiver.received, timeout=60, interval=0.5, what="a webhook from make run's dispatcher")
+        assert receiver.unverified == [], receiver.unverified
     finally:
+        receiver.stop()
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C does: honcho stops every process
         try:
             make.wait(timeout=60)
@@ -287,6 +301,7 @@ def test_make_run_logs_no_secret(tmp_path):
         _drop_user(user)
     content = output.read_text(errors="replace")
     assert "api.1" in content and "chat-writer.1" in content and "count-sync.1" in content, content[-3000:]
+    assert "webhook-dispatcher.1" in content, content[-3000:]
     assert f"/applications/{token_ref(tokens[0])}/chats" in content, "no access log line of a tenant route"
-    leaked = [v[:14] + "…" for v in (*tokens, admin_key, password) if v in content]
+    leaked = [v[:14] + "…" for v in (*tokens, admin_key, password, signing_secret, "query-secret") if v in content]
     assert leaked == [], f"secrets in make run's output ({output}): {leaked}"
