@@ -12,9 +12,9 @@ delivery state (re-enabling, replaying) and the position (replaying). The delive
   both may replay either.
 - **Secrets** (``whsec_`` + standard base64 of 24 to 64 random bytes, the Standard Webhooks form) are stored sealed only
   (:meth:`chat_common.tenancy.tokens.TokenSealer.seal_for`, context ``webhook:<application id>:<name>``, so a sealed
-  secret copied to another row does not open there). Without ``WEBHOOK_SEALING_KEY`` (a key of their own: the dispatcher holds it, not
-  the tokens' ``TOKEN_SEALING_KEY``) nothing can be stored that the
-  dispatcher could sign with: creating, rotating and syncing answer :class:`SealingUnavailable`. A secret leaves the
+  secret copied to another row does not open there), under ``WEBHOOK_SEALING_KEY`` — a key of their own: the
+  dispatcher holds it, not the tokens' ``TOKEN_SEALING_KEY``. Without it nothing can be stored that the dispatcher
+  could sign with: creating, rotating and syncing answer :class:`SealingUnavailable`. A secret leaves the
   server once, in the answer that created or rotated it (when it was generated or given).
 - **Rotation** keeps the former secret signing beside the new one until ``previous_secret_expires_at`` (default 24 h;
   0 ends it at once), so receivers can switch without dropping a delivery.
