@@ -60,11 +60,13 @@ def as_operator(control_plane: ControlPlane, kube_namespace: str, operator_accou
     _secret(control_plane, kube_namespace, "canary", labelled=True)
 
     def refused() -> bool:
+        # A new value each time: a probe let through before the policy was in force leaves its annotation, and the
+        # same patch again would change nothing, which the policy admits on a labelled signing Secret (the read).
+        change = {"metadata": {"annotations": {"probe": uuid.uuid4().hex}}}
         try:
             secrets.api.patch_namespaced_secret(
-                "canary", kube_namespace, {"metadata": {"annotations": {"probe": "x"}}},
-                _content_type="application/merge-patch+json",
-            )  # fmt: skip
+                "canary", kube_namespace, change, _content_type="application/merge-patch+json"
+            )
         except client.exceptions.ApiException as exc:
             return exc.status == 403
         return False
