@@ -247,6 +247,8 @@ def summarize(results: dict) -> dict:
         "webhook_delivery_p99_ms",
         "webhook_delivery_missing",
         "webhook_deliveries_per_s",
+        "webhook_dispatcher_cpu_us_per_delivery",
+        "webhook_receiver_cpu_us_per_delivery",
         "create_rps_without_webhooks",
         "create_rps_with_webhooks",
         "ratio_create_with_webhooks",

@@ -28,6 +28,7 @@ from sqlalchemy import text
 from benchmarks import data
 from benchmarks.knobs import E2E_SECONDS, HEADLINE_CONCURRENCY, MESSAGE_BODY, REPEATS
 from benchmarks.streams import quantile
+from benchmarks.system import CpuMeter
 from benchmarks.webhook_receiver import WebhookReceiver
 from chat_common.tenancy.tokens import TokenSealer
 from chat_common.tenancy.webhooks import EndpointSpec, WebhookEndpoints
@@ -141,12 +142,24 @@ def throughput(bench: Bench, receiver: WebhookReceiver, dispatcher: Dispatcher) 
     bench.wait_queues_empty()
     committed = commit_times(bench, app_id, start)
     dispatcher.start()
+    meter = CpuMeter({"dispatcher": [dispatcher.process.pid], "receiver": [receiver.process.pid]}).start()
+    began = time.monotonic()
     seen = _wait_delivered(bench, receiver, committed, timeout=600)
+    cores, elapsed = meter.stop(), time.monotonic() - began
     # From the first arrival to the last: the process's start and its first lease claim are not delivery.
     arrivals = sorted(seen[event] for event in committed if event in seen)
     rate = (len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-9) if len(arrivals) > 1 else 0.0
-    bench.log(f"  {rate:.0f} deliveries/s ({len(committed):,} events)")
-    return {"webhook_backlog_events": len(committed), "webhook_deliveries_per_s": round(rate, 1)}
+    # CPU per delivery while draining (nothing else runs): the dispatcher's, the receiver's, MySQL's (its reads).
+    per = {role: round(cores[role] * elapsed / max(len(arrivals), 1) * 1e6, 1) for role in ("dispatcher", "receiver")}
+    per["mysql"] = round(cores["mysql"] * elapsed / max(len(arrivals), 1) * 1e6, 1)
+    bench.log(f"  {rate:.0f} deliveries/s ({len(committed):,} events); CPU per delivery, us: {per}")
+    return {
+        "webhook_backlog_events": len(committed),
+        "webhook_deliveries_per_s": round(rate, 1),
+        "webhook_dispatcher_cpu_us_per_delivery": per["dispatcher"],
+        "webhook_receiver_cpu_us_per_delivery": per["receiver"],
+        "webhook_mysql_cpu_us_per_delivery": per["mysql"],
+    }
 
 
 def creates_beside_webhooks(bench: Bench, receiver: WebhookReceiver) -> dict:
@@ -154,6 +167,7 @@ def creates_beside_webhooks(bench: Bench, receiver: WebhookReceiver) -> dict:
     (the dispatcher idle); alternating runs, the median of each."""
     hooked_token, hooked_id, hooked_chats = bench.new_app("webhooks-load", 16)
     add_endpoint(bench, hooked_id, receiver.url)
+    start = log_head(bench)  # the endpoint receives what commits from now on
     plain_token, _, plain_chats = bench.new_app("webhooks-none", 16)
     paths = {
         "with": bench.message_paths(hooked_token, hooked_chats),
@@ -167,7 +181,7 @@ def creates_beside_webhooks(bench: Bench, receiver: WebhookReceiver) -> dict:
             label = f"create message, {side} webhooks"
             runs[side].append(bench.measure(bench.api, label, paths[side], HEADLINE_CONCURRENCY, **post))
             bench.wait_queues_empty()
-            _wait_delivered(bench, receiver, commit_times(bench, hooked_id), timeout=300)
+            _wait_delivered(bench, receiver, commit_times(bench, hooked_id, start), timeout=300)
     without, beside = (sorted(runs[side], key=lambda p: p["rps"])[len(runs[side]) // 2] for side in ("without", "with"))
     return {
         "create_rps_without_webhooks": without["rps"],
