@@ -345,10 +345,12 @@ def merged(committed: dict, new: dict) -> dict:
     for scenario in committed["scenarios"]:
         runs.setdefault(scenario, older)
     newer = {key: new["meta"].get(key) for key in ("date", "commit")}
-    for scenario in new["scenarios"]:
+    # The partial run's peak memory is of its few processes only: the full run's record stands.
+    scenarios = {name: figures for name, figures in new["scenarios"].items() if name != "memory_peak_rss_mb"}
+    for scenario in scenarios:
         runs[scenario] = newer
     meta = {**committed["meta"], "scenario_runs": runs}
-    return {**committed, "meta": meta, "scenarios": {**committed["scenarios"], **new["scenarios"]}}
+    return {**committed, "meta": meta, "scenarios": {**committed["scenarios"], **scenarios}}
 
 
 def write_all(results: dict, json_path: Path) -> None:
