@@ -206,6 +206,7 @@ class _Connection(asyncio.Protocol):
         self.oversized = False
         self._framed = False  # a Content-Length or Transfer-Encoding: the end is known without the connection closing
         self._head_done = False
+        self._complete = False
         self._head_bytes = 0
         self._body_bytes = 0
 
@@ -254,7 +255,7 @@ class _Connection(asyncio.Protocol):
         self._answer = asyncio.get_running_loop().create_future()
         self._parser = httptools.HttpResponseParser(self)
         self._limit = limit
-        self.received = self.oversized = self._framed = self._head_done = self.keep_alive = False
+        self.received = self.oversized = self._framed = self._head_done = self._complete = self.keep_alive = False
         self.status, self.retry_after, self._head_bytes, self._body_bytes = 0, None, 0, 0
         self.transport.write(request)
         return self._answer
@@ -277,6 +278,8 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         """Keep what the sender needs: ``Retry-After``, and whether the body is framed."""
+        if self._complete:
+            return  # a second answer nobody asked for (see on_headers_complete)
         lower = name.lower()
         if lower == b"retry-after":
             self.retry_after = value.decode("latin-1").strip()
@@ -286,6 +289,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         """The status is known; so is whether the receiver keeps the connection open."""
         assert self._parser is not None
+        if self._complete:  # bytes past the answer, parsed as another one: the connection is not to be trusted
+            self.keep_alive = False
+            return
         self._head_done = True
         self.status = self._parser.get_status_code()
         self.keep_alive = self._parser.should_keep_alive()
@@ -300,6 +306,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         """The whole answer is in."""
+        self._complete = True
         if self._answer is not None and not self._answer.done():
             self._answer.set_result(None)
 
@@ -470,7 +477,12 @@ class Sender:
         if target.literal:
             addresses = [target.host]
         else:
-            addresses = [r["host"] for r in await self.resolver.resolve(target.host, target.port)]
+            try:
+                addresses = [r["host"] for r in await self.resolver.resolve(target.host, target.port)]
+            except EgressRefused:
+                raise
+            except OSError as exc:  # the name does not resolve
+                raise _ConnectFailed("the name does not resolve") from exc
         tls = self._tls() if target.scheme == "https" else None
         loop = asyncio.get_running_loop()
         last: OSError | None = None
