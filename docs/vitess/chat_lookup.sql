@@ -38,10 +38,3 @@ CREATE TABLE applications_idempotency_key_lookup (
   keyspace_id VARBINARY(128) NOT NULL,
   PRIMARY KEY (idempotency_key)
 );
--- Webhook endpoints (migration 0009): an endpoint's id -> the shard of its application, so that its held deliveries
--- (webhook_held, keyed by endpoint) live on the same shard as the endpoint and the application's events.
-CREATE TABLE webhook_endpoints_id_lookup (
-  id BIGINT UNSIGNED NOT NULL,
-  keyspace_id VARBINARY(128) NOT NULL,
-  PRIMARY KEY (id)
-);

@@ -33,7 +33,10 @@ def test_the_webhook_tables_match_the_metadata_go_with_their_application_and_dow
                 )
             for endpoint in ids:
                 conn.execute(
-                    text("INSERT INTO webhook_held (endpoint_id, event_id, chat_number) VALUES (:e, 1, 1)"),
+                    text(
+                        "INSERT INTO webhook_held (application_id, endpoint_id, event_id, chat_number)"
+                        " SELECT application_id, id, 1, 1 FROM webhook_endpoints WHERE id = :e"
+                    ),
                     {"e": endpoint},
                 )
             row = conn.execute(text("SELECT managed_by, enabled, state, position FROM webhook_endpoints LIMIT 1"))

@@ -27,7 +27,7 @@ from message_writer.handler import stored_rows
 from message_writer.indexing import backlog_query
 
 # Tables whose rows belong to one application (``applications`` is keyed by its own id).
-TENANT_TABLES = ("chats", "messages", "idempotency_keys", "events")
+TENANT_TABLES = ("chats", "messages", "idempotency_keys", "events", "webhook_endpoints", "webhook_held")
 # Tables of the deployment, not of a tenant.
 DEPLOYMENT_TABLES = ("applications", "system_markers", "alembic_version", "event_sequence")
 APPLICATIONS, CHATS_EACH, MESSAGES_EACH = 12, 10, 30

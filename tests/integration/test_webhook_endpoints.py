@@ -78,7 +78,10 @@ def dispatcher_disables(engine: Engine, endpoint_id: int) -> None:
             {"id": endpoint_id},
         )
         conn.execute(
-            text("INSERT IGNORE INTO webhook_held (endpoint_id, event_id, chat_number) VALUES (:id, 1, 1)"),
+            text(
+                "INSERT IGNORE INTO webhook_held (application_id, endpoint_id, event_id, chat_number)"
+                " SELECT application_id, id, 1, 1 FROM webhook_endpoints WHERE id = :id"
+            ),
             {"id": endpoint_id},
         )
 

@@ -253,6 +253,7 @@ webhook_endpoints = Table(
 webhook_held = Table(
     "webhook_held",
     metadata,
+    Column("application_id", Id, primary_key=True),  # the tenant's key first, as on every table of tenant data
     Column("endpoint_id", Id, ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), primary_key=True),
     Column("event_id", Id, primary_key=True, autoincrement=False),
     Column("chat_number", Number, nullable=False),

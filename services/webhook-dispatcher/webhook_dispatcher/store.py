@@ -44,8 +44,10 @@ _ADVANCE = text(
     " WHERE id = :e AND position = :old AND lease_owner = :owner AND state <> 'disabled'"
 )
 _HOLD = text(
-    "INSERT IGNORE INTO webhook_held (endpoint_id, event_id, chat_number, attempts, next_attempt_at, first_failed_at)"
-    " VALUES (:e, :event, :chat, :attempts, :next, :first)"
+    "INSERT IGNORE INTO webhook_held"
+    " (application_id, endpoint_id, event_id, chat_number, attempts, next_attempt_at, first_failed_at)"
+    " VALUES ((SELECT application_id FROM webhook_endpoints WHERE id = :e),"
+    " :e, :event, :chat, :attempts, :next, :first)"
 )
 # Each held chat's head (its oldest held event): the one retried; the others wait behind it.
 _HEADS = text(

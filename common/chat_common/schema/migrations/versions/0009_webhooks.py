@@ -6,7 +6,8 @@
   disabled and why), its place in the event log (``position``: every event up to it is delivered, given up or held)
   and the dispatcher process holding its lease.
 - ``webhook_held``: events of a chat whose delivery failed and is retried later, with the events of the same chat
-  that came after (held behind it, so a chat's events arrive in order); one row per (endpoint, event).
+  that came after (held behind it, so a chat's events arrive in order); one row per (endpoint, event), keyed by the
+  tenant first like every table of tenant data (a database sharded by application keeps them on its shard).
 
 New tables: nothing existing is rewritten.
 
@@ -65,6 +66,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "webhook_held",
+        sa.Column("application_id", ID, primary_key=True),
         sa.Column("endpoint_id", ID, sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("event_id", ID, primary_key=True, autoincrement=False),
         sa.Column("chat_number", NUMBER, nullable=False),
