@@ -99,7 +99,7 @@ class Release:
 
 # What the release's existingSecret holds: the test namespace's connections, and its TOKEN_SEALING_KEY — the API
 # process's own, so the operator unseals the tokens the API sealed (and the other way round).
-CONNECTION_KEYS = ("DATABASE_URL", "REDIS_URL", "RABBITMQ_URL", "TOKEN_SEALING_KEY")
+CONNECTION_KEYS = ("DATABASE_URL", "REDIS_URL", "RABBITMQ_URL", "TOKEN_SEALING_KEY", "WEBHOOK_SEALING_KEY")
 
 
 def release_values(node: ProcessNode, data: Namespace, uninstall: str = "delete") -> dict:
