@@ -168,7 +168,25 @@ ADMIN_BODIES = {
     "/applications/{token}/rotate-token": {},
     "/applications/{token}/limits": {"max_chats": 5},
     "/applications/{token}/cors-origins": {"origins": ["https://app.example"]},
+    "/applications/{token}/webhooks": {"name": "hook", "url": "https://receiver.example/hook"},
+    "/applications/{token}/webhooks/{webhook_id}": {"enabled": False},
+    "/applications/{token}/webhooks/{webhook_id}/rotate-secret": {},
+    "/applications/{token}/webhooks/{webhook_id}/replay": {},
 }
+
+
+def _admin_target(admin_api, path: str) -> str:
+    """``path`` for a request with the right key: a new application, and for an endpoint's routes an endpoint of it
+    (replay from the event log's current cursor)."""
+    token = admin_api.new_application("deleted") if "{token}" in path else ""
+    target = path.replace("{token}", token)
+    if "{webhook_id}" in path:
+        hook = {"name": "hook", "url": "https://receiver.example/hook"}
+        assert admin_api.post(f"/applications/{token}/webhooks", json=hook).status_code == 201
+        target = target.replace("{webhook_id}", "hook")
+        if target.endswith("/replay"):
+            target += "?from=" + admin_api.get(f"/applications/{token}/events").json()["next"]
+    return target
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_OPERATIONS)
@@ -186,8 +204,8 @@ def test_admin_operations_refuse_missing_or_wrong_keys(method, path, admin_api, 
         assert resp.json() == {"error": "this operation needs the admin API key as a Bearer token"}
         if token:
             assert admin_api.get(f"/applications/{token}").status_code == 200  # still there, untouched
-    target = path.replace("{token}", admin_api.new_application("deleted") if "{token}" in path else "")
-    assert admin_api.request(method.upper(), target, json=body).status_code in (200, 201, 204)
+    answer = admin_api.request(method.upper(), _admin_target(admin_api, path), json=body)
+    assert answer.status_code in (200, 201, 204), answer.text
 
 
 def test_admin_key_is_compared_in_constant_time(security_results):
